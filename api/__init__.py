@@ -1,0 +1,1 @@
+"""The HTTP face of the control plane: routers, auth dependencies and error mapping."""

@@ -1,0 +1,37 @@
+"""Dependencies shared by routers, as `Annotated` aliases so signatures read as intent."""
+
+import hmac
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Header, HTTPException, Request, status
+
+from contract.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.pool
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+
+
+def require_admin(
+    settings: SettingsDep,
+    x_cp_admin_token: Annotated[str | None, Header()] = None,
+) -> str:
+    """Admin endpoints need `x-cp-admin-token`; returns the actor name recorded in audit."""
+    expected = settings.control_plane_admin_token.get_secret_value()
+    if x_cp_admin_token is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing x-cp-admin-token header")
+    if not hmac.compare_digest(x_cp_admin_token.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid admin token")
+    return "admin"
+
+
+AdminActor = Annotated[str, Depends(require_admin)]

@@ -1,0 +1,27 @@
+"""`rollout api`: serve the HTTP API with uvicorn."""
+
+import argparse
+import os
+
+from cli.errors import fail
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("api", help="serve the control-plane HTTP API")
+    p.add_argument("--host", default=os.environ.get("API_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8000")))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from contract.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        fail(f"rollout api: refusing to start: {exc}")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0

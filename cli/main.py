@@ -1,0 +1,26 @@
+"""Entry point of `rollout`; each subcommand module registers its own parser."""
+
+import importlib
+import sys
+
+from cli.errors import OneLineParser
+
+# Module per subcommand, imported lazily so a host with only the agent extra can run `agent`.
+_SUBCOMMANDS = ["cli.release_manifest", "cli.api", "cli.dev"]
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="rollout", description="Signed releases and fleet rollouts.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for module_name in _SUBCOMMANDS:
+        importlib.import_module(module_name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The signed release manifest (PROTOCOL §2)."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+import semver
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contract.signing import canonical, sign, verify
+
+Channel = Literal["stable", "beta"]
+CHANNELS: tuple[str, ...] = ("stable", "beta")
+SHA_PATTERN = r"^[0-9a-f]{7,40}$"
+SIGNATURE_PATTERN = r"^[0-9a-f]{64}$"
+
+
+def parse_version(value: str) -> semver.Version:
+    """Semantic Versioning 2.0; raises ValueError naming the problem."""
+    try:
+        return semver.Version.parse(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{value!r} is not a semantic version (e.g. 1.4.0 or 2.0.0-rc.1)") from exc
+
+
+def parse_timestamp(value: str) -> datetime:
+    """ISO 8601 with an explicit offset or Z; a naive timestamp is ambiguous across hosts."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from exc
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset (add Z or +00:00)")
+    return parsed
+
+
+class UnsignedManifest(BaseModel):
+    """Every manifest field but the signature: what gets signed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    version: str
+    sha: str = Field(pattern=SHA_PATTERN)
+    channel: Channel
+    migrations_required: bool
+    breaking_changes: str | None
+    released_at: str
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        parse_version(value)
+        return value
+
+    @field_validator("released_at")
+    @classmethod
+    def _timestamp(cls, value: str) -> str:
+        parse_timestamp(value)
+        return value
+
+    def signing_bytes(self) -> bytes:
+        return canonical(self.model_dump(mode="json", include=set(UnsignedManifest.model_fields)))
+
+    def signed(self, secret: str) -> "ReleaseManifest":
+        return ReleaseManifest(**self.model_dump(), signature=sign(secret, self.signing_bytes()))
+
+
+class ReleaseManifest(UnsignedManifest):
+    signature: str = Field(pattern=SIGNATURE_PATTERN)
+
+    def has_valid_signature(self, secret: str) -> bool:
+        return verify(secret, self.signing_bytes(), self.signature)
+
+    @property
+    def semver(self) -> semver.Version:
+        return semver.Version.parse(self.version)
+
+    def as_document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,97 @@
+"""Control-plane settings (API and worker), read from the environment in one typed object.
+
+The agent has its own configuration (agent/config.py): it runs on hosts with other env.
+"""
+
+import json
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Values people paste from examples; a control plane holding fleet-wide power must not accept them.
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin", "token", "dev"}
+MIN_SECRET_LENGTH = 16
+
+
+def _check_secret(name: str, value: SecretStr | None) -> SecretStr | None:
+    if value is None:
+        return None
+    raw = value.get_secret_value()
+    if raw.lower() in _PLACEHOLDER_SECRETS or len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{name} is a placeholder or shorter than {MIN_SECRET_LENGTH} characters; "
+            "generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    database_url: str = Field(description="PostgreSQL DSN (postgresql://user:pass@host:port/db)")
+    control_plane_admin_token: SecretStr
+    control_plane_release_signing_secret: SecretStr
+    control_plane_agent_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict
+    )
+    control_plane_agent_token: SecretStr | None = None
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "rollouts"
+
+    db_pool_min_size: int = 1
+    db_pool_max_size: int = 10
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+
+    @field_validator("control_plane_admin_token", "control_plane_release_signing_secret")
+    @classmethod
+    def _refuse_weak(cls, value: SecretStr, info) -> SecretStr:  # type: ignore[no-untyped-def]
+        return _check_secret(info.field_name.upper(), value)  # type: ignore[return-value]
+
+    @field_validator("control_plane_agent_token")
+    @classmethod
+    def _refuse_weak_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_secret("CONTROL_PLANE_AGENT_TOKEN", value)
+
+    @field_validator("control_plane_agent_secrets", mode="before")
+    @classmethod
+    def _parse_agent_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    'CONTROL_PLANE_AGENT_SECRETS must be a JSON object {"<instanceId>": "<secret>"}'
+                ) from exc
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | SecretStr) for k, v in value.items()
+        ):
+            raise ValueError(
+                'CONTROL_PLANE_AGENT_SECRETS must be a JSON object {"<instanceId>": "<secret>"}'
+            )
+        return value
+
+    @cached_property
+    def agent_secret_values(self) -> dict[str, str]:
+        return {k: v.get_secret_value() for k, v in self.control_plane_agent_secrets.items()}
+
+
+class SettingsError(Exception):
+    """Settings that cannot start a process; the message names each problem and no secret."""
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            if error["type"] == "missing":
+                problems.append(f"{name} is not set")
+            else:
+                problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+        raise SettingsError("; ".join(problems)) from None

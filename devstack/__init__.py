@@ -1,0 +1,1 @@
+"""Servers from PyPI wheels (embedded PostgreSQL, Temporal) for `rollout dev` and the tests."""

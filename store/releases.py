@@ -1,0 +1,77 @@
+"""releases: signed manifests as uploaded, unique per (version, channel)."""
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+from pydantic import BaseModel
+
+from contract.manifest import ReleaseManifest
+
+_COLUMNS = (
+    "id, version, channel, sha, migrations_required, breaking_changes, released_at,"
+    " signature, created_at"
+)
+
+
+class Release(ReleaseManifest):
+    id: str
+    created_at: datetime
+
+    def manifest(self) -> ReleaseManifest:
+        return ReleaseManifest(**self.model_dump(include=set(ReleaseManifest.model_fields)))
+
+
+class InsertOutcome(BaseModel):
+    release: Release
+    created: bool
+
+
+def _release(row: asyncpg.Record) -> Release:
+    return Release.model_validate(dict(row), strict=False)
+
+
+async def insert_or_get(
+    conn: asyncpg.Connection | asyncpg.Pool, m: ReleaseManifest
+) -> InsertOutcome:
+    """Insert unless (version, channel) exists; the unique key makes concurrent uploads one row."""
+    row = await conn.fetchrow(
+        "INSERT INTO releases (id, version, channel, sha, migrations_required, breaking_changes,"
+        " released_at, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        f" ON CONFLICT (version, channel) DO NOTHING RETURNING {_COLUMNS}",
+        uuid.uuid4().hex,
+        m.version,
+        m.channel,
+        m.sha,
+        m.migrations_required,
+        m.breaking_changes,
+        m.released_at,
+        m.signature,
+    )
+    if row is not None:
+        return InsertOutcome(release=_release(row), created=True)
+    existing = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM releases WHERE version = $1 AND channel = $2", m.version, m.channel
+    )
+    assert existing is not None, "a conflicting row cannot vanish: releases are never deleted"
+    return InsertOutcome(release=_release(existing), created=False)
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, release_id: str) -> Release | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM releases WHERE id = $1", release_id)
+    return _release(row) if row else None
+
+
+async def list_all(
+    conn: asyncpg.Connection | asyncpg.Pool, *, channel: str | None = None
+) -> list[Release]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM releases WHERE ($1::text IS NULL OR channel = $1)"
+        " ORDER BY created_at DESC, id",
+        channel,
+    )
+    return [_release(r) for r in rows]
+
+
+async def count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    return await conn.fetchval("SELECT count(*) FROM releases")

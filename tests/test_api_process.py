@@ -1,0 +1,83 @@
+"""The API as a real process: refuses to start without secrets, reports a stopped database."""
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.app import create_app
+from contract.settings import Settings
+from devstack.ports import free_port
+from devstack.postgres import EmbeddedPostgres
+from tests.conftest import LiveServer
+
+REQUIRED = ["CONTROL_PLANE_ADMIN_TOKEN", "CONTROL_PLANE_RELEASE_SIGNING_SECRET"]
+
+
+def api_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_PLANE_")}
+    env.update(values)
+    return env
+
+
+@pytest.mark.parametrize("missing", REQUIRED)
+def test_api_refuses_to_start_without_a_secret(missing: str, database_url: str) -> None:
+    values = {name: secrets.token_hex(16) for name in REQUIRED if name != missing}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "api", "--port", str(free_port())],
+        env=api_env(DATABASE_URL=database_url, **values),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert missing in result.stderr and "refusing to start" in result.stderr
+    for value in values.values():
+        assert value not in result.stderr
+
+
+def test_api_refuses_a_placeholder_secret(database_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "api", "--port", str(free_port())],
+        env=api_env(
+            DATABASE_URL=database_url,
+            CONTROL_PLANE_ADMIN_TOKEN="changeme",
+            CONTROL_PLANE_RELEASE_SIGNING_SECRET=secrets.token_hex(16),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CONTROL_PLANE_ADMIN_TOKEN" in result.stderr and "placeholder" in result.stderr
+
+
+async def test_health_reports_a_stopped_database_as_503(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
+    server.start()
+    settings = Settings(
+        database_url=server.dsn,
+        control_plane_admin_token=secrets.token_hex(16),
+        control_plane_release_signing_secret=secrets.token_hex(16),
+    )
+    try:
+        async with (
+            LiveServer(create_app(settings), free_port()) as api,
+            httpx.AsyncClient(base_url=api.url, timeout=30) as client,
+        ):
+            up = await client.get("/health")
+            assert up.status_code == 200 and up.json()["checks"]["database"] == "ok"
+            server.stop()
+            down = await client.get("/health")
+            assert down.status_code == 503
+            assert "database" in down.json()["detail"]
+            version = await client.get("/version")
+            assert version.json()["version"] == "0.1.0"
+    finally:
+        server.stop()
