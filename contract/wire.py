@@ -1,0 +1,95 @@
+"""Agent wire models (PROTOCOL §5), shared by the API and the agent so both read one contract."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contract.manifest import Channel, ReleaseManifest, parse_timestamp, parse_version
+
+INSTANCE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+NONCE_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
+MAX_BODY_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 4 * 1024
+SIGNATURE_WINDOW_SECONDS = 300
+AGENT_SIGNATURE_HEADER = "x-agent-signature"
+RESPONSE_SIGNATURE_HEADER = "x-cp-signature"
+
+ReportStatus = Literal["in_progress", "succeeded", "failed", "rolled_back", "rollback_failed"]
+Step = Literal["preflight", "backup", "pull", "migrate", "smoke", "switch", "health", "rollback"]
+JobStatus = Literal[
+    "pending",
+    "in_progress",
+    "succeeded",
+    "failed",
+    "rolled_back",
+    "rollback_failed",
+    "timed_out",
+    "cancelled",
+]
+OPEN_JOB_STATUSES: frozenset[str] = frozenset({"pending", "in_progress"})
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "rolled_back", "rollback_failed", "timed_out", "cancelled"}
+)
+
+
+class AgentRequest(BaseModel):
+    """Fields every signed agent request carries."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    instanceId: str = Field(pattern=INSTANCE_ID_PATTERN)
+    sentAt: str
+    nonce: str = Field(pattern=NONCE_PATTERN)
+
+    @field_validator("sentAt")
+    @classmethod
+    def _utc_timestamp(cls, value: str) -> str:
+        parsed = parse_timestamp(value)
+        if parsed.utcoffset() != parse_timestamp("2000-01-01T00:00:00Z").utcoffset():
+            raise ValueError(f"{value!r} is not UTC (use Z or +00:00)")
+        return value
+
+
+class PollRequest(AgentRequest):
+    channel: Channel
+    currentVersion: str
+    agentVersion: str | None = Field(default=None, max_length=64)
+
+    @field_validator("currentVersion")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        parse_version(value)
+        return value
+
+
+class ReportRequest(AgentRequest):
+    jobId: str = Field(min_length=1, max_length=128)
+    status: ReportStatus
+    step: Step | None
+    message: str | None = None
+
+    @field_validator("message")
+    @classmethod
+    def _bounded(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"longer than {MAX_MESSAGE_BYTES} bytes")
+        return value
+
+
+class JobAssignment(BaseModel):
+    id: str
+    rolloutId: str
+    manifest: ReleaseManifest
+    deadline: str
+
+
+class PollResponse(BaseModel):
+    nonce: str
+    job: JobAssignment | None
+
+
+class ReportResponse(BaseModel):
+    nonce: str
+    jobId: str
+    status: JobStatus
+    accepted: bool = True
