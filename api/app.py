@@ -7,11 +7,11 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.routers import releases, system
-from contract.settings import Settings
+from contract.settings import ApiSettings
 from store.pool import open_pool
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings

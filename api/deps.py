@@ -6,10 +6,10 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Header, HTTPException, Request, status
 
-from contract.settings import Settings
+from contract.settings import ApiSettings
 
 
-def get_settings(request: Request) -> Settings:
+def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
@@ -17,7 +17,7 @@ def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 
 

@@ -17,10 +17,10 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from contract.settings import SettingsError, load_settings
+    from contract.settings import ApiSettings, SettingsError, load_settings
 
     try:
-        settings = load_settings()
+        settings = load_settings(ApiSettings)
     except SettingsError as exc:
         fail(f"rollout api: refusing to start: {exc}")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")

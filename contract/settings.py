@@ -5,9 +5,9 @@ The agent has its own configuration (agent/config.py): it runs on hosts with oth
 
 import json
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values people paste from examples; a control plane holding fleet-wide power must not accept them.
@@ -28,9 +28,22 @@ def _check_secret(name: str, value: SecretStr | None) -> SecretStr | None:
 
 
 class Settings(BaseSettings):
+    """What every control-plane process (API, worker, CLI tools) needs."""
+
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     database_url: str = Field(description="PostgreSQL DSN (postgresql://user:pass@host:port/db)")
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "rollouts"
+    db_pool_min_size: int = 1
+    db_pool_max_size: int = 10
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+
+
+class ApiSettings(Settings):
+    """The API also holds the secrets that authenticate admins, releases and agents."""
+
     control_plane_admin_token: SecretStr
     control_plane_release_signing_secret: SecretStr
     control_plane_agent_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(
@@ -38,18 +51,12 @@ class Settings(BaseSettings):
     )
     control_plane_agent_token: SecretStr | None = None
 
-    temporal_address: str = "127.0.0.1:7233"
-    temporal_namespace: str = "default"
-    temporal_task_queue: str = "rollouts"
-
-    db_pool_min_size: int = 1
-    db_pool_max_size: int = 10
-    log_format: str = Field(default="text", pattern="^(text|json)$")
-
     @field_validator("control_plane_admin_token", "control_plane_release_signing_secret")
     @classmethod
-    def _refuse_weak(cls, value: SecretStr, info) -> SecretStr:  # type: ignore[no-untyped-def]
-        return _check_secret(info.field_name.upper(), value)  # type: ignore[return-value]
+    def _refuse_weak(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        checked = _check_secret(str(info.field_name).upper(), value)
+        assert checked is not None
+        return checked
 
     @field_validator("control_plane_agent_token")
     @classmethod
@@ -59,19 +66,16 @@ class Settings(BaseSettings):
     @field_validator("control_plane_agent_secrets", mode="before")
     @classmethod
     def _parse_agent_secrets(cls, value: object) -> object:
+        problem = 'CONTROL_PLANE_AGENT_SECRETS must be a JSON object {"<instanceId>": "<secret>"}'
         if isinstance(value, str):
             try:
                 value = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as exc:
-                raise ValueError(
-                    'CONTROL_PLANE_AGENT_SECRETS must be a JSON object {"<instanceId>": "<secret>"}'
-                ) from exc
+                raise ValueError(problem) from exc
         if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, str | SecretStr) for k, v in value.items()
         ):
-            raise ValueError(
-                'CONTROL_PLANE_AGENT_SECRETS must be a JSON object {"<instanceId>": "<secret>"}'
-            )
+            raise ValueError(problem)
         return value
 
     @cached_property
@@ -79,13 +83,16 @@ class Settings(BaseSettings):
         return {k: v.get_secret_value() for k, v in self.control_plane_agent_secrets.items()}
 
 
+S = TypeVar("S", bound=Settings)
+
+
 class SettingsError(Exception):
     """Settings that cannot start a process; the message names each problem and no secret."""
 
 
-def load_settings() -> Settings:
+def load_settings(cls: type[S]) -> S:
     try:
-        return Settings()  # type: ignore[call-arg]
+        return cls()  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from contract.settings import Settings
+from contract.settings import ApiSettings
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from store.migrate import apply_migrations
@@ -90,8 +90,8 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(
+def settings(database_url: str) -> ApiSettings:
+    return ApiSettings(
         database_url=database_url,
         control_plane_admin_token=secrets.token_hex(16),
         control_plane_release_signing_secret=secrets.token_hex(16),
@@ -125,13 +125,13 @@ class LiveServer:
 
 
 @pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[LiveServer]:
+async def api(settings: ApiSettings) -> AsyncIterator[LiveServer]:
     async with LiveServer(create_app(settings), free_port()) as server:
         yield server
 
 
 @pytest.fixture
-async def admin_client(api: LiveServer, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def admin_client(api: LiveServer, settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
     token = settings.control_plane_admin_token.get_secret_value()
     async with httpx.AsyncClient(
         base_url=api.url, headers={"x-cp-admin-token": token}, timeout=30
@@ -142,3 +142,11 @@ async def admin_client(api: LiveServer, settings: Settings) -> AsyncIterator[htt
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+# Fixture modules of other parts of the system (Temporal servers, agent processes).
+pytest_plugins = [
+    module
+    for module in ("tests.fixtures_temporal", "tests.fixtures_agents")
+    if (Path(__file__).parent / f"{module.split('.')[-1]}.py").exists()
+]

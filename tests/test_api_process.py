@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from contract.settings import Settings
+from contract.settings import ApiSettings
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from tests.conftest import LiveServer
@@ -61,7 +61,7 @@ def test_api_refuses_a_placeholder_secret(database_url: str) -> None:
 async def test_health_reports_a_stopped_database_as_503(tmp_path: Path) -> None:
     server = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
     server.start()
-    settings = Settings(
+    settings = ApiSettings(
         database_url=server.dsn,
         control_plane_admin_token=secrets.token_hex(16),
         control_plane_release_signing_secret=secrets.token_hex(16),

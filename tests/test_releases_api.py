@@ -6,13 +6,13 @@ import asyncpg
 import httpx
 import pytest
 
-from contract.settings import Settings
+from contract.settings import ApiSettings
 from store import audit
 from tests.conftest import LiveServer
 from tests.manifests import hand_signed
 
 
-def signed(settings: Settings, **overrides: object) -> dict[str, object]:
+def signed(settings: ApiSettings, **overrides: object) -> dict[str, object]:
     return hand_signed(
         settings.control_plane_release_signing_secret.get_secret_value(), **overrides
     )
@@ -23,7 +23,7 @@ async def release_count(db: asyncpg.Connection) -> int:
 
 
 async def test_upload_stores_and_serves_the_manifest(
-    admin_client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection
+    admin_client: httpx.AsyncClient, settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
     manifest = signed(settings, breaking_changes="drops the v1 API")
     created = await admin_client.post("/api/releases", json=manifest)
@@ -56,7 +56,7 @@ async def test_upload_stores_and_serves_the_manifest(
 )
 async def test_tampered_field_is_422_and_stores_nothing(
     admin_client: httpx.AsyncClient,
-    settings: Settings,
+    settings: ApiSettings,
     db: asyncpg.Connection,
     field: str,
     value: object,
@@ -74,7 +74,7 @@ FIELDS = ["version", "sha", "channel", "migrations_required", "breaking_changes"
 
 @pytest.mark.parametrize("field", [*FIELDS, "signature"])
 async def test_missing_field_is_422_naming_it(
-    admin_client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection, field: str
+    admin_client: httpx.AsyncClient, settings: ApiSettings, db: asyncpg.Connection, field: str
 ) -> None:
     manifest = signed(settings)
     del manifest[field]
@@ -104,7 +104,7 @@ async def test_missing_field_is_422_naming_it(
 )
 async def test_malformed_field_is_422_naming_it(
     admin_client: httpx.AsyncClient,
-    settings: Settings,
+    settings: ApiSettings,
     db: asyncpg.Connection,
     field: str,
     value: object,
@@ -127,7 +127,7 @@ async def test_non_object_body_is_422(admin_client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("token", [None, "wrong-token-value-0123456789"])
 async def test_admin_token_required(
-    api: LiveServer, settings: Settings, db: asyncpg.Connection, token: str | None
+    api: LiveServer, settings: ApiSettings, db: asyncpg.Connection, token: str | None
 ) -> None:
     headers = {"x-cp-admin-token": token} if token else {}
     async with httpx.AsyncClient(base_url=api.url, headers=headers) as client:
@@ -139,7 +139,7 @@ async def test_admin_token_required(
 
 
 async def test_reupload_is_200_with_same_id_and_conflict_is_409(
-    admin_client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection
+    admin_client: httpx.AsyncClient, settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
     manifest = signed(settings)
     first = await admin_client.post("/api/releases", json=manifest)
@@ -157,7 +157,7 @@ async def test_reupload_is_200_with_same_id_and_conflict_is_409(
 
 
 async def test_same_version_on_another_channel_is_another_release(
-    admin_client: httpx.AsyncClient, settings: Settings
+    admin_client: httpx.AsyncClient, settings: ApiSettings
 ) -> None:
     stable = await admin_client.post("/api/releases", json=signed(settings, channel="stable"))
     beta = await admin_client.post("/api/releases", json=signed(settings, channel="beta"))
@@ -166,7 +166,7 @@ async def test_same_version_on_another_channel_is_another_release(
 
 
 async def test_concurrent_identical_uploads_store_exactly_one_row(
-    admin_client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection
+    admin_client: httpx.AsyncClient, settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
     manifest = signed(settings)
     responses = await asyncio.gather(
