@@ -144,9 +144,6 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+
 # Fixture modules of other parts of the system (Temporal servers, agent processes).
-pytest_plugins = [
-    module
-    for module in ("tests.fixtures_temporal", "tests.fixtures_agents")
-    if (Path(__file__).parent / f"{module.split('.')[-1]}.py").exists()
-]
+pytest_plugins = ["tests.fixtures_temporal", "tests.fixtures_agents"]

@@ -1,0 +1,1 @@
+"""Real agent processes for end-to-end tests."""
