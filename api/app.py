@@ -1,12 +1,15 @@
 """The FastAPI application: one pool (and later one Temporal client) per process, via lifespan."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.agent_auth import install_agent_error_handler
 from api.errors import install_error_handlers
-from api.routers import releases, system
+from api.nonce_janitor import sweep_forever
+from api.routers import instances, releases, system
 from contract.settings import ApiSettings
 from store.pool import open_pool
 
@@ -20,13 +23,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
         )
+        janitor = asyncio.create_task(sweep_forever(app.state.pool))
         try:
             yield
         finally:
+            janitor.cancel()
             await app.state.pool.close()
 
     app = FastAPI(title="Rollout control plane", version="1", lifespan=lifespan)
     install_error_handlers(app)
+    install_agent_error_handler(app)
     app.include_router(system.router)
     app.include_router(releases.router)
+    app.include_router(instances.router)
     return app

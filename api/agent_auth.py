@@ -1,0 +1,176 @@
+"""Authentication of agent requests (PROTOCOL §5) and signing of every answer to them.
+
+Order of checks: size (413), JSON shape and instanceId (422), signature (401), the full body
+(422), sentAt window (401), nonce (401). The signature is checked before the body is validated
+in detail, so an unauthenticated caller learns nothing but the documented shape.
+"""
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from api.errors import describe_validation_errors
+from api.metrics import AUTH_FAILURES
+from contract.manifest import parse_timestamp
+from contract.settings import ApiSettings
+from contract.signing import canonical, sign, verify
+from contract.wire import (
+    AGENT_SIGNATURE_HEADER,
+    INSTANCE_ID_PATTERN,
+    MAX_BODY_BYTES,
+    RESPONSE_SIGNATURE_HEADER,
+    SIGNATURE_WINDOW_SECONDS,
+    AgentRequest,
+)
+from store import nonces
+
+log = logging.getLogger(__name__)
+_INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
+
+
+class AgentError(Exception):
+    """An error answered to an agent: JSON `detail`, signed when the instance's secret is known."""
+
+    def __init__(
+        self, status: int, detail: str, *, secret: str | None = None, nonce: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.secret = secret
+        self.nonce = nonce
+
+
+def signed_response(payload: dict[str, Any], secret: str | None, status: int = 200) -> Response:
+    body = canonical(payload)
+    headers = {RESPONSE_SIGNATURE_HEADER: sign(secret, body)} if secret is not None else {}
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def secret_for(settings: ApiSettings, instance_id: str) -> str | None:
+    """An instance listed with its own secret is never accepted with the fallback token."""
+    own = settings.agent_secret_values.get(instance_id)
+    if own is not None:
+        return own
+    token = settings.control_plane_agent_token
+    return token.get_secret_value() if token is not None else None
+
+
+async def read_limited_body(request: Request) -> bytes:
+    """Stops reading past the limit, so a chunked body without Content-Length cannot exhaust us."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise AgentError(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise AgentError(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse(reason: str, detail: str, *, secret: str | None, nonce: str | None) -> AgentError:
+    AUTH_FAILURES.labels(reason=reason).inc()
+    return AgentError(401, detail, secret=secret, nonce=nonce)
+
+
+T = TypeVar("T", bound=AgentRequest)
+
+
+@dataclass(frozen=True)
+class Verified(Generic[T]):
+    body: T
+    secret: str
+
+    def answer(self, payload: dict[str, Any], status: int = 200) -> Response:
+        return signed_response({**payload, "nonce": self.body.nonce}, self.secret, status)
+
+
+def verified_request(model: type[T]) -> Callable[[Request], Awaitable[Verified[T]]]:
+    async def dependency(request: Request) -> Verified[T]:
+        settings: ApiSettings = request.app.state.settings
+        raw = await read_limited_body(request)
+        try:
+            document = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AgentError(422, "body: not valid JSON") from exc
+        if not isinstance(document, dict):
+            raise AgentError(422, "body: must be a JSON object")
+        instance_id = document.get("instanceId")
+        nonce = document.get("nonce") if isinstance(document.get("nonce"), str) else None
+        if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
+            raise AgentError(422, "instanceId: 1 to 128 of A-Z a-z 0-9 . _ -", nonce=nonce)
+        secret = secret_for(settings, instance_id)
+        signature = request.headers.get(AGENT_SIGNATURE_HEADER)
+        if not signature:
+            raise _refuse(
+                "missing_signature",
+                f"missing {AGENT_SIGNATURE_HEADER} header",
+                secret=secret,
+                nonce=nonce,
+            )
+        if secret is None or not verify(secret, raw, signature):
+            log.warning("agent auth failed: bad signature", extra={"instance_id": instance_id})
+            raise _refuse(
+                "bad_signature",
+                f"{AGENT_SIGNATURE_HEADER} does not match the body"
+                " (wrong secret for this instance, or the body changed after signing)",
+                secret=secret,
+                nonce=nonce,
+            )
+        try:
+            body = model.model_validate(document)
+        except ValidationError as exc:
+            raise AgentError(
+                422, describe_validation_errors(exc.errors()), secret=secret, nonce=nonce
+            ) from exc
+        sent_at = parse_timestamp(body.sentAt)
+        now = datetime.now(UTC)
+        skew = abs((now - sent_at).total_seconds())
+        if skew > SIGNATURE_WINDOW_SECONDS:
+            raise _refuse(
+                "stale",
+                f"sentAt is {skew:.0f} s from the server clock (limit"
+                f" {SIGNATURE_WINDOW_SECONDS} s): check the host's clock",
+                secret=secret,
+                nonce=body.nonce,
+            )
+        window = timedelta(seconds=SIGNATURE_WINDOW_SECONDS)
+        fresh = await nonces.claim(
+            request.app.state.pool,
+            instance_id=instance_id,
+            nonce=body.nonce,
+            expires_at=max(now, sent_at) + window,
+        )
+        if not fresh:
+            raise _refuse(
+                "replayed_nonce",
+                "nonce already used: every request needs a new nonce",
+                secret=secret,
+                nonce=body.nonce,
+            )
+        return Verified(body=body, secret=secret)
+
+    return dependency
+
+
+async def _agent_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AgentError)
+    payload: dict[str, Any] = {"detail": exc.detail}
+    if exc.nonce is not None:
+        payload["nonce"] = exc.nonce
+    return signed_response(payload, exc.secret, exc.status)
+
+
+def install_agent_error_handler(app: FastAPI) -> None:
+    app.add_exception_handler(AgentError, _agent_error)

@@ -1,0 +1,17 @@
+"""The fleet registry as agents' polls keep it (admin)."""
+
+from fastapi import APIRouter, Query
+
+from api.deps import AdminActor, PoolDep
+from contract.manifest import Channel
+from store import instances
+from store.instances import Instance
+
+router = APIRouter(prefix="/api/instances", tags=["instances"])
+
+
+@router.get("", response_model=list[Instance])
+async def list_instances(
+    _: AdminActor, pool: PoolDep, channel: Channel | None = Query(default=None)
+) -> list[Instance]:
+    return await instances.list_all(pool, channel=channel)
