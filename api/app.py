@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from api.agent_auth import install_agent_error_handler
 from api.errors import install_error_handlers
+from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
 from api.routers import instances, releases, system
 from contract.settings import ApiSettings
@@ -31,6 +32,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await app.state.pool.close()
 
     app = FastAPI(title="Rollout control plane", version="1", lifespan=lifespan)
+    app.add_middleware(RequestTimer)
     install_error_handlers(app)
     install_agent_error_handler(app)
     app.include_router(system.router)

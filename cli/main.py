@@ -6,7 +6,15 @@ import sys
 from cli.errors import OneLineParser
 
 # Module per subcommand, imported lazily so a host with only the agent extra can run `agent`.
-_SUBCOMMANDS = ["cli.release_manifest", "cli.api", "cli.dev"]
+_SUBCOMMANDS = [
+    "cli.release_manifest",
+    "cli.api",
+    "cli.dev",
+    "cli.releases",
+    "cli.rollouts",
+    "cli.jobs",
+    "cli.instances",
+]
 
 
 def build_parser() -> OneLineParser:

@@ -1,0 +1,55 @@
+"""The admin CLI's one HTTP function: token from env, the API's `detail` on refusal, exit 1."""
+
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+import httpx
+
+from cli.errors import fail
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class AdminApi:
+    def __init__(self, command: str) -> None:
+        self.command = command
+        token = os.environ.get("CONTROL_PLANE_ADMIN_TOKEN", "")
+        if not token:
+            fail(f"{command}: error: CONTROL_PLANE_ADMIN_TOKEN is not set")
+        self.base_url = os.environ.get("CONTROL_PLANE_URL", DEFAULT_URL).rstrip("/")
+        self.client = httpx.Client(
+            base_url=self.base_url, headers={"x-cp-admin-token": token}, timeout=30
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            self._refused(f"cannot reach the control plane at {self.base_url} ({exc})")
+        if response.is_success:
+            return response.json()
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        self._refused(f"{response.status_code} {response.reason_phrase}: {detail}")
+
+    def _refused(self, reason: str) -> NoReturn:
+        print(f"{self.command}: {reason}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+    """columns: (header, key) pairs; a missing key prints as '-'."""
+    cells = [[h for h, _ in columns]] + [
+        ["-" if row.get(k) is None else str(row.get(k)) for _, k in columns] for row in rows
+    ]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())

@@ -1,0 +1,44 @@
+"""Text rendering of a rollout, like `kubectl argo rollouts get rollout`: a bar per batch."""
+
+from collections import Counter
+from typing import Any
+
+SETTLED_OK = {"succeeded"}
+FAILED = {"failed", "rolled_back", "rollback_failed", "timed_out"}
+BAR_WIDTH = 20
+
+
+def bar(done: int, failed: int, total: int) -> str:
+    if total == 0:
+        return "[" + " " * BAR_WIDTH + "]"
+    ok_cells = round(BAR_WIDTH * done / total)
+    bad_cells = round(BAR_WIDTH * failed / total)
+    return "[" + "#" * ok_cells + "x" * bad_cells + "-" * (BAR_WIDTH - ok_cells - bad_cells) + "]"
+
+
+def batch_line(batch: dict[str, Any]) -> str:
+    jobs = batch.get("jobs", [])
+    counts = Counter(job["status"] for job in jobs)
+    done = sum(counts[s] for s in SETTLED_OK)
+    failed = sum(counts[s] for s in FAILED)
+    if not jobs:
+        return f"  batch {batch['number']:>3}  {bar(0, 0, 0)}  not released"
+    others = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in SETTLED_OK)
+    summary = f"{done}/{len(jobs)} succeeded" + (f", {others}" if others else "")
+    return f"  batch {batch['number']:>3}  {bar(done, failed, len(jobs))}  {summary}"
+
+
+def render(rollout: dict[str, Any]) -> str:
+    total = rollout.get("totalBatches", len(rollout.get("batches", [])))
+    head = (
+        f"rollout {rollout['id']}  {rollout.get('version')} -> {rollout.get('channel')}"
+        f"  {rollout['status'].upper()}  batch {rollout.get('currentBatch')}/{total}"
+    )
+    lines = [head]
+    lines += [batch_line(b) for b in rollout.get("batches", [])]
+    if rollout.get("pausedReason"):
+        lines.append(f"  paused: {rollout['pausedReason']}")
+    if rollout.get("stale"):
+        lines.append("  (stale: the rollout engine did not answer; this is the last stored view)")
+    return "\n".join(lines)
+
