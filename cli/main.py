@@ -14,6 +14,7 @@ _SUBCOMMANDS = [
     "cli.rollouts",
     "cli.jobs",
     "cli.instances",
+    "cli.agent",
 ]
 
 

@@ -1,0 +1,123 @@
+"""The agent loop: poll with jitter, back off on errors, run a job, keep reports flowing.
+
+`Agent` holds no process-wide state, so a fleet simulator can run many in one event loop with
+its own `StepExecutor` and in-memory journals.
+"""
+
+import asyncio
+import logging
+from importlib import metadata
+
+import httpx
+
+from agent.config import AgentConfig
+from agent.job import JobRunner
+from agent.journal import Journal, Report
+from agent.logs import instance_log
+from agent.reports import ReportSender
+from agent.steps import ShellExecutor, StepExecutor
+from agent.timing import backoff_delay, jittered, sleep_unless_stopped
+from agent.transport import RequestFailed, Signer, signed_post
+from contract.wire import PollResponse, ReportResponse
+
+POLL_PATH = "/api/updates/next"
+REPORT_PATH = "/api/updates/report"
+
+
+def _agent_version() -> str | None:
+    try:
+        return metadata.version("rollout-control-plane")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        executor: StepExecutor | None = None,
+        journal: Journal | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.executor = executor or ShellExecutor(config)
+        self.journal = journal or Journal.open(config.state_dir, config.first_run_version)
+        self.transport = transport
+        self.signer = Signer(config.instance_id, config.secret)
+        self.log = instance_log(__name__, config.instance_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set: then the running step finishes, reports go out, and it returns."""
+        async with httpx.AsyncClient(
+            base_url=self.config.control_plane_url,
+            timeout=self.config.request_timeout_seconds,
+            transport=self.transport,
+        ) as http:
+
+            async def send_report(report: Report) -> ReportResponse:
+                fields = report.model_dump()
+                return await signed_post(http, self.signer, REPORT_PATH, fields, ReportResponse)
+
+            reports = ReportSender(
+                send_report,
+                self.journal,
+                self.log,
+                backoff=(self.config.backoff_initial_seconds, self.config.backoff_max_seconds),
+                stop=stop,
+                stop_grace_seconds=self.config.stop_report_grace_seconds,
+            )
+            runner = JobRunner(
+                channel=self.config.channel,
+                journal=self.journal,
+                executor=self.executor,
+                reports=reports,
+                stop=stop,
+                log=self.log,
+            )
+            reports.start()
+            try:
+                for report in self.journal.state.unacknowledged:
+                    reports.submit(report)
+                await runner.recover()
+                await self._poll_until_stopped(http, runner, stop)
+                await reports.drain()
+            finally:
+                await reports.close()
+        self.log.info("stopped")
+
+    async def _poll_until_stopped(
+        self, http: httpx.AsyncClient, runner: JobRunner, stop: asyncio.Event
+    ) -> None:
+        failures = 0
+        self.log.info(
+            "polling %s every %g s on channel %s, current version %s",
+            self.config.control_plane_url,
+            self.config.poll_interval_seconds,
+            self.config.channel,
+            self.journal.state.current_version,
+        )
+        while not stop.is_set():
+            fields = {
+                "channel": self.config.channel,
+                "currentVersion": self.journal.state.current_version,
+                "agentVersion": _agent_version(),
+            }
+            try:
+                answer = await signed_post(http, self.signer, POLL_PATH, fields, PollResponse)
+            except RequestFailed as exc:
+                failures += 1
+                delay = backoff_delay(
+                    failures, self.config.backoff_initial_seconds, self.config.backoff_max_seconds
+                )
+                level = logging.ERROR if exc.untrusted else logging.WARNING
+                self.log.log(level, "poll failed (%s); retry in %.1f s", exc, delay)
+                await sleep_unless_stopped(stop, delay)
+                continue
+            if failures:
+                self.log.info("control plane answers again after %d failed poll(s)", failures)
+                failures = 0
+            job = answer.job
+            if job is not None and not self.journal.has_finished(job.id):
+                await runner.run(job)
+            await sleep_unless_stopped(stop, jittered(self.config.poll_interval_seconds))

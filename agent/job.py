@@ -1,0 +1,174 @@
+"""One job's story: preflight, the update steps, rollback on failure, and the final report.
+
+The journal is written before every step, so an agent that dies mid-step finishes the story on
+restart (`recover`): it rolls back what may be half done and reports, and never reruns the job.
+"""
+
+import asyncio
+from datetime import UTC, datetime
+
+import semver
+
+from agent.journal import Journal, Report
+from agent.logs import InstanceLog
+from agent.reports import ReportSender
+from agent.steps import StepContext, StepExecutor, StepResult
+from contract.manifest import parse_timestamp
+from contract.wire import MAX_MESSAGE_BYTES, JobAssignment, ReportStatus, Step
+
+UPDATE_STEPS: tuple[Step, ...] = ("backup", "pull", "migrate", "smoke", "switch", "health")
+
+
+def fit_message(sections: list[tuple[str, str]]) -> str:
+    """Each section's headline, then the last lines of its output, within the 4 KiB limit."""
+    headlines = "\n".join(headline for headline, _ in sections)
+    with_output = [output for _, output in sections if output.strip()]
+    budget = MAX_MESSAGE_BYTES - len(headlines.encode()) - 64 * len(sections)
+    share = max(0, budget // max(1, len(with_output)))
+    parts: list[str] = []
+    for headline, output in sections:
+        parts.append(headline)
+        kept: list[str] = []
+        used = 0
+        for line in reversed(output.rstrip().splitlines()):
+            size = len(line.encode()) + 3
+            if used + size > share:
+                break
+            kept.insert(0, "  " + line)
+            used += size
+        parts.extend(kept)
+    message = "\n".join(parts)
+    return message.encode()[:MAX_MESSAGE_BYTES].decode(errors="ignore")
+
+
+def _section(step: Step, result: StepResult) -> tuple[str, str]:
+    verdict = "ok" if result.ok else "failed"
+    return f"{step} {verdict}: {result.summary}", result.output
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        channel: str,
+        journal: Journal,
+        executor: StepExecutor,
+        reports: ReportSender,
+        stop: asyncio.Event,
+        log: InstanceLog,
+    ) -> None:
+        self.channel = channel
+        self.journal = journal
+        self.executor = executor
+        self.reports = reports
+        self.stop = stop
+        self.log = log
+
+    def _enter(self, job: JobAssignment, step: Step) -> None:
+        self.journal.enter_step(job, step)
+        self.log.info("job %s: %s (%s)", job.id, step, job.manifest.version)
+        self.reports.submit(Report(jobId=job.id, status="in_progress", step=step))
+
+    def _finish(
+        self,
+        job: JobAssignment,
+        status: ReportStatus,
+        step: Step,
+        message: str,
+        new_version: str | None = None,
+    ) -> None:
+        report = Report(jobId=job.id, status=status, step=step, message=message)
+        self.journal.finish(report, new_version)
+        self.log.info("job %s: %s at %s", job.id, status, step)
+        self.reports.submit(report)
+
+    def _preflight_problem(self, job: JobAssignment) -> str | None:
+        active = self.journal.state.active
+        if active is not None and active.job.id != job.id:
+            return f"another update (job {active.job.id}) is still running"
+        if job.manifest.channel != self.channel:
+            return f"release is for channel {job.manifest.channel}, this host is on {self.channel}"
+        current = self.journal.state.current_version
+        if job.manifest.semver.compare(semver.Version.parse(current)) <= 0:
+            return f"target {job.manifest.version} is not newer than current {current}"
+        if parse_timestamp(job.deadline) <= datetime.now(UTC):
+            return f"the job's deadline {job.deadline} has passed"
+        return None
+
+    async def run(self, job: JobAssignment) -> None:
+        problem = self._preflight_problem(job)
+        if problem is not None:
+            self.reports.submit(Report(jobId=job.id, status="in_progress", step="preflight"))
+            self._finish(
+                job, "failed", "preflight", f"preflight failed: {problem}; nothing changed"
+            )
+            return
+        self._enter(job, "preflight")
+        context = StepContext(job.id, job.manifest, self.journal.state.current_version)
+        done: list[tuple[str, str]] = []
+        last: Step = "preflight"
+        for step in UPDATE_STEPS:
+            if self.stop.is_set():
+                await self._stopped(job, context, last, done)
+                return
+            self._enter(job, step)
+            result = await self.executor.run(step, context)
+            last = step
+            if not result.ok:
+                self.log.warning("job %s: %s failed: %s", job.id, step, result.summary)
+                await self._roll_back(job, context, step, [*done, _section(step, result)])
+                return
+            done.append(_section(step, result))
+        summary = f"updated from {context.previous_version} to {job.manifest.version}"
+        self._finish(job, "succeeded", "health", summary, new_version=job.manifest.version)
+
+    async def _stopped(
+        self, job: JobAssignment, context: StepContext, last: Step, done: list[tuple[str, str]]
+    ) -> None:
+        if last == "preflight":
+            message = "agent stopping before the update started; nothing changed"
+            self._finish(job, "failed", "preflight", message)
+            return
+        note = (f"agent stopping (SIGTERM) after {last} finished; the update was not completed", "")
+        await self._roll_back(job, context, last, [*done, note])
+
+    async def _roll_back(
+        self,
+        job: JobAssignment,
+        context: StepContext,
+        failed_step: Step,
+        sections: list[tuple[str, str]],
+    ) -> None:
+        if not self.executor.can_roll_back:
+            note = ("no UPDATE_ROLLBACK_CMD configured: not rolled back", "")
+            self._finish(job, "failed", failed_step, fit_message([*sections, note]))
+            return
+        self.journal.enter_rollback(failed_step, fit_message(sections))
+        self.log.info("job %s: rollback after %s", job.id, failed_step)
+        self.reports.submit(Report(jobId=job.id, status="in_progress", step="rollback"))
+        result = await self.executor.run("rollback", context)
+        status: ReportStatus = "rolled_back" if result.ok else "rollback_failed"
+        self._finish(
+            job, status, failed_step, fit_message([*sections, _section("rollback", result)])
+        )
+
+    async def recover(self) -> None:
+        """Finish the story of a job the agent was running when it died."""
+        active = self.journal.state.active
+        if active is None:
+            return
+        job = active.job
+        context = StepContext(job.id, job.manifest, active.previous_version)
+        self.log.warning("job %s: agent restarted during %s; finishing it", job.id, active.step)
+        if active.rolling_back:
+            assert active.failed_step is not None
+            note = ("agent restarted during rollback; rollback run again", "")
+            await self._roll_back(
+                job, context, active.failed_step, [(active.failure or "", ""), note]
+            )
+        elif active.step == "preflight":
+            message = "agent restarted during preflight; nothing changed"
+            self._finish(job, "failed", "preflight", message)
+        else:
+            note = (f"agent restarted while {active.step} was running; it may be half done", "")
+            await self._roll_back(job, context, active.step, [note])

@@ -1,0 +1,116 @@
+"""The agent's durable memory in AGENT_STATE_DIR: current version, the job under way and the step
+it reached, finished job ids, and final reports not yet acknowledged.
+
+Written before each step with write-to-temp, fsync, atomic rename and a directory fsync, so a
+`kill -9` or power loss leaves either the old or the new state, never a torn file.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from contract.wire import JobAssignment, ReportStatus, Step
+
+STATE_FILE = "state.json"
+REMEMBERED_JOBS = 1000
+
+
+class Report(BaseModel):
+    """The fields of a report; the signing fields are added when it is sent."""
+
+    jobId: str
+    status: ReportStatus
+    step: Step | None
+    message: str | None = None
+
+    def as_fields(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class ActiveJob(BaseModel):
+    job: JobAssignment
+    previous_version: str
+    step: Step
+    rolling_back: bool = False
+    failed_step: Step | None = None
+    failure: str | None = None
+
+
+class JournalState(BaseModel):
+    current_version: str
+    active: ActiveJob | None = None
+    finished_jobs: list[str] = Field(default_factory=list)
+    unacknowledged: list[Report] = Field(default_factory=list)
+
+
+class Journal:
+    """State in memory, mirrored to `path` when one is given (a fleet simulator may pass None)."""
+
+    def __init__(self, state: JournalState, path: Path | None) -> None:
+        self.state = state
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path | None, first_run_version: str) -> "Journal":
+        if state_dir is None:
+            return cls(JournalState(current_version=first_run_version), None)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / STATE_FILE
+        if path.exists():
+            return cls(JournalState.model_validate_json(path.read_bytes()), path)
+        journal = cls(JournalState(current_version=first_run_version), path)
+        journal._save()
+        return journal
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("wb") as handle:
+            handle.write(self.state.model_dump_json(indent=1).encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def has_finished(self, job_id: str) -> bool:
+        return job_id in self.state.finished_jobs
+
+    def enter_step(self, job: JobAssignment, step: Step) -> None:
+        active = self.state.active
+        if active is None or active.job.id != job.id:
+            active = ActiveJob(job=job, previous_version=self.state.current_version, step=step)
+        self.state.active = active.model_copy(update={"step": step})
+        self._save()
+
+    def enter_rollback(self, failed_step: Step, failure: str) -> None:
+        assert self.state.active is not None
+        self.state.active = self.state.active.model_copy(
+            update={
+                "step": "rollback",
+                "rolling_back": True,
+                "failed_step": failed_step,
+                "failure": failure,
+            }
+        )
+        self._save()
+
+    def finish(self, report: Report, new_version: str | None) -> None:
+        """One write: the job leaves `active`, is remembered, and its report waits for an ack."""
+        if self.state.active is not None and self.state.active.job.id == report.jobId:
+            self.state.active = None
+        self.state.finished_jobs = [*self.state.finished_jobs, report.jobId][-REMEMBERED_JOBS:]
+        self.state.unacknowledged = [*self.state.unacknowledged, report]
+        if new_version is not None:
+            self.state.current_version = new_version
+        self._save()
+
+    def acknowledged(self, report: Report) -> None:
+        self.state.unacknowledged = [r for r in self.state.unacknowledged if r != report]
+        self._save()

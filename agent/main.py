@@ -1,0 +1,41 @@
+"""Process entry point of the agent (`rollout agent`, `python -m agent`): config from the env,
+SIGTERM/SIGINT stop it cleanly, exit 0 after a clean stop, 2 for bad configuration."""
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from agent.config import ConfigError, load_config
+from agent.daemon import Agent
+from agent.logs import configure_logging
+
+
+async def _serve(agent: Agent) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.run(stop)
+
+
+def main(check_only: bool = False) -> int:
+    try:
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"rollout agent: error: {problem}", file=sys.stderr)
+        return 2
+    if check_only:
+        print("rollout agent: configuration ok", file=sys.stderr)
+        return 0
+    configure_logging()
+    try:
+        agent = Agent(config)
+    except OSError as exc:
+        print(f"rollout agent: error: AGENT_STATE_DIR {config.state_dir}: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(agent))
+    logging.getLogger(__name__).info("exit")
+    return 0

@@ -1,0 +1,100 @@
+"""Reports to the control plane, delivered in order, each retried until acknowledged.
+
+Runs beside the job so an unreachable control plane never holds an update half done. A verified
+409 (the job already ended otherwise) or 401/403/404 will not change by retrying: logged and
+dropped. After the agent is told to stop it keeps trying for a grace period; a final report
+still unsent then stays in the journal and is sent on the next start.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from agent.journal import Journal, Report
+from agent.logs import InstanceLog
+from agent.timing import backoff_delay
+from agent.transport import RequestFailed
+from contract.wire import ReportResponse
+
+SendReport = Callable[[Report], Awaitable[ReportResponse]]
+
+
+class ReportSender:
+    def __init__(
+        self,
+        send: SendReport,
+        journal: Journal,
+        log: InstanceLog,
+        *,
+        backoff: tuple[float, float],
+        stop: asyncio.Event,
+        stop_grace_seconds: float,
+    ) -> None:
+        self._send = send
+        self._journal = journal
+        self._log = log
+        self._backoff = backoff
+        self._stop = stop
+        self._stop_grace = stop_grace_seconds
+        self._give_up_at: float | None = None
+        self._queue: asyncio.Queue[Report] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._deliver_forever())
+
+    def submit(self, report: Report) -> None:
+        self._queue.put_nowait(report)
+
+    async def drain(self) -> None:
+        """Until every submitted report is acknowledged, dropped, or given up after a stop."""
+        await self._queue.join()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            report = await self._queue.get()
+            try:
+                await self._deliver(report)
+            finally:
+                self._queue.task_done()
+
+    def _seconds_left_after_stop(self) -> float | None:
+        if not self._stop.is_set():
+            return None
+        loop = asyncio.get_running_loop()
+        if self._give_up_at is None:
+            self._give_up_at = loop.time() + self._stop_grace
+        return self._give_up_at - loop.time()
+
+    async def _deliver(self, report: Report) -> None:
+        failures = 0
+        what = f"report {report.status} at {report.step} for job {report.jobId}"
+        while True:
+            try:
+                answer = await self._send(report)
+            except RequestFailed as exc:
+                if exc.final:
+                    level = logging.WARNING if exc.status == 409 else logging.ERROR
+                    self._log.log(level, "%s refused for good, dropped: %s", what, exc)
+                    break
+                failures += 1
+                delay = backoff_delay(failures, *self._backoff)
+                left = self._seconds_left_after_stop()
+                if left is not None and left <= 0:
+                    self._log.warning("%s not delivered before stopping: %s", what, exc)
+                    return
+                level = logging.ERROR if exc.untrusted else logging.WARNING
+                self._log.log(level, "%s failed (%s); retry in %.1f s", what, exc, delay)
+                await asyncio.sleep(delay if left is None else min(delay, left))
+                continue
+            self._log.info("%s acknowledged (job is %s)", what, answer.status)
+            break
+        if report in self._journal.state.unacknowledged:
+            self._journal.acknowledged(report)

@@ -1,0 +1,145 @@
+"""What a job's steps do, behind one interface, so a fleet simulator can plug in its own.
+
+The default `ShellExecutor` runs UPDATE_*_CMD with `sh -c` in its own process group (a timeout
+kills the whole group) and checks UPDATE_HEALTHCHECK_URL with retries until a deadline.
+"""
+
+import asyncio
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from agent.config import AgentConfig, HealthCheck
+from contract.manifest import ReleaseManifest
+from contract.wire import Step
+
+OUTPUT_TAIL_BYTES = 16 * 1024
+KILL_GRACE_SECONDS = 5.0
+# The step env carries the release, never the agent's own secret.
+_WITHHELD_ENV = ("AGENT_SECRET",)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    job_id: str
+    manifest: ReleaseManifest
+    previous_version: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPDATE_VERSION": self.manifest.version,
+            "UPDATE_SHA": self.manifest.sha,
+            "UPDATE_CHANNEL": self.manifest.channel,
+            "UPDATE_PREVIOUS_VERSION": self.previous_version,
+            "UPDATE_MIGRATIONS_REQUIRED": "true" if self.manifest.migrations_required else "false",
+            "UPDATE_JOB_ID": self.job_id,
+        }
+
+
+@dataclass(frozen=True)
+class StepResult:
+    ok: bool
+    summary: str
+    output: str = ""
+
+
+class StepExecutor(Protocol):
+    @property
+    def can_roll_back(self) -> bool: ...
+
+    async def run(self, step: Step, context: StepContext) -> StepResult:
+        """Run backup, pull, migrate, smoke, switch, health or rollback."""
+
+
+async def _stop_group(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM the step's process group, SIGKILL what is left after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
+            return
+        except TimeoutError:
+            continue
+
+
+async def run_command(command: str, env: Mapping[str, str], timeout: float) -> StepResult:
+    process = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=dict(env),
+        process_group=0,
+    )
+    tail = bytearray()
+
+    async def drain() -> int:
+        assert process.stdout is not None
+        while chunk := await process.stdout.read(65536):
+            tail.extend(chunk)
+            del tail[:-OUTPUT_TAIL_BYTES]
+        return await process.wait()
+
+    try:
+        code = await asyncio.wait_for(drain(), timeout)
+    except TimeoutError:
+        await _stop_group(process)
+        return StepResult(False, f"timed out after {timeout:g} s", tail.decode(errors="replace"))
+    except asyncio.CancelledError:
+        await _stop_group(process)
+        raise
+    output = tail.decode(errors="replace")
+    if code != 0:
+        return StepResult(False, f"exit status {code}", output)
+    return StepResult(True, "exit status 0", output)
+
+
+async def check_health(health: HealthCheck) -> StepResult:
+    """2xx from UPDATE_HEALTHCHECK_URL within `retries` attempts and `timeout_seconds`."""
+    if health.url is None:
+        return StepResult(True, "skipped: UPDATE_HEALTHCHECK_URL is not set")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + health.timeout_seconds
+    last = "no attempt before the deadline"
+    attempts = 0
+    async with httpx.AsyncClient() as client:
+        while attempts < health.retries and loop.time() < deadline:
+            attempts += 1
+            try:
+                response = await client.get(health.url, timeout=max(0.1, deadline - loop.time()))
+                if response.is_success:
+                    return StepResult(True, f"HTTP {response.status_code} on attempt {attempts}")
+                last = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            if attempts < health.retries:
+                await asyncio.sleep(max(0.0, min(health.interval_seconds, deadline - loop.time())))
+    return StepResult(False, f"not healthy after {attempts} attempt(s): {last}")
+
+
+class ShellExecutor:
+    def __init__(self, config: AgentConfig, base_env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        source = os.environ if base_env is None else base_env
+        self.base_env = {k: v for k, v in source.items() if k not in _WITHHELD_ENV}
+
+    @property
+    def can_roll_back(self) -> bool:
+        return self.config.rollback_command is not None
+
+    async def run(self, step: Step, context: StepContext) -> StepResult:
+        if step == "health":
+            return await check_health(self.config.health)
+        command = self.config.rollback_command if step == "rollback" else self.config.commands[step]
+        assert command is not None, f"no command for {step}"
+        env = {**self.base_env, **context.env()}
+        return await run_command(command, env, self.config.step_timeout_seconds)

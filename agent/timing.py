@@ -1,0 +1,22 @@
+"""Poll jitter and exponential backoff, so a fleet does not hit the control plane in lockstep."""
+
+import asyncio
+import contextlib
+import random
+
+POLL_JITTER = 0.2
+
+
+def jittered(interval: float) -> float:
+    return interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
+
+
+def backoff_delay(failures: int, initial: float, maximum: float) -> float:
+    """Exponential with "equal jitter": at least half the step, so retries never bunch at zero."""
+    step = min(maximum, initial * 2 ** max(0, failures - 1))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,105 @@
+"""The one signing request function of the agent (PROTOCOL §5).
+
+Builds the body with instanceId, sentAt and a fresh nonce, serialises it once, signs those exact
+bytes, sends them, and trusts an answer only when `x-cp-signature` matches the exact response
+bytes and the body echoes the nonce. Nothing the agent acts on bypasses this module.
+"""
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from contract.signing import sign, verify
+from contract.wire import AGENT_SIGNATURE_HEADER, RESPONSE_SIGNATURE_HEADER
+
+M = TypeVar("M", bound=BaseModel)
+
+# Answers that will not change by sending the same request again.
+FINAL_STATUSES = frozenset({401, 403, 404, 409, 413, 422})
+
+
+class RequestFailed(Exception):
+    """No usable answer. `final`: the control plane (verified) refused for good; `untrusted`: the
+    answer failed the signature or nonce check, which callers log loudly."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        final: bool = False,
+        untrusted: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.final = final
+        self.untrusted = untrusted
+
+
+@dataclass(frozen=True)
+class Signer:
+    instance_id: str
+    secret: str
+
+    def body(self, fields: dict[str, Any]) -> tuple[bytes, str]:
+        """The exact bytes to send and the nonce they carry."""
+        nonce = secrets.token_urlsafe(24)
+        sent_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        document = {**fields, "instanceId": self.instance_id, "sentAt": sent_at, "nonce": nonce}
+        return json.dumps(document, separators=(",", ":")).encode(), nonce
+
+
+def _trusted_document(response: httpx.Response, secret: str, nonce: str) -> dict[str, Any] | None:
+    signature = response.headers.get(RESPONSE_SIGNATURE_HEADER, "")
+    if not signature or not verify(secret, response.content, signature):
+        return None
+    try:
+        document = json.loads(response.content)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(document, dict) or document.get("nonce") != nonce:
+        return None
+    return document
+
+
+async def signed_post(
+    http: httpx.AsyncClient, signer: Signer, path: str, fields: dict[str, Any], model: type[M]
+) -> M:
+    """POST a signed request; return the verified answer parsed with `model`, or raise."""
+    content, nonce = signer.body(fields)
+    headers = {
+        "content-type": "application/json",
+        AGENT_SIGNATURE_HEADER: sign(signer.secret, content),
+    }
+    try:
+        response = await http.post(path, content=content, headers=headers)
+    except httpx.HTTPError as exc:
+        raise RequestFailed(f"{path}: {type(exc).__name__}: {exc}") from exc
+    if response.status_code >= 500:
+        # Only ever retried, so it needs no trust; a proxy in front answers these unsigned.
+        raise RequestFailed(f"{path}: HTTP {response.status_code}", status=response.status_code)
+    document = _trusted_document(response, signer.secret, nonce)
+    if document is None:
+        raise RequestFailed(
+            f"{path}: HTTP {response.status_code} answer ignored: bad or missing"
+            f" {RESPONSE_SIGNATURE_HEADER} or nonce not echoed (check AGENT_SECRET, and that"
+            " CONTROL_PLANE_URL is the real control plane)",
+            status=response.status_code,
+            untrusted=True,
+        )
+    if response.status_code != 200:
+        detail = document.get("detail", "")
+        raise RequestFailed(
+            f"{path}: HTTP {response.status_code}: {detail}",
+            status=response.status_code,
+            final=response.status_code in FINAL_STATUSES,
+        )
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise RequestFailed(f"{path}: answer does not match the protocol: {exc}") from exc

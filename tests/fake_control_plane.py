@@ -1,0 +1,182 @@
+"""A tiny control plane for agent tests: speaks PROTOCOL §5 (verifies agent signatures, signs
+its answers), serves scripted jobs, records every poll and report, and can misbehave on purpose
+(forged signature, wrong echoed nonce, 503s) — what the real API must never do."""
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from contract.manifest import UnsignedManifest
+from contract.signing import canonical, sign, verify
+from contract.wire import (
+    AGENT_SIGNATURE_HEADER,
+    RESPONSE_SIGNATURE_HEADER,
+    TERMINAL_JOB_STATUSES,
+)
+
+RELEASE_SECRET = "fake-release-signing-secret"
+
+
+@dataclass
+class FakeJob:
+    id: str
+    instance_id: str
+    document: dict[str, Any]
+    status: str = "pending"
+    step: str | None = None
+
+
+@dataclass
+class FakeControlPlane:
+    secret: str
+    jobs: dict[str, FakeJob] = field(default_factory=dict)
+    polls: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    # Misbehaviour switches for the tests.
+    forge_signature: bool = False
+    wrong_nonce: bool = False
+    unavailable_reports: int = 0
+    _seen_nonces: set[str] = field(default_factory=set)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def add_job(
+        self,
+        instance_id: str,
+        version: str,
+        *,
+        channel: str = "stable",
+        migrations_required: bool = True,
+        deadline_seconds: float = 3600,
+    ) -> str:
+        manifest = UnsignedManifest(
+            version=version,
+            sha="0123abcd",
+            channel=channel,
+            migrations_required=migrations_required,
+            breaking_changes=None,
+            released_at="2026-01-01T00:00:00Z",
+        ).signed(RELEASE_SECRET)
+        job_id = f"job-{uuid.uuid4().hex[:8]}"
+        deadline = datetime.now(UTC) + timedelta(seconds=deadline_seconds)
+        self.jobs[job_id] = FakeJob(
+            id=job_id,
+            instance_id=instance_id,
+            document={
+                "id": job_id,
+                "rolloutId": "rollout-fake",
+                "manifest": manifest.as_document(),
+                "deadline": deadline.isoformat().replace("+00:00", "Z"),
+            },
+        )
+        return job_id
+
+    def reports_of(self, job_id: str) -> list[tuple[str, str | None]]:
+        return [(r["status"], r["step"]) for r in self.reports if r["jobId"] == job_id]
+
+    def final_report(self, job_id: str) -> dict[str, Any] | None:
+        finals = [r for r in self.reports if r["jobId"] == job_id and r["status"] != "in_progress"]
+        return finals[-1] if finals else None
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 15) -> None:
+        """Woken by every request the fake answers; fails the test with what was seen so far."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(condition)
+        except TimeoutError:
+            raise AssertionError(
+                f"condition not met in {timeout} s; polls={len(self.polls)}"
+                f" reports={[(r['status'], r['step']) for r in self.reports]}"
+                f" refused={self.refused}"
+            ) from None
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _answer(self, payload: dict[str, Any], nonce: str | None, status: int = 200) -> Response:
+        echoed = "N" * 32 if self.wrong_nonce else nonce
+        body = canonical({**payload, "nonce": echoed})
+        key = "not-the-agent-secret" if self.forge_signature else self.secret
+        headers = {RESPONSE_SIGNATURE_HEADER: sign(key, body)}
+        return Response(body, status, headers=headers, media_type="application/json")
+
+    async def _authenticated(
+        self, request: Request
+    ) -> tuple[dict[str, Any] | None, Response | None]:
+        raw = await request.body()
+        document = json.loads(raw)
+        nonce = document.get("nonce")
+        if not verify(self.secret, raw, request.headers.get(AGENT_SIGNATURE_HEADER, "")):
+            self.refused.append("bad signature")
+            return None, self._answer({"detail": "bad signature"}, nonce, 401)
+        if nonce in self._seen_nonces:
+            self.refused.append("replayed nonce")
+            return None, self._answer({"detail": "nonce already used"}, nonce, 401)
+        self._seen_nonces.add(nonce)
+        return document, None
+
+    async def _next(self, request: Request) -> Response:
+        try:
+            document, refusal = await self._authenticated(request)
+            if refusal is not None:
+                return refusal
+            assert document is not None
+            self.polls.append(document)
+            job = next(
+                (
+                    j
+                    for j in self.jobs.values()
+                    if j.instance_id == document["instanceId"]
+                    and j.status not in TERMINAL_JOB_STATUSES
+                ),
+                None,
+            )
+            return self._answer({"job": job.document if job else None}, document["nonce"])
+        finally:
+            await self._notify()
+
+    async def _report(self, request: Request) -> Response:
+        try:
+            if self.unavailable_reports > 0:
+                self.unavailable_reports -= 1
+                self.refused.append("503 report")
+                return Response("unavailable", 503)
+            document, refusal = await self._authenticated(request)
+            if refusal is not None:
+                return refusal
+            assert document is not None
+            nonce = document["nonce"]
+            job = self.jobs.get(document["jobId"])
+            if job is None:
+                return self._answer({"detail": "unknown job"}, nonce, 404)
+            if job.instance_id != document["instanceId"]:
+                return self._answer({"detail": "job of another instance"}, nonce, 403)
+            if job.status in TERMINAL_JOB_STATUSES:
+                if (job.status, job.step) != (document["status"], document["step"]):
+                    return self._answer({"detail": f"job is already {job.status}"}, nonce, 409)
+            else:
+                job.status, job.step = document["status"], document["step"]
+            self.reports.append(document)
+            payload = {"jobId": job.id, "status": job.status, "accepted": True}
+            return self._answer(payload, nonce)
+        finally:
+            await self._notify()
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/api/updates/next", self._next, methods=["POST"]),
+                Route("/api/updates/report", self._report, methods=["POST"]),
+            ]
+        )

@@ -1,0 +1,139 @@
+"""A real agent process runs a scripted job from the fake control plane with real shell steps."""
+
+import signal
+
+from tests.fake_control_plane import FakeControlPlane
+from tests.fixtures_agents import AgentFactory
+
+STEPS = ["backup", "pull", "migrate", "smoke", "switch"]
+Plane = tuple[FakeControlPlane, str]
+
+
+def _in_progress(*steps: str) -> list[tuple[str, str]]:
+    return [("in_progress", step) for step in steps]
+
+
+async def test_job_runs_every_step_once_then_succeeds(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    host = await agent_host(url, plane.secret)
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    assert plane.reports_of(job_id) == [
+        *_in_progress("preflight", *STEPS, "health"),
+        ("succeeded", "health"),
+    ]
+    assert host.steps() == [f"{step} 1.1.0" for step in STEPS]
+    assert host.state()["current_version"] == "1.1.0"
+
+    # Polling again reports the new version and never reruns the finished job.
+    polls_before = len(plane.polls)
+    await plane.wait_until(lambda: len(plane.polls) >= polls_before + 3)
+    assert plane.polls[-1]["currentVersion"] == "1.1.0"
+    assert host.steps() == [f"{step} 1.1.0" for step in STEPS]
+
+
+async def test_failed_smoke_is_rolled_back(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    host = await agent_host(url, plane.secret, fail_at="smoke")
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    assert plane.reports_of(job_id) == [
+        *_in_progress("preflight", "backup", "pull", "migrate", "smoke", "rollback"),
+        ("rolled_back", "smoke"),
+    ]
+    ran = ("backup", "pull", "migrate", "smoke", "rollback")
+    assert host.steps() == [f"{step} 1.1.0" for step in ran]
+    message = plane.final_report(job_id)["message"]
+    assert "smoke failed: exit status 3" in message
+    assert "smoke broke on purpose" in message
+    assert host.state()["current_version"] == "1.0.0"
+
+
+async def test_failure_without_rollback_command_is_failed(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    host = await agent_host(url, plane.secret, fail_at="pull", rollback=False)
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    assert plane.reports_of(job_id)[-1] == ("failed", "pull")
+    assert "no UPDATE_ROLLBACK_CMD" in plane.final_report(job_id)["message"]
+    assert host.steps() == ["backup 1.1.0", "pull 1.1.0"]
+
+
+async def test_failing_rollback_is_rollback_failed(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    host = await agent_host(url, plane.secret, fail_at="switch rollback")
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    assert plane.reports_of(job_id)[-1] == ("rollback_failed", "switch")
+    assert "rollback failed: exit status 3" in plane.final_report(job_id)["message"]
+    assert host.steps()[-2:] == ["switch 1.1.0", "rollback 1.1.0"]
+
+
+async def test_preflight_refuses_a_version_not_newer(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.0.0")
+    host = await agent_host(url, plane.secret, current_version="1.0.0")
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    assert plane.reports_of(job_id)[-1] == ("failed", "preflight")
+    assert "not newer" in plane.final_report(job_id)["message"]
+    assert host.steps() == []
+
+
+async def test_sigkill_during_migrate_rolls_back_on_restart(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    host = await agent_host(url, plane.secret, block_at="migrate")
+    await host.wait_for_step("migrate 1.1.0")
+    assert host.state()["active"]["step"] == "migrate"
+
+    await host.kill_hard()
+    await host.start()
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    assert plane.final_report(job_id)["status"] == "rolled_back"
+    assert plane.final_report(job_id)["step"] == "migrate"
+    assert "restarted while migrate was running" in plane.final_report(job_id)["message"]
+    assert host.steps() == ["backup 1.1.0", "pull 1.1.0", "migrate 1.1.0", "rollback 1.1.0"]
+    # Polling goes on; the job is remembered as finished and migrate never runs again.
+    polls_before = len(plane.polls)
+    await plane.wait_until(lambda: len(plane.polls) >= polls_before + 2)
+    assert host.steps().count("migrate 1.1.0") == 1
+    assert job_id in host.state()["finished_jobs"]
+
+
+async def test_sigterm_lets_the_step_finish_reports_and_exits_zero(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    host = await agent_host(url, plane.secret, block_at="migrate")
+    await host.wait_for_step("migrate 1.1.0")
+
+    host.send(signal.SIGTERM)
+    host.open_gate()
+
+    assert await host.wait_exit() == 0
+    final = plane.final_report(job_id)
+    assert final is not None
+    assert (final["status"], final["step"]) == ("rolled_back", "migrate")
+    assert "SIGTERM" in final["message"]
+    assert "migrate ok: exit status 0" in final["message"]  # finished, not killed
+    # The running step finished; the steps after it never started.
+    assert host.steps() == ["backup 1.1.0", "pull 1.1.0", "migrate 1.1.0", "rollback 1.1.0"]
