@@ -9,6 +9,7 @@ import sys
 
 from agent.config import ConfigError, load_config
 from agent.daemon import Agent
+from agent.journal import STATE_FILE
 from agent.logs import configure_logging
 
 
@@ -35,6 +36,13 @@ def main(check_only: bool = False) -> int:
         agent = Agent(config)
     except OSError as exc:
         print(f"rollout agent: error: AGENT_STATE_DIR {config.state_dir}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(
+            f"rollout agent: error: {config.state_dir / STATE_FILE} is not a journal this agent"
+            f" can read ({type(exc).__name__}); move it aside only if no update is running",
+            file=sys.stderr,
+        )
         return 2
     asyncio.run(_serve(agent))
     logging.getLogger(__name__).info("exit")

@@ -93,3 +93,21 @@ def test_agent_imports_nothing_of_the_server() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert json.loads(result.stdout) == []
+
+
+def test_an_unreadable_journal_stops_the_start(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.json").write_text("{not json")
+    env = {
+        "CONTROL_PLANE_URL": "http://127.0.0.1:9",
+        "AGENT_INSTANCE_ID": "web-1",
+        "AGENT_SECRET": SECRET,
+        "AGENT_STATE_DIR": str(state_dir),
+        **{f"UPDATE_{s}_CMD": "true" for s in ("BACKUP", "PULL", "MIGRATE", "SMOKE", "SWITCH")},
+    }
+    result = _run_agent(env)
+
+    assert result.returncode == 2
+    assert f"{state_dir / 'state.json'} is not a journal" in result.stderr
+    assert (state_dir / "state.json").read_text() == "{not json"
