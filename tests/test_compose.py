@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
@@ -23,6 +24,8 @@ from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKe
 from cli.main import build_parser
 from contract.settings import ApiSettings, Settings
 from devstack.ports import free_port
+from devstack.postgres import POSTGRES_BIN_PATH, EmbeddedPostgres
+from store.migrate import apply_migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -342,6 +345,8 @@ def test_setup_scripts_are_valid_posix_shell() -> None:
     scripts = sorted((ROOT / "deploy").rglob("*.sh"))
     assert len(scripts) >= 3
     for script in scripts:
+        # The postgres image sources (rather than runs) init scripts that are not executable.
+        assert os.access(script, os.X_OK), f"{script.name} is not executable"
         result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script.name}: {result.stderr}"
 
@@ -402,3 +407,60 @@ def test_namespace_setup_registers_namespace_and_attributes_and_can_run_again(
     assert {name: custom.get(name) for name in attributes.split()} == {
         name: "INDEXED_VALUE_TYPE_KEYWORD" for name in attributes.split()
     }
+
+
+async def test_postgres_init_gives_each_side_its_own_role_and_database(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "data", free_port(), durable=False)
+    server.start()
+    try:
+        env = {
+            **os.environ,
+            "PATH": f"{POSTGRES_BIN_PATH}{os.pathsep}{os.environ['PATH']}",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(server.port),
+            "POSTGRES_USER": "postgres",
+            # A quote in a password must stay data, never SQL.
+            "TEMPORAL_DB_PASSWORD": "temporal-pw-'; DROP ROLE postgres; --",
+            "ROLLOUT_DB_PASSWORD": "rollout-password-0123456789",
+        }
+        script = ROOT / "deploy/postgres/init-databases.sh"
+        result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
+        admin = await asyncpg.connect(server.dsn)
+        try:
+            roles = {
+                r["rolname"]: r
+                for r in await admin.fetch(
+                    "SELECT rolname, rolcreatedb, rolsuper, rolpassword IS NOT NULL AS has_password"
+                    " FROM pg_authid WHERE rolname IN ('temporal', 'rollout')"
+                )
+            }
+            owner = await admin.fetchval(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'rollout'"
+            )
+        finally:
+            await admin.close()
+        assert {
+            name: (r["rolcreatedb"], r["rolsuper"], r["has_password"]) for name, r in roles.items()
+        } == {
+            "temporal": (True, False, True),
+            "rollout": (False, False, True),
+        }
+        assert owner == "rollout"
+
+        # temporal-sql-tool's `create` runs as the temporal role; the API migrates as rollout.
+        temporal = await asyncpg.connect(server.dsn.replace("postgres@", "temporal@", 1))
+        try:
+            await temporal.execute("CREATE DATABASE temporal_visibility")
+        finally:
+            await temporal.close()
+        rollout = await asyncpg.connect(
+            server.dsn_for("rollout").replace("postgres@", "rollout@", 1)
+        )
+        try:
+            assert await apply_migrations(rollout)
+        finally:
+            await rollout.close()
+    finally:
+        server.stop()
