@@ -111,3 +111,15 @@ def test_an_unreadable_journal_stops_the_start(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{state_dir / 'state.json'} is not a journal" in result.stderr
     assert (state_dir / "state.json").read_text() == "{not json"
+
+
+def test_the_example_env_file_is_a_valid_configuration(repo_root: Path) -> None:
+    example = repo_root / "agent" / "examples" / "agent.env.example"
+    env = dict(
+        line.split("=", 1)
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    result = _run_agent(env, "--check")
+
+    assert result.returncode == 0, result.stderr
