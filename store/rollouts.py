@@ -1,0 +1,162 @@
+"""rollouts: the read model of each rollout workflow, and the one-unfinished-per-channel rule."""
+
+from datetime import datetime
+
+import asyncpg
+from pydantic import BaseModel, Field
+
+RolloutStatus = str  # running | awaiting_advance | paused | completed | aborted
+FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "aborted"})
+
+_COLUMNS = (
+    "id, workflow_id, manifest_id, version, channel, batch_size, auto_advance, bake_seconds,"
+    " max_failures, job_timeout_seconds, created_by, status, paused_reason, current_batch,"
+    " total_batches, target_count, details, revision, workflow_closed, created_at, updated_at,"
+    " finished_at"
+)
+
+
+class RolloutSpec(BaseModel):
+    """What a rollout was asked to do; fixed when it is created."""
+
+    id: str
+    manifest_id: str
+    version: str
+    channel: str
+    batch_size: int = Field(ge=1)
+    auto_advance: bool = False
+    bake_seconds: int = Field(default=0, ge=0)
+    max_failures: int = Field(default=0, ge=0)
+    job_timeout_seconds: int = Field(default=3600, ge=1)
+    created_by: str
+
+
+def workflow_id_for(rollout_id: str) -> str:
+    """Each rollout is the Temporal workflow `rollout-<id>`."""
+    return f"rollout-{rollout_id}"
+
+
+class RolloutProgress(BaseModel):
+    """Where the workflow stands, as it last wrote it."""
+
+    id: str
+    revision: int
+    status: RolloutStatus
+    paused_reason: str | None
+    current_batch: int
+    total_batches: int
+    target_count: int
+    details: str
+    finished_at: datetime | None
+    workflow_closed: bool = False
+
+
+class Rollout(RolloutSpec):
+    workflow_id: str
+    status: RolloutStatus
+    paused_reason: str | None
+    current_batch: int
+    total_batches: int
+    target_count: int
+    details: str
+    revision: int
+    workflow_closed: bool
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class ChannelBusy(Exception):
+    """Another rollout on the channel is unfinished."""
+
+    def __init__(self, channel: str, rollout_id: str | None) -> None:
+        super().__init__(f"rollout {rollout_id} on channel {channel} is not finished")
+        self.channel = channel
+        self.rollout_id = rollout_id
+
+
+def _rollout(row: asyncpg.Record) -> Rollout:
+    return Rollout.model_validate(dict(row))
+
+
+async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> Rollout:
+    """Insert as `running`; the partial unique index makes a concurrent second one fail."""
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
+            " auto_advance, bake_seconds, max_failures, job_timeout_seconds, created_by, status)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'running')"
+            f" RETURNING {_COLUMNS}",
+            spec.id,
+            workflow_id_for(spec.id),
+            spec.manifest_id,
+            spec.version,
+            spec.channel,
+            spec.batch_size,
+            spec.auto_advance,
+            spec.bake_seconds,
+            spec.max_failures,
+            spec.job_timeout_seconds,
+            spec.created_by,
+        )
+    except asyncpg.UniqueViolationError:
+        busy = await conn.fetchval(
+            "SELECT id FROM rollouts WHERE channel = $1 AND status NOT IN ('completed', 'aborted')",
+            spec.channel,
+        )
+        raise ChannelBusy(spec.channel, busy) from None
+    assert row is not None
+    return _rollout(row)
+
+
+async def delete_unstarted(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> None:
+    """Undo an insert whose workflow could not be started (no job can reference it yet)."""
+    await conn.execute(
+        "DELETE FROM rollouts WHERE id = $1 AND revision = 0 AND NOT EXISTS"
+        " (SELECT 1 FROM update_jobs WHERE rollout_id = $1)",
+        rollout_id,
+    )
+
+
+async def record_progress(
+    conn: asyncpg.Connection | asyncpg.Pool, progress: RolloutProgress
+) -> bool:
+    """Write a newer revision; False when this revision (or a later one) is already there."""
+    status = await conn.execute(
+        "UPDATE rollouts SET status = $2, paused_reason = $3, current_batch = $4,"
+        " total_batches = $5, target_count = $6, details = $7, finished_at = $8,"
+        " workflow_closed = $9, revision = $10, updated_at = now()"
+        " WHERE id = $1 AND revision < $10",
+        progress.id,
+        progress.status,
+        progress.paused_reason,
+        progress.current_batch,
+        progress.total_batches,
+        progress.target_count,
+        progress.details,
+        progress.finished_at,
+        progress.workflow_closed,
+        progress.revision,
+    )
+    return status == "UPDATE 1"
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> Rollout | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM rollouts WHERE id = $1", rollout_id)
+    return _rollout(row) if row else None
+
+
+async def list_all(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    channel: str | None = None,
+    status: str | None = None,
+) -> list[Rollout]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM rollouts"
+        " WHERE ($1::text IS NULL OR channel = $1) AND ($2::text IS NULL OR status = $2)"
+        " ORDER BY created_at DESC, id",
+        channel,
+        status,
+    )
+    return [_rollout(r) for r in rows]

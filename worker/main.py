@@ -1,0 +1,59 @@
+"""The worker process: runs rollout workflows and their activities until SIGTERM/SIGINT.
+
+On a signal it stops polling, lets running activities and workflow tasks finish (within the
+graceful timeout) and exits 0; anything unfinished is picked up by the next worker.
+"""
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.worker import Worker
+
+from activities.rollouts import RolloutActivities
+from contract.settings import Settings
+from store.pool import open_pool
+from worker.connect import connect_temporal
+from workflows.rollout import RolloutWorkflow
+
+GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+log = logging.getLogger("rollout.worker")
+
+
+def build_worker(client: object, settings: Settings, activities: RolloutActivities) -> Worker:
+    """The worker of `settings.temporal_task_queue`, the single place that lists what it runs."""
+    return Worker(
+        client,  # type: ignore[arg-type]
+        task_queue=settings.temporal_task_queue,
+        workflows=[RolloutWorkflow],
+        activities=activities.all(),  # type: ignore[arg-type]
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    pool = await open_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+    )
+    try:
+        client = await connect_temporal(settings)
+        worker = build_worker(client, settings, RolloutActivities(pool))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with worker:
+            log.info(
+                "worker polling task queue %s on %s (namespace %s)",
+                settings.temporal_task_queue,
+                settings.temporal_address,
+                settings.temporal_namespace,
+            )
+            await stop.wait()
+            log.info("shutting down: finishing running tasks")
+        log.info("worker stopped")
+    finally:
+        await pool.close()

@@ -1,0 +1,165 @@
+"""Client-side calls on rollout workflows, for the API, the CLI and tests: start, view, act.
+
+Every call has a deadline: the API must answer (from its read model) when Temporal or the
+worker is down, instead of hanging. Temporal's errors become the two a caller acts on.
+"""
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WithStartWorkflowOperation,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from store.rollouts import RolloutSpec, workflow_id_for
+from workflows.rollout import RolloutWorkflow
+from workflows.rollout_models import (
+    AbortInput,
+    ActionInput,
+    ActionResult,
+    AdvanceInput,
+    HandedOutJob,
+    JobForInstanceQuery,
+    JobReportSignal,
+    PauseInput,
+    ResumeInput,
+    RetryInput,
+    RolloutInput,
+    RolloutView,
+    WaitStartedInput,
+)
+from workflows.search_attributes import RELEASE_VERSION, ROLLOUT_CHANNEL, ROLLOUT_STATUS
+
+ACTIONS = {
+    "advance": (RolloutWorkflow.advance, AdvanceInput),
+    "pause": (RolloutWorkflow.pause, PauseInput),
+    "resume": (RolloutWorkflow.resume, ResumeInput),
+    "retry": (RolloutWorkflow.retry, RetryInput),
+    "abort": (RolloutWorkflow.abort, AbortInput),
+}
+
+
+class RolloutUnavailable(Exception):
+    """Temporal, or a worker for the rollout's task queue, did not answer in time."""
+
+
+class RolloutGone(Exception):
+    """Temporal has no such workflow (never started, or removed by retention)."""
+
+
+class ActionRefused(Exception):
+    """The workflow refused the action now; the message is its reason."""
+
+
+T = TypeVar("T")
+
+
+async def _bounded(call: Awaitable[T], timeout: float) -> T:
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except (TimeoutError, RPCTimeoutOrCancelledError) as exc:
+        raise RolloutUnavailable(f"Temporal did not answer within {timeout:g}s") from exc
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise RolloutGone(exc.message) from exc
+        raise RolloutUnavailable(f"Temporal: {exc.message}") from exc
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as exc:
+        raise RolloutUnavailable(f"the rollout workflow could not answer: {exc}") from exc
+
+
+async def start_rollout(
+    client: Client, spec: RolloutSpec, *, task_queue: str, timeout: float
+) -> ActionResult:
+    """Start `rollout-<id>` and answer once batch 1 is handed out (or there was nothing to do)."""
+    start = WithStartWorkflowOperation(
+        RolloutWorkflow.run,
+        RolloutInput(spec=spec),
+        id=workflow_id_for(spec.id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(ROLLOUT_CHANNEL, spec.channel),
+                SearchAttributePair(RELEASE_VERSION, spec.version),
+                SearchAttributePair(ROLLOUT_STATUS, "running"),
+            ]
+        ),
+        static_summary=f"Rollout of {spec.version} to channel {spec.channel}",
+    )
+    return await _bounded(
+        client.execute_update_with_start_workflow(
+            RolloutWorkflow.wait_started,
+            WaitStartedInput(),
+            start_workflow_operation=start,
+            rpc_timeout=timedelta(seconds=timeout),
+        ),
+        timeout,
+    )
+
+
+async def live_view(client: Client, rollout_id: str, *, timeout: float) -> RolloutView:
+    handle = client.get_workflow_handle(workflow_id_for(rollout_id))
+    return await _bounded(
+        handle.query(RolloutWorkflow.view, rpc_timeout=timedelta(seconds=timeout)), timeout
+    )
+
+
+async def run_action(
+    client: Client, rollout_id: str, action: str, input: ActionInput, *, timeout: float
+) -> ActionResult:
+    """Run an admin action; ActionRefused carries the workflow's reason when it does not apply."""
+    update, _ = ACTIONS[action]
+    handle = client.get_workflow_handle(workflow_id_for(rollout_id))
+    try:
+        return await _bounded(
+            handle.execute_update(update, input, rpc_timeout=timedelta(seconds=timeout)),
+            timeout,
+        )
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type == "RolloutActionRefused":
+            raise ActionRefused(cause.message) from None
+        raise
+
+
+def action_input(action: str, actor: str, reason: str | None = None) -> ActionInput:
+    _, model = ACTIONS[action]
+    if model in (PauseInput, AbortInput):
+        return model(actor=actor, reason=reason)
+    return model(actor=actor)
+
+
+async def report_job(
+    client: Client, rollout_id: str, report: JobReportSignal, *, timeout: float
+) -> None:
+    """Deliver an agent's report to its rollout (the workflow ignores repeats)."""
+    handle = client.get_workflow_handle(workflow_id_for(rollout_id))
+    await _bounded(
+        handle.signal(RolloutWorkflow.job_report, report, rpc_timeout=timedelta(seconds=timeout)),
+        timeout,
+    )
+
+
+async def job_for_instance(
+    client: Client, rollout_id: str, instance_id: str, *, timeout: float
+) -> HandedOutJob | None:
+    handle = client.get_workflow_handle(workflow_id_for(rollout_id))
+    result = await _bounded(
+        handle.query(
+            RolloutWorkflow.job_for_instance,
+            JobForInstanceQuery(instance_id=instance_id),
+            rpc_timeout=timedelta(seconds=timeout),
+        ),
+        timeout,
+    )
+    return result.job

@@ -1,0 +1,171 @@
+"""Typed inputs and outputs of RolloutWorkflow: its run, signals, updates, queries, activities.
+
+Everything crossing Temporal goes through `pydantic_data_converter`, so these are the wire
+format of workflow histories: add fields with defaults only, or recorded histories break.
+"""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from contract.wire import JobStatus, ReportStatus, Step
+from store.jobs import JobWrite
+from store.rollouts import RolloutProgress, RolloutSpec
+
+RolloutStatus = Literal["running", "awaiting_advance", "paused", "completed", "aborted"]
+FAILED_JOB_STATUSES: frozenset[str] = frozenset(
+    {"failed", "rolled_back", "rollback_failed", "timed_out"}
+)
+RETRYABLE_JOB_STATUSES: frozenset[str] = frozenset({"failed", "rolled_back", "timed_out"})
+
+
+# --- state -----------------------------------------------------------------------------------
+
+
+class JobState(BaseModel):
+    id: str
+    instance_id: str
+    batch: int
+    attempt: int
+    status: JobStatus = "pending"
+    step: Step | None = None
+    deadline: datetime
+    superseded: bool = False  # a retry released a newer job for this instance
+
+
+class RolloutState(BaseModel):
+    """All a run knows; carried whole into the next run on continue-as-new."""
+
+    status: RolloutStatus = "running"
+    paused_reason: str | None = None
+    paused_for_failures: bool = False
+    targets: list[str] | None = None  # None until the targets activity answered
+    current_batch: int = 0
+    jobs: list[JobState] = Field(default_factory=list)  # the current batch, every attempt
+    past_counts: dict[str, int] = Field(default_factory=dict)  # earlier batches, latest attempts
+    past_failures: int = 0  # failed jobs of earlier batches (accepted, or the rollout had paused)
+    past_failure_notes: list[str] = Field(default_factory=list)  # the first few, "web-7 failed"
+    accepted_failures: int = 0
+    settled_at: datetime | None = None
+    finished_at: datetime | None = None
+    note: str | None = None
+    revision: int = 0
+
+
+class RolloutInput(BaseModel):
+    spec: RolloutSpec
+    state: RolloutState | None = None  # set by continue-as-new
+
+
+class RolloutResult(BaseModel):
+    status: RolloutStatus
+    counts: dict[str, int]
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+
+class JobReportSignal(BaseModel):
+    job_id: str
+    instance_id: str
+    status: ReportStatus
+    step: Step | None = None
+    message: str | None = None
+
+
+# --- updates (admin actions); pause and resume are signals too --------------------------------
+
+
+class ActionInput(BaseModel):
+    actor: str = "temporal"
+
+
+class AdvanceInput(ActionInput):
+    pass
+
+
+class PauseInput(ActionInput):
+    reason: str | None = None
+
+
+class ResumeInput(ActionInput):
+    pass
+
+
+class RetryInput(ActionInput):
+    pass
+
+
+class AbortInput(ActionInput):
+    reason: str | None = None
+
+
+class ActionResult(BaseModel):
+    status: RolloutStatus
+    current_batch: int
+    message: str
+
+
+class WaitStartedInput(BaseModel):
+    pass
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+
+class RolloutView(BaseModel):
+    """The live state: the workflow's answer, fresher than the read model."""
+
+    status: RolloutStatus
+    paused_reason: str | None
+    current_batch: int
+    total_batches: int
+    target_count: int
+    details: str
+    note: str | None
+    jobs: list[JobState]  # the current batch
+    finished_at: datetime | None
+
+
+class JobForInstanceQuery(BaseModel):
+    instance_id: str
+
+
+class HandedOutJob(BaseModel):
+    id: str
+    rollout_id: str
+    release_id: str
+    deadline: str  # ISO 8601
+
+
+class JobForInstanceResult(BaseModel):
+    job: HandedOutJob | None
+
+
+# --- activities --------------------------------------------------------------------------------
+
+
+class LoadTargetsInput(BaseModel):
+    channel: str
+    version: str
+
+
+class LoadTargetsResult(BaseModel):
+    instance_ids: list[str]
+
+
+class AuditEvent(BaseModel):
+    actor: str
+    action: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordProgressInput(BaseModel):
+    progress: RolloutProgress | None  # None for the extra chunks of a large job write
+    jobs: list[JobWrite]
+    events: list[AuditEvent] = Field(default_factory=list)
+
+
+class RecordProgressResult(BaseModel):
+    applied: bool
