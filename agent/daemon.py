@@ -5,8 +5,11 @@ its own `StepExecutor` and in-memory journals.
 """
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Coroutine
 from importlib import metadata
+from typing import Any, TypeVar
 
 import httpx
 
@@ -22,6 +25,7 @@ from contract.wire import PollResponse, ReportResponse
 
 POLL_PATH = "/api/updates/next"
 REPORT_PATH = "/api/updates/report"
+T = TypeVar("T")
 
 
 def _agent_version() -> str | None:
@@ -29,6 +33,20 @@ def _agent_version() -> str | None:
         return metadata.version("rollout-control-plane")
     except metadata.PackageNotFoundError:
         return None
+
+
+async def _unless_stopped(request: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """A poll hanging on a slow control plane must not delay a SIGTERM: None when stopped."""
+    task = asyncio.ensure_future(request)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    stopped.cancel()
+    return task.result()
 
 
 class Agent:
@@ -104,7 +122,9 @@ class Agent:
                 "agentVersion": _agent_version(),
             }
             try:
-                answer = await signed_post(http, self.signer, POLL_PATH, fields, PollResponse)
+                answer = await _unless_stopped(
+                    signed_post(http, self.signer, POLL_PATH, fields, PollResponse), stop
+                )
             except RequestFailed as exc:
                 failures += 1
                 delay = backoff_delay(
@@ -114,6 +134,8 @@ class Agent:
                 self.log.log(level, "poll failed (%s); retry in %.1f s", exc, delay)
                 await sleep_unless_stopped(stop, delay)
                 continue
+            if answer is None:
+                return
             if failures:
                 self.log.info("control plane answers again after %d failed poll(s)", failures)
                 failures = 0

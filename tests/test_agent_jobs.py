@@ -137,3 +137,15 @@ async def test_sigterm_lets_the_step_finish_reports_and_exits_zero(
     assert "migrate ok: exit status 0" in final["message"]  # finished, not killed
     # The running step finished; the steps after it never started.
     assert host.steps() == ["backup 1.1.0", "pull 1.1.0", "migrate 1.1.0", "rollback 1.1.0"]
+
+
+async def test_sigterm_while_idle_exits_zero_at_once(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    host = await agent_host(url, plane.secret, extra_env={"AGENT_POLL_INTERVAL": "60"})
+    await plane.wait_until(lambda: len(plane.polls) >= 1)
+
+    host.send(signal.SIGTERM)
+    assert await host.wait_exit(timeout=5) == 0
+    assert "stopped" in host.log()
