@@ -149,3 +149,24 @@ async def test_sigterm_while_idle_exits_zero_at_once(
     host.send(signal.SIGTERM)
     assert await host.wait_exit(timeout=5) == 0
     assert "stopped" in host.log()
+
+
+async def test_sigkill_during_rollback_runs_rollback_again_on_restart(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    host = await agent_host(url, plane.secret, fail_at="smoke", block_at="rollback")
+    await host.wait_for_step("rollback 1.1.0")
+    assert host.state()["active"]["step"] == "rollback"
+
+    await host.kill_hard()
+    host.open_gate()
+    await host.start()
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    final = plane.final_report(job_id)
+    assert (final["status"], final["step"]) == ("rolled_back", "smoke")
+    assert "smoke failed: exit status 3" in final["message"]
+    assert "agent restarted during rollback" in final["message"]
+    assert host.steps()[-3:] == ["smoke 1.1.0", "rollback 1.1.0", "rollback 1.1.0"]

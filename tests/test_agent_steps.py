@@ -96,3 +96,44 @@ async def test_a_step_over_its_timeout_is_killed_and_rolled_back(
     assert (final["status"], final["step"]) == ("rolled_back", "smoke")
     assert "smoke failed: timed out after 0.5 s" in final["message"]
     assert host.steps()[-2:] == ["smoke 1.1.0", "rollback 1.1.0"]
+
+
+async def test_steps_get_the_release_env_but_not_the_agent_secret(
+    fake_control_plane: Plane, agent_host: AgentFactory, tmp_path
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0", migrations_required=False)
+    env_file = tmp_path / "backup.env"
+    await agent_host(url, plane.secret, extra_env={"UPDATE_BACKUP_CMD": f"env > {env_file}"})
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    seen = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    release_env = {k: v for k, v in seen.items() if k.startswith("UPDATE_") and "CMD" not in k}
+    assert release_env == {
+        "UPDATE_VERSION": "1.1.0",
+        "UPDATE_SHA": "0123abcd",
+        "UPDATE_CHANNEL": "stable",
+        "UPDATE_PREVIOUS_VERSION": "1.0.0",
+        "UPDATE_MIGRATIONS_REQUIRED": "false",
+        "UPDATE_JOB_ID": job_id,
+        "UPDATE_STEP_TIMEOUT": "30",
+    }
+    assert "AGENT_SECRET" not in seen
+    assert plane.secret not in env_file.read_text()
+
+
+async def test_long_output_is_cut_to_its_last_lines_within_4_kib(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    noisy = "seq 1 50000; echo 'the real reason: disk full'; exit 4"
+    await agent_host(url, plane.secret, extra_env={"UPDATE_SMOKE_CMD": noisy})
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    message = plane.final_report(job_id)["message"]
+    assert len(message.encode()) <= 4096
+    assert "smoke failed: exit status 4" in message
+    assert "the real reason: disk full" in message
+    assert "50000" in message
+    assert "\n  1\n" not in message
