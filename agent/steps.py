@@ -19,6 +19,8 @@ from contract.wire import Step
 
 OUTPUT_TAIL_BYTES = 16 * 1024
 KILL_GRACE_SECONDS = 5.0
+# One hanging health request must not use up every attempt.
+HEALTH_REQUEST_SECONDS = 10.0
 # The step env carries the release, never the agent's own secret.
 _WITHHELD_ENV = ("AGENT_SECRET",)
 
@@ -115,7 +117,10 @@ async def check_health(health: HealthCheck) -> StepResult:
         while attempts < health.retries and loop.time() < deadline:
             attempts += 1
             try:
-                response = await client.get(health.url, timeout=max(0.1, deadline - loop.time()))
+                left = deadline - loop.time()
+                response = await client.get(
+                    health.url, timeout=max(0.1, min(HEALTH_REQUEST_SECONDS, left))
+                )
                 if response.is_success:
                     return StepResult(True, f"HTTP {response.status_code} on attempt {attempts}")
                 last = f"HTTP {response.status_code}"

@@ -92,7 +92,7 @@ async def signed_post(
             status=response.status_code,
             untrusted=True,
         )
-    if response.status_code != 200:
+    if not response.is_success:
         detail = document.get("detail", "")
         raise RequestFailed(
             f"{path}: HTTP {response.status_code}: {detail}",
