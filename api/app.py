@@ -1,4 +1,4 @@
-"""The FastAPI application: one pool (and later one Temporal client) per process, via lifespan."""
+"""The FastAPI application: one pool and one Temporal client per process, opened in lifespan."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -10,9 +10,10 @@ from api.agent_auth import install_agent_error_handler
 from api.errors import install_error_handlers
 from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
-from api.routers import instances, releases, system
+from api.routers import instances, jobs, metrics, releases, rollouts, system, updates
 from contract.settings import ApiSettings
 from store.pool import open_pool
+from worker.connect import connect_temporal
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -24,6 +25,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
         )
+        # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
+        app.state.temporal = await connect_temporal(settings, lazy=True)
         janitor = asyncio.create_task(sweep_forever(app.state.pool))
         try:
             yield
@@ -38,4 +41,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(system.router)
     app.include_router(releases.router)
     app.include_router(instances.router)
+    app.include_router(updates.router)
+    app.include_router(metrics.router)
+    app.include_router(rollouts.router)
+    app.include_router(jobs.router)
     return app

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Header, HTTPException, Request, status
+from temporalio.client import Client
 
 from contract.settings import ApiSettings
 
@@ -17,8 +18,13 @@ def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
+def get_temporal(request: Request) -> Client:
+    return request.app.state.temporal
+
+
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
 def require_admin(

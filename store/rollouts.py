@@ -31,7 +31,7 @@ class RolloutSpec(BaseModel):
     created_by: str
 
 
-def workflow_id_for(rollout_id: str) -> str:
+def rollout_workflow_id(rollout_id: str) -> str:
     """Each rollout is the Temporal workflow `rollout-<id>`."""
     return f"rollout-{rollout_id}"
 
@@ -80,32 +80,32 @@ def _rollout(row: asyncpg.Record) -> Rollout:
 
 
 async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> Rollout:
-    """Insert as `running`; the partial unique index makes a concurrent second one fail."""
-    try:
-        row = await conn.fetchrow(
-            "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
-            " auto_advance, bake_seconds, max_failures, job_timeout_seconds, created_by, status)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'running')"
-            f" RETURNING {_COLUMNS}",
-            spec.id,
-            workflow_id_for(spec.id),
-            spec.manifest_id,
-            spec.version,
-            spec.channel,
-            spec.batch_size,
-            spec.auto_advance,
-            spec.bake_seconds,
-            spec.max_failures,
-            spec.job_timeout_seconds,
-            spec.created_by,
-        )
-    except asyncpg.UniqueViolationError:
+    """Insert as `running`, or raise ChannelBusy: the partial unique index lets only one of
+    several concurrent inserts on a channel through."""
+    row = await conn.fetchrow(
+        "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
+        " auto_advance, bake_seconds, max_failures, job_timeout_seconds, created_by, status)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'running')"
+        " ON CONFLICT (channel) WHERE status NOT IN ('completed', 'aborted') DO NOTHING"
+        f" RETURNING {_COLUMNS}",
+        spec.id,
+        rollout_workflow_id(spec.id),
+        spec.manifest_id,
+        spec.version,
+        spec.channel,
+        spec.batch_size,
+        spec.auto_advance,
+        spec.bake_seconds,
+        spec.max_failures,
+        spec.job_timeout_seconds,
+        spec.created_by,
+    )
+    if row is None:
         busy = await conn.fetchval(
             "SELECT id FROM rollouts WHERE channel = $1 AND status NOT IN ('completed', 'aborted')",
             spec.channel,
         )
-        raise ChannelBusy(spec.channel, busy) from None
-    assert row is not None
+        raise ChannelBusy(spec.channel, busy)
     return _rollout(row)
 
 
@@ -160,3 +160,8 @@ async def list_all(
         status,
     )
     return [_rollout(r) for r in rows]
+
+
+async def count_by_status(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM rollouts GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import httpx
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -21,11 +22,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.rollouts import RolloutActivities
+from api.app import create_app
 from contract.manifest import ReleaseManifest
 from contract.settings import ApiSettings
 from devstack.ports import free_port
 from store import instances, releases
 from store.pool import open_pool
+from tests.conftest import LiveServer
 from tests.manifests import hand_signed
 from worker.main import build_worker
 from workflows.search_attributes import ALL_KEYS
@@ -174,3 +177,19 @@ async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def dev_api(dev_settings: ApiSettings) -> AsyncIterator[LiveServer]:
+    """The real API (uvicorn, free port) whose Temporal client points at the dev server."""
+    async with LiveServer(create_app(dev_settings), free_port()) as server:
+        yield server
+
+
+@pytest.fixture
+async def dev_admin(dev_api: LiveServer, settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
+    token = settings.control_plane_admin_token.get_secret_value()
+    async with httpx.AsyncClient(
+        base_url=dev_api.url, headers={"x-cp-admin-token": token}, timeout=60
+    ) as client:
+        yield client

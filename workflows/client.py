@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from store.rollouts import RolloutSpec, workflow_id_for
+from store.rollouts import RolloutSpec, rollout_workflow_id
 from workflows.rollout import RolloutWorkflow
 from workflows.rollout_models import (
     AbortInput,
@@ -84,7 +84,7 @@ async def start_rollout(
     start = WithStartWorkflowOperation(
         RolloutWorkflow.run,
         RolloutInput(spec=spec),
-        id=workflow_id_for(spec.id),
+        id=rollout_workflow_id(spec.id),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         search_attributes=TypedSearchAttributes(
@@ -108,10 +108,19 @@ async def start_rollout(
 
 
 async def live_view(client: Client, rollout_id: str, *, timeout: float) -> RolloutView:
-    handle = client.get_workflow_handle(workflow_id_for(rollout_id))
+    handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
     return await _bounded(
         handle.query(RolloutWorkflow.view, rpc_timeout=timedelta(seconds=timeout)), timeout
     )
+
+
+async def workflow_exists(client: Client, rollout_id: str, *, timeout: float) -> bool:
+    handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
+    try:
+        await _bounded(handle.describe(rpc_timeout=timedelta(seconds=timeout)), timeout)
+    except (RolloutUnavailable, RolloutGone):
+        return False
+    return True
 
 
 async def run_action(
@@ -119,7 +128,7 @@ async def run_action(
 ) -> ActionResult:
     """Run an admin action; ActionRefused carries the workflow's reason when it does not apply."""
     update, _ = ACTIONS[action]
-    handle = client.get_workflow_handle(workflow_id_for(rollout_id))
+    handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
     try:
         return await _bounded(
             handle.execute_update(update, input, rpc_timeout=timedelta(seconds=timeout)),
@@ -143,7 +152,7 @@ async def report_job(
     client: Client, rollout_id: str, report: JobReportSignal, *, timeout: float
 ) -> None:
     """Deliver an agent's report to its rollout (the workflow ignores repeats)."""
-    handle = client.get_workflow_handle(workflow_id_for(rollout_id))
+    handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
     await _bounded(
         handle.signal(RolloutWorkflow.job_report, report, rpc_timeout=timedelta(seconds=timeout)),
         timeout,
@@ -153,7 +162,7 @@ async def report_job(
 async def job_for_instance(
     client: Client, rollout_id: str, instance_id: str, *, timeout: float
 ) -> HandedOutJob | None:
-    handle = client.get_workflow_handle(workflow_id_for(rollout_id))
+    handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
     result = await _bounded(
         handle.query(
             RolloutWorkflow.job_for_instance,

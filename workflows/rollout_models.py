@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from contract.wire import JobStatus, ReportStatus, Step
 from store.jobs import JobWrite
 from store.rollouts import RolloutProgress, RolloutSpec
+from store.rollouts import rollout_workflow_id as rollout_workflow_id  # re-exported
 
 RolloutStatus = Literal["running", "awaiting_advance", "paused", "completed", "aborted"]
 FAILED_JOB_STATUSES: frozenset[str] = frozenset(

@@ -1,0 +1,57 @@
+"""Update jobs as the read model holds them (PROTOCOL §4, admin)."""
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from api.deps import AdminActor, PoolDep
+from contract.wire import JobStatus
+from store import jobs
+
+router = APIRouter(prefix="/api/updates/jobs", tags=["jobs"])
+
+
+class JobListItem(BaseModel):
+    id: str
+    rolloutId: str
+    instanceId: str
+    batch: int
+    attempt: int
+    status: str
+    step: str | None
+    message: str | None
+    deadline: datetime
+    createdAt: datetime
+    updatedAt: datetime
+
+
+@router.get("", response_model=list[JobListItem])
+async def list_jobs(
+    _: AdminActor,
+    pool: PoolDep,
+    status: JobStatus | None = Query(default=None),
+    rollout_id: str | None = Query(default=None, alias="rolloutId"),
+    instance_id: str | None = Query(default=None, alias="instanceId"),
+    limit: int = Query(default=500, ge=1, le=10_000),
+) -> list[JobListItem]:
+    """Newest first; `limit` bounds the answer on fleet-sized rollouts."""
+    rows = await jobs.list_filtered(
+        pool, status=status, rollout_id=rollout_id, instance_id=instance_id, limit=limit
+    )
+    return [
+        JobListItem(
+            id=j.id,
+            rolloutId=j.rollout_id,
+            instanceId=j.instance_id,
+            batch=j.batch,
+            attempt=j.attempt,
+            status=j.status,
+            step=j.step,
+            message=j.message,
+            deadline=j.deadline,
+            createdAt=j.created_at,
+            updatedAt=j.updated_at,
+        )
+        for j in rows
+    ]
