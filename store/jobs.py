@@ -10,7 +10,7 @@ from datetime import datetime
 import asyncpg
 from pydantic import BaseModel
 
-from contract.wire import JobStatus, Step
+from contract.wire import JobStatus, ReportRequest, Step
 
 _COLUMNS = (
     "id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
@@ -86,6 +86,26 @@ async def open_job_for_instance(
     return _job(row) if row else None
 
 
+async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest) -> str:
+    """Move the job forward by an agent's report; returns its status afterwards.
+
+    A report never moves a settled job: the returned status then differs from the report's.
+    """
+    status = await conn.fetchval(
+        "UPDATE update_jobs SET status = $2, step = COALESCE($3, step),"
+        " message = COALESCE($4, message), updated_at = now()"
+        " WHERE id = $1 AND (status = 'pending' OR (status = 'in_progress' AND $2 <> 'pending'))"
+        " RETURNING status",
+        report.jobId,
+        report.status,
+        report.step,
+        report.message,
+    )
+    if status is None:
+        status = await conn.fetchval("SELECT status FROM update_jobs WHERE id = $1", report.jobId)
+    return str(status)
+
+
 async def for_rollout(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> list[Job]:
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM update_jobs WHERE rollout_id = $1"
@@ -114,3 +134,8 @@ async def list_filtered(
         limit,
     )
     return [_job(r) for r in rows]
+
+
+async def count_by_status(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM update_jobs GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}

@@ -75,6 +75,11 @@ async def _bounded(call: Awaitable[T], timeout: float) -> T:
         raise RolloutUnavailable(f"Temporal: {exc.message}") from exc
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as exc:
         raise RolloutUnavailable(f"the rollout workflow could not answer: {exc}") from exc
+    except RuntimeError as exc:
+        # A lazy client's first call raises this plain error when the server cannot be reached.
+        if str(exc).startswith("Failed client connect"):
+            raise RolloutUnavailable(f"Temporal is unreachable: {exc}") from exc
+        raise
 
 
 async def start_rollout(

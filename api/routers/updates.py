@@ -1,0 +1,129 @@
+"""Agent endpoints (PROTOCOL §5): polls and reports, translated into workflow queries/signals.
+
+An idle poll (no open job for the instance) is answered from PostgreSQL alone: fleets poll
+far faster than Temporal answers queries. Only an instance with an open job costs a query.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from temporalio.client import Client
+
+from api.agent_auth import AgentError, Verified, verified_request
+from api.deps import PoolDep, TemporalDep
+from api.metrics import POLLS, REPORTS
+from contract.wire import TERMINAL_JOB_STATUSES, PollRequest, ReportRequest
+from store import instances, job_reports, jobs, releases
+from workflows import client as rollouts
+from workflows.client import RolloutGone, RolloutUnavailable
+from workflows.rollout_models import HandedOutJob, JobReportSignal
+
+router = APIRouter(prefix="/api/updates", tags=["agents"])
+
+VerifiedPoll = Annotated[Verified[PollRequest], Depends(verified_request(PollRequest))]
+VerifiedReport = Annotated[Verified[ReportRequest], Depends(verified_request(ReportRequest))]
+
+_UNAVAILABLE = "the rollout engine (Temporal) is unavailable; retry later"
+# Agents retry on 503, so answering fast beats waiting out a slow Temporal.
+_TEMPORAL_TIMEOUT_SECONDS = 5.0
+
+
+@router.post("/next")
+async def next_job(call: VerifiedPoll, pool: PoolDep, temporal: TemporalDep) -> Response:
+    poll = call.body
+    await instances.record_poll(
+        pool,
+        instance_id=poll.instanceId,
+        channel=poll.channel,
+        current_version=poll.currentVersion,
+        agent_version=poll.agentVersion,
+    )
+    open_job = await jobs.open_job_for_instance(pool, poll.instanceId)
+    if open_job is None:
+        POLLS.labels(outcome="idle").inc()
+        return call.answer({"job": None})
+    handed = await _job_the_workflow_hands_out(temporal, call, open_job.rollout_id)
+    release = await releases.get(pool, handed.release_id) if handed else None
+    if handed is None or release is None:
+        POLLS.labels(outcome="withheld").inc()
+        return call.answer({"job": None})
+    POLLS.labels(outcome="job").inc()
+    job = {
+        "id": handed.id,
+        "rolloutId": handed.rollout_id,
+        "manifest": release.manifest().as_document(),
+        "deadline": handed.deadline,
+    }
+    return call.answer({"job": job})
+
+
+async def _job_the_workflow_hands_out(
+    temporal: Client, call: Verified[PollRequest], rollout_id: str
+) -> HandedOutJob | None:
+    try:
+        return await rollouts.job_for_instance(
+            temporal, rollout_id, call.body.instanceId, timeout=_TEMPORAL_TIMEOUT_SECONDS
+        )
+    except RolloutGone:
+        return None  # the rollout's history is gone: nothing to hand out
+    except RolloutUnavailable as exc:
+        POLLS.labels(outcome="unavailable").inc()
+        raise AgentError(503, _UNAVAILABLE, secret=call.secret, nonce=call.body.nonce) from exc
+
+
+@router.post("/report")
+async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> Response:
+    r = call.body
+    job = await jobs.get(pool, r.jobId)
+    if job is None:
+        REPORTS.labels(outcome="unknown_job").inc()
+        raise AgentError(404, f"job {r.jobId} not found", secret=call.secret, nonce=r.nonce)
+    if job.instance_id != r.instanceId:
+        REPORTS.labels(outcome="forbidden").inc()
+        raise AgentError(
+            403, f"job {r.jobId} belongs to another instance", secret=call.secret, nonce=r.nonce
+        )
+    if (job.status, job.step) == (r.status, r.step):
+        REPORTS.labels(outcome="duplicate").inc()
+        return call.answer({"jobId": job.id, "status": job.status, "accepted": True})
+    if job.status in TERMINAL_JOB_STATUSES:
+        REPORTS.labels(outcome="conflict").inc()
+        raise AgentError(
+            409,
+            f"job {job.id} is already {job.status}; a {r.status} report contradicts it",
+            secret=call.secret,
+            nonce=r.nonce,
+        )
+    # Only what changes the workflow's decisions is signalled: a job starting or ending.
+    if r.status != "in_progress" or job.status == "pending":
+        await _signal_workflow(temporal, call, job.rollout_id)
+    async with pool.acquire() as conn, conn.transaction():
+        await job_reports.append(conn, r)
+        status = await jobs.apply_report(conn, r)
+    if status != r.status:
+        REPORTS.labels(outcome="conflict").inc()
+        raise AgentError(
+            409,
+            f"job {job.id} is already {status}; a {r.status} report contradicts it",
+            secret=call.secret,
+            nonce=r.nonce,
+        )
+    REPORTS.labels(outcome="accepted").inc()
+    return call.answer({"jobId": job.id, "status": status, "accepted": True})
+
+
+async def _signal_workflow(
+    temporal: Client, call: Verified[ReportRequest], rollout_id: str
+) -> None:
+    r = call.body
+    signal = JobReportSignal(
+        job_id=r.jobId, instance_id=r.instanceId, status=r.status, step=r.step, message=r.message
+    )
+    try:
+        await rollouts.report_job(temporal, rollout_id, signal, timeout=_TEMPORAL_TIMEOUT_SECONDS)
+    except RolloutGone:
+        return  # a finished rollout takes no more decisions; the read model still records it
+    except RolloutUnavailable as exc:
+        REPORTS.labels(outcome="unavailable").inc()
+        raise AgentError(503, _UNAVAILABLE, secret=call.secret, nonce=r.nonce) from exc
