@@ -16,7 +16,12 @@ def now_iso(offset_seconds: float = 0) -> str:
 
 
 def body_for(instance_id: str, **fields: Any) -> dict[str, Any]:
-    return {"instanceId": instance_id, "sentAt": now_iso(), "nonce": secrets.token_hex(16), **fields}
+    return {
+        "instanceId": instance_id,
+        "sentAt": now_iso(),
+        "nonce": secrets.token_hex(16),
+        **fields,
+    }
 
 
 def poll_body(instance_id: str, version: str = "1.0.0", channel: str = "stable", **extra: Any):
