@@ -3,6 +3,7 @@ from the PyPI binaries in the venv (nothing is downloaded). Each test gets a fre
 and, when it asks, a real worker on it whose activities write the test's own database."""
 
 import asyncio
+import contextlib
 import shutil
 import sys
 import time
@@ -18,6 +19,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -121,6 +123,14 @@ def dev_settings(
     return settings_for(settings, dev_env.client, task_queue)
 
 
+async def terminate_rollouts(client: Client, pool: asyncpg.Pool) -> None:
+    """End the test's unfinished rollouts: on the shared time-skipping server a workflow whose
+    worker is gone would hold its clock still for every later test."""
+    for row in await pool.fetch("SELECT workflow_id FROM rollouts"):
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(row["workflow_id"]).terminate("test finished")
+
+
 @pytest.fixture
 async def ts_worker(
     time_skipping_env: WorkflowEnvironment, ts_settings: ApiSettings, worker_pool: asyncpg.Pool
@@ -128,6 +138,7 @@ async def ts_worker(
     worker = build_worker(time_skipping_env.client, ts_settings, RolloutActivities(worker_pool))
     async with worker:
         yield worker
+    await terminate_rollouts(time_skipping_env.client, worker_pool)
 
 
 @pytest.fixture
@@ -137,6 +148,7 @@ async def dev_worker(
     worker = build_worker(dev_env.client, dev_settings, RolloutActivities(worker_pool))
     async with worker:
         yield worker
+    await terminate_rollouts(dev_env.client, worker_pool)
 
 
 # --- rollout test helpers ------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from store import audit, jobs, rollouts
 from store.rollouts import RolloutSpec
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from workflows import client as rollout_client
-from workflows.rollout_models import JobReportSignal, JobState, RolloutView
+from workflows.rollout import RolloutWorkflow
+from workflows.rollout_models import JobReportSignal, JobState, RolloutResult, RolloutView
 
 TIMEOUT = 15.0
 
@@ -74,6 +75,11 @@ async def act(client: Client, spec: RolloutSpec, action: str, reason: str | None
     return result.status
 
 
+async def outcome(client: Client, spec: RolloutSpec) -> RolloutResult:
+    """The workflow's result (awaiting it lets the time-skipping server skip ahead)."""
+    return await client.get_workflow_handle_for(RolloutWorkflow.run, f"rollout-{spec.id}").result()
+
+
 async def succeed_all(client: Client, spec: RolloutSpec) -> None:
     for job in (await view(client, spec)).jobs:
         if job.status in ("pending", "in_progress"):
@@ -128,3 +134,220 @@ async def test_batches_move_to_completed_by_advance(
     assert actions.count("rollout.advance") == 2
     assert actions.count("rollout.batch_released") == 3
     assert "rollout.status_changed" in actions
+
+
+async def job_for(client: Client, spec: RolloutSpec, instance_id: str) -> str | None:
+    handed = await rollout_client.job_for_instance(client, spec.id, instance_id, timeout=TIMEOUT)
+    return handed.id if handed else None
+
+
+async def test_failures_beyond_max_pause_with_a_reason_and_resume_accepts_them(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    fleet = ["web-1", "web-2", "web-3", "web-4", "web-5", "web-6"]
+    spec = await start(client, db, ts_settings, fleet, batch_size=3, max_failures=1)
+    one, two, three = (await view(client, spec)).jobs
+    await report(client, spec, one, "rolled_back", "smoke")
+    await report(client, spec, three, "in_progress", "pull")
+    # One failure is tolerated: still running, jobs still handed out.
+    assert await job_for(client, spec, "web-2") == two.id
+    await report(client, spec, two, "failed", "preflight")
+    paused = await settles_to(client, spec, "paused")
+    assert paused.paused_reason == (
+        "2 jobs failed (max 1): web-1 rolled_back at smoke; web-2 failed at preflight"
+    )
+    assert "paused: 2 jobs failed" in paused.details
+    assert await job_for(client, spec, "web-3") is None  # withheld while paused
+    # A job already running still settles while paused.
+    await report(client, spec, three, "succeeded")
+
+    async def stored_reason() -> str | None:
+        row = await rollouts.get(db, spec.id)
+        return row.paused_reason if row and row.status == "paused" else None
+
+    assert (await eventually(stored_reason)).startswith("2 jobs failed")
+    assert await act(client, spec, "resume") == "running"
+    # The failures are accepted: the settled batch waits for an advance, it does not pause again.
+    await settles_to(client, spec, "awaiting_advance")
+    await act(client, spec, "advance")
+    four, five, _ = (await view(client, spec)).jobs
+    await report(client, spec, four, "succeeded")
+    await report(client, spec, five, "failed", "migrate")
+    again = await settles_to(client, spec, "paused")
+    assert again.paused_reason is not None
+    assert again.paused_reason.startswith("3 jobs failed (max 1, 2 accepted): web-5 failed")
+
+
+async def test_retry_releases_new_jobs_for_exactly_the_failed_ones(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b", "c", "d"], batch_size=4, max_failures=3)
+    a, b, c, d = (await view(client, spec)).jobs
+    with pytest.raises(rollout_client.ActionRefused, match="no failed, rolled-back or timed-out"):
+        await act(client, spec, "retry")
+    await report(client, spec, a, "failed", "pull")
+    await report(client, spec, b, "rolled_back", "smoke")
+    await report(client, spec, c, "succeeded")
+    await report(client, spec, d, "in_progress", "backup")
+
+    async def two_failed() -> bool:
+        jobs_now = (await view(client, spec)).jobs
+        return sum(j.status in ("failed", "rolled_back") for j in jobs_now) == 2
+
+    await eventually(two_failed)
+    assert await act(client, spec, "retry") == "running"
+    after = (await view(client, spec)).jobs
+    retried = [j for j in after if j.attempt == 2]
+    assert sorted(j.instance_id for j in retried) == ["a", "b"]
+    assert all(j.status == "pending" and j.id not in (a.id, b.id) for j in retried)
+    assert await job_for(client, spec, "a") == retried[0].id
+    # A report on the old job id changes nothing: it is settled and superseded.
+    await report(client, spec, a, "succeeded")
+    stored = {j.id: j for j in await jobs.for_rollout(db, spec.id)}
+    assert {j.id for j in retried} <= set(stored)
+    assert stored[d.id].attempt == 1  # the running job was not re-released
+    for job in retried:
+        await report(client, spec, job, "succeeded")
+    await report(client, spec, d, "succeeded")
+    done = await settles_to(client, spec, "completed")
+    assert done.details.startswith("batch 1/1 · 4 succeeded")
+    assert stored[a.id].status == "failed"
+
+
+async def test_jobs_time_out_by_durable_timer_but_not_while_withheld(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b"], job_timeout_seconds=600, max_failures=5)
+    a, b = (await view(client, spec)).jobs
+    await report(client, spec, a, "in_progress", "migrate")
+    await act(client, spec, "pause", "hold")
+    await time_skipping_env.sleep(601)
+    paused = await view(client, spec)
+    # The running job timed out; the withheld pending one did not.
+    assert {j.instance_id: j.status for j in paused.jobs} == {"a": "timed_out", "b": "pending"}
+    await act(client, spec, "resume")
+    resumed_b = next(j for j in (await view(client, spec)).jobs if j.instance_id == "b")
+    assert resumed_b.deadline > b.deadline  # its time started again at resume
+    await time_skipping_env.sleep(601)
+    done = await settles_to(client, spec, "completed")
+    assert {j.instance_id: (j.status, j.step) for j in done.jobs} == {
+        "a": ("timed_out", "migrate"),
+        "b": ("timed_out", None),
+    }
+
+    async def stored_timeouts() -> bool:
+        return [j.status for j in await jobs.for_rollout(db, spec.id)] == ["timed_out"] * 2
+
+    await eventually(stored_timeouts)
+
+
+async def test_auto_advance_waits_the_bake_time(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    spec = await start(
+        client, db, ts_settings, ["a", "b", "c"], batch_size=2, auto_advance=True, bake_seconds=900
+    )
+    await succeed_all(client, spec)
+    baking = await settles_to(client, spec, "awaiting_advance")
+    assert baking.current_batch == 1
+    await time_skipping_env.sleep(300)
+    assert (await view(client, spec)).current_batch == 1  # still baking
+    await time_skipping_env.sleep(601)
+    second = await settles_to(client, spec, "running")
+    assert second.current_batch == 2
+    await succeed_all(client, spec)
+    await settles_to(client, spec, "completed")
+
+
+async def test_abort_cancels_pending_jobs_while_running_ones_still_report(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b", "c"], batch_size=3)
+    a, b, _ = (await view(client, spec)).jobs
+    await report(client, spec, a, "in_progress", "pull")
+    assert await act(client, spec, "abort", "bad release") == "aborted"
+    aborted = await view(client, spec)
+    assert {j.instance_id: j.status for j in aborted.jobs} == {
+        "a": "in_progress",
+        "b": "cancelled",
+        "c": "cancelled",
+    }
+    assert await job_for(client, spec, "a") is None  # nothing is handed out any more
+    for action in ("advance", "pause", "resume", "retry", "abort"):
+        with pytest.raises(rollout_client.ActionRefused, match="rollout is aborted"):
+            await act(client, spec, action)
+    await report(client, spec, b, "in_progress", "pull")  # cancelled: ignored
+    await report(client, spec, a, "succeeded")
+    result = await client.get_workflow_handle_for(
+        RolloutWorkflow.run, f"rollout-{spec.id}"
+    ).result()
+    assert (result.status, result.counts) == ("aborted", {"succeeded": 1, "cancelled": 2})
+    row = await rollouts.get(db, spec.id)
+    assert row is not None and row.workflow_closed and row.status == "aborted"
+    assert {j.instance_id: j.status for j in await jobs.for_rollout(db, spec.id)} == {
+        "a": "succeeded",
+        "b": "cancelled",
+        "c": "cancelled",
+    }
+
+
+async def test_reports_are_idempotent_and_checked_against_the_instance(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b"], batch_size=2, max_failures=5)
+    a, b = (await view(client, spec)).jobs
+    await report(client, spec, a.model_copy(update={"instance_id": "b"}), "failed")  # wrong host
+    await report(client, spec, a.model_copy(update={"id": "no-such-job"}), "failed")  # unknown
+    await report(client, spec, a, "in_progress", "preflight")
+    await report(client, spec, a, "succeeded")
+    await report(client, spec, a, "failed", "smoke")  # contradicts a settled job: ignored
+    await report(client, spec, a, "in_progress", "pull")  # ignored too
+    await report(client, spec, b, "in_progress", "backup")
+    current = await view(client, spec)
+    assert {j.instance_id: (j.status, j.step) for j in current.jobs} == {
+        "a": ("succeeded", "health"),
+        "b": ("in_progress", "backup"),
+    }
+    assert await job_for(client, spec, "a") is None
+    assert await job_for(client, spec, "b") == b.id
+
+
+async def test_no_targets_completes_at_once(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, [])
+    result = await client.get_workflow_handle_for(
+        RolloutWorkflow.run, f"rollout-{spec.id}"
+    ).result()
+    assert (result.status, result.counts) == ("completed", {})
+    row = await rollouts.get(db, spec.id)
+    assert row is not None and row.status == "completed" and row.total_batches == 0
+    assert "nothing to update" in row.details
