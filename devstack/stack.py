@@ -13,6 +13,7 @@ from devstack import secrets as dev_secrets
 from devstack.ports import port_is_free
 from devstack.postgres import EmbeddedPostgres, PostgresStartError
 from devstack.processes import Child, say
+from devstack.temporal import TemporalStartError, dev_server_argv, wait_until_serving
 
 DEV_DATABASE = "rollout"
 
@@ -24,6 +25,8 @@ class DevConfig:
     data_dir: Path
     api_port: int
     postgres_port: int
+    temporal_port: int
+    temporal_ui_port: int
 
     @classmethod
     def from_env(cls) -> "DevConfig":
@@ -31,10 +34,17 @@ class DevConfig:
             data_dir=Path(os.environ.get("ROLLOUT_DATA_DIR", ".data")).resolve(),
             api_port=int(os.environ.get("ROLLOUT_API_PORT", "8000")),
             postgres_port=int(os.environ.get("ROLLOUT_POSTGRES_PORT", "5433")),
+            temporal_port=int(os.environ.get("ROLLOUT_TEMPORAL_PORT", "7233")),
+            temporal_ui_port=int(os.environ.get("ROLLOUT_TEMPORAL_UI_PORT", "8233")),
         )
 
     def ports(self) -> dict[str, int]:
-        return {"ROLLOUT_API_PORT": self.api_port, "ROLLOUT_POSTGRES_PORT": self.postgres_port}
+        return {
+            "ROLLOUT_API_PORT": self.api_port,
+            "ROLLOUT_POSTGRES_PORT": self.postgres_port,
+            "ROLLOUT_TEMPORAL_PORT": self.temporal_port,
+            "ROLLOUT_TEMPORAL_UI_PORT": self.temporal_ui_port,
+        }
 
 
 class StackError(Exception):
@@ -68,13 +78,28 @@ async def run_stack(config: DevConfig) -> int:
     children: list[Child] = []
     try:
         database_url = await ensure_database(postgres)
-        env = {**secrets, "DATABASE_URL": database_url}
+        temporal_address = f"127.0.0.1:{config.temporal_port}"
+        temporal = Child(
+            "temporal",
+            dev_server_argv(
+                config.data_dir / "temporal.db", config.temporal_port, config.temporal_ui_port
+            ),
+        )
+        children.append(temporal)
+        await temporal.start()
+        say(f"starting the Temporal dev server on {temporal_address}")
+        await wait_until_serving(temporal_address)
+        env = {**secrets, "DATABASE_URL": database_url, "TEMPORAL_ADDRESS": temporal_address}
         rollout = [sys.executable, "-m", "cli.main"]
-        children.append(Child("api", [*rollout, "api", "--port", str(config.api_port)], env))
-        for child in children:
+        for child in (
+            Child("worker", [*rollout, "worker"], env),
+            Child("api", [*rollout, "api", "--port", str(config.api_port)], env),
+        ):
+            children.append(child)
             await child.start()
-        say(f"API docs:     http://127.0.0.1:{config.api_port}/docs")
-        say(f"dev secrets:  {secrets_file}  (source it to use the CLI and curl)")
+        say(f"API docs:        http://127.0.0.1:{config.api_port}/docs")
+        say(f"Temporal Web UI: http://127.0.0.1:{config.temporal_ui_port}")
+        say(f"dev secrets:     {secrets_file}  (source it to use the CLI and curl)")
         say("Ctrl-C stops everything")
         return await _wait_for_stop_or_crash(children)
     finally:
@@ -102,6 +127,6 @@ async def _wait_for_stop_or_crash(children: list[Child]) -> int:
 def main() -> int:
     try:
         return asyncio.run(run_stack(DevConfig.from_env()))
-    except (StackError, PostgresStartError) as exc:
+    except (StackError, PostgresStartError, TemporalStartError) as exc:
         print(f"rollout dev: {exc}", file=sys.stderr)
         return 2

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from contract.settings import ApiSettings
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from tests.conftest import LiveServer
+from tests.fixtures_temporal import server_address
 
 REQUIRED = ["CONTROL_PLANE_ADMIN_TOKEN", "CONTROL_PLANE_RELEASE_SIGNING_SECRET"]
 
@@ -58,26 +60,36 @@ def test_api_refuses_a_placeholder_secret(database_url: str) -> None:
     assert "CONTROL_PLANE_ADMIN_TOKEN" in result.stderr and "placeholder" in result.stderr
 
 
-async def test_health_reports_a_stopped_database_as_503(tmp_path: Path) -> None:
+async def test_health_names_each_dependency_that_is_down(
+    tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
     server = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
     server.start()
     settings = ApiSettings(
         database_url=server.dsn,
+        temporal_address=server_address(dev_env.client),
         control_plane_admin_token=secrets.token_hex(16),
         control_plane_release_signing_secret=secrets.token_hex(16),
     )
+    no_temporal = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
     try:
         async with (
             LiveServer(create_app(settings), free_port()) as api,
-            httpx.AsyncClient(base_url=api.url, timeout=30) as client,
+            LiveServer(create_app(no_temporal), free_port()) as api_without_temporal,
+            httpx.AsyncClient(timeout=30) as client,
         ):
-            up = await client.get("/health")
-            assert up.status_code == 200 and up.json()["checks"]["database"] == "ok"
+            up = await client.get(f"{api.url}/health")
+            assert up.status_code == 200
+            assert up.json()["checks"] == {"database": "ok", "temporal": "ok"}
+            half = await client.get(f"{api_without_temporal.url}/health")
+            assert half.status_code == 503
+            assert "temporal" in half.json()["detail"] and "database" not in half.json()["detail"]
             server.stop()
-            down = await client.get("/health")
+            down = await client.get(f"{api.url}/health")
             assert down.status_code == 503
+            assert down.json()["checks"]["temporal"] == "ok"
             assert "database" in down.json()["detail"]
-            version = await client.get("/version")
+            version = await client.get(f"{api.url}/version")
             assert version.json()["version"] == "0.1.0"
     finally:
         server.stop()
