@@ -179,7 +179,9 @@ async def seed_instances(
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0) -> T:
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.05
+) -> T:
     """Poll `probe` until it returns something truthy; for effects with no event to await."""
     deadline = time.monotonic() + timeout
     while True:
@@ -188,7 +190,7 @@ async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)
 
 
 @pytest.fixture

@@ -100,9 +100,9 @@ class RolloutWorkflow:
             for job in self._jobs.values()
             if job.status in OPEN_JOB_STATUSES
         }
-        self._dirty: set[str] = set()
-        self._messages: dict[str, str] = {}
-        self._events: list[AuditEvent] = []
+        self._dirty: set[str] = set(self._state.unwritten_jobs)
+        self._messages: dict[str, str] = dict(self._state.unwritten_messages)
+        self._events: list[AuditEvent] = list(self._state.unwritten_events)
         self._row_dirty = True
         self._changed = False
         self._releasing = False
@@ -121,6 +121,9 @@ class RolloutWorkflow:
             self._changed = False
             self._expire_overdue_jobs()
             self._settle()
+            if self._should_continue_as_new():
+                await self._let_handlers_finish()
+                workflow.continue_as_new(RolloutInput(spec=self._spec, state=self._snapshot()))
             if self._bake_over():
                 await self._release_batch(self._state.current_batch + 1, WORKFLOW_ACTOR)
                 continue
@@ -128,9 +131,6 @@ class RolloutWorkflow:
             await self._write()
             if self._is_done():
                 break
-            if self._should_continue_as_new():
-                await self._drain()
-                workflow.continue_as_new(RolloutInput(spec=self._spec, state=self._snapshot()))
             await self._sleep_until_change()
         self._closing = True
         self._row_dirty = True
@@ -166,6 +166,8 @@ class RolloutWorkflow:
         return self._state.status == "aborted" and not self._open_by_instance
 
     async def _sleep_until_change(self) -> None:
+        if self._unwritten():
+            return
         wake = self._next_wake()
         timeout = None if wake is None else (wake - workflow.now()).total_seconds()
         if timeout is not None and timeout <= 0:
@@ -180,25 +182,36 @@ class RolloutWorkflow:
         return min(times, default=None)
 
     def _should_continue_as_new(self) -> bool:
-        if self._releasing:
+        if self._releasing or self._is_done():
             return False
         if self._signals >= SIGNAL_BUDGET or workflow.info().is_continue_as_new_suggested():
             return True
         at_boundary = self._state.status == "awaiting_advance"
         return at_boundary and self._signals >= BOUNDARY_SIGNAL_BUDGET
 
-    async def _drain(self) -> None:
-        """Let handlers finish and write everything before the run ends or continues."""
+    async def _let_handlers_finish(self) -> None:
+        """Before continue-as-new: no update may be cut off; reports keep arriving meanwhile,
+        so what they changed after the last write is carried, not waited for."""
         while True:
             await workflow.wait_condition(
                 lambda: workflow.all_handlers_finished() and not self._releasing
             )
             await self._write()
-            if workflow.all_handlers_finished() and not self._unwritten():
+            if workflow.all_handlers_finished() and not self._releasing:
+                return
+
+    async def _drain(self) -> None:
+        """Before the run returns: every handler finished and everything written."""
+        while True:
+            await self._let_handlers_finish()
+            if not self._unwritten():
                 return
 
     def _snapshot(self) -> RolloutState:
         self._state.jobs = list(self._jobs.values())
+        self._state.unwritten_jobs = sorted(self._dirty)
+        self._state.unwritten_messages = dict(self._messages)
+        self._state.unwritten_events = list(self._events)
         return self._state
 
     # --- batches ------------------------------------------------------------------------------
@@ -610,14 +623,22 @@ class RolloutWorkflow:
         )
 
     async def _write(self, new_jobs: list[JobState] | None = None) -> None:
-        """Write what changed (and `new_jobs`) to PostgreSQL, in order, one writer at a time."""
+        """Write what changed to PostgreSQL, one writer at a time.
+
+        A release (`new_jobs`) writes every change, as the batch it closes is folded away
+        after. Otherwise at most JOBS_PER_WRITE changed jobs per call: the run loop gets back
+        quickly to its continue-as-new check while reports pour in; the rest follows next turn.
+        """
         async with self._write_lock:
             if not self._unwritten() and not new_jobs:
                 return
-            dirty = [self._jobs[job_id] for job_id in sorted(self._dirty) if job_id in self._jobs]
+            batch = sorted(self._dirty)
+            if new_jobs is None:
+                batch = batch[:JOBS_PER_WRITE]
+            self._dirty.difference_update(batch)
+            dirty = [self._jobs[job_id] for job_id in batch if job_id in self._jobs]
             writes = [self._job_write(job) for job in dirty + (new_jobs or [])]
             events, self._events = self._events, []
-            self._dirty.clear()
             self._row_dirty = False
             self._state.revision += 1
             progress = self._progress()

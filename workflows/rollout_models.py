@@ -52,6 +52,10 @@ class RolloutState(BaseModel):
     finished_at: datetime | None = None
     note: str | None = None
     revision: int = 0
+    # Changes that arrived while the run was ending, written by the next run.
+    unwritten_jobs: list[str] = Field(default_factory=list)
+    unwritten_messages: dict[str, str] = Field(default_factory=dict)
+    unwritten_events: list["AuditEvent"] = Field(default_factory=list)
 
 
 class RolloutInput(BaseModel):
@@ -170,3 +174,6 @@ class RecordProgressInput(BaseModel):
 
 class RecordProgressResult(BaseModel):
     applied: bool
+
+
+RolloutState.model_rebuild()

@@ -1,0 +1,123 @@
+"""A 10,000-instance rollout completes: the workflow continues-as-new before Temporal's
+10,000-signals-per-run cap (two signals per job here: started and ended), carrying its state,
+and loses no report delivered around a continue-as-new."""
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from contract.settings import ApiSettings
+from store import instances, rollouts
+from store.rollouts import RolloutSpec
+from tests.fixtures_temporal import eventually, seed_release
+from workflows import client as rollout_client
+from workflows.rollout import RolloutWorkflow
+from workflows.rollout_models import JobReportSignal, RolloutView
+
+FLEET_SIZE = 10_000
+BATCH_SIZE = 5_000  # 10,000 signals per batch: the run must continue-as-new mid-batch
+# Reports arrive in waves, as from a fleet (a flood beyond what one workflow task takes in
+# would meet Temporal's refusal of the 10,001st signal, and the agents' retries).
+WAVE = 1_000
+CONCURRENT_SIGNALS = 64
+
+
+async def test_ten_thousand_jobs_run_to_completion(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    release_id = await seed_release(db, ts_settings)
+    names = [f"host-{n:05d}" for n in range(FLEET_SIZE)]
+    for name in names:
+        await instances.record_poll(
+            db, instance_id=name, channel="stable", current_version="1.3.0", agent_version=None
+        )
+    spec = RolloutSpec(
+        id=uuid.uuid4().hex,
+        manifest_id=release_id,
+        version="1.4.0",
+        channel="stable",
+        batch_size=BATCH_SIZE,
+        auto_advance=True,
+        created_by="test",
+    )
+    await rollouts.insert(db, spec)
+    started = time.monotonic()
+    await rollout_client.start_rollout(
+        client, spec, task_queue=ts_settings.temporal_task_queue, timeout=60
+    )
+    handle = client.get_workflow_handle_for(RolloutWorkflow.run, f"rollout-{spec.id}")
+    first_run = (await handle.describe()).run_id
+    limit = asyncio.Semaphore(CONCURRENT_SIGNALS)
+
+    async def send(job_id: str, instance_id: str, status: str) -> None:
+        signal = JobReportSignal(
+            job_id=job_id, instance_id=instance_id, status=status, step="health"
+        )  # type: ignore[arg-type]
+        async with limit:
+            await rollout_client.report_job(client, spec.id, signal, timeout=60)
+
+    async def batch_released(number: int) -> RolloutView | None:
+        current = await rollout_client.live_view(client, spec.id, timeout=60)
+        return current if current.current_batch == number and current.jobs else None
+
+    async def processed(number: int, status: str, count: int) -> bool:
+        """The workflow has taken in `count` reports of `status` on batch `number` (or moved on)."""
+        current = await rollout_client.live_view(client, spec.id, timeout=60)
+        if current.current_batch != number:
+            return True
+        reached = ("succeeded",) if status == "succeeded" else ("in_progress", "succeeded")
+        return sum(j.status in reached for j in current.jobs) >= count
+
+    seen: set[str] = set()
+    for number in range(1, FLEET_SIZE // BATCH_SIZE + 1):
+        batch = await eventually(lambda n=number: batch_released(n), timeout=120, interval=0.5)
+        assert len(batch.jobs) == BATCH_SIZE
+        seen.update(j.instance_id for j in batch.jobs)
+        for status in ("in_progress", "succeeded"):
+            for start in range(0, BATCH_SIZE, WAVE):
+                wave = batch.jobs[start : start + WAVE]
+                await asyncio.gather(*(send(j.id, j.instance_id, status) for j in wave))
+                await eventually(lambda b=number, s=status, n=start: processed(b, s, n + WAVE))
+
+    result = await handle.result()
+    elapsed = time.monotonic() - started
+    assert seen == set(names)
+    assert (result.status, result.counts) == ("completed", {"succeeded": FLEET_SIZE})
+    signals_per_run = await signals_by_run(client, handle.id, first_run)
+    assert len(signals_per_run) >= 3, signals_per_run  # continued as new, mid-batch too
+    assert max(signals_per_run) < 10_000 and sum(signals_per_run) == 2 * FLEET_SIZE
+    stored = await db.fetchrow(
+        "SELECT count(*) AS jobs, count(DISTINCT instance_id) AS hosts,"
+        " count(*) FILTER (WHERE status = 'succeeded') AS ok FROM update_jobs"
+    )
+    assert dict(stored) == {"jobs": FLEET_SIZE, "hosts": FLEET_SIZE, "ok": FLEET_SIZE}
+    row = await rollouts.get(db, spec.id)
+    assert row is not None and (row.status, row.current_batch) == ("completed", 2)
+    print(f"10,000 jobs, 20,000 signals: {elapsed:.1f}s, signals per run {signals_per_run}")
+
+
+async def signals_by_run(client: Client, workflow_id: str, run_id: str | None) -> list[int]:
+    """Signals recorded in each run of the chain, following continue-as-new links."""
+    counts = []
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        counts.append(
+            sum(e.HasField("workflow_execution_signaled_event_attributes") for e in history.events)
+        )
+        last = history.events[-1]
+        continued = last.workflow_execution_continued_as_new_event_attributes
+        run_id = (
+            continued.new_execution_run_id
+            if last.HasField("workflow_execution_continued_as_new_event_attributes")
+            else None
+        )
+    return counts
