@@ -16,6 +16,7 @@ _SUBCOMMANDS = [
     "cli.instances",
     "cli.agent",
     "cli.worker",
+    "cli.simulate",
 ]
 
 
