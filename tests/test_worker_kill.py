@@ -1,0 +1,111 @@
+"""A worker killed with SIGKILL in the middle of a batch, then started again: the rollout carries
+on from its history; no job is lost, released twice or handed a new id."""
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+from temporalio.testing import WorkflowEnvironment
+
+from contract.settings import ApiSettings
+from store import audit, jobs
+from tests.fixtures_temporal import eventually, seed_instances, seed_release
+from workflows import client as rollout_client
+from workflows.rollout_models import JobReportSignal
+
+FLEET = ["db-1", "db-2", "db-3", "db-4", "db-5", "db-6"]
+
+
+@asynccontextmanager
+async def worker_process(settings: ApiSettings) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`rollout worker` as a real process; the caller may kill it, else it gets SIGTERM."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "TEMPORAL_ADDRESS": settings.temporal_address,
+        "TEMPORAL_NAMESPACE": settings.temporal_namespace,
+        "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", "worker", env=env
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 30) == 0  # graceful shutdown
+
+
+async def report(env: WorkflowEnvironment, rollout_id: str, job: dict, status: str) -> None:
+    signal_ = JobReportSignal(
+        job_id=job["id"], instance_id=job["instanceId"], status=status, step="migrate"
+    )
+    await rollout_client.report_job(env.client, rollout_id, signal_, timeout=10)
+
+
+async def test_rollout_survives_a_killed_worker(
+    dev_env: WorkflowEnvironment,
+    dev_admin: httpx.AsyncClient,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    release_id = await seed_release(db, dev_settings)
+    await seed_instances(db, FLEET)
+    async with worker_process(dev_settings) as first:
+        created = await dev_admin.post(
+            "/api/rollouts", json={"manifestId": release_id, "channel": "stable", "batchSize": 3}
+        )
+        assert created.status_code == 201, created.text
+        rollout = created.json()
+        batch1 = rollout["batches"][0]["jobs"]
+        for job in batch1:
+            await report(dev_env, rollout["id"], job, "in_progress")
+        await report(dev_env, rollout["id"], batch1[0], "succeeded")
+
+        async def first_success_stored() -> bool:
+            return (await jobs.get(db, batch1[0]["id"])).status == "succeeded"  # type: ignore[union-attr]
+
+        await eventually(first_success_stored)
+        first.kill()
+        await first.wait()
+
+    # While no worker runs, reports still reach Temporal and wait in the history.
+    for job in batch1[1:]:
+        await report(dev_env, rollout["id"], job, "succeeded")
+    stale = (await dev_admin.get(f"/api/rollouts/{rollout['id']}")).json()
+    assert stale["stale"] is True and stale["currentBatch"] == 1
+
+    async with worker_process(dev_settings):
+
+        async def awaiting() -> dict | None:
+            body = (await dev_admin.get(f"/api/rollouts/{rollout['id']}")).json()
+            return body if body["status"] == "awaiting_advance" else None
+
+        settled = await eventually(awaiting, timeout=60)
+        assert [j["id"] for j in settled["batches"][0]["jobs"]] == [j["id"] for j in batch1]
+        advanced = await dev_admin.post(f"/api/rollouts/{rollout['id']}/advance")
+        assert advanced.status_code == 200, advanced.text
+        for job in advanced.json()["batches"][1]["jobs"]:
+            await report(dev_env, rollout["id"], job, "succeeded")
+
+        async def stored_final() -> bool:
+            row = await db.fetchrow(
+                "SELECT status, workflow_closed FROM rollouts WHERE id = $1", rollout["id"]
+            )
+            return tuple(row) == ("completed", True)
+
+        await eventually(stored_final, timeout=60)
+
+    stored = await jobs.for_rollout(db, rollout["id"])
+    assert sorted(j.instance_id for j in stored) == FLEET  # one job per host, none twice
+    assert {j.status for j in stored} == {"succeeded"}
+    assert {j.id for j in stored if j.batch == 1} == {j["id"] for j in batch1}
+    actions = [e.action for e in await audit.for_subject(db, f"rollout:{rollout['id']}")]
+    assert actions.count("rollout.batch_released") == 2
+    assert actions.count("rollout.started") == 1
