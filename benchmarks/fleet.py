@@ -1,0 +1,158 @@
+"""Benchmark: a simulated fleet against a whole local stack (`rollout dev` in a temp folder, on
+free ports: PostgreSQL, Temporal dev server, worker, API as separate processes).
+
+    .venv/bin/python -m benchmarks.fleet --agents 500 --batch-size 100
+
+The fleet registers by polling, a signed release is uploaded, a rollout with autoAdvance runs
+to `completed`, and the simulator's figures are printed (polls/s, p50/p99 poll and report
+latency, per-batch wall time). Not a test: numbers depend on the machine.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from contract.manifest import UnsignedManifest
+from devstack import secrets as dev_secrets
+from devstack.ports import free_port
+from simulator.figures import render
+from simulator.fleet import simulate
+from simulator.options import SimulationOptions
+
+STACK_START_SECONDS = 120.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--agents", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--poll-interval", type=float, default=2.0)
+    p.add_argument("--step-seconds", type=float, default=0.2)
+    p.add_argument("--json", action="store_true")
+    return p.parse_args()
+
+
+async def wait_until_healthy(url: str, stack: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + STACK_START_SECONDS
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            if stack.returncode is not None:
+                raise RuntimeError(f"rollout dev exited with status {stack.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"the stack did not answer /health within {STACK_START_SECONDS:g} s")
+
+
+async def upload_release(admin: httpx.AsyncClient, signing_secret: str) -> str:
+    manifest = UnsignedManifest(
+        version="2.0.0",
+        sha="0123456789abcdef0123456789abcdef01234567",
+        channel="stable",
+        migrations_required=True,
+        breaking_changes=None,
+        released_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    ).signed(signing_secret)
+    uploaded = await admin.post("/api/releases", json=manifest.as_document())
+    uploaded.raise_for_status()
+    return uploaded.json()["id"]
+
+
+async def wait_for(
+    admin: httpx.AsyncClient, path: str, done: Callable[[Any], bool], seconds: float
+) -> None:
+    """Polls an admin GET every second until `done(json)`; there is no event to await."""
+    async with asyncio.timeout(seconds):
+        while True:
+            if done((await admin.get(path)).json()):
+                return
+            await asyncio.sleep(1)
+
+
+async def benchmark(args: argparse.Namespace, data_dir: Path) -> None:
+    api_port = free_port()
+    env = {
+        **os.environ,
+        "ROLLOUT_DATA_DIR": str(data_dir),
+        "ROLLOUT_API_PORT": str(api_port),
+        "ROLLOUT_POSTGRES_PORT": str(free_port()),
+        "ROLLOUT_TEMPORAL_PORT": str(free_port()),
+        "ROLLOUT_TEMPORAL_UI_PORT": str(free_port()),
+    }
+    url = f"http://127.0.0.1:{api_port}"
+    with (data_dir / "stack.log").open("wb") as log:
+        stack = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.main", "dev", env=env, stdout=log, stderr=log
+        )
+    try:
+        await wait_until_healthy(url, stack)
+        secrets = dev_secrets.load_or_create(data_dir / "dev-secrets.env")
+        admin_token = secrets["CONTROL_PLANE_ADMIN_TOKEN"]
+        async with httpx.AsyncClient(
+            base_url=url, headers={"x-cp-admin-token": admin_token}, timeout=60
+        ) as admin:
+            await run_fleet(args, url, admin, secrets)
+    finally:
+        if stack.returncode is None:
+            stack.send_signal(signal.SIGINT)
+        await stack.wait()
+
+
+async def run_fleet(
+    args: argparse.Namespace, url: str, admin: httpx.AsyncClient, secrets: dict[str, str]
+) -> None:
+    options = SimulationOptions(
+        control_plane_url=url,
+        agents=args.agents,
+        default_secret=secrets["CONTROL_PLANE_AGENT_TOKEN"],
+        version="1.0.0",
+        step_seconds=args.step_seconds,
+        poll_interval=args.poll_interval,
+        seed=1,
+        admin_token=secrets["CONTROL_PLANE_ADMIN_TOKEN"],
+        summary_interval=2.0,
+    )
+    stop = asyncio.Event()
+    fleet = asyncio.create_task(simulate(options, stop=stop))
+    await wait_for(admin, "/api/instances", lambda rows: len(rows) == args.agents, 120)
+    release_id = await upload_release(admin, secrets["CONTROL_PLANE_RELEASE_SIGNING_SECRET"])
+    body = {
+        "manifestId": release_id,
+        "channel": "stable",
+        "batchSize": args.batch_size,
+        "autoAdvance": True,
+    }
+    created = await admin.post("/api/rollouts", json=body)
+    created.raise_for_status()
+    rollout_path = f"/api/rollouts/{created.json()['id']}"
+    await wait_for(admin, rollout_path, lambda r: r["status"] in ("completed", "paused"), 1800)
+    stop.set()
+    figures = await fleet
+    print(figures.model_dump_json(indent=2) if args.json else render(figures))
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as data_dir:
+        try:
+            asyncio.run(benchmark(args, Path(data_dir)))
+        except RuntimeError as exc:
+            log = (Path(data_dir) / "stack.log").read_text(errors="replace")
+            print("\n".join(log.splitlines()[-20:]), file=sys.stderr)
+            raise SystemExit(f"benchmark: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()
