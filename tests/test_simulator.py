@@ -4,8 +4,11 @@ register by polling, take part in a real rollout, and the figures it prints matc
 import asyncio
 import io
 import json
+import os
 import secrets
+import signal
 import stat
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -201,6 +204,33 @@ async def test_emitted_per_agent_secrets_are_the_only_ones_accepted(
     assert set(figures.request_errors) == {"poll HTTP 401"}
     assert figures.polls > figures.request_errors["poll HTTP 401"]
     assert figures.rollouts == []
+
+
+async def test_the_command_stops_on_ctrl_c_and_prints_the_figures(settings: ApiSettings) -> None:
+    configured = settings.model_copy(update={"control_plane_agent_token": SecretStr(FLEET_TOKEN)})
+    async with LiveServer(create_app(configured), free_port()) as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_PLANE_")}
+        command = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "cli.main", "simulate", "--agents", "3", "--json"],
+            *["--url", server.url, "--poll-interval", "0.2"],
+            env={**env, "AGENT_SECRET": FLEET_TOKEN},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert command.stderr is not None
+        async with asyncio.timeout(30):
+            first_line = (await command.stderr.readline()).decode()
+        assert "agents:" in first_line and "polls/s" in first_line
+        command.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            out, err = await command.communicate()
+    assert command.returncode == 0, err.decode()
+    assert "stopping: stopped" in err.decode()
+    assert FLEET_TOKEN not in out.decode() + err.decode()
+    figures = json.loads(out)
+    assert figures["agents"] == 3 and figures["polls"] >= 3
+    assert figures["request_errors"] == {} and figures["jobs"] == {}
+    assert figures["agents_on_version"] == {"1.0.0": 3}
 
 
 async def test_a_run_without_secrets_is_refused_before_any_request() -> None:
