@@ -39,12 +39,14 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
-    server.start()
-    try:
-        yield server.dsn
-    finally:
-        server.stop()
+    folder = tmp_path_factory.mktemp("pg")
+    server = EmbeddedPostgres(folder / "data", free_port(), durable=False)
+    with (folder / "postgres.log").open("ab") as log:
+        server.start(stdout=log.fileno())
+        try:
+            yield server.dsn
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
