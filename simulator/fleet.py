@@ -50,11 +50,11 @@ def _agent(
         backoff_max_seconds=max(30.0, options.poll_interval),
         stop_report_grace_seconds=REPORT_GRACE_SECONDS,
     )
-    rng = random.Random(f"{options.seed}/{instance_id}") if options.seed is not None else None
+    seeded = options.seed is not None
     steps = SimulatedSteps(
         {step: options.mean_seconds(step) for step in SIMULATED_STEPS},
         options.fail_rates,
-        rng or random.Random(),
+        random.Random(f"{options.seed}/{instance_id}") if seeded else random.Random(),
     )
     journal = Journal.open(None, options.version)
     return Agent(config, executor=steps, journal=journal, transport=transport)
@@ -167,11 +167,10 @@ def _check(options: SimulationOptions) -> None:
 
 
 async def _rollout_figures(
-    reader: RolloutReader | None, rollout_ids: list[str], out: TextIO
+    reader: RolloutReader, rollout_ids: list[str], out: TextIO
 ) -> list[RolloutFigures]:
     figures = []
-    for rollout_id in rollout_ids if reader else []:
-        assert reader is not None
+    for rollout_id in rollout_ids:
         try:
             rollout = await reader.rollout(rollout_id)
             figures.append(rollout_figures(rollout, await reader.jobs(rollout_id)))
@@ -208,14 +207,19 @@ async def simulate(
     ]
     try:
         reason = await monitor.until_a_rule_fires(stop)
-        print(f"stopping: {reason}; letting jobs under way finish", file=out, flush=True)
+        print(
+            f"stopping: {reason}; letting jobs under way finish"
+            f" (at most {options.grace_seconds:g} s)",
+            file=out,
+            flush=True,
+        )
         await _let_jobs_finish(observer, options.grace_seconds)
         agents_stop.set()
         await asyncio.gather(*tasks)
         seconds = time.monotonic() - monitor.started
         tracked = [r for r in (options.until_rollout, options.track_rollout) if r]
         rollout_ids = list(dict.fromkeys([*tracked, *observer.rollouts_seen]))
-        rollouts = await _rollout_figures(reader, rollout_ids, out)
+        rollouts = await _rollout_figures(reader, rollout_ids, out) if reader else []
     finally:
         agents_stop.set()
         for task in tasks:
