@@ -17,11 +17,14 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from contract.logs import configure_logging
     from contract.settings import ApiSettings, SettingsError, load_settings
 
     try:
         settings = load_settings(ApiSettings)
     except SettingsError as exc:
         fail(f"rollout api: refusing to start: {exc}")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    configure_logging(settings.log_format)
+    # log_config=None: uvicorn's own lines go through our handler (JSON when LOG_FORMAT=json).
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
     return 0

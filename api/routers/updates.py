@@ -4,6 +4,7 @@ An idle poll (no open job for the instance) is answered from PostgreSQL alone: f
 far faster than Temporal answers queries. Only an instance with an open job costs a query.
 """
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -19,6 +20,7 @@ from workflows import client as rollouts
 from workflows.client import RolloutGone, RolloutUnavailable
 from workflows.rollout_models import HandedOutJob, JobReportSignal
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/updates", tags=["agents"])
 
 VerifiedPoll = Annotated[Verified[PollRequest], Depends(verified_request(PollRequest))]
@@ -49,6 +51,14 @@ async def next_job(call: VerifiedPoll, pool: PoolDep, temporal: TemporalDep) -> 
         POLLS.labels(outcome="withheld").inc()
         return call.answer({"job": None})
     POLLS.labels(outcome="job").inc()
+    log.info(
+        "job handed out",
+        extra={
+            "instance_id": poll.instanceId,
+            "job_id": handed.id,
+            "rollout_id": handed.rollout_id,
+        },
+    )
     job = {
         "id": handed.id,
         "rolloutId": handed.rollout_id,
@@ -110,6 +120,16 @@ async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> 
             nonce=r.nonce,
         )
     REPORTS.labels(outcome="accepted").inc()
+    log.info(
+        "report accepted",
+        extra={
+            "instance_id": r.instanceId,
+            "job_id": job.id,
+            "rollout_id": job.rollout_id,
+            "status": r.status,
+            "step": r.step,
+        },
+    )
     return call.answer({"jobId": job.id, "status": status, "accepted": True})
 
 

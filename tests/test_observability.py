@@ -1,0 +1,158 @@
+"""What operators watch: Prometheus metrics that count what happened, JSON logs without secrets."""
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from api.app import create_app
+from contract.settings import ApiSettings
+from devstack.ports import free_port
+from store import jobs, rollouts
+from store.jobs import JobWrite
+from store.rollouts import RolloutSpec
+from tests.agent_requests import poll_body, post_signed
+from tests.conftest import LiveServer
+from tests.fixtures_temporal import seed_release
+
+FLEET_TOKEN = secrets.token_hex(16)
+
+
+@pytest.fixture
+async def plane(settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
+    configured = settings.model_copy(update={"control_plane_agent_token": SecretStr(FLEET_TOKEN)})
+    async with (
+        LiveServer(create_app(configured), free_port()) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+    ):
+        yield client
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset], float]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_count_polls_auth_failures_latency_and_fleet_state(
+    plane: httpx.AsyncClient, settings: ApiSettings, db: asyncpg.Connection
+) -> None:
+    release_id = await seed_release(db, settings)
+    spec = RolloutSpec(
+        id="r1",
+        manifest_id=release_id,
+        version="1.4.0",
+        channel="stable",
+        batch_size=2,
+        created_by="admin",
+    )
+    await rollouts.insert(db, spec)
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    await jobs.upsert_many(
+        db,
+        [
+            JobWrite(
+                id=f"j{n}",
+                rollout_id="r1",
+                instance_id=f"db-{n}",
+                batch=1,
+                attempt=1,
+                status="pending",
+                deadline=deadline,
+            )
+            for n in (1, 2)
+        ],
+    )
+    before = await scrape(plane)
+
+    for n in range(3):
+        assert (
+            await post_signed(plane, "/api/updates/next", poll_body(f"web-{n}"), FLEET_TOKEN)
+        ).is_success
+    wrong = await post_signed(
+        plane, "/api/updates/next", poll_body("web-0"), "not-the-token-0123456789"
+    )
+    replayed = poll_body("web-0")
+    await post_signed(plane, "/api/updates/next", replayed, FLEET_TOKEN)
+    replay = await post_signed(plane, "/api/updates/next", replayed, FLEET_TOKEN)
+    assert (wrong.status_code, replay.status_code) == (401, 401)
+
+    after = await scrape(plane)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("rollout_agent_polls_total", outcome="idle") == 4
+    assert delta("rollout_agent_auth_failures_total", reason="bad_signature") == 1
+    assert delta("rollout_agent_auth_failures_total", reason="replayed_nonce") == 1
+    route = {"route": "/api/updates/next", "method": "POST"}
+    assert delta("rollout_http_request_duration_seconds_count", **route, status="200") == 4
+    assert delta("rollout_http_request_duration_seconds_count", **route, status="401") == 2
+    assert value(after, "rollout_jobs", status="pending") == 2
+    assert value(after, "rollout_rollouts", status="running") == 1
+
+
+async def test_json_logs_carry_context_and_never_a_secret(
+    database_url: str, settings: ApiSettings
+) -> None:
+    port = free_port()
+    admin_token = settings.control_plane_admin_token.get_secret_value()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CONTROL_PLANE_")},
+        "DATABASE_URL": database_url,
+        "CONTROL_PLANE_ADMIN_TOKEN": admin_token,
+        "CONTROL_PLANE_RELEASE_SIGNING_SECRET": secrets.token_hex(16),
+        "CONTROL_PLANE_AGENT_TOKEN": FLEET_TOKEN,
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "LOG_FORMAT": "json",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        "api",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for _ in range(200):
+                try:
+                    await client.get("/version")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            bad = poll_body("web-7")
+            assert (
+                await post_signed(client, "/api/updates/next", bad, admin_token)
+            ).status_code == 401
+    finally:
+        process.terminate()
+        _, stderr = await process.communicate()
+    lines = stderr.decode().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    refused = [e for e in entries if "bad signature" in e["msg"]]
+    assert refused and refused[0]["instance_id"] == "web-7" and refused[0]["level"] == "warning"
+    assert any(e["logger"].startswith("uvicorn") for e in entries)
+    for secret in (admin_token, FLEET_TOKEN, env["CONTROL_PLANE_RELEASE_SIGNING_SECRET"]):
+        assert secret not in stderr.decode()
