@@ -42,6 +42,3 @@ class RolloutActivities:
                         detail=event.detail,
                     )
             return RecordProgressResult(applied=applied)
-
-    def all(self) -> list[object]:
-        return [self.load_targets, self.record_progress]

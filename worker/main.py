@@ -9,6 +9,7 @@ import logging
 import signal
 from datetime import timedelta
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.rollouts import RolloutActivities
@@ -21,13 +22,13 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 log = logging.getLogger("rollout.worker")
 
 
-def build_worker(client: object, settings: Settings, activities: RolloutActivities) -> Worker:
+def build_worker(client: Client, settings: Settings, activities: RolloutActivities) -> Worker:
     """The worker of `settings.temporal_task_queue`, the single place that lists what it runs."""
     return Worker(
-        client,  # type: ignore[arg-type]
+        client,
         task_queue=settings.temporal_task_queue,
         workflows=[RolloutWorkflow],
-        activities=activities.all(),  # type: ignore[arg-type]
+        activities=[activities.load_targets, activities.record_progress],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
 
