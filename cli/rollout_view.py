@@ -41,4 +41,3 @@ def render(rollout: dict[str, Any]) -> str:
     if rollout.get("stale"):
         lines.append("  (stale: the rollout engine did not answer; this is the last stored view)")
     return "\n".join(lines)
-

@@ -146,6 +146,5 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-
 # Fixture modules of other parts of the system (Temporal servers, agent processes).
-pytest_plugins = ["tests.fixtures_temporal", "tests.fixtures_agents"]
+pytest_plugins = ["tests.fixtures_temporal", "tests.fixtures_agents", "tests.fixtures_fleet"]

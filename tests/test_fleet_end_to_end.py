@@ -1,16 +1,12 @@
 """End to end: real agent processes running shell steps, the real API, worker, Temporal dev
 server and PostgreSQL. What an operator relies on when a fleet updates itself."""
 
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 from pydantic import SecretStr
-from temporalio.worker import Worker
 
 from api.app import create_app
 from contract.settings import ApiSettings
@@ -21,44 +17,10 @@ from store.rollouts import RolloutSpec
 from tests.agent_requests import assert_signed_by, body_for, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_agents import AgentFactory
+from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where
 from tests.fixtures_temporal import eventually, seed_release
 
-FLEET_TOKEN = secrets.token_hex(16)
 STEPS = ["backup", "pull", "migrate", "smoke", "switch"]
-
-
-@pytest.fixture
-async def plane(dev_settings: ApiSettings, dev_worker: Worker) -> AsyncIterator[LiveServer]:
-    """The API with a fleet token, on the dev server with a live worker."""
-    configured = dev_settings.model_copy(
-        update={"control_plane_agent_token": SecretStr(FLEET_TOKEN)}
-    )
-    async with LiveServer(create_app(configured), free_port()) as server:
-        yield server
-
-
-@pytest.fixture
-async def admin(plane: LiveServer, settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
-    token = settings.control_plane_admin_token.get_secret_value()
-    async with httpx.AsyncClient(
-        base_url=plane.url, headers={"x-cp-admin-token": token}, timeout=60
-    ) as client:
-        yield client
-
-
-async def registered(admin: httpx.AsyncClient, count: int) -> None:
-    async def probe() -> bool:
-        return len((await admin.get("/api/instances")).json()) == count
-
-    await eventually(probe)
-
-
-async def rollout_where(admin: httpx.AsyncClient, rollout_id: str, check: Any) -> dict:
-    async def probe() -> dict | None:
-        body = (await admin.get(f"/api/rollouts/{rollout_id}")).json()
-        return body if check(body) else None
-
-    return await eventually(probe, timeout=60)
 
 
 async def start_rollout(admin: httpx.AsyncClient, release_id: str, **options: Any) -> dict:
