@@ -13,7 +13,7 @@ from devstack import secrets as dev_secrets
 from devstack.ports import port_is_free
 from devstack.postgres import EmbeddedPostgres, PostgresStartError
 from devstack.processes import Child, say
-from devstack.temporal import TemporalStartError, dev_server_argv, wait_until_serving
+from devstack.temporal import TemporalDevServer, TemporalStartError
 
 DEV_DATABASE = "rollout"
 
@@ -78,18 +78,13 @@ async def run_stack(config: DevConfig) -> int:
     children: list[Child] = []
     try:
         database_url = await ensure_database(postgres)
-        temporal_address = f"127.0.0.1:{config.temporal_port}"
-        temporal = Child(
-            "temporal",
-            dev_server_argv(
-                config.data_dir / "temporal.db", config.temporal_port, config.temporal_ui_port
-            ),
-        )
-        children.append(temporal)
-        await temporal.start()
-        say(f"starting the Temporal dev server on {temporal_address}")
-        await wait_until_serving(temporal_address)
-        env = {**secrets, "DATABASE_URL": database_url, "TEMPORAL_ADDRESS": temporal_address}
+        temporal = TemporalDevServer(config.data_dir, config.temporal_port, config.temporal_ui_port)
+        temporal_process = Child("temporal", temporal.argv())
+        children.append(temporal_process)
+        await temporal_process.start()
+        say(f"starting the Temporal dev server on {temporal.address}")
+        await temporal.wait_ready()
+        env = {**secrets, "DATABASE_URL": database_url, "TEMPORAL_ADDRESS": temporal.address}
         rollout = [sys.executable, "-m", "cli.main"]
         for child in (
             Child("worker", [*rollout, "worker"], env),
@@ -98,7 +93,7 @@ async def run_stack(config: DevConfig) -> int:
             children.append(child)
             await child.start()
         say(f"API docs:        http://127.0.0.1:{config.api_port}/docs")
-        say(f"Temporal Web UI: http://127.0.0.1:{config.temporal_ui_port}")
+        say(f"Temporal Web UI: {temporal.ui_url}")
         say(f"dev secrets:     {secrets_file}  (source it to use the CLI and curl)")
         say("Ctrl-C stops everything")
         return await _wait_for_stop_or_crash(children)

@@ -62,7 +62,7 @@ class TemporalDevServer:
             "--namespace",
             self.namespace,
             "--log-level",
-            "warn",
+            "error",
             *dev_server_flags(),
         ]
 

@@ -3,8 +3,10 @@ server with a live worker, and helpers to wait on what agents make happen."""
 
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -13,8 +15,11 @@ from temporalio.worker import Worker
 from api.app import create_app
 from contract.settings import ApiSettings
 from devstack.ports import free_port
+from store import jobs, rollouts
+from store.jobs import JobWrite
+from store.rollouts import RolloutSpec
 from tests.conftest import LiveServer
-from tests.fixtures_temporal import eventually
+from tests.fixtures_temporal import eventually, seed_release
 
 FLEET_TOKEN = secrets.token_hex(16)
 
@@ -51,3 +56,39 @@ async def rollout_where(admin: httpx.AsyncClient, rollout_id: str, check: Any) -
         return body if check(body) else None
 
     return await eventually(probe, timeout=60)
+
+
+async def seed_pending_jobs(
+    db: asyncpg.Connection, settings: ApiSettings, instance_ids: list[str]
+) -> str:
+    """A running rollout row with pending jobs, as if a workflow (not running here) wrote them.
+
+    For what the API does from its read model alone. Returns the rollout id.
+    """
+    release_id = await seed_release(db, settings, version="1.4.0")
+    spec = RolloutSpec(
+        id="r1",
+        manifest_id=release_id,
+        version="1.4.0",
+        channel="stable",
+        batch_size=len(instance_ids),
+        created_by="admin",
+    )
+    await rollouts.insert(db, spec)
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    await jobs.upsert_many(
+        db,
+        [
+            JobWrite(
+                id=f"j-{name}",
+                rollout_id=spec.id,
+                instance_id=name,
+                batch=1,
+                attempt=1,
+                status="pending",
+                deadline=deadline,
+            )
+            for name in instance_ids
+        ],
+    )
+    return spec.id

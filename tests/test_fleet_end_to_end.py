@@ -1,7 +1,6 @@
 """End to end: real agent processes running shell steps, the real API, worker, Temporal dev
 server and PostgreSQL. What an operator relies on when a fleet updates itself."""
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -11,13 +10,11 @@ from pydantic import SecretStr
 from api.app import create_app
 from contract.settings import ApiSettings
 from devstack.ports import free_port
-from store import instances, jobs, rollouts
-from store.jobs import JobWrite
-from store.rollouts import RolloutSpec
+from store import instances, jobs
 from tests.agent_requests import assert_signed_by, body_for, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_agents import AgentFactory
-from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where
+from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where, seed_pending_jobs
 from tests.fixtures_temporal import eventually, seed_release
 
 STEPS = ["backup", "pull", "migrate", "smoke", "switch"]
@@ -215,31 +212,7 @@ async def test_a_paused_rollout_withholds_pending_jobs_at_once(
 async def test_polls_and_reports_answer_503_while_temporal_is_unreachable(
     settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
-    release_id = await seed_release(db, settings, version="1.4.0")
-    spec = RolloutSpec(
-        id="r1",
-        manifest_id=release_id,
-        version="1.4.0",
-        channel="stable",
-        batch_size=1,
-        created_by="admin",
-    )
-    await rollouts.insert(db, spec)
-    deadline = datetime.now(UTC) + timedelta(hours=1)
-    await jobs.upsert_many(
-        db,
-        [
-            JobWrite(
-                id="j1",
-                rollout_id="r1",
-                instance_id="web-1",
-                batch=1,
-                attempt=1,
-                status="pending",
-                deadline=deadline,
-            )
-        ],
-    )
+    await seed_pending_jobs(db, settings, ["web-1"])
     unreachable = settings.model_copy(
         update={
             "control_plane_agent_token": SecretStr(FLEET_TOKEN),
@@ -259,10 +232,10 @@ async def test_polls_and_reports_answer_503_while_temporal_is_unreachable(
         assert_signed_by(answer, FLEET_TOKEN, poll["nonce"])
 
         started = body_for(
-            "web-1", jobId="j1", status="in_progress", step="preflight", message=None
+            "web-1", jobId="j-web-1", status="in_progress", step="preflight", message=None
         )
         refused = await post_signed(agent, "/api/updates/report", started, FLEET_TOKEN)
         assert refused.status_code == 503
     # Not acknowledged, so not recorded: the agent retries and nothing is counted twice.
     assert await db.fetchval("SELECT count(*) FROM job_reports") == 0
-    assert (await jobs.get(db, "j1")).status == "pending"
+    assert (await jobs.get(db, "j-web-1")).status == "pending"

@@ -6,7 +6,6 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -17,12 +16,9 @@ from pydantic import SecretStr
 from api.app import create_app
 from contract.settings import ApiSettings
 from devstack.ports import free_port
-from store import jobs, rollouts
-from store.jobs import JobWrite
-from store.rollouts import RolloutSpec
 from tests.agent_requests import poll_body, post_signed
 from tests.conftest import LiveServer
-from tests.fixtures_temporal import seed_release
+from tests.fixtures_fleet import seed_pending_jobs
 
 FLEET_TOKEN = secrets.token_hex(16)
 
@@ -54,32 +50,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 async def test_metrics_count_polls_auth_failures_latency_and_fleet_state(
     plane: httpx.AsyncClient, settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
-    release_id = await seed_release(db, settings)
-    spec = RolloutSpec(
-        id="r1",
-        manifest_id=release_id,
-        version="1.4.0",
-        channel="stable",
-        batch_size=2,
-        created_by="admin",
-    )
-    await rollouts.insert(db, spec)
-    deadline = datetime.now(UTC) + timedelta(hours=1)
-    await jobs.upsert_many(
-        db,
-        [
-            JobWrite(
-                id=f"j{n}",
-                rollout_id="r1",
-                instance_id=f"db-{n}",
-                batch=1,
-                attempt=1,
-                status="pending",
-                deadline=deadline,
-            )
-            for n in (1, 2)
-        ],
-    )
+    await seed_pending_jobs(db, settings, ["db-1", "db-2"])
     before = await scrape(plane)
 
     for n in range(3):
