@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         return show(api.call("GET", f"/api/rollouts/{args.rollout_id}"), args.json)
     if args.action == "watch":
         return watch(api, args.rollout_id, args.interval, args.json)
-    body = {"reason": args.reason} if args.action == "pause" and args.reason else None
-    rollout = api.call("POST", f"/api/rollouts/{args.rollout_id}/{args.action}", json=body)
+    reason = {"reason": args.reason} if args.action == "pause" and args.reason else None
+    rollout = api.call("POST", f"/api/rollouts/{args.rollout_id}/{args.action}", json=reason)
     return show(rollout, args.json)
 
 

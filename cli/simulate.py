@@ -96,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _step_values(pairs: list[str], flag: str, *, at_most: float | None) -> dict[str, float]:
-    values = {}
+    values: dict[str, float] = {}
     for pair in pairs:
         step, _, text = pair.partition("=")
         if step not in SIMULATED_STEPS:

@@ -103,7 +103,8 @@ async def start_rollout(
     )
     return await _bounded(
         client.execute_update_with_start_workflow(
-            RolloutWorkflow.wait_started,
+            # The SDK's stubs take a sync handler's type; an async update handler is fine here.
+            RolloutWorkflow.wait_started,  # type: ignore[arg-type]
             WaitStartedInput(),
             start_workflow_operation=start,
             rpc_timeout=timedelta(seconds=timeout),
@@ -136,7 +137,10 @@ async def run_action(
     handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
     try:
         return await _bounded(
-            handle.execute_update(update, input, rpc_timeout=timedelta(seconds=timeout)),
+            # ACTIONS mixes update types, which the SDK's overloads cannot express.
+            handle.execute_update(  # type: ignore[call-overload]
+                update, input, rpc_timeout=timedelta(seconds=timeout)
+            ),
             timeout,
         )
     except WorkflowUpdateFailedError as exc:
