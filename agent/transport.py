@@ -19,8 +19,10 @@ from contract.wire import AGENT_SIGNATURE_HEADER, RESPONSE_SIGNATURE_HEADER
 
 M = TypeVar("M", bound=BaseModel)
 
-# Answers that will not change by sending the same request again.
-FINAL_STATUSES = frozenset({401, 403, 404, 409, 413, 422})
+# Answers that will not change by sending the same request again. Not 401: a skewed clock gets
+# fixed and a rotated secret gets installed, and every retry carries a new nonce, so a report
+# refused with 401 is retried rather than lost.
+FINAL_STATUSES = frozenset({403, 404, 409, 413, 422})
 
 
 class RequestFailed(Exception):

@@ -45,11 +45,20 @@ def print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
 
 
+CELL_WIDTH = 80
+
+
+def _cell(value: Any) -> str:
+    """One line per row: multi-line messages are folded and long ones cut (see --json)."""
+    if value is None:
+        return "-"
+    text = " ".join(str(value).split())
+    return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
     """columns: (header, key) pairs; a missing key prints as '-'."""
-    cells = [[h for h, _ in columns]] + [
-        ["-" if row.get(k) is None else str(row.get(k)) for _, k in columns] for row in rows
-    ]
+    cells = [[h for h, _ in columns]] + [[_cell(row.get(k)) for _, k in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     for line in cells:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())

@@ -12,6 +12,7 @@ COLUMNS = [
     ("STATUS", "status"),
     ("STEP", "step"),
     ("UPDATED", "updatedAt"),
+    ("MESSAGE", "message"),
 ]
 
 

@@ -16,8 +16,18 @@ def bar(done: int, failed: int, total: int) -> str:
     return "[" + "#" * ok_cells + "x" * bad_cells + "-" * (BAR_WIDTH - ok_cells - bad_cells) + "]"
 
 
+def latest_attempts(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A retry adds a job per failed host; the bar counts each host once, by its newest job."""
+    newest: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        seen = newest.get(job["instanceId"])
+        if seen is None or job.get("attempt", 1) > seen.get("attempt", 1):
+            newest[job["instanceId"]] = job
+    return list(newest.values())
+
+
 def batch_line(batch: dict[str, Any]) -> str:
-    jobs = batch.get("jobs", [])
+    jobs = latest_attempts(batch.get("jobs", []))
     counts = Counter(job["status"] for job in jobs)
     done = sum(counts[s] for s in SETTLED_OK)
     failed = sum(counts[s] for s in FAILED)

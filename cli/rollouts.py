@@ -39,8 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name in ACTIONS:
         action = actions.add_parser(name, help=f"{name} a rollout")
         action.add_argument("rollout_id")
-        if name == "pause":
-            action.add_argument("--reason")
+        if name in ("pause", "abort"):
+            action.add_argument("--reason", help="recorded in the audit log and shown")
     watch = actions.add_parser("watch", help="live view until the rollout finishes")
     watch.add_argument("rollout_id")
     watch.add_argument("--interval", type=float, default=1.0)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return show(api.call("GET", f"/api/rollouts/{args.rollout_id}"), args.json)
     if args.action == "watch":
         return watch(api, args.rollout_id, args.interval, args.json)
-    reason = {"reason": args.reason} if args.action == "pause" and args.reason else None
+    reason = {"reason": args.reason} if getattr(args, "reason", None) else None
     rollout = api.call("POST", f"/api/rollouts/{args.rollout_id}/{args.action}", json=reason)
     return show(rollout, args.json)
 

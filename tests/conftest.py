@@ -7,6 +7,7 @@ another's rows). `DATABASE_URL`, when set, points the session at an existing ser
 import asyncio
 import os
 import secrets
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,20 +34,24 @@ def _with_database(dsn: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DSN of the server's maintenance database."""
+def postgres_server() -> Iterator[str]:
+    """DSN of the server's maintenance database.
+
+    Its data lives outside pytest's basetemp: a second pytest session on the machine prunes old
+    basetemp folders, which would pull the data directory from under a running server.
+    """
     external = os.environ.get("DATABASE_URL")
     if external:
         yield external
         return
-    folder = tmp_path_factory.mktemp("pg")
-    server = EmbeddedPostgres(folder / "data", free_port(), durable=False)
-    with (folder / "postgres.log").open("ab") as log:
-        server.start(stdout=log.fileno())
-        try:
-            yield server.dsn
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="rollout-test-pg-") as folder:
+        server = EmbeddedPostgres(Path(folder) / "data", free_port(), durable=False)
+        with (Path(folder) / "postgres.log").open("ab") as log:
+            server.start(stdout=log.fileno())
+            try:
+                yield server.dsn
+            finally:
+                server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,8 @@ class FakeControlPlane:
     forge_signature: bool = False
     wrong_nonce: bool = False
     unavailable_reports: int = 0
+    # Answer that many final reports with a signed 401, as for a skewed clock.
+    stale_final_reports: int = 0
     _seen_nonces: set[str] = field(default_factory=set)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -157,6 +159,10 @@ class FakeControlPlane:
                 return refusal
             assert document is not None
             nonce = document["nonce"]
+            if self.stale_final_reports > 0 and document.get("status") != "in_progress":
+                self.stale_final_reports -= 1
+                self.refused.append("stale report")
+                return self._answer({"detail": "sentAt is 400 s from the server clock"}, nonce, 401)
             job = self.jobs.get(document["jobId"])
             if job is None:
                 return self._answer({"detail": "unknown job"}, nonce, 404)

@@ -13,16 +13,16 @@ from tests.fixtures_agents import AgentFactory
 from tests.fixtures_fleet import FLEET_TOKEN, registered
 
 
-async def rollout_cli(
+async def start_cli(
     plane: LiveServer, settings: ApiSettings, *args: str, token: str | None = None
-) -> tuple[int, str, str]:
+) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_PLANE_")}
     env["CONTROL_PLANE_URL"] = plane.url
     env["CONTROL_PLANE_ADMIN_TOKEN"] = (
         settings.control_plane_admin_token.get_secret_value() if token is None else token
     )
     env["RELEASE_SIGNING_SECRET"] = settings.control_plane_release_signing_secret.get_secret_value()
-    process = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cli.main",
@@ -31,6 +31,12 @@ async def rollout_cli(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def rollout_cli(
+    plane: LiveServer, settings: ApiSettings, *args: str, token: str | None = None
+) -> tuple[int, str, str]:
+    process = await start_cli(plane, settings, *args, token=token)
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -43,8 +49,9 @@ async def test_operator_flow_from_manifest_to_completed_rollout(
     agent_host: AgentFactory,
     tmp_path,
 ) -> None:
-    for name in ("app-1", "app-2"):
-        await agent_host(plane.url, FLEET_TOKEN, instance_id=name)
+    await agent_host(plane.url, FLEET_TOKEN, instance_id="app-1")
+    # app-2 (batch 2) holds at migrate until the test has seen the watch draw a running view.
+    held = await agent_host(plane.url, FLEET_TOKEN, instance_id="app-2", block_at="migrate")
     await registered(admin, 2)
     manifest = tmp_path / "manifest.json"
     code, _, err = await rollout_cli(
@@ -88,10 +95,16 @@ async def test_operator_flow_from_manifest_to_completed_rollout(
     assert code == 0, err
     rollout = json.loads(out)
 
-    code, out, err = await rollout_cli(plane, settings, "rollouts", "watch", rollout["id"])
-    assert code == 0, err
-    views = [view for view in out.strip().split("\n\n") if view]
-    assert "RUNNING" in views[0] and "COMPLETED" in views[-1]
+    watch = await start_cli(plane, settings, "rollouts", "watch", rollout["id"])
+    assert watch.stdout is not None
+    first_view = (await watch.stdout.readuntil(b"\n\n")).decode()
+    assert "COMPLETED" not in first_view and "batch   2" in first_view
+    await held.wait_for_step("migrate 2.1.0")
+    held.open_gate()
+    rest, err = await asyncio.wait_for(watch.communicate(), 120)
+    assert watch.returncode == 0, err
+    views = [view for view in rest.decode().strip().split("\n\n") if view]
+    assert "COMPLETED" in views[-1]
     final = views[-1].splitlines()
     assert [line.split()[:2] for line in final[1:3]] == [["batch", "1"], ["batch", "2"]]
     assert all("1/1 succeeded" in line for line in final[1:3])

@@ -90,3 +90,16 @@ async def test_unacknowledged_final_report_is_sent_after_a_restart(
     async with asyncio.timeout(15):
         while host.state()["unacknowledged"]:
             await asyncio.sleep(0.05)
+
+
+async def test_a_report_refused_as_stale_is_retried_not_lost(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    plane.stale_final_reports = 3
+    host = await agent_host(url, plane.secret)
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    assert plane.refused.count("stale report") == 3
+    assert plane.final_report(job_id)["status"] == "succeeded"
+    assert host.steps() == ALL_STEPS
