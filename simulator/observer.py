@@ -1,5 +1,5 @@
-"""What the fleet does, seen from the wire: every agent request passes one shared transport that
-times it and reads its signed body and answer (the agent code is not touched).
+"""What the fleet does, seen from the wire: every agent request passes an observing transport
+that times it and reads its signed body and answer (the agent code is not touched).
 
 An agent is `running` from the moment a poll hands it a job it has not finished until it sends
 that job's final report; jobs count by outcome once their final report is acknowledged.
@@ -119,10 +119,8 @@ def _json(content: bytes) -> dict[str, Any]:
 
 
 class ObservingTransport(httpx.AsyncBaseTransport):
-    """Shared by every agent's client; times each request to its last answer byte.
-
-    Closing a client does not close it (agents stop one by one): `close_shared()` does.
-    """
+    """One per agent, like a real host's own connection: a pool shared by hundreds of agents
+    spends its time scanning connections. Times each request to its last answer byte."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, observer: FleetObserver) -> None:
         self.inner = inner
@@ -148,7 +146,4 @@ class ObservingTransport(httpx.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
-        """Each agent's client closes its transport on exit; the shared one stays open."""
-
-    async def close_shared(self) -> None:
         await self.inner.aclose()
