@@ -48,6 +48,11 @@ def _section(step: Step, result: StepResult) -> tuple[str, str]:
     return f"{step} failed: {result.summary}", result.output
 
 
+def _about(job: JobAssignment, step: str | None) -> dict[str, str | None]:
+    """Log context: fields in JSON logs, so one job's story can be filtered out of many."""
+    return {"job_id": job.id, "rollout_id": job.rolloutId, "step": step}
+
+
 class JobRunner:
     def __init__(
         self,
@@ -68,7 +73,9 @@ class JobRunner:
 
     def _enter(self, job: JobAssignment, step: Step) -> None:
         self.journal.enter_step(job, step)
-        self.log.info("job %s: %s (%s)", job.id, step, job.manifest.version)
+        self.log.info(
+            "job %s: %s (%s)", job.id, step, job.manifest.version, extra=_about(job, step)
+        )
         self.reports.submit(Report(jobId=job.id, status="in_progress", step=step))
 
     def _finish(
@@ -81,7 +88,7 @@ class JobRunner:
     ) -> None:
         report = Report(jobId=job.id, status=status, step=step, message=message)
         self.journal.finish(report, new_version)
-        self.log.info("job %s: %s at %s", job.id, status, step)
+        self.log.info("job %s: %s at %s", job.id, status, step, extra=_about(job, step))
         self.reports.submit(report)
 
     def _preflight_problem(self, job: JobAssignment) -> str | None:
@@ -117,7 +124,9 @@ class JobRunner:
             result = await self.executor.run(step, context)
             last = step
             if not result.ok:
-                self.log.warning("job %s: %s failed: %s", job.id, step, result.summary)
+                self.log.warning(
+                    "job %s: %s failed: %s", job.id, step, result.summary, extra=_about(job, step)
+                )
                 await self._roll_back(job, context, step, [*done, _section(step, result)])
                 return
             done.append(_section(step, result))
@@ -146,7 +155,9 @@ class JobRunner:
             self._finish(job, "failed", failed_step, fit_message([*sections, note]))
             return
         self.journal.enter_rollback(failed_step, fit_message(sections))
-        self.log.info("job %s: rollback after %s", job.id, failed_step)
+        self.log.info(
+            "job %s: rollback after %s", job.id, failed_step, extra=_about(job, "rollback")
+        )
         self.reports.submit(Report(jobId=job.id, status="in_progress", step="rollback"))
         result = await self.executor.run("rollback", context)
         status: ReportStatus = "rolled_back" if result.ok else "rollback_failed"
@@ -161,7 +172,12 @@ class JobRunner:
             return
         job = active.job
         context = StepContext(job.id, job.manifest, active.previous_version)
-        self.log.warning("job %s: agent restarted during %s; finishing it", job.id, active.step)
+        self.log.warning(
+            "job %s: agent restarted during %s; finishing it",
+            job.id,
+            active.step,
+            extra=_about(job, active.step),
+        )
         if active.rolling_back:
             assert active.failed_step is not None
             before = ("before the restart:", active.failure or "")

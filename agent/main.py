@@ -10,7 +10,7 @@ import sys
 from agent.config import ConfigError, load_config
 from agent.daemon import Agent
 from agent.journal import STATE_FILE
-from agent.logs import configure_logging
+from contract.logs import LOG_FORMATS, configure_logging
 
 
 async def _serve(agent: Agent) -> None:
@@ -28,10 +28,17 @@ def main(check_only: bool = False) -> int:
         for problem in exc.problems:
             print(f"rollout agent: error: {problem}", file=sys.stderr)
         return 2
+    log_format = os.environ.get("LOG_FORMAT", "text")
+    if log_format not in LOG_FORMATS:
+        print(
+            f"rollout agent: error: LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}",
+            file=sys.stderr,
+        )
+        return 2
     if check_only:
         print("rollout agent: configuration ok", file=sys.stderr)
         return 0
-    configure_logging()
+    configure_logging(log_format)
     try:
         agent = Agent(config)
     except OSError as exc:

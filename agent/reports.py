@@ -76,25 +76,30 @@ class ReportSender:
     async def _deliver(self, report: Report) -> None:
         failures = 0
         what = f"report {report.status} at {report.step} for job {report.jobId}"
+        about = {"job_id": report.jobId, "status": report.status, "step": report.step}
         while True:
             try:
                 answer = await self._send(report)
             except RequestFailed as exc:
                 if exc.final:
                     level = logging.WARNING if exc.status == 409 else logging.ERROR
-                    self._log.log(level, "%s refused for good, dropped: %s", what, exc)
+                    self._log.log(level, "%s refused for good, dropped: %s", what, exc, extra=about)
                     break
                 failures += 1
                 delay = backoff_delay(failures, *self._backoff)
                 left = self._seconds_left_after_stop()
                 if left is not None and left <= 0:
-                    self._log.warning("%s not delivered before stopping: %s", what, exc)
+                    self._log.warning(
+                        "%s not delivered before stopping: %s", what, exc, extra=about
+                    )
                     return
                 level = logging.ERROR if exc.untrusted else logging.WARNING
-                self._log.log(level, "%s failed (%s); retry in %.1f s", what, exc, delay)
+                self._log.log(
+                    level, "%s failed (%s); retry in %.1f s", what, exc, delay, extra=about
+                )
                 await asyncio.sleep(delay if left is None else min(delay, left))
                 continue
-            self._log.info("%s acknowledged (job is %s)", what, answer.status)
+            self._log.info("%s acknowledged (job is %s)", what, answer.status, extra=about)
             break
         if report in self._journal.state.unacknowledged:
             self._journal.acknowledged(report)

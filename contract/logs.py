@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 CONTEXT_FIELDS = ("rollout_id", "job_id", "instance_id", "step", "status")
+LOG_FORMATS = ("text", "json")
 
 
 class JsonLines(logging.Formatter):
@@ -48,3 +49,5 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per HTTP request from httpx drowns what matters (agents poll all the time).
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

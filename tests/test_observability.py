@@ -18,6 +18,8 @@ from contract.settings import ApiSettings
 from devstack.ports import free_port
 from tests.agent_requests import poll_body, post_signed
 from tests.conftest import LiveServer
+from tests.fake_control_plane import FakeControlPlane
+from tests.fixtures_agents import AgentFactory
 from tests.fixtures_fleet import seed_pending_jobs
 
 FLEET_TOKEN = secrets.token_hex(16)
@@ -127,3 +129,17 @@ async def test_json_logs_carry_context_and_never_a_secret(
     assert any(e["logger"].startswith("uvicorn") for e in entries)
     for secret in (admin_token, FLEET_TOKEN, env["CONTROL_PLANE_RELEASE_SIGNING_SECRET"]):
         assert secret not in stderr.decode()
+
+
+async def test_agent_json_logs_name_instance_and_job(
+    fake_control_plane: tuple[FakeControlPlane, str], agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    host = await agent_host(url, plane.secret, extra_env={"LOG_FORMAT": "json"})
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    await host.kill_hard()
+    entries = [json.loads(line) for line in host.log().splitlines()]
+    assert entries and all(e["instance_id"] == "host-1" for e in entries if "agent" in e["logger"])
+    assert any(e.get("job_id") == job_id for e in entries), entries
+    assert plane.secret not in host.log()
