@@ -3,7 +3,7 @@
 import argparse
 import os
 
-from cli.errors import fail
+from cli.errors import settings_or_exit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +18,9 @@ def run(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from contract.logs import configure_logging
-    from contract.settings import ApiSettings, SettingsError, load_settings
+    from contract.settings import ApiSettings
 
-    try:
-        settings = load_settings(ApiSettings)
-    except SettingsError as exc:
-        fail(f"rollout api: refusing to start: {exc}")
+    settings = settings_or_exit(ApiSettings, "rollout api")
     configure_logging(settings.log_format)
     # log_config=None: uvicorn's own lines go through our handler (JSON when LOG_FORMAT=json).
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)

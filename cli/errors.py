@@ -2,7 +2,10 @@
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from contract.settings import S
 
 
 class UsageError(Exception):
@@ -19,3 +22,13 @@ class OneLineParser(argparse.ArgumentParser):
 def fail(line: str) -> NoReturn:
     print(line, file=sys.stderr)
     raise SystemExit(2)
+
+
+def settings_or_exit(cls: "type[S]", command: str) -> "S":
+    """Settings from env, or one line naming every problem and exit 2 (no secret is echoed)."""
+    from contract.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(cls)
+    except SettingsError as exc:
+        fail(f"{command}: refusing to start: {exc}")

@@ -3,7 +3,7 @@
 import argparse
 import asyncio
 
-from cli.errors import fail
+from cli.errors import fail, settings_or_exit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from contract.logs import configure_logging
-    from contract.settings import Settings, SettingsError, load_settings
+    from contract.settings import Settings
     from worker.main import run_worker
 
-    try:
-        settings = load_settings(Settings)
-    except SettingsError as exc:
-        fail(f"rollout worker: refusing to start: {exc}")
+    settings = settings_or_exit(Settings, "rollout worker")
     configure_logging(settings.log_format)
     try:
         asyncio.run(run_worker(settings))

@@ -12,9 +12,10 @@ from store import jobs
 router = APIRouter(prefix="/api/updates/jobs", tags=["jobs"])
 
 
-class JobListItem(BaseModel):
+class JobOut(BaseModel):
+    """A job as a rollout's batches show it."""
+
     id: str
-    rolloutId: str
     instanceId: str
     batch: int
     attempt: int
@@ -22,6 +23,12 @@ class JobListItem(BaseModel):
     step: str | None
     message: str | None
     deadline: datetime
+
+
+class JobListItem(JobOut):
+    """A job on its own, in listings across rollouts."""
+
+    rolloutId: str
     createdAt: datetime
     updatedAt: datetime
 

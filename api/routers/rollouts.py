@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client
 
 from api.deps import AdminActor, PoolDep, SettingsDep, TemporalDep
+from api.routers.jobs import JobOut
 from contract.manifest import Channel
 from store import audit, jobs, releases, rollouts
 from store.jobs import Job
@@ -49,17 +50,6 @@ class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=1000)
-
-
-class JobOut(BaseModel):
-    id: str
-    instanceId: str
-    batch: int
-    attempt: int
-    status: str
-    step: str | None
-    message: str | None
-    deadline: datetime
 
 
 class BatchOut(BaseModel):

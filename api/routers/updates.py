@@ -98,13 +98,7 @@ async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> 
         REPORTS.labels(outcome="duplicate").inc()
         return call.answer({"jobId": job.id, "status": job.status, "accepted": True})
     if job.status in TERMINAL_JOB_STATUSES:
-        REPORTS.labels(outcome="conflict").inc()
-        raise AgentError(
-            409,
-            f"job {job.id} is already {job.status}; a {r.status} report contradicts it",
-            secret=call.secret,
-            nonce=r.nonce,
-        )
+        raise _contradiction(call, job.status)
     # Only what changes the workflow's decisions is signalled: a job starting or ending.
     if r.status != "in_progress" or job.status == "pending":
         await _signal_workflow(temporal, call, job.rollout_id)
@@ -112,13 +106,7 @@ async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> 
         await job_reports.append(conn, r)
         status = await jobs.apply_report(conn, r)
     if status != r.status:
-        REPORTS.labels(outcome="conflict").inc()
-        raise AgentError(
-            409,
-            f"job {job.id} is already {status}; a {r.status} report contradicts it",
-            secret=call.secret,
-            nonce=r.nonce,
-        )
+        raise _contradiction(call, status)
     REPORTS.labels(outcome="accepted").inc()
     log.info(
         "report accepted",
@@ -131,6 +119,17 @@ async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> 
         },
     )
     return call.answer({"jobId": job.id, "status": status, "accepted": True})
+
+
+def _contradiction(call: Verified[ReportRequest], settled_status: str) -> AgentError:
+    REPORTS.labels(outcome="conflict").inc()
+    r = call.body
+    return AgentError(
+        409,
+        f"job {r.jobId} is already {settled_status}; a {r.status} report contradicts it",
+        secret=call.secret,
+        nonce=r.nonce,
+    )
 
 
 async def _signal_workflow(
