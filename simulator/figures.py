@@ -42,6 +42,9 @@ class Figures(BaseModel):
     polls_per_second: float
     poll_latency: Latency
     report_latency: Latency
+    # How late the simulator's own event loop woke up: when high, the latencies above include
+    # the simulator's queueing, not only the control plane's.
+    client_loop_lag: Latency
     request_errors: dict[str, int]
     jobs: dict[str, int]
     agents_on_version: dict[str, int]
@@ -114,6 +117,8 @@ def render(figures: Figures) -> str:
         f"  p99 {_ms(figures.poll_latency.p99_ms)}",
         f"report latency    p50 {_ms(figures.report_latency.p50_ms)}"
         f"  p99 {_ms(figures.report_latency.p99_ms)}  ({figures.report_latency.count} reports)",
+        f"client loop lag   p50 {_ms(figures.client_loop_lag.p50_ms)}"
+        f"  p99 {_ms(figures.client_loop_lag.p99_ms)}",
         "request errors    "
         + (", ".join(f"{n} {k}" for k, n in sorted(figures.request_errors.items())) or "none"),
         "jobs              "

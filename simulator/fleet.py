@@ -30,6 +30,7 @@ from simulator.steps import SimulatedSteps
 # A rollout in one of these needs an operator (or nothing) before anything else happens.
 ROLLOUT_SETTLED = frozenset({"completed", "aborted", "paused"})
 REPORT_GRACE_SECONDS = 10.0
+LAG_PROBE_SECONDS = 0.1
 
 
 class SimulationError(Exception):
@@ -67,6 +68,15 @@ async def _run_staggered(agent: Agent, delay: float, stop: asyncio.Event) -> Non
     await sleep_unless_stopped(stop, delay)
     if not stop.is_set():
         await agent.run(stop)
+
+
+async def _probe_loop_lag(samples: list[float], stop: asyncio.Event) -> None:
+    """How much later than asked a short sleep returns: the simulator's own saturation."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        await sleep_unless_stopped(stop, LAG_PROBE_SECONDS)
+        if not stop.is_set():
+            samples.append(max(0.0, time.perf_counter() - started - LAG_PROBE_SECONDS))
 
 
 class _Monitor:
@@ -207,6 +217,8 @@ async def simulate(
         asyncio.create_task(_run_staggered(agent, n * spread, agents_stop))
         for n, agent in enumerate(agents)
     ]
+    lag: list[float] = []
+    tasks.append(asyncio.create_task(_probe_loop_lag(lag, agents_stop)))
     try:
         reason = await monitor.until_a_rule_fires(stop)
         print(
@@ -237,6 +249,7 @@ async def simulate(
         polls_per_second=round(polls / seconds, 2),
         poll_latency=latency(observer.latencies["poll"]),
         report_latency=latency(observer.latencies["report"]),
+        client_loop_lag=latency(lag),
         request_errors=dict(observer.errors),
         jobs=dict(Counter(observer.outcomes.values())),
         agents_on_version=dict(Counter(a.journal.state.current_version for a in agents)),

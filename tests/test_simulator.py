@@ -130,6 +130,7 @@ async def test_fifty_simulated_agents_drive_a_rollout_to_completed(
     for measured in (figures.poll_latency, figures.report_latency):
         assert measured.p50_ms is not None and measured.p99_ms is not None
         assert 0 < measured.p50_ms <= measured.p99_ms
+    assert figures.client_loop_lag.count > 10
     [measured_rollout] = figures.rollouts
     assert (measured_rollout.id, measured_rollout.status) == (rollout["id"], "completed")
     assert [(b.number, b.jobs, b.settled) for b in measured_rollout.batches] == [
