@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
+from functools import cache
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -28,6 +29,12 @@ REPORT_PATH = "/api/updates/report"
 T = TypeVar("T")
 
 
+# Reuse a connection only while the server surely keeps it: uvicorn and many proxies close idle
+# ones after 5 s, and a poll sent on a connection closing under it fails with a read error.
+CONNECTION_LIFETIME = httpx.Limits(keepalive_expiry=4.0)
+
+
+@cache
 def _agent_version() -> str | None:
     try:
         return metadata.version("rollout-control-plane")
@@ -71,6 +78,7 @@ class Agent:
             base_url=self.config.control_plane_url,
             timeout=self.config.request_timeout_seconds,
             transport=self.transport,
+            limits=CONNECTION_LIFETIME,
         ) as http:
 
             async def send_report(report: Report) -> ReportResponse:

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from api.agent_auth import install_agent_error_handler
 from api.errors import install_error_handlers
+from api.handouts import HandoutCache
 from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
 from api.routers import instances, jobs, metrics, releases, rollouts, system, updates
@@ -27,6 +28,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
+        app.state.handouts = HandoutCache()
         janitor = asyncio.create_task(sweep_forever(app.state.pool))
         try:
             yield

@@ -7,6 +7,7 @@ import asyncpg
 from fastapi import Depends, Header, HTTPException, Request, status
 from temporalio.client import Client
 
+from api.handouts import HandoutCache
 from contract.settings import ApiSettings
 
 
@@ -22,9 +23,14 @@ def get_temporal(request: Request) -> Client:
     return request.app.state.temporal
 
 
+def get_handout_cache(request: Request) -> HandoutCache:
+    return request.app.state.handouts
+
+
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
+HandoutCacheDep = Annotated[HandoutCache, Depends(get_handout_cache)]
 
 
 def require_admin(

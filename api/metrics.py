@@ -15,6 +15,10 @@ REQUEST_SECONDS = Histogram(
     "HTTP request latency by route template and method",
     ["route", "method", "status"],
 )
+HANDOUT_QUERIES = Counter(
+    "rollout_handout_queries_total",
+    "Workflow queries made to answer agent polls (one serves a whole batch's polls)",
+)
 JOBS = Gauge("rollout_jobs", "Update jobs in the read model, by status", ["status"])
 ROLLOUTS = Gauge("rollout_rollouts", "Rollouts in the read model, by status", ["status"])
 

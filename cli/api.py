@@ -23,5 +23,11 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(ApiSettings, "rollout api")
     configure_logging(settings.log_format)
     # log_config=None: uvicorn's own lines go through our handler (JSON when LOG_FORMAT=json).
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        timeout_keep_alive=30,  # longer than agents keep idle connections (4 s)
+    )
     return 0

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import httpx
 
 from agent.config import AgentConfig
-from agent.daemon import Agent
+from agent.daemon import CONNECTION_LIFETIME, Agent
 from agent.journal import Journal
 from agent.timing import sleep_unless_stopped
 from simulator.figures import Figures, RolloutFigures, latency, rollout_figures
@@ -59,7 +59,9 @@ def _agent(
         random.Random(f"{options.seed}/{instance_id}") if seeded else random.Random(),
     )
     journal = Journal.open(None, options.version)
-    transport = ObservingTransport(httpx.AsyncHTTPTransport(verify=tls), observer)
+    transport = ObservingTransport(
+        httpx.AsyncHTTPTransport(verify=tls, limits=CONNECTION_LIFETIME), observer
+    )
     return Agent(config, executor=steps, journal=journal, transport=transport)
 
 

@@ -1,10 +1,12 @@
 """End to end: real agent processes running shell steps, the real API, worker, Temporal dev
 server and PostgreSQL. What an operator relies on when a fleet updates itself."""
 
+import asyncio
 from typing import Any
 
 import asyncpg
 import httpx
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from api.app import create_app
@@ -239,3 +241,30 @@ async def test_polls_and_reports_answer_503_while_temporal_is_unreachable(
     # Not acknowledged, so not recorded: the agent retries and nothing is counted twice.
     assert await db.fetchval("SELECT count(*) FROM job_reports") == 0
     assert (await jobs.get(db, "j-web-1")).status == "pending"
+
+
+def handout_queries() -> float:
+    return REGISTRY.get_sample_value("rollout_handout_queries_total") or 0.0
+
+
+async def test_one_workflow_query_answers_a_whole_batch_of_polls(
+    plane: LiveServer, admin: httpx.AsyncClient, dev_settings: ApiSettings, db: asyncpg.Connection
+) -> None:
+    fleet = [f"web-{n:02d}" for n in range(20)]
+    async with httpx.AsyncClient(base_url=plane.url, timeout=30) as agent:
+
+        async def poll(name: str) -> dict:
+            body = body_for(name, channel="stable", currentVersion="1.0.0")
+            answer = await post_signed(agent, "/api/updates/next", body, FLEET_TOKEN)
+            return assert_signed_by(answer, FLEET_TOKEN, body["nonce"])
+
+        await asyncio.gather(*(poll(name) for name in fleet))
+        release_id = await seed_release(db, dev_settings, version="1.4.0")
+        rollout = await start_rollout(admin, release_id, batchSize=20)
+        before = handout_queries()
+        answers = await asyncio.gather(*(poll(name) for name in fleet))
+        queries = handout_queries() - before
+
+    expected = {job["instanceId"]: job["id"] for job in rollout["batches"][0]["jobs"]}
+    assert {name: a["job"]["id"] for name, a in zip(fleet, answers, strict=True)} == expected
+    assert 1 <= queries <= 3, queries  # not one query per poll

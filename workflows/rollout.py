@@ -29,6 +29,8 @@ with workflow.unsafe.imports_passed_through():
         AdvanceInput,
         AuditEvent,
         HandedOutJob,
+        Handouts,
+        HandoutsQuery,
         JobForInstanceQuery,
         JobForInstanceResult,
         JobReportSignal,
@@ -585,20 +587,24 @@ class RolloutWorkflow:
     @workflow.query(name="job_for_instance")
     def job_for_instance(self, query: JobForInstanceQuery) -> JobForInstanceResult:
         """The job an agent may run now (PROTOCOL §5): none while paused or finished."""
+        return JobForInstanceResult(job=self._handed_out().get(query.instance_id))
+
+    @workflow.query(name="handouts")
+    def handouts(self, query: HandoutsQuery) -> Handouts:
+        return Handouts(jobs=self._handed_out())
+
+    def _handed_out(self) -> dict[str, HandedOutJob]:
         if self._state.status == "paused" or self._state.status in FINISHED_STATUSES:
-            return JobForInstanceResult(job=None)
-        job_id = self._open_by_instance.get(query.instance_id)
-        if job_id is None:
-            return JobForInstanceResult(job=None)
-        job = self._jobs[job_id]
-        return JobForInstanceResult(
-            job=HandedOutJob(
-                id=job.id,
+            return {}
+        return {
+            instance_id: HandedOutJob(
+                id=job_id,
                 rollout_id=self._spec.id,
                 release_id=self._spec.manifest_id,
-                deadline=_iso(job.deadline),
+                deadline=_iso(self._jobs[job_id].deadline),
             )
-        )
+            for instance_id, job_id in self._open_by_instance.items()
+        }
 
     # --- the read model, the Web UI -----------------------------------------------------------
 

@@ -148,6 +148,17 @@ class JobForInstanceResult(BaseModel):
     job: HandedOutJob | None
 
 
+class HandoutsQuery(BaseModel):
+    pass
+
+
+class Handouts(BaseModel):
+    """Every job agents may run now, by instance id: empty while paused or finished. One query
+    answers the polls of a whole batch."""
+
+    jobs: dict[str, HandedOutJob]
+
+
 # --- activities --------------------------------------------------------------------------------
 
 

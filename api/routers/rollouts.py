@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client
 
-from api.deps import AdminActor, PoolDep, SettingsDep, TemporalDep
+from api.deps import AdminActor, HandoutCacheDep, PoolDep, SettingsDep, TemporalDep
 from api.routers.jobs import JobOut
 from contract.manifest import Channel
 from store import audit, jobs, releases, rollouts
@@ -263,6 +263,7 @@ async def act_on_rollout(
     actor: AdminActor,
     pool: PoolDep,
     temporal: TemporalDep,
+    handouts: HandoutCacheDep,
     body: ActionBody | None = None,
 ) -> RolloutOut:
     row = await _row_or_404(pool, rollout_id)
@@ -283,9 +284,11 @@ async def act_on_rollout(
     except rollout_client.ActionRefused as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except (rollout_client.RolloutUnavailable, rollout_client.RolloutGone) as exc:
+        handouts.forget(rollout_id)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"the rollout engine did not answer in time; {action} may not have been applied"
             f" (check GET /api/rollouts/{rollout_id}): {exc}",
         ) from None
+    handouts.forget(rollout_id)  # polls see a pause (or a retry's new jobs) at once
     return await _view(pool, temporal, await _row_or_404(pool, rollout_id))

@@ -12,7 +12,8 @@ from fastapi.responses import Response
 from temporalio.client import Client
 
 from api.agent_auth import AgentError, Verified, verified_request
-from api.deps import PoolDep, TemporalDep
+from api.deps import HandoutCacheDep, PoolDep, TemporalDep
+from api.handouts import HandoutCache
 from api.metrics import POLLS, REPORTS
 from contract.wire import TERMINAL_JOB_STATUSES, PollRequest, ReportRequest
 from store import instances, job_reports, jobs, releases
@@ -32,7 +33,9 @@ _TEMPORAL_TIMEOUT_SECONDS = 5.0
 
 
 @router.post("/next")
-async def next_job(call: VerifiedPoll, pool: PoolDep, temporal: TemporalDep) -> Response:
+async def next_job(
+    call: VerifiedPoll, pool: PoolDep, temporal: TemporalDep, handouts: HandoutCacheDep
+) -> Response:
     poll = call.body
     await instances.record_poll(
         pool,
@@ -45,7 +48,7 @@ async def next_job(call: VerifiedPoll, pool: PoolDep, temporal: TemporalDep) -> 
     if open_job is None:
         POLLS.labels(outcome="idle").inc()
         return call.answer({"job": None})
-    handed = await _job_the_workflow_hands_out(temporal, call, open_job.rollout_id)
+    handed = await _job_the_workflow_hands_out(handouts, temporal, call, open_job.rollout_id)
     release = await releases.get(pool, handed.release_id) if handed else None
     if handed is None or release is None:
         POLLS.labels(outcome="withheld").inc()
@@ -69,17 +72,16 @@ async def next_job(call: VerifiedPoll, pool: PoolDep, temporal: TemporalDep) -> 
 
 
 async def _job_the_workflow_hands_out(
-    temporal: Client, call: Verified[PollRequest], rollout_id: str
+    handouts: HandoutCache, temporal: Client, call: Verified[PollRequest], rollout_id: str
 ) -> HandedOutJob | None:
     try:
-        return await rollouts.job_for_instance(
-            temporal, rollout_id, call.body.instanceId, timeout=_TEMPORAL_TIMEOUT_SECONDS
-        )
+        answer = await handouts.handouts(temporal, rollout_id)
     except RolloutGone:
         return None  # the rollout's history is gone: nothing to hand out
     except RolloutUnavailable as exc:
         POLLS.labels(outcome="unavailable").inc()
         raise AgentError(503, _UNAVAILABLE, secret=call.secret, nonce=call.body.nonce) from exc
+    return answer.jobs.get(call.body.instanceId)
 
 
 @router.post("/report")
