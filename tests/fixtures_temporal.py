@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -207,3 +209,17 @@ async def dev_admin(dev_api: LiveServer, settings: ApiSettings) -> AsyncIterator
         base_url=dev_api.url, headers={"x-cp-admin-token": token}, timeout=60
     ) as client:
         yield client
+
+
+async def skip_time(env: WorkflowEnvironment, seconds: float) -> None:
+    """Advance the time-skipping server's clock by `seconds`.
+
+    `env.sleep()` sends this RPC with the client's default deadline, which a loaded 2-core
+    machine can exceed while the server fires every timer in the skipped span and waits for the
+    worker to process them; give it room instead.
+    """
+    request = SleepRequest()
+    request.duration.FromTimedelta(timedelta(seconds=seconds))
+    await env.client.test_service.unlock_time_skipping_with_sleep(
+        request, timeout=timedelta(seconds=120)
+    )

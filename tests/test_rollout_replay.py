@@ -18,6 +18,7 @@ from temporalio.worker import Replayer, Worker
 
 from contract.settings import ApiSettings
 from store.rollouts import RolloutSpec
+from tests.fixtures_temporal import skip_time
 from tests.test_rollout_workflow import act, outcome, report, settles_to, start, view
 from workflows.rollout import RolloutWorkflow
 
@@ -67,7 +68,7 @@ async def test_lifecycle_run_replays(
     retried = next(j for j in (await view(client, spec)).jobs if j.attempt == 2)
     await report(client, spec, retried, "succeeded")
     await report(client, spec, b, "in_progress", "pull")
-    await time_skipping_env.sleep(301)  # b times out; failures were accepted by the retry
+    await skip_time(time_skipping_env, 301)  # b times out; failures were accepted by the retry
     await settles_to(client, spec, "paused")
     await act(client, spec, "resume")
     await settles_to(client, spec, "awaiting_advance")

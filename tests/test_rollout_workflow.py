@@ -11,7 +11,7 @@ from temporalio.worker import Worker
 from contract.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.rollouts import RolloutSpec
-from tests.fixtures_temporal import eventually, seed_instances, seed_release
+from tests.fixtures_temporal import eventually, seed_instances, seed_release, skip_time
 from workflows import client as rollout_client
 from workflows.rollout import RolloutWorkflow
 from workflows.rollout_models import JobReportSignal, JobState, RolloutResult, RolloutView
@@ -233,14 +233,14 @@ async def test_jobs_time_out_by_durable_timer_but_not_while_withheld(
     a, b = (await view(client, spec)).jobs
     await report(client, spec, a, "in_progress", "migrate")
     await act(client, spec, "pause", "hold")
-    await time_skipping_env.sleep(601)
+    await skip_time(time_skipping_env, 601)
     paused = await view(client, spec)
     # The running job timed out; the withheld pending one did not.
     assert {j.instance_id: j.status for j in paused.jobs} == {"a": "timed_out", "b": "pending"}
     await act(client, spec, "resume")
     resumed_b = next(j for j in (await view(client, spec)).jobs if j.instance_id == "b")
     assert resumed_b.deadline > b.deadline  # its time started again at resume
-    await time_skipping_env.sleep(601)
+    await skip_time(time_skipping_env, 601)
     done = await settles_to(client, spec, "completed")
     assert {j.instance_id: (j.status, j.step) for j in done.jobs} == {
         "a": ("timed_out", "migrate"),
@@ -266,9 +266,9 @@ async def test_auto_advance_waits_the_bake_time(
     await succeed_all(client, spec)
     baking = await settles_to(client, spec, "awaiting_advance")
     assert baking.current_batch == 1
-    await time_skipping_env.sleep(300)
+    await skip_time(time_skipping_env, 300)
     assert (await view(client, spec)).current_batch == 1  # still baking
-    await time_skipping_env.sleep(601)
+    await skip_time(time_skipping_env, 601)
     second = await settles_to(client, spec, "running")
     assert second.current_batch == 2
     await succeed_all(client, spec)
