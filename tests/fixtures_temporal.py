@@ -53,6 +53,15 @@ def server_address(client: Client) -> str:
 
 @pytest.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_time_skipping_server()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+async def start_time_skipping_server() -> WorkflowEnvironment:
+    """A time-skipping test server with the rollout search attributes registered."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         port=free_port(),
@@ -66,10 +75,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
             },
         )
     )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
+    return env
 
 
 @pytest.fixture(scope="session")
