@@ -5,19 +5,16 @@ import asyncio
 import io
 import json
 import os
-import secrets
 import signal
 import stat
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
-from temporalio.worker import Worker
 
 from api.app import create_app
 from cli.main import main as cli_main
@@ -27,29 +24,9 @@ from simulator import secrets_file
 from simulator.fleet import SimulationError, simulate
 from simulator.options import SimulationOptions
 from tests.conftest import LiveServer
+from tests.fixtures_fleet import FLEET_TOKEN
 from tests.fixtures_temporal import eventually
 from tests.manifests import hand_signed
-
-FLEET_TOKEN = secrets.token_hex(16)
-
-
-@pytest.fixture
-async def plane(dev_settings: ApiSettings, dev_worker: Worker) -> AsyncIterator[LiveServer]:
-    """The API with a fleet token, on the dev server with a live worker."""
-    configured = dev_settings.model_copy(
-        update={"control_plane_agent_token": SecretStr(FLEET_TOKEN)}
-    )
-    async with LiveServer(create_app(configured), free_port()) as server:
-        yield server
-
-
-@pytest.fixture
-async def admin(plane: LiveServer, settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
-    token = settings.control_plane_admin_token.get_secret_value()
-    async with httpx.AsyncClient(
-        base_url=plane.url, headers={"x-cp-admin-token": token}, timeout=60
-    ) as client:
-        yield client
 
 
 def fleet_options(plane: LiveServer, settings: ApiSettings, **overrides: Any) -> SimulationOptions:
