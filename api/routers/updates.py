@@ -105,10 +105,10 @@ async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> 
     if r.status != "in_progress" or job.status == "pending":
         await _signal_workflow(temporal, call, job.rollout_id)
     async with pool.acquire() as conn, conn.transaction():
-        await job_reports.append(conn, r)
         status = await jobs.apply_report(conn, r)
-    if status != r.status:
-        raise _contradiction(call, status)
+        if status != r.status:
+            raise _contradiction(call, status)  # settled meanwhile; rolls the report back
+        await job_reports.append(conn, r)
     REPORTS.labels(outcome="accepted").inc()
     log.info(
         "report accepted",
