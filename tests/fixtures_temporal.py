@@ -51,8 +51,11 @@ def server_address(client: Client) -> str:
     return client.service_client.config.target_host
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server per test (it starts in about 0.2 s). A shared one keeps every
+    earlier test's workflows: one of them waiting on a worker that is gone holds the clock
+    still, and later tests' `skip_time` then hangs."""
     env = await start_time_skipping_server()
     try:
         yield env
@@ -132,8 +135,8 @@ def dev_settings(
 
 
 async def terminate_rollouts(client: Client, pool: asyncpg.Pool) -> None:
-    """End the test's unfinished rollouts: on the shared time-skipping server a workflow whose
-    worker is gone would hold its clock still for every later test."""
+    """End the test's unfinished rollouts, so the session's dev server does not keep running
+    workflows (and their timers) whose worker is gone."""
     for row in await pool.fetch("SELECT workflow_id FROM rollouts"):
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(row["workflow_id"]).terminate("test finished")
@@ -146,7 +149,6 @@ async def ts_worker(
     worker = build_worker(time_skipping_env.client, ts_settings, RolloutActivities(worker_pool))
     async with worker:
         yield worker
-    await terminate_rollouts(time_skipping_env.client, worker_pool)
 
 
 @pytest.fixture

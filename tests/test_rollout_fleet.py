@@ -5,24 +5,16 @@ and loses no report delivered around a continue-as-new."""
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-from activities.rollouts import RolloutActivities
 from contract.settings import ApiSettings
 from store import instances, rollouts
 from store.rollouts import RolloutSpec
-from tests.fixtures_temporal import (
-    eventually,
-    seed_release,
-    settings_for,
-    start_time_skipping_server,
-)
-from worker.main import build_worker
+from tests.fixtures_temporal import eventually, seed_release
 from workflows import client as rollout_client
 from workflows.rollout import RolloutWorkflow
 from workflows.rollout_models import JobReportSignal, RolloutView
@@ -35,33 +27,13 @@ WAVE = 1_000
 CONCURRENT_SIGNALS = 64
 
 
-@pytest.fixture
-async def fleet_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this test's own: after a 20,000-signal history the shared
-    one no longer skipped time for later tests."""
-    env = await start_time_skipping_server()
-    try:
-        yield env
-    finally:
-        await env.shutdown()
-
-
-@pytest.fixture
-async def fleet_worker(
-    fleet_env: WorkflowEnvironment, ts_settings: ApiSettings, worker_pool: asyncpg.Pool
-) -> AsyncIterator[ApiSettings]:
-    settings = settings_for(ts_settings, fleet_env.client, ts_settings.temporal_task_queue)
-    async with build_worker(fleet_env.client, settings, RolloutActivities(worker_pool)):
-        yield settings
-
-
 async def test_ten_thousand_jobs_run_to_completion(
-    fleet_env: WorkflowEnvironment,
-    fleet_worker: ApiSettings,
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    client = fleet_env.client
-    ts_settings = fleet_worker
+    client = time_skipping_env.client
     release_id = await seed_release(db, ts_settings)
     names = [f"host-{n:05d}" for n in range(FLEET_SIZE)]
     for name in names:
