@@ -2,16 +2,30 @@
 job rows only move forward and the rollout row carries a revision that gates its audit entries,
 so a retried or repeated call changes nothing twice."""
 
+import logging
+from typing import Any
+
 import asyncpg
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.metrics import UNSTORABLE_TEXT_WRITES
+from contract.text import storable, storable_or_none
 from store import audit, instances, jobs, rollouts
 from workflows.rollout_models import (
+    AuditEvent,
     LoadTargetsInput,
     LoadTargetsResult,
     RecordProgressInput,
     RecordProgressResult,
 )
+
+# Temporal refuses payloads over 2 MiB, and the targets are carried again in every
+# continue-as-new input: refuse well below that instead of failing the same way for ever.
+TARGETS_PAYLOAD_LIMIT = 1024 * 1024
+TARGETS_TOO_LARGE = "TargetsTooLarge"
+STORABLE_NOTE = "unstorable characters in text were replaced with U+FFFD"
+log = logging.getLogger("rollout.activities")
 
 
 class RolloutActivities:
@@ -22,23 +36,114 @@ class RolloutActivities:
 
     @activity.defn(name="load_targets")
     async def load_targets(self, input: LoadTargetsInput) -> LoadTargetsResult:
+        """Refuses for good (not retried) when the list would not fit in a Temporal payload:
+        retrying cannot make it smaller, and the workflow ends the rollout saying why."""
         ids = await instances.targets_below(self.pool, channel=input.channel, version=input.version)
-        return LoadTargetsResult(instance_ids=ids)
+        result = LoadTargetsResult(instance_ids=ids)
+        size = len(result.model_dump_json(by_alias=True))
+        if size > TARGETS_PAYLOAD_LIMIT:
+            raise ApplicationError(
+                f"{len(ids)} target instances ({size} bytes as a list) exceed the"
+                f" {TARGETS_PAYLOAD_LIMIT} bytes a rollout can carry; use a smaller channel",
+                type=TARGETS_TOO_LARGE,
+                non_retryable=True,
+            )
+        return result
 
     @activity.defn(name="record_progress")
     async def record_progress(self, input: RecordProgressInput) -> RecordProgressResult:
+        """A write PostgreSQL refuses for its data (SQLSTATE class 22, e.g. a NUL character)
+        is made again with all free text made storable: retrying the same data would fail for
+        ever and wedge the rollout."""
+        try:
+            return await self._record(input, None)
+        except asyncpg.DataError as exc:
+            repaired = _storable_input(input)
+            if repaired == input:
+                raise  # not a text problem: retrying (and alerting) is all that can be done
+            rollout_id = _rollout_id(input)
+            log.error(
+                "rollout %s: PostgreSQL refused the read-model write (%s, SQLSTATE %s);"
+                " writing it with unstorable characters replaced",
+                rollout_id,
+                type(exc).__name__,
+                exc.sqlstate,
+            )
+            UNSTORABLE_TEXT_WRITES.inc()
+            note = AuditEvent(
+                actor="worker",
+                action="rollout.text_made_storable",
+                detail={"error": type(exc).__name__, "sqlstate": exc.sqlstate},
+            )
+            return await self._record(_noted(repaired), note)
+
+    async def _record(
+        self, input: RecordProgressInput, note: AuditEvent | None
+    ) -> RecordProgressResult:
         async with self.pool.acquire() as conn, conn.transaction():
             await jobs.upsert_many(conn, input.jobs)
+            events = input.events + ([note] if note else [])
             if input.progress is None:
-                return RecordProgressResult(applied=True)
-            applied = await rollouts.record_progress(conn, input.progress)
+                applied = True
+                events = [note] if note else []
+            else:
+                applied = await rollouts.record_progress(conn, input.progress)
             if applied:
-                for event in input.events:
+                for event in events:
                     await audit.record(
                         conn,
                         actor=event.actor,
                         action=event.action,
-                        subject=f"rollout:{input.progress.id}",
+                        subject=f"rollout:{_rollout_id(input)}",
                         detail=event.detail,
                     )
             return RecordProgressResult(applied=applied)
+
+
+def _rollout_id(input: RecordProgressInput) -> str:
+    if input.progress is not None:
+        return input.progress.id
+    return input.jobs[0].rollout_id if input.jobs else "?"
+
+
+def _storable_input(input: RecordProgressInput) -> RecordProgressInput:
+    """`input` with every free-text field storable."""
+    progress = input.progress
+    if progress is not None:
+        progress = progress.model_copy(
+            update={
+                "paused_reason": storable_or_none(progress.paused_reason),
+                "details": storable(progress.details),
+            }
+        )
+    return input.model_copy(
+        update={
+            "progress": progress,
+            "jobs": [
+                job.model_copy(update={"message": storable_or_none(job.message)})
+                for job in input.jobs
+            ],
+            "events": [
+                event.model_copy(update={"detail": _storable_json(event.detail)})
+                for event in input.events
+            ],
+        }
+    )
+
+
+def _noted(input: RecordProgressInput) -> RecordProgressInput:
+    """The rollout's details say that its text was changed to be stored."""
+    if input.progress is None:
+        return input
+    details = f"{input.progress.details} · {STORABLE_NOTE}"
+    return input.model_copy(update={"progress": input.progress.model_copy(update={"details": details})})
+
+
+def _storable_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable_json(v) for v in value]
+    return value

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     db_pool_min_size: int = 1
     db_pool_max_size: int = 10
     log_format: str = Field(default="text", pattern="^(text|json)$")
+    # Worker only: how often it looks for rollouts whose workflow was closed from outside.
+    reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+    # Worker only: serve its Prometheus metrics on this port (off when unset).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class ApiSettings(Settings):

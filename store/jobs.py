@@ -68,6 +68,16 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
     )
 
 
+async def cancel_open(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> int:
+    """Cancel the rollout's pending and in-progress jobs (its workflow is gone); their count."""
+    status = await conn.execute(
+        "UPDATE update_jobs SET status = 'cancelled', updated_at = now()"
+        " WHERE rollout_id = $1 AND status IN ('pending', 'in_progress')",
+        rollout_id,
+    )
+    return int(status.split()[-1])
+
+
 async def get(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM update_jobs WHERE id = $1", job_id)
     return _job(row) if row else None

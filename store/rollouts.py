@@ -141,6 +141,32 @@ async def record_progress(
     return status == "UPDATE 1"
 
 
+async def with_open_workflow(conn: asyncpg.Connection | asyncpg.Pool) -> list[tuple[str, str]]:
+    """(id, workflow_id) of every rollout whose workflow has not written its final state."""
+    rows = await conn.fetch(
+        "SELECT id, workflow_id FROM rollouts WHERE NOT workflow_closed ORDER BY created_at, id"
+    )
+    return [(r["id"], r["workflow_id"]) for r in rows]
+
+
+async def end_closed_workflow(conn: asyncpg.Connection, rollout_id: str, how: str) -> bool:
+    """Record that the workflow closed without writing its final state (terminated, ...):
+    an unfinished rollout becomes `aborted`, freeing its channel. Guarded by
+    `workflow_closed`, so of several reconcilers only one applies it; the revision moves on, so
+    no late write of the closed run can undo it. False when it was already recorded."""
+    status = await conn.execute(
+        "UPDATE rollouts SET"
+        " status = CASE WHEN status IN ('completed', 'aborted') THEN status ELSE 'aborted' END,"
+        " paused_reason = NULL, details = concat_ws(' · ', NULLIF(details, ''), $2::text),"
+        " finished_at = COALESCE(finished_at, now()), workflow_closed = true,"
+        " revision = revision + 1, updated_at = now()"
+        " WHERE id = $1 AND NOT workflow_closed",
+        rollout_id,
+        how,
+    )
+    return status == "UPDATE 1"
+
+
 async def get(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> Rollout | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM rollouts WHERE id = $1", rollout_id)
     return _rollout(row) if row else None

@@ -1,14 +1,17 @@
 """The worker process: runs rollout workflows and their activities until SIGTERM/SIGINT.
 
-On a signal it stops polling, lets running activities and workflow tasks finish (within the
+Beside the worker runs the reconciler (worker/reconciler.py), which ends rollouts whose workflow
+was closed from outside. On a signal it stops polling, lets running activities and workflow tasks finish (within the
 graceful timeout) and exits 0; anything unfinished is picked up by the next worker.
 """
 
 import asyncio
+import contextlib
 import logging
 import signal
 from datetime import timedelta
 
+from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -16,6 +19,7 @@ from activities.rollouts import RolloutActivities
 from contract.settings import Settings
 from store.pool import open_pool
 from worker.connect import connect_temporal
+from worker.reconciler import reconcile_forever
 from workflows.rollout import RolloutWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
@@ -39,6 +43,8 @@ async def run_worker(settings: Settings) -> None:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
     )
+    if settings.worker_metrics_port is not None:
+        start_http_server(settings.worker_metrics_port)
     try:
         client = await connect_temporal(settings)
         worker = build_worker(client, settings, RolloutActivities(pool))
@@ -46,6 +52,9 @@ async def run_worker(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reconciler = asyncio.create_task(
+            reconcile_forever(client, pool, settings.reconcile_interval_seconds)
+        )
         async with worker:
             log.info(
                 "worker polling task queue %s on %s (namespace %s)",
@@ -55,6 +64,9 @@ async def run_worker(settings: Settings) -> None:
             )
             await stop.wait()
             log.info("shutting down: finishing running tasks")
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
         log.info("worker stopped")
     finally:
         await pool.close()

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.rollouts import RolloutActivities
+    from activities.rollouts import TARGETS_TOO_LARGE, RolloutActivities
     from contract.wire import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES
     from store.jobs import JobWrite
     from store.rollouts import FINISHED_STATUSES, RolloutProgress
@@ -60,6 +60,13 @@ MESSAGE_LIMIT = 1024
 # Names (and a count) in a pause reason; the rest are in the jobs listing.
 REASON_NAMES = 10
 WORKFLOW_ACTOR = "workflow"
+# Who ends a rollout whose run was asked to cancel (Web UI "Request Cancellation", CLI cancel).
+TEMPORAL_ACTOR = "temporal"
+CANCEL_REASON = "cancellation requested in Temporal"
+# Behaviour changes since the first recorded histories: old runs replay without them.
+PATCH_ABORT_BEFORE_BATCH_1 = "abort-before-batch-1"
+PATCH_TARGETS_TOO_LARGE = "targets-too-large-ends-rollout"
+PATCH_CANCEL_IS_ABORT = "cancel-is-abort"
 STATUS_WORDS = (
     ("succeeded", "succeeded"),
     ("in_progress", "in progress"),
@@ -117,6 +124,14 @@ class RolloutWorkflow:
 
     @workflow.run
     async def run(self, input: RolloutInput) -> RolloutResult:
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            if workflow.patched(PATCH_CANCEL_IS_ABORT):
+                await self._end_cancelled()
+            raise
+
+    async def _run(self) -> RolloutResult:
         if self._state.targets is None:
             await self._start()
         while True:
@@ -141,13 +156,27 @@ class RolloutWorkflow:
         return RolloutResult(status=self._state.status, counts=self._counts())
 
     async def _start(self) -> None:
-        result = await workflow.execute_activity_method(
-            RolloutActivities.load_targets,
-            LoadTargetsInput(channel=self._spec.channel, version=self._spec.version),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=ACTIVITY_RETRY,
-        )
+        try:
+            result = await workflow.execute_activity_method(
+                RolloutActivities.load_targets,
+                LoadTargetsInput(channel=self._spec.channel, version=self._spec.version),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if not (
+                isinstance(cause, ApplicationError)
+                and cause.type == TARGETS_TOO_LARGE
+                and workflow.patched(PATCH_TARGETS_TOO_LARGE)
+            ):
+                raise
+            self._cannot_start(f"could not start: {cause.message}")
+            return
         self._state.targets = result.instance_ids
+        if self._state.status == "aborted" and workflow.patched(PATCH_ABORT_BEFORE_BATCH_1):
+            self._state.note = "aborted before batch 1 was released"
+            return
         self._event(
             WORKFLOW_ACTOR,
             "rollout.started",
@@ -161,6 +190,27 @@ class RolloutWorkflow:
             " nothing to update"
         )
         self._finish("completed")
+
+    def _cannot_start(self, reason: str) -> None:
+        """The rollout ends, saying why, instead of retrying what cannot succeed."""
+        self._state.targets = []
+        self._state.note = reason
+        if self._state.status not in FINISHED_STATUSES:
+            self._abort(WORKFLOW_ACTOR, reason)
+
+    async def _end_cancelled(self) -> None:
+        """"Request Cancellation" is an abort: open jobs are cancelled (no report can reach a
+        closed run) and the read model says so before the run closes as cancelled."""
+        if self._state.status not in FINISHED_STATUSES:
+            self._event(TEMPORAL_ACTOR, "rollout.abort", {"reason": CANCEL_REASON})
+            self._abort(TEMPORAL_ACTOR, CANCEL_REASON)
+        for job in self._latest_jobs():
+            if job.status in OPEN_JOB_STATUSES:
+                self._settle_job(job, "cancelled", job.step)
+        self._closing = True
+        self._row_dirty = True
+        self._publish()
+        await self._drain()
 
     def _is_done(self) -> bool:
         if self._state.status == "completed":
@@ -228,8 +278,12 @@ class RolloutWorkflow:
         new_jobs = [self._new_job(instance_id, number, 1) for instance_id in instance_ids]
         self._releasing = True
         self._set_status("running", actor)
+        cancelled = False
         try:
             await self._write(new_jobs)
+        except asyncio.CancelledError:
+            # The rows may be written already: the jobs must be known, to be cancelled too.
+            cancelled = True
         finally:
             self._releasing = False
         self._archive_current_batch()
@@ -238,6 +292,8 @@ class RolloutWorkflow:
         self._event(actor, "rollout.batch_released", {"batch": number, "jobs": len(new_jobs)})
         if self._state.status == "aborted":  # aborted while the rows were being written
             self._cancel_pending()
+        if cancelled:
+            raise asyncio.CancelledError()
 
     def _new_job(self, instance_id: str, batch: int, attempt: int) -> JobState:
         deadline = workflow.now() + timedelta(seconds=self._spec.job_timeout_seconds)
@@ -427,7 +483,10 @@ class RolloutWorkflow:
         state = self._state
         if state.status in FINISHED_STATUSES:
             return f"rollout is {state.status}; {action} does not apply to a finished rollout"
-        if state.current_batch == 0 or (self._releasing and action in ("advance", "retry")):
+        # Abort applies at any point: before batch 1 and while a batch is being released.
+        if (state.current_batch == 0 and action != "abort") or (
+            self._releasing and action in ("advance", "retry")
+        ):
             return "a batch is being released; try again in a moment"
         if action == "advance":
             if state.status == "paused":
@@ -650,18 +709,26 @@ class RolloutWorkflow:
             progress = self._progress()
             chunks = [writes[i : i + JOBS_PER_WRITE] for i in range(0, len(writes), JOBS_PER_WRITE)]
             chunks = chunks or [[]]
-            for index, chunk in enumerate(chunks):
-                last = index == len(chunks) - 1
-                await workflow.execute_activity_method(
-                    RolloutActivities.record_progress,
-                    RecordProgressInput(
-                        progress=progress if last else None,
-                        jobs=chunk,
-                        events=events if last else [],
-                    ),
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
-                    retry_policy=ACTIVITY_RETRY,
-                )
+            try:
+                for index, chunk in enumerate(chunks):
+                    last = index == len(chunks) - 1
+                    await workflow.execute_activity_method(
+                        RolloutActivities.record_progress,
+                        RecordProgressInput(
+                            progress=progress if last else None,
+                            jobs=chunk,
+                            events=events if last else [],
+                        ),
+                        start_to_close_timeout=ACTIVITY_TIMEOUT,
+                        retry_policy=ACTIVITY_RETRY,
+                    )
+            except asyncio.CancelledError:
+                # The run was asked to cancel mid-write: what this write carried is written
+                # again by the final write (job rows and the revision gate make that safe).
+                self._dirty.update(batch)
+                self._events = events + self._events
+                self._row_dirty = True
+                raise
 
     def _progress(self) -> RolloutProgress:
         return RolloutProgress(

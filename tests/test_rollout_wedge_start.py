@@ -1,0 +1,95 @@
+"""Issue 8, part 3: a rollout that cannot get to batch 1 ends, saying why; abort works before
+batch 1. Real API over HTTP, dev server, real worker, real PostgreSQL."""
+
+import asyncio
+
+import asyncpg
+import httpx
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from contract.settings import ApiSettings
+from store import jobs, rollouts
+from store.rollouts import Rollout
+from tests.fixtures_temporal import eventually, seed_instances, seed_release
+from tests.test_rollout_api import create
+
+FLEET_TOO_LARGE = 100_000  # 39-character ids: 4.2 MB as one list, over Temporal's 2 MiB
+
+
+async def final_row(db: asyncpg.Connection, rollout_id: str) -> Rollout:
+    async def closed() -> Rollout | None:
+        row = await rollouts.get(db, rollout_id)
+        return row if row and row.workflow_closed else None
+
+    return await eventually(closed)
+
+
+async def test_targets_too_large_for_temporal_end_the_rollout_saying_why(
+    dev_worker: Worker,
+    dev_admin: httpx.AsyncClient,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    release_id = await seed_release(db, dev_settings)
+    await db.execute(
+        "INSERT INTO instances (instance_id, channel, current_version)"
+        " SELECT 'host-' || lpad(i::text, 34, '0'), 'stable', '1.3.0'"
+        " FROM generate_series(1, $1) AS i",
+        FLEET_TOO_LARGE,
+    )
+    created = await create(dev_admin, release_id, batchSize=100)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["status"] == "aborted"
+    assert "could not start: 100000 target instances" in body["details"]
+    row = await final_row(db, body["id"])
+    assert row.status == "aborted" and "exceed the 1048576 bytes" in row.details
+    assert await jobs.for_rollout(db, body["id"]) == []
+    refused = await dev_admin.post(f"/api/rollouts/{body['id']}/abort")
+    assert refused.status_code == 409  # already ended
+
+    await db.execute("DELETE FROM instances WHERE instance_id > 'host-' || lpad('3', 34, '0')")
+    again = await create(dev_admin, release_id, batchSize=100)
+    assert again.status_code == 201, again.text
+    assert (again.json()["status"], again.json()["targetCount"]) == ("running", 3)
+
+
+async def test_abort_before_batch_1_while_targets_load(
+    dev_env: WorkflowEnvironment,
+    dev_worker: Worker,
+    dev_admin: httpx.AsyncClient,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    release_id = await seed_release(db, dev_settings)
+    await seed_instances(db, ["a", "b", "c"])
+    blocker = db.transaction()
+    await blocker.start()
+    await db.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")  # targets cannot load
+    creating = asyncio.create_task(create(dev_admin, release_id))
+
+    async def loading() -> str | None:
+        rows = await rollouts.list_all(db, channel="stable")
+        if not rows:
+            return None
+        described = await dev_env.client.get_workflow_handle(rows[0].workflow_id).describe()
+        pending = [p.activity_type.name for p in described.raw_description.pending_activities]
+        return rows[0].id if pending == ["load_targets"] else None
+
+    rollout_id = await eventually(loading)
+    aborted = await dev_admin.post(f"/api/rollouts/{rollout_id}/abort", json={"reason": "wrong"})
+    assert aborted.status_code == 200, aborted.text
+    assert aborted.json()["status"] == "aborted"
+    created = await creating  # answers as soon as the rollout ended, not after 30 s
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "aborted"
+
+    await blocker.rollback()  # the targets load now; the abort is not undone
+    row = await final_row(db, rollout_id)
+    assert (row.status, row.current_batch) == ("aborted", 0)
+    assert "aborted before batch 1" in row.details
+    assert await jobs.for_rollout(db, rollout_id) == []
+    again = await create(dev_admin, release_id)
+    assert again.status_code == 201, again.text
+    assert again.json()["status"] == "running"

@@ -1,0 +1,124 @@
+"""Issue 8, part 1: text PostgreSQL cannot store (NUL) that reached a workflow without the API
+(a signal from the Temporal CLI, or a rollout wedged before the fix) never wedges a rollout.
+Dev server, real workers, real PostgreSQL."""
+
+import logging
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from temporalio import activity
+from temporalio.testing import WorkflowEnvironment
+
+from activities.rollouts import STORABLE_NOTE, RolloutActivities
+from contract.settings import ApiSettings
+from store import audit, jobs, rollouts
+from store.rollouts import Rollout
+from tests.fixtures_temporal import eventually, seed_instances, seed_release
+from tests.test_rollout_api import create
+from worker.main import build_worker
+from workflows import client as rollout_client
+from workflows.rollout_models import (
+    JobReportSignal,
+    PauseInput,
+    RecordProgressInput,
+    RecordProgressResult,
+)
+
+TIMEOUT = 10.0
+METRIC = "rollout_unstorable_text_writes_total"
+
+
+class PreFixActivities(RolloutActivities):
+    """The read-model write as it was before issue 8: the same data is retried for ever."""
+
+    @activity.defn(name="record_progress")
+    async def record_progress(self, input: RecordProgressInput) -> RecordProgressResult:
+        return await self._record(input, None)
+
+
+async def write_attempts(env: WorkflowEnvironment, workflow_id: str) -> int:
+    described = await env.client.get_workflow_handle(workflow_id).describe()
+    pending = described.raw_description.pending_activities
+    return max((p.attempt for p in pending), default=0)
+
+
+async def test_a_wedged_rollout_recovers_once_the_fixed_worker_runs(
+    dev_env: WorkflowEnvironment,
+    dev_admin: httpx.AsyncClient,
+    dev_settings: ApiSettings,
+    worker_pool: asyncpg.Pool,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release_id = await seed_release(db, dev_settings)
+    await seed_instances(db, ["a", "b"])
+    old = build_worker(dev_env.client, dev_settings, PreFixActivities(worker_pool))
+    async with old:
+        created = await create(dev_admin, release_id, maxFailures=5)
+        assert created.status_code == 201, created.text
+        rollout_id = created.json()["id"]
+        workflow_id = f"rollout-{rollout_id}"
+        live = await rollout_client.live_view(dev_env.client, rollout_id, timeout=TIMEOUT)
+        a = next(job for job in live.jobs if job.instance_id == "a")
+        # Straight to the workflow, as `temporal workflow signal` would: no API checks.
+        poison = JobReportSignal(
+            job_id=a.id, instance_id="a", status="failed", step="migrate", message="boom\x00 out"
+        )
+        await rollout_client.report_job(dev_env.client, rollout_id, poison, timeout=TIMEOUT)
+        await dev_env.client.get_workflow_handle(workflow_id).signal(
+            "pause", PauseInput(actor="ops", reason="hold\x00 on")
+        )
+        # Wedged: the write fails and is retried with the same data.
+
+        async def wedged() -> bool:
+            return await write_attempts(dev_env, workflow_id) > 1
+
+        await eventually(wedged)
+        assert (await rollouts.get(db, rollout_id)).status == "running"  # type: ignore[union-attr]
+
+    metric_before = REGISTRY.get_sample_value(METRIC) or 0.0
+    caplog.set_level(logging.ERROR, logger="rollout.activities")
+    fixed = build_worker(dev_env.client, dev_settings, RolloutActivities(worker_pool))
+    async with fixed:
+
+        async def stored_paused() -> Rollout | None:
+            row = await rollouts.get(db, rollout_id)
+            return row if row and row.status == "paused" else None
+
+        row = await eventually(stored_paused, timeout=60)
+        live = await rollout_client.live_view(dev_env.client, rollout_id, timeout=TIMEOUT)
+        assert live.status == "paused" and live.paused_reason == "hold\x00 on"
+        assert row.paused_reason == "hold\ufffd on"
+        assert STORABLE_NOTE in row.details
+        stored = {job.instance_id: job for job in await jobs.for_rollout(db, rollout_id)}
+        assert {name: job.status for name, job in stored.items()} == {
+            j.instance_id: j.status for j in live.jobs
+        }
+        assert (stored["a"].status, stored["a"].message) == ("failed", "boom\ufffd out")
+
+        aborted = await dev_admin.post(f"/api/rollouts/{rollout_id}/abort", json={"reason": "x"})
+        assert aborted.status_code == 200, aborted.text
+        assert aborted.json()["status"] == "aborted"
+
+        async def closed() -> Rollout | None:
+            row = await rollouts.get(db, rollout_id)
+            return row if row and row.workflow_closed else None
+
+        final = await eventually(closed)
+        assert final.status == "aborted"
+        assert {j.instance_id: j.status for j in await jobs.for_rollout(db, rollout_id)} == {
+            "a": "failed",
+            "b": "cancelled",
+        }
+        again = await create(dev_admin, release_id)
+        assert again.status_code == 201, again.text
+
+    actions = [e.action for e in await audit.for_subject(db, f"rollout:{rollout_id}")]
+    repairs = actions.count("rollout.text_made_storable")
+    assert repairs > 0
+    assert REGISTRY.get_sample_value(METRIC) == metric_before + repairs
+    errors = [r for r in caplog.records if r.name == "rollout.activities"]
+    assert len(errors) == repairs  # one ERROR line per repaired write
+    assert all(rollout_id in r.getMessage() and "\x00" not in r.getMessage() for r in errors)
