@@ -136,7 +136,9 @@ def _noted(input: RecordProgressInput) -> RecordProgressInput:
     if input.progress is None:
         return input
     details = f"{input.progress.details} · {STORABLE_NOTE}"
-    return input.model_copy(update={"progress": input.progress.model_copy(update={"details": details})})
+    return input.model_copy(
+        update={"progress": input.progress.model_copy(update={"details": details})}
+    )
 
 
 def _storable_json(value: Any) -> Any:

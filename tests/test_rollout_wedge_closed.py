@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import is_cancelled_exception
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -122,6 +123,9 @@ async def test_request_cancellation_aborts_the_rollout(
     row = await ended(db, rollout_id)  # written by the workflow itself, no reconciler here
     assert row.status == "aborted"
     assert "cancellation requested in Temporal" in row.details
+    with pytest.raises(WorkflowFailureError) as closed:
+        await handle.result()
+    assert is_cancelled_exception(closed.value.cause)  # the run closed as cancelled
     assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
     assert [j.status for j in await jobs.for_rollout(db, rollout_id)] == ["cancelled"] * 2
     aborts = [

@@ -1,8 +1,9 @@
 """The worker process: runs rollout workflows and their activities until SIGTERM/SIGINT.
 
 Beside the worker runs the reconciler (worker/reconciler.py), which ends rollouts whose workflow
-was closed from outside. On a signal it stops polling, lets running activities and workflow tasks finish (within the
-graceful timeout) and exits 0; anything unfinished is picked up by the next worker.
+was closed from outside. On a signal it stops polling, lets running activities and workflow
+tasks finish (within the graceful timeout) and exits 0; anything unfinished is picked up by the
+next worker.
 """
 
 import asyncio

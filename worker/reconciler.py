@@ -58,7 +58,9 @@ async def _record_end(pool: asyncpg.Pool, rollout_id: str, how: str) -> bool:
             subject=f"rollout:{rollout_id}",
             detail={"how": how, "jobs_cancelled": cancelled},
         )
-    log.warning("rollout %s: %s; recorded as ended, %d open jobs cancelled", rollout_id, how, cancelled)
+    log.warning(
+        "rollout %s: %s; recorded as ended, %d open jobs cancelled", rollout_id, how, cancelled
+    )
     return True
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.rollouts import TARGETS_TOO_LARGE, RolloutActivities
@@ -88,6 +88,10 @@ ACTIVITY_RETRY = RetryPolicy(
 )
 
 
+# What a cancel request raises where the run awaits (checked with is_cancelled_exception).
+CANCELLATION = (asyncio.CancelledError, ActivityError)
+
+
 def _refused(reason: str) -> ApplicationError:
     return ApplicationError(reason, type="RolloutActionRefused", non_retryable=True)
 
@@ -126,8 +130,10 @@ class RolloutWorkflow:
     async def run(self, input: RolloutInput) -> RolloutResult:
         try:
             return await self._run()
-        except asyncio.CancelledError:
-            if workflow.patched(PATCH_CANCEL_IS_ABORT):
+        except CANCELLATION as err:
+            # A cancel request reaches the run as asyncio's CancelledError, or as the
+            # ActivityError of the activity it was awaiting.
+            if is_cancelled_exception(err) and workflow.patched(PATCH_CANCEL_IS_ABORT):
                 await self._end_cancelled()
             raise
 
@@ -199,11 +205,12 @@ class RolloutWorkflow:
             self._abort(WORKFLOW_ACTOR, reason)
 
     async def _end_cancelled(self) -> None:
-        """"Request Cancellation" is an abort: open jobs are cancelled (no report can reach a
+        """ "Request Cancellation" is an abort: open jobs are cancelled (no report can reach a
         closed run) and the read model says so before the run closes as cancelled."""
         if self._state.status not in FINISHED_STATUSES:
             self._event(TEMPORAL_ACTOR, "rollout.abort", {"reason": CANCEL_REASON})
             self._abort(TEMPORAL_ACTOR, CANCEL_REASON)
+            self._state.note = CANCEL_REASON
         for job in self._latest_jobs():
             if job.status in OPEN_JOB_STATUSES:
                 self._settle_job(job, "cancelled", job.step)
@@ -278,12 +285,14 @@ class RolloutWorkflow:
         new_jobs = [self._new_job(instance_id, number, 1) for instance_id in instance_ids]
         self._releasing = True
         self._set_status("running", actor)
-        cancelled = False
+        cancelled: BaseException | None = None
         try:
             await self._write(new_jobs)
-        except asyncio.CancelledError:
+        except CANCELLATION as err:
+            if not is_cancelled_exception(err):
+                raise
             # The rows may be written already: the jobs must be known, to be cancelled too.
-            cancelled = True
+            cancelled = err
         finally:
             self._releasing = False
         self._archive_current_batch()
@@ -292,8 +301,8 @@ class RolloutWorkflow:
         self._event(actor, "rollout.batch_released", {"batch": number, "jobs": len(new_jobs)})
         if self._state.status == "aborted":  # aborted while the rows were being written
             self._cancel_pending()
-        if cancelled:
-            raise asyncio.CancelledError()
+        if cancelled is not None:
+            raise cancelled
 
     def _new_job(self, instance_id: str, batch: int, attempt: int) -> JobState:
         deadline = workflow.now() + timedelta(seconds=self._spec.job_timeout_seconds)
@@ -722,7 +731,9 @@ class RolloutWorkflow:
                         start_to_close_timeout=ACTIVITY_TIMEOUT,
                         retry_policy=ACTIVITY_RETRY,
                     )
-            except asyncio.CancelledError:
+            except CANCELLATION as err:
+                if not is_cancelled_exception(err):
+                    raise
                 # The run was asked to cancel mid-write: what this write carried is written
                 # again by the final write (job rows and the revision gate make that safe).
                 self._dirty.update(batch)
