@@ -7,20 +7,25 @@ which runs the scenarios below on the time-skipping server and writes tests/hist
 Keep the old files too when the change must stay compatible with rollouts already running.
 """
 
+import asyncio
 import os
 from pathlib import Path
 
 import asyncpg
-from temporalio.client import Client, WorkflowHistory
+import pytest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import is_cancelled_exception
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from contract.settings import ApiSettings
 from store.rollouts import RolloutSpec
-from tests.fixtures_temporal import skip_time
+from tests.fixtures_temporal import eventually, seed_instances, skip_time
 from tests.test_rollout_workflow import act, outcome, report, settles_to, start, view
+from workflows import client as rollout_client
 from workflows.rollout import RolloutWorkflow
+from workflows.rollout_models import AbortInput, JobReportSignal, PauseInput
 
 HISTORIES = Path(__file__).parent / "histories"
 RECORDING = os.environ.get("ROLLOUT_RECORD_HISTORIES") == "1"
@@ -95,3 +100,102 @@ async def test_abort_run_replays(
     await report(client, spec, a, "failed", "migrate")
     assert (await outcome(client, spec)).counts == {"failed": 1, "cancelled": 2}
     await keep(client, spec, "abort")
+
+
+# --- issue 8: the paths that keep a rollout from being wedged ----------------------------------
+
+
+async def test_poison_text_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """A NUL in a report's message and in a pause reason, signalled past the API."""
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b"], batch_size=2, max_failures=5)
+    a, _ = (await view(client, spec)).jobs
+    poison = JobReportSignal(
+        job_id=a.id, instance_id="a", status="failed", step="migrate", message="boom\x00"
+    )
+    await rollout_client.report_job(client, spec.id, poison, timeout=15)
+    handle = client.get_workflow_handle(f"rollout-{spec.id}")
+    await handle.signal("pause", PauseInput(actor="ops", reason="hold\x00"))
+    await settles_to(client, spec, "paused")
+    await act(client, spec, "abort", "give up")
+    assert (await outcome(client, spec)).counts == {"failed": 1, "cancelled": 1}
+    await keep(client, spec, "poison_text")
+
+
+async def test_abort_before_batch_1_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    worker_pool: asyncpg.Pool,
+    db: asyncpg.Connection,
+) -> None:
+    """Aborted while its targets load (the instances table is locked meanwhile)."""
+    client = time_skipping_env.client
+    await seed_instances(db, ["a", "b"])
+    async with worker_pool.acquire() as locker, locker.transaction():
+        await locker.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+        starting = asyncio.create_task(start(client, db, ts_settings, []))
+        workflow_id = await eventually(lambda: loading_targets(client, worker_pool))
+        spec_id = workflow_id.removeprefix("rollout-")
+        await rollout_client.run_action(
+            client, spec_id, "abort", AbortInput(actor="tester", reason="wrong"), timeout=15
+        )
+        spec = await starting
+    result = await outcome(client, spec)
+    assert (result.status, result.counts) == ("aborted", {})
+    live = await view(client, spec)
+    assert (live.target_count, live.current_batch) == (2, 0)  # loaded, and not released
+    await keep(client, spec, "abort_before_batch_1")
+
+
+async def test_targets_too_large_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    await db.execute(
+        "INSERT INTO instances (instance_id, channel, current_version)"
+        " SELECT 'host-' || lpad(i::text, 34, '0'), 'stable', '1.3.0'"
+        " FROM generate_series(1, 100000) AS i"
+    )
+    spec = await start(client, db, ts_settings, [])
+    live = await view(client, spec)
+    assert live.status == "aborted" and live.note is not None
+    assert live.note.startswith("could not start: 100000 target instances")
+    assert (await outcome(client, spec)).status == "aborted"
+    await keep(client, spec, "targets_too_large")
+
+
+async def test_cancel_request_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b", "c"], batch_size=2)
+    a, _ = (await view(client, spec)).jobs
+    await report(client, spec, a, "in_progress", "pull")
+    handle = client.get_workflow_handle(f"rollout-{spec.id}")
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as closed:
+        await handle.result()
+    assert is_cancelled_exception(closed.value.cause)
+    await keep(client, spec, "cancel_request")
+
+
+async def loading_targets(client: Client, pool: asyncpg.Pool) -> str | None:
+    """The workflow id of the test's rollout once it waits for its targets."""
+    workflow_id = await pool.fetchval("SELECT workflow_id FROM rollouts")
+    if workflow_id is None:
+        return None
+    described = await client.get_workflow_handle(workflow_id).describe()
+    pending = [p.activity_type.name for p in described.raw_description.pending_activities]
+    return workflow_id if pending == ["load_targets"] else None
