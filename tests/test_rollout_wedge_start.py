@@ -12,7 +12,8 @@ from contract.settings import ApiSettings
 from store import jobs, rollouts
 from store.rollouts import Rollout
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
-from tests.test_rollout_api import create
+from tests.test_rollout_api import create, finish_batch
+from workflows import client as rollout_client
 
 FLEET_TOO_LARGE = 100_000  # 39-character ids: 4.2 MB as one list, over Temporal's 2 MiB
 
@@ -93,3 +94,51 @@ async def test_abort_before_batch_1_while_targets_load(
     again = await create(dev_admin, release_id)
     assert again.status_code == 201, again.text
     assert again.json()["status"] == "running"
+
+
+async def test_abort_while_a_batch_is_released_is_not_undone(
+    dev_env: WorkflowEnvironment,
+    dev_worker: Worker,
+    dev_admin: httpx.AsyncClient,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    release_id = await seed_release(db, dev_settings)
+    await seed_instances(db, ["a", "b", "c", "d"])
+    created = await create(dev_admin, release_id, autoAdvance=True, bakeSeconds=5)
+    assert created.status_code == 201, created.text
+    rollout = created.json()
+    await finish_batch(dev_env, rollout)
+
+    async def baking() -> bool:
+        row = await rollouts.get(db, rollout["id"])
+        return row is not None and row.status == "awaiting_advance"
+
+    await eventually(baking)
+    blocker = db.transaction()
+    await blocker.start()
+    # Job rows cannot be written (reads still can): batch 2's release waits on its write.
+    await db.execute("LOCK TABLE update_jobs IN SHARE MODE")
+
+    async def releasing() -> bool:
+        described = await dev_env.client.get_workflow_handle(f"rollout-{rollout['id']}").describe()
+        pending = described.raw_description.pending_activities
+        live = await rollout_client.live_view(dev_env.client, rollout["id"], timeout=10)
+        return (
+            live.status == "running"
+            and [p.activity_type.name for p in pending] == ["record_progress"]
+            and all(job.status == "succeeded" for job in live.jobs)
+        )
+
+    await eventually(releasing)
+    aborted = await dev_admin.post(f"/api/rollouts/{rollout['id']}/abort", json={"reason": "no"})
+    assert aborted.status_code == 200, aborted.text
+    assert aborted.json()["status"] == "aborted"
+    await blocker.rollback()
+
+    row = await final_row(db, rollout["id"])
+    assert (row.status, row.current_batch) == ("aborted", 2)
+    stored = {j.instance_id: j.status for j in await jobs.for_rollout(db, rollout["id"])}
+    assert stored == {"a": "succeeded", "b": "succeeded", "c": "cancelled", "d": "cancelled"}
+    again = await create(dev_admin, release_id)
+    assert again.status_code == 201, again.text
