@@ -3,11 +3,15 @@
 its channel. Real API over HTTP, dev server, real worker and reconciler, real PostgreSQL."""
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import is_cancelled_exception
 from temporalio.testing import WorkflowEnvironment
@@ -139,3 +143,39 @@ async def test_request_cancellation_aborts_the_rollout(
     assert refused.status_code == 409, refused.text
     again = await create(dev_admin, release_id)
     assert again.status_code == 201, again.text
+
+
+async def test_a_reset_run_is_not_an_end(
+    dev_env: WorkflowEnvironment,
+    dev_worker: Worker,
+    dev_admin: httpx.AsyncClient,
+    dev_settings: ApiSettings,
+    worker_pool: asyncpg.Pool,
+    db: asyncpg.Connection,
+) -> None:
+    """Terminated, then reset in the Web UI before the reconciler looked: the latest run runs."""
+    release_id = await seed_release(db, dev_settings)
+    await seed_instances(db, ["a", "b"])
+    rollout_id = await started_with_one_job_running(dev_env, dev_admin, release_id)
+    client = dev_env.client
+    handle = client.get_workflow_handle(f"rollout-{rollout_id}")
+    await handle.terminate("oops")
+    history = await handle.fetch_history()
+    first_task = next(
+        event.event_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
+    await client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id),
+            reason="test",
+            workflow_task_finish_event_id=first_task,
+            request_id=uuid.uuid4().hex,
+        )
+    )
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    assert await reconcile_once(client, worker_pool) == []
+    row = await rollouts.get(db, rollout_id)
+    assert row is not None and (row.status, row.workflow_closed) == ("running", False)

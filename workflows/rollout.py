@@ -205,8 +205,9 @@ class RolloutWorkflow:
             self._abort(WORKFLOW_ACTOR, reason)
 
     async def _end_cancelled(self) -> None:
-        """ "Request Cancellation" is an abort: open jobs are cancelled (no report can reach a
-        closed run) and the read model says so before the run closes as cancelled."""
+        """A cancel request (Web UI, `temporal workflow cancel`) is an abort: open jobs are
+        cancelled (no report can reach a closed run) and the read model says so before the run
+        closes as cancelled."""
         if self._state.status not in FINISHED_STATUSES:
             self._event(TEMPORAL_ACTOR, "rollout.abort", {"reason": CANCEL_REASON})
             self._abort(TEMPORAL_ACTOR, CANCEL_REASON)
