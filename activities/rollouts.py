@@ -82,14 +82,9 @@ class RolloutActivities:
     ) -> RecordProgressResult:
         async with self.pool.acquire() as conn, conn.transaction():
             await jobs.upsert_many(conn, input.jobs)
-            events = input.events + ([note] if note else [])
-            if input.progress is None:
-                applied = True
-                events = [note] if note else []
-            else:
-                applied = await rollouts.record_progress(conn, input.progress)
+            applied = input.progress is None or await rollouts.record_progress(conn, input.progress)
             if applied:
-                for event in events:
+                for event in input.events + ([note] if note else []):
                     await audit.record(
                         conn,
                         actor=event.actor,
