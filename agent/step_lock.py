@@ -23,6 +23,7 @@ from pathlib import Path
 
 from agent.logs import InstanceLog
 from agent.state_dir import open_private
+from agent.timing import sleep_unless_stopped
 
 STEP_LOCK = "step.lock"
 KILL_GRACE_SECONDS = 5.0
@@ -73,6 +74,10 @@ def _holders(file: os.stat_result) -> set[int]:
     return found
 
 
+def _listed(pids: set[int]) -> str:
+    return ", ".join(map(str, sorted(pids))) or "none visible to this user"
+
+
 def _signal(pids: set[int], sig: signal.Signals) -> None:
     """The whole process group of each holder: its children may have closed the descriptor."""
     for pid in pids:
@@ -98,9 +103,9 @@ async def end_leftover_step(state_dir: Path, log: InstanceLog, stop: asyncio.Eve
             log.warning(
                 "a step started before this agent restarted is still running (pids %s);"
                 " ending it before anything else",
-                ", ".join(map(str, sorted(holders))) or "not visible to this user",
+                _listed(holders),
             )
-            if not await _end(descriptor, file, log, stop):
+            if not await _end(descriptor, file, holders, log, stop):
                 return False
             log.info("the previous run's step has ended; no process of it is left")
         path.unlink(missing_ok=True)
@@ -110,11 +115,12 @@ async def end_leftover_step(state_dir: Path, log: InstanceLog, stop: asyncio.Eve
 
 
 async def _end(
-    descriptor: int, file: os.stat_result, log: InstanceLog, stop: asyncio.Event
+    descriptor: int, file: os.stat_result, holders: set[int], log: InstanceLog, stop: asyncio.Event
 ) -> bool:
+    """SIGTERM, SIGKILL after the grace period, until the lock is free or `stop` is set."""
     loop = asyncio.get_running_loop()
     grace_until = loop.time() + KILL_GRACE_SECONDS
-    _signal(_holders(file), signal.SIGTERM)
+    _signal(holders, signal.SIGTERM)
     killed = False
     next_log = loop.time() + _STILL_WAITING_LOG_SECONDS
     while not _take(descriptor):
@@ -125,7 +131,9 @@ async def _end(
             # Again on every round: a holder may have forked between two looks.
             holders = _holders(file)
             if not killed:
-                log.warning("sending SIGKILL to what SIGTERM left of it (pids %s)", holders)
+                log.warning(
+                    "sending SIGKILL to what SIGTERM left of it (pids %s)", _listed(holders)
+                )
                 killed = True
             _signal(holders, signal.SIGKILL)
         if now >= next_log:
@@ -134,5 +142,5 @@ async def _end(
                 STEP_LOCK,
             )
             next_log = now + _STILL_WAITING_LOG_SECONDS
-        await asyncio.sleep(_RECHECK_SECONDS)
+        await sleep_unless_stopped(stop, _RECHECK_SECONDS)
     return True
