@@ -17,7 +17,8 @@ async def test_a_process_that_left_the_step_group_is_found_and_ended(tmp_path: P
         step = await asyncio.create_subprocess_exec(
             "sh",
             "-c",
-            "setsid sleep 60 & echo $!; wait",
+            # The pid is printed from inside the new session, so it is there once read.
+            "setsid sh -c 'echo $$; exec sleep 60' & wait",
             stdout=asyncio.subprocess.PIPE,
             process_group=0,
             pass_fds=(lock,),
