@@ -59,8 +59,13 @@ def _take(descriptor: int) -> bool:
 
 
 def _holders(file: os.stat_result) -> set[int]:
-    """Pids with a descriptor open on `file` (other users' processes are visible only to root)."""
-    found = set()
+    """Pids with a descriptor open on `file` (other users' processes are visible only to root).
+
+    Empty without /proc (not Linux): the caller then waits for the lock and says so.
+    """
+    found: set[int] = set()
+    if not os.path.isdir("/proc"):
+        return found
     for process in os.scandir("/proc"):
         if not process.name.isdigit() or int(process.name) == os.getpid():
             continue
