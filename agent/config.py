@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from contract.logs import LOG_FORMATS
 from contract.manifest import CHANNELS, parse_version
+from contract.secrets import weak_secret_problem
 from contract.wire import INSTANCE_ID_PATTERN
 
 UPDATE_STEPS = ("backup", "pull", "migrate", "smoke", "switch")
@@ -52,6 +54,7 @@ class AgentConfig:
     backoff_max_seconds: float = 300.0
     request_timeout_seconds: float = 30.0
     stop_report_grace_seconds: float = 10.0
+    log_format: str = "text"
 
 
 class _Reader:
@@ -104,6 +107,8 @@ def load_config(env: Mapping[str, str]) -> AgentConfig:
             f"AGENT_INSTANCE_ID must be 1 to 128 of A-Z a-z 0-9 . _ -, got {instance_id!r}"
         )
     secret = read.text("AGENT_SECRET", required=True)
+    if secret is not None and (problem := weak_secret_problem("AGENT_SECRET", secret)):
+        read.problems.append(problem)
     commands = {step: read.text(var, required=True) for step, var in COMMAND_VARS.items()}
     channel = read.text("AGENT_CHANNEL") or "stable"
     if channel not in CHANNELS:
@@ -126,6 +131,9 @@ def load_config(env: Mapping[str, str]) -> AgentConfig:
         "backoff_max_seconds": read.number("AGENT_BACKOFF_MAX", 300.0),
         "request_timeout_seconds": read.number("AGENT_REQUEST_TIMEOUT", 30.0),
     }
+    log_format = read.text("LOG_FORMAT") or "text"
+    if log_format not in LOG_FORMATS:
+        read.problems.append(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
     if read.problems:
         raise ConfigError(read.problems)
     assert url is not None and instance_id is not None and secret is not None
@@ -139,5 +147,6 @@ def load_config(env: Mapping[str, str]) -> AgentConfig:
         channel=channel,
         first_run_version=first_version,
         state_dir=Path(read.text("AGENT_STATE_DIR") or DEFAULT_STATE_DIR),
+        log_format=log_format,
         **config_kwargs,
     )

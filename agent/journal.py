@@ -7,10 +7,11 @@ Written before each step with write-to-temp, fsync, atomic rename and a director
 
 import os
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from agent.state_dir import PRIVATE_FILE_MODE, make_private_dir, open_private
+from contract.text import storable_or_none
 from contract.wire import JobAssignment, ReportStatus, Step
 
 STATE_FILE = "state.json"
@@ -25,8 +26,11 @@ class Report(BaseModel):
     step: Step | None
     message: str | None = None
 
-    def as_fields(self) -> dict[str, Any]:
-        return self.model_dump()
+    @field_validator("message")
+    @classmethod
+    def _storable(cls, message: str | None) -> str | None:
+        """Free text the control plane can store; also mends a journal written before this."""
+        return storable_or_none(message)
 
 
 class ActiveJob(BaseModel):
@@ -56,7 +60,7 @@ class Journal:
     def open(cls, state_dir: Path | None, first_run_version: str) -> "Journal":
         if state_dir is None:
             return cls(JournalState(current_version=first_run_version), None)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(state_dir)
         path = state_dir / STATE_FILE
         if path.exists():
             return cls(JournalState.model_validate_json(path.read_bytes()), path)
@@ -68,7 +72,8 @@ class Journal:
         if self.path is None:
             return
         temporary = self.path.with_suffix(".tmp")
-        with temporary.open("wb") as handle:
+        with open(open_private(temporary, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
+            os.fchmod(handle.fileno(), PRIVATE_FILE_MODE)  # a stale temporary may be older
             handle.write(self.state.model_dump_json(indent=1).encode())
             handle.flush()
             os.fsync(handle.fileno())

@@ -1,7 +1,8 @@
 """What a job's steps do, behind one interface, so a fleet simulator can plug in its own.
 
 The default `ShellExecutor` runs UPDATE_*_CMD with `sh -c` in its own process group (a timeout
-kills the whole group) and checks UPDATE_HEALTHCHECK_URL with retries until a deadline.
+kills the whole group), every process of it holding the step lock (agent/step_lock.py), and
+checks UPDATE_HEALTHCHECK_URL with retries until a deadline.
 """
 
 import asyncio
@@ -9,16 +10,18 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import httpx
 
 from agent.config import AgentConfig, HealthCheck
+from agent.step_lock import KILL_GRACE_SECONDS, step_ended, step_lock
 from contract.manifest import ReleaseManifest
+from contract.text import storable
 from contract.wire import Step
 
 OUTPUT_TAIL_BYTES = 16 * 1024
-KILL_GRACE_SECONDS = 5.0
 # One hanging health request must not use up every attempt.
 HEALTH_REQUEST_SECONDS = 10.0
 # The step env carries the release, never the agent's own secret.
@@ -71,17 +74,33 @@ async def _stop_group(process: asyncio.subprocess.Process) -> None:
             continue
 
 
-async def run_command(command: str, env: Mapping[str, str], timeout: float) -> StepResult:
-    process = await asyncio.create_subprocess_exec(
-        "sh",
-        "-c",
-        command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=dict(env),
-        process_group=0,
-    )
+def _decoded(output: bytes | bytearray) -> str:
+    """Step output is free text: undecodable bytes and NULs must not cost the report."""
+    return storable(output.decode(errors="replace"))
+
+
+async def run_command(
+    command: str, env: Mapping[str, str], timeout: float, state_dir: Path
+) -> StepResult:
+    try:
+        with step_lock(state_dir) as lock:
+            process = await asyncio.create_subprocess_exec(
+                "sh",
+                "-c",
+                command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=dict(env),
+                process_group=0,
+                pass_fds=(lock,),
+            )
+        return await _outcome(process, timeout)
+    finally:
+        step_ended(state_dir)
+
+
+async def _outcome(process: asyncio.subprocess.Process, timeout: float) -> StepResult:
     tail = bytearray()
 
     async def drain() -> int:
@@ -95,11 +114,11 @@ async def run_command(command: str, env: Mapping[str, str], timeout: float) -> S
         code = await asyncio.wait_for(drain(), timeout)
     except TimeoutError:
         await _stop_group(process)
-        return StepResult(False, f"timed out after {timeout:g} s", tail.decode(errors="replace"))
+        return StepResult(False, f"timed out after {timeout:g} s", _decoded(tail))
     except asyncio.CancelledError:
         await _stop_group(process)
         raise
-    output = tail.decode(errors="replace")
+    output = _decoded(tail)
     if code != 0:
         return StepResult(False, f"exit status {code}", output)
     return StepResult(True, "exit status 0", output)
@@ -147,4 +166,6 @@ class ShellExecutor:
         command = self.config.rollback_command if step == "rollback" else self.config.commands[step]
         assert command is not None, f"no command for {step}"
         env = {**self.base_env, **context.env()}
-        return await run_command(command, env, self.config.step_timeout_seconds)
+        return await run_command(
+            command, env, self.config.step_timeout_seconds, self.config.state_dir
+        )

@@ -10,20 +10,15 @@ from typing import Annotated, TypeVar
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# Values people paste from examples; a control plane holding fleet-wide power must not accept them.
-_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin", "token", "dev"}
-MIN_SECRET_LENGTH = 16
+from contract.secrets import weak_secret_problem
 
 
 def _check_secret(name: str, value: SecretStr | None) -> SecretStr | None:
     if value is None:
         return None
-    raw = value.get_secret_value()
-    if raw.lower() in _PLACEHOLDER_SECRETS or len(raw) < MIN_SECRET_LENGTH:
-        raise ValueError(
-            f"{name} is a placeholder or shorter than {MIN_SECRET_LENGTH} characters; "
-            "generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
-        )
+    problem = weak_secret_problem(name, value.get_secret_value())
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 

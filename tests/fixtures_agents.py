@@ -2,8 +2,12 @@
 tmp, and UPDATE_*_CMD shell scripts that append "<step> <version>" lines to a file.
 
 `agent_host(control_plane_url, secret, ...)` works against the fake control plane and against the
-real API alike. A step can be made to fail (`fail_at`) or to block until the test opens a gate
-(`block_at`), so a test can kill or stop the agent mid-step.
+real API alike. A step can be made to fail (`fail_at`) or to block the first time it runs until
+the test opens a gate (`block_at`), so a test can kill or stop the agent mid-step. `switch` and
+`rollback` write the version the host runs into a `current` file, and a step that starts while
+another one still runs adds an "overlap" line to the steps file: the host's own view of the truth.
+Through `extra_env`: AGENT_TEST_IGNORE_TERM=1 makes steps ignore SIGTERM, and
+AGENT_TEST_BACKGROUND_AT=<step> makes that step leave a process running in the background.
 """
 
 import asyncio
@@ -24,32 +28,61 @@ from tests.conftest import LiveServer
 from tests.fake_control_plane import FakeControlPlane
 
 STEP_SCRIPT = """#!/bin/sh
-# step.sh <step>: record the step, optionally block on a gate file, optionally fail.
+# step.sh <step>: record the step, optionally block on a gate file (the first time the step
+# runs), optionally fail; switch and rollback set the version the host runs in `current`.
 step="$1"
+dir=$(dirname "$AGENT_TEST_STEPS_FILE")
 echo "$step $UPDATE_VERSION" >> "$AGENT_TEST_STEPS_FILE"
+# Another step still running now (a killed agent's orphan) would be a step on top of a step.
+other=$(cat "$dir/running" 2>/dev/null)
+state=$(sed 's/.*) //' "/proc/$other/stat" 2>/dev/null | cut -c1)
+if [ -n "$other" ] && [ -n "$state" ] && [ "$state" != Z ]; then
+  echo "overlap: $step started while pid $other still runs" >> "$AGENT_TEST_STEPS_FILE"
+fi
+echo $$ > "$dir/running"
+if [ -n "$AGENT_TEST_IGNORE_TERM" ]; then trap '' TERM; fi
+if [ "$step" = "$AGENT_TEST_BACKGROUND_AT" ]; then
+  sleep 600 > /dev/null 2>&1 &
+  echo $! > "$dir/background.pid"
+fi
 echo "running $step for $UPDATE_VERSION (previous $UPDATE_PREVIOUS_VERSION)"
-if [ "$step" = "$AGENT_TEST_BLOCK_AT" ]; then
+if [ "$step" = "$AGENT_TEST_BLOCK_AT" ] && [ ! -e "$dir/blocked-$step" ]; then
+  touch "$dir/blocked-$step"
   while [ ! -e "$AGENT_TEST_GATE" ]; do sleep 0.05; done
 fi
 case " $AGENT_TEST_FAIL_AT " in
-  *" $step "*) echo "$step broke on purpose" >&2; exit 3 ;;
+  *" $step "*) echo "$step broke on purpose" >&2; rm -f "$dir/running"; exit 3 ;;
 esac
+case "$step" in
+  switch) echo "$UPDATE_VERSION" > "$dir/current" ;;
+  rollback) echo "$UPDATE_PREVIOUS_VERSION" > "$dir/current" ;;
+esac
+rm -f "$dir/running"
 exit 0
 """
 STEPS_WITH_COMMANDS = ("backup", "pull", "migrate", "smoke", "switch", "rollback")
 
 
-def _children(pid: int) -> list[int]:
-    found = []
+def _processes() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
+            found[int(entry.name)] = stat.rsplit(")", 1)[1].split()
     return found
+
+
+def _children(pid: int) -> list[int]:
+    return [child for child, fields in _processes().items() if int(fields[1]) == pid]
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (a zombie has ended, only its parent has not looked yet)."""
+    return {pid for pid, fields in _processes().items() if pid in pids and fields[0] != "Z"}
 
 
 class AgentHost:
@@ -81,6 +114,16 @@ class AgentHost:
     def state(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "state.json").read_text())
 
+    def current(self) -> str:
+        """The version the host runs, as its own switch and rollback commands wrote it."""
+        return (self.workdir / "current").read_text().strip()
+
+    def step_processes(self) -> set[int]:
+        """Every process in the process groups of the agent's running steps."""
+        assert self.process is not None
+        groups = set(_children(self.process.pid))
+        return {pid for pid, fields in _processes().items() if int(fields[2]) in groups}
+
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
 
@@ -93,6 +136,12 @@ class AgentHost:
             while line not in self.steps():
                 await asyncio.sleep(0.02)
 
+    async def wait_blocked(self, step: str, timeout: float = 15) -> None:
+        """Until `step` waits at the gate (no event to await from a shell script either)."""
+        async with asyncio.timeout(timeout):
+            while not (self.workdir / f"blocked-{step}").exists():
+                await asyncio.sleep(0.02)
+
     async def wait_exit(self, timeout: float = 15) -> int:
         assert self.process is not None
         return await asyncio.wait_for(self.process.wait(), timeout)
@@ -100,6 +149,12 @@ class AgentHost:
     def send(self, sig: signal.Signals) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
+
+    async def kill_agent_only(self) -> None:
+        """`kill -9` of the agent alone: its running step goes on, orphaned."""
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
 
     async def kill_hard(self) -> None:
         """SIGKILL the agent and its step process groups, as systemd kills a unit's cgroup."""
@@ -138,6 +193,7 @@ async def agent_host(tmp_path: Path) -> AsyncIterator[AgentFactory]:
         workdir.mkdir()
         script = workdir / "step.sh"
         script.write_text(STEP_SCRIPT)
+        (workdir / "current").write_text(f"{current_version}\n")
         env = {
             "PATH": os.environ["PATH"],
             "CONTROL_PLANE_URL": control_plane_url,

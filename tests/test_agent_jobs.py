@@ -170,3 +170,19 @@ async def test_sigkill_during_rollback_runs_rollback_again_on_restart(
     assert "smoke failed: exit status 3" in final["message"]
     assert "agent restarted during rollback" in final["message"]
     assert host.steps()[-3:] == ["smoke 1.1.0", "rollback 1.1.0", "rollback 1.1.0"]
+
+
+async def test_step_output_with_nul_bytes_is_reported_storable(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    smoke = {"UPDATE_SMOKE_CMD": r"printf 'boom\000zero\n'; exit 4"}
+    await agent_host(url, plane.secret, extra_env=smoke)
+
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    final = plane.final_report(job_id)
+    assert final is not None
+    assert (final["status"], final["step"]) == ("rolled_back", "smoke")
+    assert "boom\ufffdzero" in final["message"]
+    assert "\x00" not in final["message"]
