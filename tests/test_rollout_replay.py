@@ -9,7 +9,8 @@ Files in tests/histories, one per run of workflow `rollout-<scenario>`:
 
 Re-record after an intended, compatible change (or to add scenarios):
     ROLLOUT_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_rollout_replay.py
-which runs the scenarios below on the time-skipping server and writes tests/histories/. Keep the
+which runs the scenarios below (on the time-skipping server; continue_mid_batch on the dev
+server) and writes tests/histories/. Keep the
 old files too (under another scenario name) when the change must stay compatible with rollouts
 already running.
 """
@@ -236,8 +237,9 @@ async def test_continue_as_new_mid_batch_replays(
     dev_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    """A run that spent its signal budget with jobs still open carries them into the next run,
-    where a failure pauses the rollout and a resume accepts it."""
+    """A run that continues as new with jobs still open carries them into the next run, where
+    a failure pauses the rollout and a resume accepts it. On the dev server: on the
+    time-skipping server the continuing task of a 4,000-event run kept timing out here."""
     client = dev_env.client
     spec = await start(client, db, dev_settings, ["a", "b", "c"], batch_size=3)
     a, b, c = (await view(client, spec)).jobs
