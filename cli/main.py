@@ -4,6 +4,7 @@ import importlib
 import sys
 
 from cli.errors import OneLineParser
+from cli.output import discard
 
 # Module per subcommand, imported lazily so a host with only the agent extra can run `agent`.
 _SUBCOMMANDS = [
@@ -28,9 +29,23 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+# Exit statuses a shell gives a command killed by SIGINT / SIGPIPE.
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return int(args.func(args) or 0)
+    """Ctrl-C and a reader that went away (`rollout ... | head`) end a command quietly."""
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        discard(sys.stdout)
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ class ApiSettings(Settings):
         return {k: v.get_secret_value() for k, v in self.control_plane_agent_secrets.items()}
 
 
-S = TypeVar("S", bound=Settings)
+S = TypeVar("S", bound=BaseSettings)
 
 
 class SettingsError(Exception):
@@ -91,7 +91,7 @@ class SettingsError(Exception):
 
 def load_settings(cls: type[S]) -> S:
     try:
-        return cls()  # type: ignore[call-arg]
+        return cls()
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -42,6 +42,25 @@ def _run_as() -> str | None:
     return _SYSTEM_USER
 
 
+def _lock_pid(lock: Path) -> int | None:
+    """The pid on a PostgreSQL lock file's first line (None: no lock, or not a pid)."""
+    try:
+        first = lock.read_text().split("\n", 1)[0].strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def _is_live_postgres(pid: int) -> bool:
+    """A running (not zombie) process whose program is postgres."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    command, _, rest = stat_line.partition(" (")[2].rpartition(") ")
+    return command == "postgres" and rest.split()[0] not in ("Z", "X")
+
+
 class EmbeddedPostgres:
     """One server over one data folder, listening on 127.0.0.1:port; trust auth, local only."""
 
@@ -76,9 +95,7 @@ class EmbeddedPostgres:
         if result.returncode != 0:
             raise PostgresStartError(f"initdb failed: {result.stderr.strip()[-500:]}")
 
-    def start(self, *, stdout: int | None = subprocess.DEVNULL, timeout: float = 30.0) -> None:
-        user = _run_as()
-        self._initdb(user)
+    def argv(self) -> list[str]:
         args = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.data_dir)]
         args += ["-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.data_dir)]
         args += ["-c", "max_connections=200"]
@@ -91,8 +108,38 @@ class EmbeddedPostgres:
                 "-c",
                 "full_page_writes=off",
             ]
+        return args
+
+    def prepare(self) -> str | None:
+        """Everything before `postgres` can start: the system user under root, the data folder,
+        and no lock left by a dead server. Returns the user to run it as (None: ourselves)."""
+        user = _run_as()
+        self._initdb(user)
+        self.clear_stale_lock()
+        return user
+
+    def clear_stale_lock(self) -> None:
+        """Remove the lock files of a postmaster that is gone (killed with SIGKILL, say).
+
+        PostgreSQL refuses to start while the pid in `postmaster.pid` is alive, and after a
+        crash that pid may be a zombie or belong to an unrelated process by now. A lock whose
+        pid is a live postgres process is kept: two servers on one data folder corrupt it.
+        """
+        locks = [self.data_dir / "postmaster.pid", *self.data_dir.glob(".s.PGSQL.*.lock")]
+        for lock in locks:
+            pid = _lock_pid(lock)
+            if pid is None:
+                continue
+            if _is_live_postgres(pid):
+                raise PostgresStartError(
+                    f"a PostgreSQL server (pid {pid}) still holds {lock}; stop it first"
+                )
+            lock.unlink(missing_ok=True)
+
+    def start(self, *, stdout: int | None = subprocess.DEVNULL, timeout: float = 30.0) -> None:
+        user = self.prepare()
         self.process = subprocess.Popen(
-            args, user=user, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv(), user=user, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
         )
         self._wait_ready(timeout)
 

@@ -1,14 +1,21 @@
-"""`rollout dev`: the whole control plane on embedded defaults, in one foreground process."""
+"""`rollout dev`: the whole control plane on embedded defaults, in one foreground process.
+
+PostgreSQL, the Temporal dev server, the worker and the API run as supervised children: one that
+dies is restarted (see devstack/processes.py); Ctrl-C or SIGTERM stops them all, in order.
+"""
 
 import asyncio
-import os
 import signal
 import sys
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import asyncpg
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cli.errors import settings_or_exit
+from cli.output import discard, write_safely
 from devstack import secrets as dev_secrets
 from devstack.ports import port_is_free
 from devstack.postgres import EmbeddedPostgres, PostgresStartError
@@ -16,34 +23,34 @@ from devstack.processes import Child, say
 from devstack.temporal import TemporalDevServer, TemporalStartError
 
 DEV_DATABASE = "rollout"
+_POSTGRES_START_SECONDS = 30.0
 
 
-@dataclass(frozen=True)
-class DevConfig:
+class DevSettings(BaseSettings):
     """Every knob comes from env, so two stacks can run side by side."""
 
-    data_dir: Path
-    api_port: int
-    postgres_port: int
-    temporal_port: int
-    temporal_ui_port: int
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    @classmethod
-    def from_env(cls) -> "DevConfig":
-        return cls(
-            data_dir=Path(os.environ.get("ROLLOUT_DATA_DIR", ".data")).resolve(),
-            api_port=int(os.environ.get("ROLLOUT_API_PORT", "8000")),
-            postgres_port=int(os.environ.get("ROLLOUT_POSTGRES_PORT", "5433")),
-            temporal_port=int(os.environ.get("ROLLOUT_TEMPORAL_PORT", "7233")),
-            temporal_ui_port=int(os.environ.get("ROLLOUT_TEMPORAL_UI_PORT", "8233")),
-        )
+    rollout_data_dir: Path = Path(".data")
+    rollout_api_port: int = Field(8000, ge=1, le=65535)
+    rollout_postgres_port: int = Field(5433, ge=1, le=65535)
+    rollout_temporal_port: int = Field(7233, ge=1, le=65535)
+    rollout_temporal_ui_port: int = Field(8233, ge=1, le=65535)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.rollout_data_dir.resolve()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.rollout_api_port}"
 
     def ports(self) -> dict[str, int]:
         return {
-            "ROLLOUT_API_PORT": self.api_port,
-            "ROLLOUT_POSTGRES_PORT": self.postgres_port,
-            "ROLLOUT_TEMPORAL_PORT": self.temporal_port,
-            "ROLLOUT_TEMPORAL_UI_PORT": self.temporal_ui_port,
+            "ROLLOUT_API_PORT": self.rollout_api_port,
+            "ROLLOUT_POSTGRES_PORT": self.rollout_postgres_port,
+            "ROLLOUT_TEMPORAL_PORT": self.rollout_temporal_port,
+            "ROLLOUT_TEMPORAL_UI_PORT": self.rollout_temporal_ui_port,
         }
 
 
@@ -51,7 +58,7 @@ class StackError(Exception):
     pass
 
 
-def check_ports(config: DevConfig) -> None:
+def check_ports(config: DevSettings) -> None:
     for env_name, port in config.ports().items():
         if not port_is_free(port):
             raise StackError(f"port {port} is already in use; set {env_name} to a free port")
@@ -68,60 +75,121 @@ async def ensure_database(server: EmbeddedPostgres) -> str:
     return server.dsn_for(DEV_DATABASE)
 
 
-async def run_stack(config: DevConfig) -> int:
+async def wait_for_database(server: EmbeddedPostgres, child: Child) -> str:
+    """Until PostgreSQL accepts connections; then the dev database exists. Its DSN."""
+    deadline = time.monotonic() + _POSTGRES_START_SECONDS
+    while True:
+        if child.exits:
+            raise PostgresStartError(
+                f"postgres exited while starting (is port {server.port} taken? see its log)"
+            )
+        try:
+            return await ensure_database(server)
+        except (OSError, asyncpg.CannotConnectNowError) as exc:
+            if time.monotonic() > deadline:
+                raise PostgresStartError(
+                    f"postgres did not accept connections within {_POSTGRES_START_SECONDS:.0f}s"
+                    f" ({exc})"
+                ) from None
+        await asyncio.sleep(0.1)
+
+
+def postgres_child(server: EmbeddedPostgres) -> Child:
+    user = server.prepare()  # initdb on first use; fails early and clearly if it cannot
+    # SIGINT is PostgreSQL's fast shutdown: sessions are disconnected, data is consistent.
+    return Child(
+        "postgres",
+        server.argv(),
+        user=user,
+        prepare=server.clear_stale_lock,
+        stop_signal=signal.SIGINT,
+    )
+
+
+async def run_stack(config: DevSettings, stop: asyncio.Event, serving: asyncio.Event) -> int:
     check_ports(config)
     secrets_file = config.data_dir / "dev-secrets.env"
     secrets = dev_secrets.load_or_create(secrets_file)
-    postgres = EmbeddedPostgres(config.data_dir / "postgres", config.postgres_port)
-    say(f"starting PostgreSQL on 127.0.0.1:{config.postgres_port} (data in {postgres.data_dir})")
-    await asyncio.to_thread(postgres.start)
+    postgres = EmbeddedPostgres(config.data_dir / "postgres", config.rollout_postgres_port)
     children: list[Child] = []
     try:
-        database_url = await ensure_database(postgres)
-        temporal = TemporalDevServer(config.data_dir, config.temporal_port, config.temporal_ui_port)
-        temporal_process = Child("temporal", temporal.argv())
-        children.append(temporal_process)
-        await temporal_process.start()
+        say(f"starting PostgreSQL on 127.0.0.1:{postgres.port} (data in {postgres.data_dir})")
+        database = await asyncio.to_thread(postgres_child, postgres)
+        children.append(database)
+        await database.start()
+        database_url = await wait_for_database(postgres, database)
+        temporal = TemporalDevServer(
+            config.data_dir, config.rollout_temporal_port, config.rollout_temporal_ui_port
+        )
+        temporal_child = Child("temporal", temporal.argv())
+        children.append(temporal_child)
         say(f"starting the Temporal dev server on {temporal.address}")
+        await temporal_child.start()
         await temporal.wait_ready()
-        env = {**secrets, "DATABASE_URL": database_url, "TEMPORAL_ADDRESS": temporal.address}
+        env = {
+            **{k: v for k, v in secrets.items() if k != dev_secrets.URL_NAME},
+            "DATABASE_URL": database_url,
+            "TEMPORAL_ADDRESS": temporal.address,
+        }
         rollout = [sys.executable, "-m", "cli.main"]
         for child in (
             Child("worker", [*rollout, "worker"], env),
-            Child("api", [*rollout, "api", "--port", str(config.api_port)], env),
+            Child("api", [*rollout, "api", "--port", str(config.rollout_api_port)], env),
         ):
             children.append(child)
             await child.start()
-        say(f"API docs:        http://127.0.0.1:{config.api_port}/docs")
+        dev_secrets.publish_url(secrets_file, config.api_url)
+        say(f"API docs:        {config.api_url}/docs")
         say(f"Temporal Web UI: {temporal.ui_url}")
-        say(f"dev secrets:     {secrets_file}  (source it to use the CLI and curl)")
+        say(f"dev secrets:     {secrets_file}  (source it to use the CLI, simulator and curl)")
         say("Ctrl-C stops everything")
-        return await _wait_for_stop_or_crash(children)
+        serving.set()
+        await stop.wait()
+        return 0
     finally:
-        for child in reversed(children):
+        await _stop_all(children)
+
+
+async def _stop_all(children: list[Child]) -> None:
+    """In reverse start order; one child failing to stop does not leave the others running."""
+    for child in reversed(children):
+        try:
             await child.stop()
-        await asyncio.to_thread(postgres.stop)
-        say("stopped")
+        except Exception as exc:  # keep stopping the rest
+            say(f"stopping {child.name} failed: {exc!r}")
+    say("stopped")
 
 
-async def _wait_for_stop_or_crash(children: list[Child]) -> int:
-    stop = asyncio.Event()
+async def _run(config: DevSettings) -> int:
+    stop, serving = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    waits = {asyncio.create_task(c.process.wait()): c for c in children if c.process}
+    work = asyncio.create_task(run_stack(config, stop, serving))
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        if task in waits:
-            say(f"{waits[task].name} exited with status {task.result()}; stopping the stack")
-            return 1
-    return 0
+    await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
+    # A stop during start-up cancels the start; run_stack's `finally` still stops what started.
+    # Once serving, run_stack stops everything itself and must not be interrupted.
+    if not serving.is_set():
+        work.cancel()
+    try:
+        return await work
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        stopper.cancel()
 
 
 def main() -> int:
+    config = settings_or_exit(DevSettings, "rollout dev")
     try:
-        return asyncio.run(run_stack(DevConfig.from_env()))
+        return asyncio.run(_run(config))
     except (StackError, PostgresStartError, TemporalStartError) as exc:
-        print(f"rollout dev: {exc}", file=sys.stderr)
+        write_safely(sys.stderr, f"rollout dev: {exc}\n")
         return 2
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                discard(stream)

@@ -19,7 +19,7 @@ import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.testservice.v1 import SleepRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -236,3 +236,17 @@ async def skip_time(env: WorkflowEnvironment, seconds: float) -> None:
     await env.client.test_service.unlock_time_skipping_with_sleep(
         request, timeout=timedelta(seconds=120)
     )
+
+
+async def fetch_chain(client: Client, workflow_id: str) -> list[WorkflowHistory]:
+    """Every run of a workflow's continue-as-new chain, first run first: the latest run's
+    history links back to the run it continued, and so on to the first."""
+    chain: list[WorkflowHistory] = []
+    run_id: str | None = None
+    while True:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        chain.insert(0, history)
+        started = history.events[0].workflow_execution_started_event_attributes
+        if not started.continued_execution_run_id:
+            return chain
+        run_id = started.continued_execution_run_id

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import signal
 import sys
 
 import httpx
@@ -14,7 +15,11 @@ from tests.fixtures_fleet import FLEET_TOKEN, registered
 
 
 async def start_cli(
-    plane: LiveServer, settings: ApiSettings, *args: str, token: str | None = None
+    plane: LiveServer,
+    settings: ApiSettings,
+    *args: str,
+    token: str | None = None,
+    stdout: int = asyncio.subprocess.PIPE,
 ) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_PLANE_")}
     env["CONTROL_PLANE_URL"] = plane.url
@@ -28,9 +33,24 @@ async def start_cli(
         "cli.main",
         *args,
         env=env,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def cli_into_closed_pipe(
+    plane: LiveServer, settings: ApiSettings, *args: str
+) -> tuple[int, str]:
+    """Run the CLI with stdout a pipe whose reader is gone; its exit status and stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        process = await start_cli(plane, settings, *args, stdout=write_end)
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, err.decode()
 
 
 async def rollout_cli(
@@ -100,6 +120,13 @@ async def test_operator_flow_from_manifest_to_completed_rollout(
     first_view = (await watch.stdout.readuntil(b"\n\n")).decode()
     assert "COMPLETED" not in first_view and "batch   2" in first_view
     await held.wait_for_step("migrate 2.1.0")
+    # A second watch left with Ctrl-C, while the rollout still runs: no traceback, status 130.
+    interrupted = await start_cli(plane, settings, "rollouts", "watch", rollout["id"])
+    assert interrupted.stdout is not None
+    await interrupted.stdout.readuntil(b"\n\n")
+    interrupted.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(interrupted.communicate(), 60)
+    assert (interrupted.returncode, err) == (130, b"")
     held.open_gate()
     rest, err = await asyncio.wait_for(watch.communicate(), 120)
     assert watch.returncode == 0, err
@@ -118,6 +145,11 @@ async def test_operator_flow_from_manifest_to_completed_rollout(
     ]
     code, out, _ = await rollout_cli(plane, settings, "instances", "list")
     assert code == 0 and out.count("2.1.0") == 2
+    # `rollout ... | head` where head already left: quiet, status 141 as a shell tool's SIGPIPE.
+    code, err = await cli_into_closed_pipe(
+        plane, settings, "jobs", "list", "--rollout", rollout["id"]
+    )
+    assert (code, err) == (141, "")
 
     for action in ("advance", "pause", "resume", "retry", "abort"):
         code, out, err = await rollout_cli(plane, settings, "rollouts", action, rollout["id"])

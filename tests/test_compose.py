@@ -200,8 +200,14 @@ def test_long_running_services_have_the_healthchecks_the_stack_relies_on() -> No
         for s in kept_running
         if "operator cluster health" in " ".join(s.get("healthcheck", {}).get("test", []))
     ], "no `temporal operator cluster health` healthcheck"
+    assert _api_healthcheck_path() == "/health/live"
+
+
+def _api_healthcheck_path() -> str:
     api_check = " ".join(_control_plane_service("api")["healthcheck"]["test"])
-    assert "http://127.0.0.1:8000/health" in api_check
+    found = re.search(r"http://127\.0\.0\.1:8000(/[^'\"\s]*)", api_check)
+    assert found, api_check
+    return found.group(1)
 
 
 def test_api_healthcheck_path_is_served_by_the_app() -> None:
@@ -212,7 +218,7 @@ def test_api_healthcheck_path_is_served_by_the_app() -> None:
         control_plane_admin_token="a" * 32,
         control_plane_release_signing_secret="b" * 32,
     )
-    assert "get" in create_app(settings).openapi()["paths"]["/health"]
+    assert "get" in create_app(settings).openapi()["paths"][_api_healthcheck_path()]
 
 
 def test_every_service_has_an_image_or_a_buildable_dockerfile() -> None:

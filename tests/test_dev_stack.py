@@ -51,42 +51,119 @@ def _state(pid: int) -> str:
 
 
 class DevStack:
+    """`rollout dev` as a child whose stdout is a pipe we read (like `| tee`) and may close."""
+
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.ports = {name: free_port() for name in ("API", "POSTGRES", "TEMPORAL", "TEMPORAL_UI")}
         self.url = f"http://127.0.0.1:{self.ports['API']}"
         self.process: asyncio.subprocess.Process | None = None
-        self.log = data_dir.parent / "dev.log"
+        self.lines: list[str] = []
+        self.new_line = asyncio.Condition()
+        self.reader: asyncio.Task[None] | None = None
+        self.output: asyncio.ReadTransport | None = None
 
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_PLANE_")}
         env.pop("DATABASE_URL", None)
         env["ROLLOUT_DATA_DIR"] = str(self.data_dir)
         env.update({f"ROLLOUT_{name}_PORT": str(port) for name, port in self.ports.items()})
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cli.main", "dev", env=env, stdout=log, stderr=log
-            )
+        self.lines = []
+        read_end, write_end = os.pipe()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.main", "dev", env=env, stdout=write_end, stderr=write_end
+        )
+        os.close(write_end)
+        stream = asyncio.StreamReader()
+        self.output, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_end, "rb", 0)
+        )
+        self.reader = asyncio.create_task(self._read(stream))
 
-    async def healthy(self) -> dict:
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            async with self.new_line:
+                self.lines.append(line.decode(errors="replace"))
+                self.new_line.notify_all()
+
+    def log(self) -> str:
+        return "".join(self.lines)[-3000:]
+
+    async def line_containing(self, text: str, after: int = 0, timeout: float = 90) -> str:
+        """The first output line from index `after` on that contains `text`, once it is written."""
+
+        def found() -> str | None:
+            return next((line for line in self.lines[after:] if text in line), None)
+
+        async with self.new_line:
+            try:
+                await asyncio.wait_for(self.new_line.wait_for(found), timeout)
+            except TimeoutError:
+                raise AssertionError(f"no line with {text!r}; output:\n{self.log()}") from None
+        line = found()
+        assert line is not None
+        return line
+
+    async def answer(self, path: str) -> dict:
+        """The first 200 answer of `path` (the stack may be restarting a part meanwhile)."""
+
         async def probe() -> dict | None:
             if self.process is not None and self.process.returncode is not None:
-                raise AssertionError(f"rollout dev exited: {self.log.read_text()[-2000:]}")
+                raise AssertionError(f"rollout dev exited: {self.log()}")
             try:
                 async with httpx.AsyncClient(timeout=5) as client:
-                    answer = await client.get(f"{self.url}/health")
+                    answer = await client.get(f"{self.url}{path}")
             except httpx.TransportError:
                 return None
             return answer.json() if answer.status_code == 200 else None
 
-        return await eventually(probe, timeout=90)
+        return await eventually(probe, timeout=90, interval=0.2)
 
-    async def interrupt(self) -> tuple[int, set[int]]:
+    async def healthy(self) -> dict:
+        return await self.answer("/health/ready")
+
+    def child_pid(self, name: str) -> int:
+        """The pid of the running child named `name` (its restarts log a new pid)."""
+        started = [line for line in self.lines if f"{name} restarted (pid " in line]
+        if started:
+            return int(started[-1].rsplit("(pid ", 1)[1].split(")")[0])
         assert self.process is not None
+        marks = {
+            "postgres": "/postgres -D",
+            "temporal": "server start-dev",
+            "worker": "cli.main worker",
+            "api": "cli.main api",
+        }
+        for pid in descendants(self.process.pid):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marks[name] in command and _parent(pid) == self.process.pid:
+                return pid
+        raise AssertionError(f"no {name} child of rollout dev")
+
+    async def interrupt(self, *, close_stdout: bool = False) -> tuple[int, set[int]]:
+        """Ctrl-C; with close_stdout, the reader of its output is gone first (`| tee` got the
+        same Ctrl-C)."""
+        assert self.process is not None and self.reader is not None and self.output is not None
         children = descendants(self.process.pid)
+        if close_stdout:
+            self.reader.cancel()
+            self.output.close()
         self.process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(self.process.wait(), 60)
+        if not close_stdout:
+            await self.reader
+            self.output.close()
         return code, children
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
 
 
 @pytest.fixture
@@ -97,11 +174,29 @@ async def stack(tmp_path: Path) -> AsyncIterator[DevStack]:
         await dev.interrupt()
 
 
-async def test_dev_stack_runs_everything_keeps_data_and_stops_cleanly(stack: DevStack) -> None:
+async def kill_and_see_restarted(stack: DevStack, name: str) -> None:
+    old = stack.child_pid(name)
+    seen = len(stack.lines)
+    os.kill(old, signal.SIGKILL)
+    line = await stack.line_containing(f"{name} exited with status -9; restarting", seen)
+    assert line.startswith("[dev     ]")
+    await stack.line_containing(f"{name} restarted (pid ", seen)
+    assert stack.child_pid(name) != old
+    assert not alive(old)
+    ready = await stack.healthy()
+    assert set(ready["checks"].values()) == {"ok"}
+
+
+async def test_dev_stack_supervises_its_parts_keeps_data_and_stops_cleanly(
+    stack: DevStack,
+) -> None:
     await stack.start()
-    health = await stack.healthy()
-    assert health["checks"] == {"database": "ok", "temporal": "ok"}
+    ready = await stack.healthy()
+    assert ready["checks"] == {"database": "ok", "temporal": "ok", "worker": "ok"}
+    assert await stack.answer("/health/live") == {"status": "ok"}
+    assert (await stack.answer("/health"))["checks"] == {"database": "ok", "temporal": "ok"}
     secrets = load_or_create(stack.data_dir / "dev-secrets.env")
+    assert secrets["CONTROL_PLANE_URL"] == stack.url  # the CLI and simulator follow the port
     admin = {"x-cp-admin-token": secrets["CONTROL_PLANE_ADMIN_TOKEN"]}
     async with httpx.AsyncClient(base_url=stack.url, headers=admin, timeout=60) as client:
         manifest = hand_signed(secrets["RELEASE_SIGNING_SECRET"], version="2.0.0")
@@ -116,9 +211,18 @@ async def test_dev_stack_runs_everything_keeps_data_and_stops_cleanly(stack: Dev
         ui = await client.get(f"http://127.0.0.1:{stack.ports['TEMPORAL_UI']}/")
         assert ui.status_code == 200
 
-    code, children = await stack.interrupt()
+    # kill -9 of each part: reaped, restarted in place (PostgreSQL over its own stale lock
+    # files), and the stack is ready again.
+    for name in ("postgres", "worker", "api", "temporal"):
+        await kill_and_see_restarted(stack, name)
+    async with httpx.AsyncClient(base_url=stack.url, headers=admin, timeout=60) as client:
+        again = await client.get(f"/api/rollouts/{rollout['id']}")
+        assert again.status_code == 200 and again.json()["status"] == "completed"
+
+    # Ctrl-C after the reader of its output went away (`make dev | tee dev.log`).
+    code, children = await stack.interrupt(close_stdout=True)
     assert code == 0
-    assert children, "the stack started no child process"
+    assert len(children) >= 4
     assert [pid for pid in children if alive(pid)] == []
 
     await stack.start()
@@ -129,6 +233,27 @@ async def test_dev_stack_runs_everything_keeps_data_and_stops_cleanly(stack: Dev
         assert (await client.get(f"/api/releases/{release['id']}")).json() == release
     code, children = await stack.interrupt()
     assert code == 0 and [pid for pid in children if alive(pid)] == []
+
+
+async def test_a_malformed_port_gives_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = {**os.environ, "ROLLOUT_DATA_DIR": str(tmp_path / "data"), "ROLLOUT_API_PORT": "abc"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        "dev",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert out == b""
+    assert err.decode().splitlines() == [
+        "rollout dev: refusing to start: ROLLOUT_API_PORT: Input should be a valid integer,"
+        " unable to parse string as an integer"
+    ]
+    assert not (tmp_path / "data").exists()
 
 
 async def test_a_taken_port_gives_one_clear_line(tmp_path: Path) -> None:

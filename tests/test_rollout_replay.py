@@ -1,14 +1,24 @@
 """Replay: histories recorded from real runs must replay on the current RolloutWorkflow, so a
 change that would break running rollouts (non-determinism) fails CI.
 
+Files in tests/histories, one per run of workflow `rollout-<scenario>`:
+- `<scenario>.json` is a scenario that ran in one run;
+- `<scenario>.<n>.json` is run n (from 1) of a scenario that continued-as-new: the chain is
+  every such file, and every run of it is replayed, not just the first;
+- `.json.gz` is the same, gzip-compressed, for a run over about 1 MB.
+
 Re-record after an intended, compatible change (or to add scenarios):
     ROLLOUT_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_rollout_replay.py
-which runs the scenarios below on the time-skipping server and writes tests/histories/*.json.
-Keep the old files too when the change must stay compatible with rollouts already running.
+which runs the scenarios below (on the time-skipping server; continue_mid_batch and
+cancel_request on the dev server) and writes tests/histories/. Keep the old files too (under
+another scenario name) when the change must stay compatible with rollouts already running.
 """
 
 import asyncio
+import gzip
 import os
+import re
+from collections import defaultdict
 from pathlib import Path
 
 import asyncpg
@@ -16,39 +26,174 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import is_cancelled_exception
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from contract.settings import ApiSettings
-from store.rollouts import RolloutSpec
-from tests.fixtures_temporal import eventually, seed_instances, skip_time
+from store.rollouts import RolloutSpec, rollout_workflow_id
+from tests.fixtures_temporal import eventually, fetch_chain, seed_instances, skip_time
 from tests.test_rollout_workflow import act, outcome, report, settles_to, start, view
 from workflows import client as rollout_client
-from workflows.rollout import RolloutWorkflow
-from workflows.rollout_models import AbortInput, JobReportSignal, PauseInput
+from workflows.rollout import SIGNAL_BUDGET, RolloutWorkflow
+from workflows.rollout_models import (
+    AbortInput,
+    JobReportSignal,
+    JobState,
+    PauseInput,
+    RolloutInput,
+    RolloutState,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
 RECORDING = os.environ.get("ROLLOUT_RECORD_HISTORIES") == "1"
+FILE_NAME = re.compile(r"(?P<scenario>[a-z_]+)(\.(?P<run>\d+))?\.json(\.gz)?")
+SCENARIOS = {
+    "lifecycle",
+    "abort",
+    "continue_mid_batch",
+    "timeout_retry_abort",
+    "poison_text",
+    "abort_before_first_batch",
+    "targets_too_large",
+    "cancel_request",
+}
+# How a scenario's last run ends, when not by completing.
+LAST_RUN_ENDS = {"cancel_request": "canceled"}
+GZIP_ABOVE = 1_000_000  # characters of JSON
+CONCURRENT_SIGNALS = 16
+WAVE = 250  # signals a workflow task takes in at most, in spend_signals
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=[RolloutWorkflow], data_converter=pydantic_data_converter)
 
 
 async def replay(history: WorkflowHistory) -> None:
-    replayer = Replayer(workflows=[RolloutWorkflow], data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(history)  # raises on non-determinism
+    await replayer().replay_workflow(history)  # raises on non-determinism
 
 
-async def test_recorded_histories_replay_on_the_current_workflow() -> None:
-    files = sorted(HISTORIES.glob("*.json"))
-    assert {f.stem for f in files} >= {"lifecycle", "abort"}, "recorded histories are missing"
-    for file in files:
-        await replay(WorkflowHistory.from_json(f"rollout-{file.stem}", file.read_text()))
+def read_chains() -> dict[str, list[tuple[int, str]]]:
+    """Recorded runs by scenario, in run order: (run number, history JSON)."""
+    chains: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for file in HISTORIES.iterdir():
+        match = FILE_NAME.fullmatch(file.name)
+        assert match, f"{file.name} does not follow the naming in this module's docstring"
+        data = file.read_bytes()
+        text = gzip.decompress(data).decode() if file.suffix == ".gz" else data.decode()
+        chains[match["scenario"]].append((int(match["run"] or 1), text))
+    return {scenario: sorted(runs) for scenario, runs in chains.items()}
 
 
-async def keep(client: Client, spec: RolloutSpec, name: str) -> None:
-    """Replay the run just made; write it to tests/histories when re-recording."""
-    history = await client.get_workflow_handle(f"rollout-{spec.id}").fetch_history()
-    await replay(history)
+async def test_every_run_of_every_recorded_chain_replays() -> None:
+    chains = read_chains()
+    assert set(chains) == SCENARIOS, "recorded histories are missing or unexpected"
+    replaying = replayer()
+    for scenario, runs in chains.items():
+        assert [n for n, _ in runs] == list(range(1, len(runs) + 1)), (
+            f"{scenario}: a run is missing"
+        )
+        for number, text in runs:
+            history = WorkflowHistory.from_json(rollout_workflow_id(scenario), text)
+            last = history.events[-1]
+            last_end = LAST_RUN_ENDS.get(scenario, "completed")
+            ends = "continued_as_new" if number < len(runs) else last_end
+            assert last.HasField(f"workflow_execution_{ends}_event_attributes"), (
+                f"{scenario} run {number} does not end {ends}: the chain is cut"
+            )
+            await replaying.replay_workflow(history)
+
+
+async def keep(client: Client, spec: RolloutSpec, name: str) -> list[WorkflowHistory]:
+    """Replay every run just made; write them to tests/histories when re-recording."""
+    chain = await fetch_chain(client, rollout_workflow_id(spec.id))
+    for history in chain:
+        await replay(history)
     if RECORDING:
-        (HISTORIES / f"{name}.json").write_text(history.to_json())
+        for stale in HISTORIES.glob(f"{name}.*"):
+            if (match := FILE_NAME.fullmatch(stale.name)) and match["scenario"] == name:
+                stale.unlink()
+        for number, history in enumerate(chain, start=1):
+            stem = name if len(chain) == 1 else f"{name}.{number}"
+            text = history.to_json()
+            if len(text) > GZIP_ABOVE:
+                (HISTORIES / f"{stem}.json.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
+            else:
+                (HISTORIES / f"{stem}.json").write_text(text)
+    return chain
+
+
+def carried_state(run: WorkflowHistory) -> RolloutState:
+    """The state a continued run started from."""
+    started = run.events[0].workflow_execution_started_event_attributes
+    (input,) = pydantic_data_converter.payload_converter.from_payloads(
+        started.input.payloads, [RolloutInput]
+    )
+    assert input.state is not None, "this run did not continue another"
+    return input.state
+
+
+def shape(run: WorkflowHistory) -> tuple[int, int]:
+    """(signals, events) of a run, for the figures printed."""
+    signals = sum(e.HasField("workflow_execution_signaled_event_attributes") for e in run.events)
+    return signals, len(run.events)
+
+
+async def job_settles(client: Client, spec: RolloutSpec, job_id: str, status: str) -> JobState:
+    """The job as the workflow holds it, once it has taken in the report giving it `status`."""
+
+    async def probe() -> JobState | None:
+        job = next(j for j in (await view(client, spec)).jobs if j.id == job_id)
+        return job if job.status == status else None
+
+    return await eventually(probe)
+
+
+async def reaches(client: Client, spec: RolloutSpec, status: str) -> None:
+    """The live view shows `status`. A query may time out while the run continues as new
+    with thousands of events behind it: the probe then simply asks again."""
+
+    async def probe() -> bool:
+        try:
+            return (await view(client, spec)).status == status
+        except rollout_client.RolloutUnavailable:
+            return False
+
+    await eventually(probe, timeout=120, interval=0.2)
+
+
+async def spend_signals_until_continued(client: Client, spec: RolloutSpec, job: JobState) -> None:
+    """Send signals that leave the rollout where it is until its run continues as new.
+
+    Each wave is a pause signal, repeats of the report the workflow last took for `job`
+    (reports are idempotent: they change nothing and wake nothing, but count against the run's
+    signal budget and grow its history), then a resume signal. The resume showing in the view
+    says the wave was taken in (a workflow task of thousands of signals would exceed the SDK's
+    2 s deadlock detection); it wakes the run, which continues as new once its signal budget
+    is spent or the server suggests it (at 4,096 events), whichever comes first. Being paused
+    during the wave keeps a bake from ending meanwhile.
+    """
+    repeat = JobReportSignal(
+        job_id=job.id, instance_id=job.instance_id, status=job.status, step=job.step
+    )  # type: ignore[arg-type]
+    handle = client.get_workflow_handle(rollout_workflow_id(spec.id))
+    first_run = (await handle.describe()).run_id
+    before = (await view(client, spec)).status
+    limit = asyncio.Semaphore(CONCURRENT_SIGNALS)
+
+    async def send() -> None:
+        async with limit:
+            await rollout_client.report_job(client, spec.id, repeat, timeout=60)
+
+    for _ in range(SIGNAL_BUDGET // WAVE):
+        await handle.signal(RolloutWorkflow.pause_signal)
+        await reaches(client, spec, "paused")
+        await asyncio.gather(*(send() for _ in range(WAVE - 2)))
+        await handle.signal(RolloutWorkflow.resume_signal)
+        await reaches(client, spec, before)
+        if (await handle.describe()).run_id != first_run:
+            return
+    raise AssertionError(f"the run took {SIGNAL_BUDGET} signals and did not continue as new")
 
 
 async def test_lifecycle_run_replays(
@@ -102,6 +247,68 @@ async def test_abort_run_replays(
     await keep(client, spec, "abort")
 
 
+async def test_continue_as_new_mid_batch_replays(
+    dev_env: WorkflowEnvironment,
+    dev_worker: Worker,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """A run that continues as new with jobs still open carries them into the next run, where
+    a failure pauses the rollout and a resume accepts it. On the dev server: on the
+    time-skipping server the continuing task of a 4,000-event run kept timing out here."""
+    client = dev_env.client
+    spec = await start(client, db, dev_settings, ["a", "b", "c"], batch_size=3)
+    a, b, c = (await view(client, spec)).jobs
+    await report(client, spec, a, "in_progress", "pull")
+    a = await job_settles(client, spec, a.id, "in_progress")
+    await spend_signals_until_continued(client, spec, a)
+    await report(client, spec, a, "succeeded")
+    await report(client, spec, b, "rolled_back", "smoke")
+    await settles_to(client, spec, "paused")
+    await act(client, spec, "resume")
+    await report(client, spec, c, "succeeded")
+    result = await outcome(client, spec)
+    assert (result.status, result.counts) == ("completed", {"succeeded": 2, "rolled_back": 1})
+    first, *rest = await keep(client, spec, "continue_mid_batch")
+    assert rest, "the run never continued as new"
+    print("continue_mid_batch runs (signals, events):", [shape(run) for run in [first, *rest]])
+    carried = carried_state(rest[0])
+    assert carried.status == "running"
+    assert {j.instance_id for j in carried.jobs if j.status in ("pending", "in_progress")} == {
+        "a",
+        "b",
+        "c",
+    }
+
+
+async def test_timeout_retry_abort_while_paused_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """Timed-out jobs pause the rollout, a retry runs them again, a rollback pauses it again
+    and an abort while paused cancels what has not started."""
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b"], batch_size=2, job_timeout_seconds=300)
+    a, _ = (await view(client, spec)).jobs
+    await report(client, spec, a, "in_progress", "pull")
+    await skip_time(time_skipping_env, 301)
+    paused = await settles_to(client, spec, "paused")
+    assert {j.status for j in paused.jobs} == {"timed_out"}
+    assert await act(client, spec, "retry") == "running"
+    retried = {j.instance_id: j for j in (await view(client, spec)).jobs if j.attempt == 2}
+    assert set(retried) == {"a", "b"}
+    a2 = retried["a"]
+    await report(client, spec, a2, "in_progress", "smoke")
+    await report(client, spec, a2, "rolled_back", "smoke")
+    await settles_to(client, spec, "paused")
+    assert await act(client, spec, "abort", "bad build") == "aborted"
+    result = await outcome(client, spec)
+    assert (result.status, result.counts) == ("aborted", {"rolled_back": 1, "cancelled": 1})
+    await keep(client, spec, "timeout_retry_abort")
+
+
 # --- issue 8: the paths that keep a rollout from being wedged ----------------------------------
 
 
@@ -127,7 +334,7 @@ async def test_poison_text_run_replays(
     await keep(client, spec, "poison_text")
 
 
-async def test_abort_before_batch_1_run_replays(
+async def test_abort_before_first_batch_run_replays(
     time_skipping_env: WorkflowEnvironment,
     ts_worker: Worker,
     ts_settings: ApiSettings,
@@ -150,7 +357,7 @@ async def test_abort_before_batch_1_run_replays(
     assert (result.status, result.counts) == ("aborted", {})
     live = await view(client, spec)
     assert (live.target_count, live.current_batch) == (2, 0)  # loaded, and not released
-    await keep(client, spec, "abort_before_batch_1")
+    await keep(client, spec, "abort_before_first_batch")
 
 
 async def test_targets_too_large_run_replays(
@@ -198,6 +405,11 @@ async def loading_targets(client: Client, pool: asyncpg.Pool) -> str | None:
     workflow_id = await pool.fetchval("SELECT workflow_id FROM rollouts")
     if workflow_id is None:
         return None
-    described = await client.get_workflow_handle(workflow_id).describe()
+    try:
+        described = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None  # the row is written just before the workflow starts
+        raise
     pending = [p.activity_type.name for p in described.raw_description.pending_activities]
     return workflow_id if pending == ["load_targets"] else None
