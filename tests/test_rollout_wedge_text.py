@@ -87,7 +87,8 @@ async def test_a_wedged_rollout_recovers_once_the_fixed_worker_runs(
             row = await rollouts.get(db, rollout_id)
             return row if row and row.status == "paused" else None
 
-        row = await eventually(stored_paused, timeout=60)
+        # The next retry of the write comes after Temporal's backoff (up to 30 s).
+        row = await eventually(stored_paused, timeout=120)
         live = await rollout_client.live_view(dev_env.client, rollout_id, timeout=TIMEOUT)
         assert live.status == "paused" and live.paused_reason == "hold\x00 on"
         assert row.paused_reason == "hold\ufffd on"
@@ -116,9 +117,9 @@ async def test_a_wedged_rollout_recovers_once_the_fixed_worker_runs(
         assert again.status_code == 201, again.text
 
     actions = [e.action for e in await audit.for_subject(db, f"rollout:{rollout_id}")]
-    repairs = actions.count("rollout.text_made_storable")
-    assert repairs > 0
-    assert REGISTRY.get_sample_value(METRIC) == metric_before + repairs
+    assert "rollout.text_made_storable" in actions
     errors = [r for r in caplog.records if r.name == "rollout.activities"]
-    assert len(errors) == repairs  # one ERROR line per repaired write
+    assert errors, "no ERROR line said the text was changed"
+    # One ERROR line and one count per repaired write (a retried attempt may repeat one).
+    assert REGISTRY.get_sample_value(METRIC) == metric_before + len(errors)
     assert all(rollout_id in r.getMessage() and "\x00" not in r.getMessage() for r in errors)
