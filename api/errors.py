@@ -6,13 +6,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from contract.text import storable
+
+
+def _location(error: Any) -> list[str | int]:
+    """Where the problem is; a key the caller sent may hold characters JSON cannot encode."""
+    return [p if isinstance(p, int) else storable(str(p)) for p in error.get("loc", ())]
+
 
 def describe_validation_errors(errors: Any) -> str:
     """`body.sha: String should match pattern ...` per problem, joined: readable in a terminal."""
     parts = []
     for error in errors:
-        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in _location(error) if p != "body") or "body"
+        msg = storable(str(error.get("msg", "invalid")).removeprefix("Value error, "))
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
@@ -20,7 +27,7 @@ def describe_validation_errors(errors: Any) -> str:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+        {"loc": _location(e), "msg": storable(str(e.get("msg"))), "type": e.get("type")}
         for e in exc.errors()
     ]
     return JSONResponse(
