@@ -7,7 +7,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.agent_auth import install_agent_error_handler
-from api.database_outage import DatabaseOutage, install_database_outage_handler
+from api.database_outage import (
+    DatabaseOutage,
+    install_database_outage_handler,
+    pool_reconnects_noted_as,
+)
 from api.docs_ui import install_offline_docs
 from api.edge import EdgeGate
 from api.errors import install_error_handlers
@@ -21,6 +25,8 @@ from worker.connect import connect_temporal
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
+    outage = DatabaseOutage()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
@@ -32,9 +38,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
         app.state.handouts = HandoutCache()
-        janitor = asyncio.create_task(sweep_forever(app.state.pool))
+        janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))
         try:
-            yield
+            with pool_reconnects_noted_as(outage):
+                yield
         finally:
             janitor.cancel()
             await app.state.pool.close()
@@ -46,7 +53,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    outage = DatabaseOutage()
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
     app.add_middleware(RequestTimer)  # outermost: times the gate's refusals too
     install_error_handlers(app)

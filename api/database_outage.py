@@ -7,6 +7,8 @@ told to come back later (agents are told in a signed answer, like any other).
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
@@ -58,6 +60,32 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     response = signed_response(payload, secret, 503)
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
+
+
+class _ReconnectAttempts(logging.Filter):
+    """asyncpg logs a traceback each time it fails to refill the pool; that is this outage."""
+
+    def __init__(self, outage: DatabaseOutage) -> None:
+        super().__init__()
+        self.outage = outage
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, UNAVAILABLE_ERRORS):
+            self.outage.noted(error)
+            return False
+        return True
+
+
+@contextmanager
+def pool_reconnects_noted_as(outage: DatabaseOutage) -> Iterator[None]:
+    reconnects = _ReconnectAttempts(outage)
+    pool_log = logging.getLogger("asyncpg.pool")
+    pool_log.addFilter(reconnects)
+    try:
+        yield
+    finally:
+        pool_log.removeFilter(reconnects)
 
 
 def install_database_outage_handler(app: FastAPI, outage: DatabaseOutage) -> None:
