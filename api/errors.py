@@ -3,8 +3,10 @@
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from contract.text import storable
 
@@ -36,5 +38,18 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+BODY_NOT_JSON = "body: not valid JSON (bad UTF-8, nested too deep, or a huge number)"
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI answers a body it could not decode with a vague 400; say what is wrong, as 422
+    like every other malformed body (agent routes included)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        return JSONResponse(status_code=422, content={"detail": BODY_NOT_JSON})
+    return await http_exception_handler(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
