@@ -73,17 +73,18 @@ class ReportRequest(AgentRequest):
     step: Step | None
     message: str | None = None
 
+    @field_validator("message", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        """Step output may hold NUL or a lone surrogate: replaced (before pydantic refuses the
+        surrogate), never a reason to lose the outcome. Runs on the parsed document, after the
+        signature was checked over the raw bytes."""
+        return storable(value) if isinstance(value, str) else value
+
     @field_validator("message")
     @classmethod
-    def _storable_and_bounded(cls, value: str | None) -> str | None:
-        """Step output may hold NUL: it is replaced, never a reason to lose the outcome.
-
-        Runs on the parsed model, after the signature was checked over the raw bytes.
-        """
-        if value is None:
-            return None
-        value = storable(value)
-        if len(value.encode()) > MAX_MESSAGE_BYTES:
+    def _bounded(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > MAX_MESSAGE_BYTES:
             raise ValueError(f"longer than {MAX_MESSAGE_BYTES} bytes")
         return value
 

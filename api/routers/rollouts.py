@@ -18,7 +18,7 @@ from api.deps import AdminActor, HandoutCacheDep, IdPath, PoolDep, SettingsDep, 
 from api.responses import admin_errors, conflict, not_found
 from api.routers.jobs import JobOut
 from contract.manifest import Channel
-from contract.text import storable_or_none
+from contract.text import storable
 from contract.wire import ID_PATTERN
 from store import audit, jobs, releases, rollouts
 from store.jobs import Job
@@ -56,11 +56,12 @@ class ActionBody(BaseModel):
 
     reason: str | None = Field(default=None, max_length=1000)
 
-    @field_validator("reason")
+    @field_validator("reason", mode="before")
     @classmethod
-    def _storable(cls, value: str | None) -> str | None:
-        """Free text: NUL or a lone surrogate is replaced, never a reason to refuse a pause."""
-        return storable_or_none(value)
+    def _storable(cls, value: object) -> object:
+        """Free text: NUL or a lone surrogate is replaced (before pydantic refuses the
+        surrogate), never a reason to refuse a pause."""
+        return storable(value) if isinstance(value, str) else value
 
 
 class BatchOut(BaseModel):
