@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from api.errors import describe_validation_errors
+from api.errors import BODY_NOT_JSON, RETRY_AFTER_SECONDS, describe_validation_errors
 from api.metrics import AUTH_FAILURES
 from contract.manifest import SIGNATURE_PATTERN, parse_timestamp
 from contract.settings import ApiSettings
@@ -77,9 +77,7 @@ def _parse(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise AgentError(
-            422, "body: not valid JSON (or nested too deep, or a huge number)"
-        ) from exc
+        raise AgentError(422, BODY_NOT_JSON) from exc
 
 
 def remember_reply(request: Request, secret: str, nonce: str) -> None:
@@ -187,7 +185,10 @@ async def _agent_error(_: Request, exc: Exception) -> Response:
     payload: dict[str, Any] = {"detail": exc.detail}
     if exc.nonce is not None:
         payload["nonce"] = exc.nonce
-    return signed_response(payload, exc.secret, exc.status)
+    response = signed_response(payload, exc.secret, exc.status)
+    if exc.status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def install_agent_error_handler(app: FastAPI) -> None:

@@ -16,10 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from api.agent_auth import reply_context, signed_response
+from api.errors import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = 5
 DETAIL = "the database (PostgreSQL) is unavailable; retry later"
 
 # What asyncpg raises when the server is gone, restarting or refusing connections; not what it

@@ -38,16 +38,21 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# How long a client should wait after a 503 (PostgreSQL or Temporal unavailable).
+RETRY_AFTER_SECONDS = 5
 BODY_NOT_JSON = "body: not valid JSON (bad UTF-8, nested too deep, or a huge number)"
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """FastAPI answers a body it could not decode with a vague 400; say what is wrong, as 422
-    like every other malformed body (agent routes included)."""
+    like every other malformed body (agent routes included). Every 503 says when to retry."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
         return JSONResponse(status_code=422, content={"detail": BODY_NOT_JSON})
-    return await http_exception_handler(request, exc)
+    response = await http_exception_handler(request, exc)
+    if exc.status_code == 503:
+        response.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -233,3 +233,25 @@ async def test_docs_are_served_without_internet(edge: httpx.AsyncClient) -> None
     redoc = await edge.get("/redoc")
     assert "fonts.googleapis" not in redoc.text
     assert (await edge.get("/docs-assets/redoc/redoc.standalone.js")).status_code == 200
+
+
+async def test_openapi_tells_the_errors_and_agent_bodies_as_answered(
+    edge: httpx.AsyncClient,
+) -> None:
+    schema = (await edge.get("/openapi.json")).json()
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components
+    assert components["ValidationErrorOut"]["properties"]["detail"]["type"] == "string"
+    upload = schema["paths"]["/api/releases"]["post"]["responses"]
+    assert {"200", "201", "401", "409", "413", "422", "503"} <= set(upload)
+    assert upload["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ValidationErrorOut"
+    )
+    assert "404" in schema["paths"]["/api/rollouts/{rollout_id}"]["get"]["responses"]
+    report = schema["paths"]["/api/updates/report"]["post"]
+    body = report["requestBody"]["content"]["application/json"]["schema"]
+    assert {"instanceId", "sentAt", "nonce", "jobId", "status", "step", "message"} <= set(
+        body["properties"]
+    )
+    assert {"200", "401", "403", "404", "409", "413", "422", "503"} <= set(report["responses"])
+    assert [p["name"] for p in report["parameters"]] == ["x-agent-signature"]
