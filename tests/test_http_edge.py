@@ -129,6 +129,8 @@ async def test_admin_token_is_checked_before_the_body_and_every_route_has_a_body
 
     unauthenticated = await edge.post("/api/releases", content=endless())
     _assert_json_4xx(unauthenticated, 401, "x-cp-admin-token")
+    non_ascii = await edge.get("/api/releases", headers={"x-cp-admin-token": "é".encode() * 16})
+    _assert_json_4xx(non_ascii, 401, "invalid admin token")
 
     declared = await edge.post(
         "/api/releases", content=b" " * (1024 * 1024 + 1), headers=_admin(settings)
