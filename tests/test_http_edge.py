@@ -3,6 +3,7 @@
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -13,8 +14,12 @@ from api.app import create_app
 from contract.manifest import MAX_BREAKING_CHANGES_BYTES
 from contract.settings import ApiSettings
 from devstack.ports import free_port
-from tests.agent_requests import hmac_hex, now_iso, poll_body, post_signed
+from store import jobs, rollouts
+from store.jobs import JobWrite
+from store.rollouts import RolloutSpec
+from tests.agent_requests import assert_signed_by, hmac_hex, now_iso, poll_body, post_signed
 from tests.conftest import LiveServer
+from tests.fixtures_temporal import seed_release
 from tests.manifests import hand_signed
 
 LISTED_SECRET = "listed-instance-secret-0123456789"
@@ -257,3 +262,45 @@ async def test_openapi_tells_the_errors_and_agent_bodies_as_answered(
     )
     assert {"200", "401", "403", "404", "409", "413", "422", "503"} <= set(report["responses"])
     assert [p["name"] for p in report["parameters"]] == ["x-agent-signature"]
+
+
+async def test_temporal_unavailable_is_a_signed_503_with_retry_after(
+    settings: ApiSettings, db: asyncpg.Connection
+) -> None:
+    """An instance with an open job polls while nothing answers at the Temporal address."""
+    release_id = await seed_release(db, settings)
+    spec = RolloutSpec(
+        id="r1",
+        manifest_id=release_id,
+        version="1.4.0",
+        channel="stable",
+        batch_size=1,
+        created_by="admin",
+    )
+    await rollouts.insert(db, spec)
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    job = JobWrite(
+        id="j1",
+        rollout_id="r1",
+        instance_id="web-1",
+        batch=1,
+        attempt=1,
+        status="pending",
+        deadline=deadline,
+    )
+    await jobs.upsert_many(db, [job])
+    configured = settings.model_copy(
+        update={
+            "control_plane_agent_secrets": {"web-1": SecretStr(LISTED_SECRET)},
+            "temporal_address": f"127.0.0.1:{free_port()}",
+        }
+    )
+    async with (
+        LiveServer(create_app(configured), free_port()) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+    ):
+        body = poll_body("web-1")
+        answer = await post_signed(client, "/api/updates/next", body, LISTED_SECRET)
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["retry-after"]) > 0
+    assert "Temporal" in assert_signed_by(answer, LISTED_SECRET, body["nonce"])["detail"]
