@@ -151,8 +151,7 @@ async def test_malformed_admin_bodies_are_4xx(
     admin = _admin(settings) | {"content-type": "application/json"}
     for body in (b"[" * 10_000 + b"]" * 10_000, b'{"manifestId": ' + b"7" * 5_000 + b"}"):
         answer = await edge.post("/api/rollouts", content=body, headers=admin)
-        assert 400 <= answer.status_code < 500, answer.text
-        assert isinstance(answer.json()["detail"], str)
+        _assert_json_4xx(answer, 422, "body: not valid JSON")
     unknown_key = await edge.post("/api/rollouts", content=b'{"\\ud800": 1}', headers=admin)
     _assert_json_4xx(unknown_key, 422)
     assert [r for r in tracebacks if r.exc_info] == []
