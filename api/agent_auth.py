@@ -1,13 +1,16 @@
 """Authentication of agent requests (PROTOCOL §5) and signing of every answer to them.
 
-Order of checks: size (413), JSON shape and instanceId (422), signature (401), the full body
-(422), sentAt window (401), nonce (401). The signature is checked before the body is validated
-in detail, so an unauthenticated caller learns nothing but the documented shape.
+Order of checks: size (413, in api.edge), JSON shape and instanceId (422), signature (401), the
+full body (422), sentAt window (401), nonce (401). The signature is checked before the body is
+validated in detail, so an unauthenticated caller learns nothing but the documented shape. An
+instance with no secret is answered exactly like one with a wrong signature (signed, with a
+per-process decoy key), so the answers do not tell an outsider which instance ids exist.
 """
 
 import json
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,15 +20,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from api.errors import describe_validation_errors
+from api.errors import BODY_NOT_JSON, RETRY_AFTER_SECONDS, describe_validation_errors
 from api.metrics import AUTH_FAILURES
-from contract.manifest import parse_timestamp
+from contract.manifest import SIGNATURE_PATTERN, parse_timestamp
 from contract.settings import ApiSettings
 from contract.signing import canonical, sign, verify
+from contract.text import storable
 from contract.wire import (
     AGENT_SIGNATURE_HEADER,
     INSTANCE_ID_PATTERN,
-    MAX_BODY_BYTES,
+    NONCE_PATTERN,
     RESPONSE_SIGNATURE_HEADER,
     SIGNATURE_WINDOW_SECONDS,
     AgentRequest,
@@ -34,6 +38,10 @@ from store import nonces
 
 log = logging.getLogger(__name__)
 _INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
+_NONCE = re.compile(NONCE_PATTERN)
+_SIGNATURE = re.compile(SIGNATURE_PATTERN)
+# Signs refusals to unknown instances; verifies nothing (see `verified_request`).
+_DECOY_SECRET = secrets.token_hex(32)
 
 
 class AgentError(Exception):
@@ -44,7 +52,7 @@ class AgentError(Exception):
     ) -> None:
         super().__init__(detail)
         self.status = status
-        self.detail = detail
+        self.detail = storable(detail)  # may quote the request: must stay encodable
         self.secret = secret
         self.nonce = nonce
 
@@ -64,19 +72,22 @@ def secret_for(settings: ApiSettings, instance_id: str) -> str | None:
     return token.get_secret_value() if token is not None else None
 
 
-async def read_limited_body(request: Request) -> bytes:
-    """Stops reading past the limit, so a chunked body without Content-Length cannot exhaust us."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise AgentError(413, f"body is larger than {MAX_BODY_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise AgentError(413, f"body is larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _parse(raw: bytes) -> Any:
+    """JSON, or a 422: bad UTF-8, bad syntax, 5,000-digit integers and 10,000-deep nesting."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise AgentError(422, BODY_NOT_JSON) from exc
+
+
+def remember_reply(request: Request, secret: str, nonce: str) -> None:
+    """How to sign an answer to this request, should a later step (the database) fail."""
+    request.state.agent_reply = (secret, nonce)
+
+
+def reply_context(request: Request) -> tuple[str, str] | None:
+    context: tuple[str, str] | None = getattr(request.state, "agent_reply", None)
+    return context
 
 
 def _refuse(reason: str, detail: str, *, secret: str | None, nonce: str | None) -> AgentError:
@@ -99,18 +110,20 @@ class Verified(Generic[T]):
 def verified_request(model: type[T]) -> Callable[[Request], Awaitable[Verified[T]]]:
     async def dependency(request: Request) -> Verified[T]:
         settings: ApiSettings = request.app.state.settings
-        raw = await read_limited_body(request)
-        try:
-            document = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AgentError(422, "body: not valid JSON") from exc
+        raw = await request.body()  # bounded by api.edge
+        document = _parse(raw)
         if not isinstance(document, dict):
             raise AgentError(422, "body: must be a JSON object")
         instance_id = document.get("instanceId")
-        nonce = document.get("nonce") if isinstance(document.get("nonce"), str) else None
+        given_nonce = document.get("nonce")
+        # Only a well-formed nonce is echoed: anything else may not even be encodable.
+        nonce = (
+            given_nonce if isinstance(given_nonce, str) and _NONCE.fullmatch(given_nonce) else None
+        )
         if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
             raise AgentError(422, "instanceId: 1 to 128 of A-Z a-z 0-9 . _ -", nonce=nonce)
-        secret = secret_for(settings, instance_id)
+        known_secret = secret_for(settings, instance_id)
+        secret = known_secret if known_secret is not None else _DECOY_SECRET
         signature = request.headers.get(AGENT_SIGNATURE_HEADER)
         if not signature:
             raise _refuse(
@@ -119,7 +132,9 @@ def verified_request(model: type[T]) -> Callable[[Request], Awaitable[Verified[T
                 secret=secret,
                 nonce=nonce,
             )
-        if secret is None or not verify(secret, raw, signature):
+        # The same work for every caller, known or not: timing tells no more than the answer.
+        matches = _SIGNATURE.fullmatch(signature) is not None and verify(secret, raw, signature)
+        if known_secret is None or not matches:
             log.warning("agent auth failed: bad signature", extra={"instance_id": instance_id})
             raise _refuse(
                 "bad_signature",
@@ -134,6 +149,7 @@ def verified_request(model: type[T]) -> Callable[[Request], Awaitable[Verified[T
             raise AgentError(
                 422, describe_validation_errors(exc.errors()), secret=secret, nonce=nonce
             ) from exc
+        remember_reply(request, secret, body.nonce)
         sent_at = parse_timestamp(body.sentAt)
         now = datetime.now(UTC)
         skew = abs((now - sent_at).total_seconds())
@@ -169,7 +185,10 @@ async def _agent_error(_: Request, exc: Exception) -> Response:
     payload: dict[str, Any] = {"detail": exc.detail}
     if exc.nonce is not None:
         payload["nonce"] = exc.nonce
-    return signed_response(payload, exc.secret, exc.status)
+    response = signed_response(payload, exc.secret, exc.status)
+    if exc.status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def install_agent_error_handler(app: FastAPI) -> None:

@@ -7,6 +7,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.agent_auth import install_agent_error_handler
+from api.database_outage import (
+    DatabaseOutage,
+    install_database_outage_handler,
+    pool_reconnects_noted_as,
+)
+from api.docs_ui import install_offline_docs
+from api.edge import EdgeGate
 from api.errors import install_error_handlers
 from api.handouts import HandoutCache
 from api.http_metrics import RequestTimer
@@ -18,6 +25,8 @@ from worker.connect import connect_temporal
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
+    outage = DatabaseOutage()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
@@ -29,17 +38,27 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
         app.state.handouts = HandoutCache()
-        janitor = asyncio.create_task(sweep_forever(app.state.pool))
+        janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))
         try:
-            yield
+            with pool_reconnects_noted_as(outage):
+                yield
         finally:
             janitor.cancel()
             await app.state.pool.close()
 
-    app = FastAPI(title="Rollout control plane", version="1", lifespan=lifespan)
-    app.add_middleware(RequestTimer)
+    app = FastAPI(
+        title="Rollout control plane",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
+    app.add_middleware(RequestTimer)  # outermost: times the gate's refusals too
     install_error_handlers(app)
     install_agent_error_handler(app)
+    install_database_outage_handler(app, outage)
+    install_offline_docs(app)
     app.include_router(system.router)
     app.include_router(releases.router)
     app.include_router(instances.router)

@@ -7,11 +7,14 @@ import semver
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.signing import canonical, sign, verify
+from contract.text import unstorable
 
 Channel = Literal["stable", "beta"]
 CHANNELS: tuple[str, ...] = ("stable", "beta")
 SHA_PATTERN = r"^[0-9a-f]{7,40}$"
 SIGNATURE_PATTERN = r"^[0-9a-f]{64}$"
+# For uploads only: releases stored before the limit existed stay readable (see NewRelease).
+MAX_BREAKING_CHANGES_BYTES = 16 * 1024
 
 
 def parse_version(value: str) -> semver.Version:
@@ -51,6 +54,14 @@ class UnsignedManifest(BaseModel):
         parse_version(value)
         return value
 
+    @field_validator("breaking_changes")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        """Signed content is never altered: text PostgreSQL cannot store is refused instead."""
+        if value is not None and unstorable(value):
+            raise ValueError("contains NUL or an unpaired surrogate, which cannot be stored")
+        return value
+
     @field_validator("released_at")
     @classmethod
     def _timestamp(cls, value: str) -> str:
@@ -76,3 +87,14 @@ class ReleaseManifest(UnsignedManifest):
 
     def as_document(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class NewRelease(ReleaseManifest):
+    """A manifest being uploaded: bounded, since every poll of its jobs carries it."""
+
+    @field_validator("breaking_changes")
+    @classmethod
+    def _bounded(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > MAX_BREAKING_CHANGES_BYTES:
+            raise ValueError(f"longer than {MAX_BREAKING_CHANGES_BYTES} bytes")
+        return value

@@ -5,8 +5,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.manifest import Channel, ReleaseManifest, parse_timestamp, parse_version
+from contract.text import storable
 
-INSTANCE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# Every identifier (instances, jobs, rollouts, releases): checked before it reaches SQL.
+ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+INSTANCE_ID_PATTERN = ID_PATTERN
+# An agent's self-reported version: printable ASCII, so it is shown as sent.
+AGENT_VERSION_PATTERN = r"^[!-~]{1,64}$"
 NONCE_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
 MAX_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 4 * 1024
@@ -53,7 +58,7 @@ class AgentRequest(BaseModel):
 class PollRequest(AgentRequest):
     channel: Channel
     currentVersion: str
-    agentVersion: str | None = Field(default=None, max_length=64)
+    agentVersion: str | None = Field(default=None, pattern=AGENT_VERSION_PATTERN)
 
     @field_validator("currentVersion")
     @classmethod
@@ -63,10 +68,18 @@ class PollRequest(AgentRequest):
 
 
 class ReportRequest(AgentRequest):
-    jobId: str = Field(min_length=1, max_length=128)
+    jobId: str = Field(pattern=ID_PATTERN)
     status: ReportStatus
     step: Step | None
     message: str | None = None
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        """Step output may hold NUL or a lone surrogate: replaced (before pydantic refuses the
+        surrogate), never a reason to lose the outcome. Runs on the parsed document, after the
+        signature was checked over the raw bytes."""
+        return storable(value) if isinstance(value, str) else value
 
     @field_validator("message")
     @classmethod

@@ -3,11 +3,12 @@
 from fastapi import APIRouter, Query
 
 from api.deps import AdminActor, PoolDep
+from api.responses import admin_errors
 from contract.manifest import Channel
 from store import instances
 from store.instances import Instance
 
-router = APIRouter(prefix="/api/instances", tags=["instances"])
+router = APIRouter(prefix="/api/instances", tags=["instances"], responses=admin_errors())
 
 
 @router.get("", response_model=list[Instance])

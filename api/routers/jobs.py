@@ -6,10 +6,11 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.deps import AdminActor, PoolDep
-from contract.wire import JobStatus
+from api.responses import admin_errors
+from contract.wire import ID_PATTERN, JobStatus
 from store import jobs
 
-router = APIRouter(prefix="/api/updates/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/updates/jobs", tags=["jobs"], responses=admin_errors())
 
 
 class JobOut(BaseModel):
@@ -38,8 +39,8 @@ async def list_jobs(
     _: AdminActor,
     pool: PoolDep,
     status: JobStatus | None = Query(default=None),
-    rollout_id: str | None = Query(default=None, alias="rolloutId"),
-    instance_id: str | None = Query(default=None, alias="instanceId"),
+    rollout_id: str | None = Query(default=None, alias="rolloutId", pattern=ID_PATTERN),
+    instance_id: str | None = Query(default=None, alias="instanceId", pattern=ID_PATTERN),
     limit: int = Query(default=500, ge=1, le=10_000),
 ) -> list[JobListItem]:
     """Newest first; `limit` bounds the answer on fleet-sized rollouts."""

@@ -2,17 +2,26 @@
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from api.deps import AdminActor, PoolDep, SettingsDep
-from contract.manifest import Channel, ReleaseManifest
+from api.deps import AdminActor, IdPath, PoolDep, SettingsDep
+from api.responses import admin_errors, conflict, not_found
+from contract.manifest import Channel, NewRelease
 from store import audit, releases
 from store.releases import Release
 
-router = APIRouter(prefix="/api/releases", tags=["releases"])
+router = APIRouter(prefix="/api/releases", tags=["releases"], responses=admin_errors())
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Release)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Release,
+    responses={
+        200: {"model": Release, "description": "The identical manifest was stored before"},
+        **conflict(),
+    },
+)
 async def upload_release(
-    manifest: ReleaseManifest,
+    manifest: NewRelease,
     response: Response,
     actor: AdminActor,
     pool: PoolDep,
@@ -29,7 +38,7 @@ async def upload_release(
     async with pool.acquire() as conn, conn.transaction():
         outcome = await releases.insert_or_get(conn, manifest)
         stored = outcome.release
-        if not outcome.created and stored.manifest() != manifest:
+        if not outcome.created and stored.manifest().as_document() != manifest.as_document():
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 f"release {manifest.version} on channel {manifest.channel} is already stored"
@@ -54,8 +63,8 @@ async def list_releases(
     return await releases.list_all(pool, channel=channel)
 
 
-@router.get("/{release_id}", response_model=Release)
-async def get_release(release_id: str, _: AdminActor, pool: PoolDep) -> Release:
+@router.get("/{release_id}", response_model=Release, responses=not_found())
+async def get_release(release_id: IdPath, _: AdminActor, pool: PoolDep) -> Release:
     release = await releases.get(pool, release_id)
     if release is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"release {release_id} not found")

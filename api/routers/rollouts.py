@@ -11,19 +11,22 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio.client import Client
 
-from api.deps import AdminActor, HandoutCacheDep, PoolDep, SettingsDep, TemporalDep
+from api.deps import AdminActor, HandoutCacheDep, IdPath, PoolDep, SettingsDep, TemporalDep
+from api.responses import admin_errors, conflict, not_found
 from api.routers.jobs import JobOut
 from contract.manifest import Channel
+from contract.text import storable
+from contract.wire import ID_PATTERN
 from store import audit, jobs, releases, rollouts
 from store.jobs import Job
 from store.rollouts import ChannelBusy, Rollout, RolloutSpec
 from workflows import client as rollout_client
 from workflows.rollout_models import JobState, RolloutStatus, RolloutView
 
-router = APIRouter(prefix="/api/rollouts", tags=["rollouts"])
+router = APIRouter(prefix="/api/rollouts", tags=["rollouts"], responses=admin_errors())
 
 # A live view must not hold an HTTP request long: the stored view answers instead.
 LIVE_VIEW_TIMEOUT = 3.0
@@ -32,17 +35,19 @@ START_TIMEOUT = 30.0
 ACTION_TIMEOUT = 15.0
 
 Action = Literal["advance", "pause", "resume", "retry", "abort"]
+# Bounds of the integer fields (docs/protocol.md): a fleet is at most this many instances.
+MAX_FLEET = 100_000
 
 
 class CreateRollout(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    manifestId: str = Field(min_length=1, max_length=128)
+    manifestId: str = Field(pattern=ID_PATTERN)
     channel: Channel
-    batchSize: int = Field(ge=1, le=100_000)
+    batchSize: int = Field(ge=1, le=MAX_FLEET)
     autoAdvance: bool = False
     bakeSeconds: int = Field(default=0, ge=0, le=30 * 86_400)
-    maxFailures: int = Field(default=0, ge=0)
+    maxFailures: int = Field(default=0, ge=0, le=MAX_FLEET)
     jobTimeoutSeconds: int = Field(default=3600, ge=1, le=7 * 86_400)
 
 
@@ -50,6 +55,13 @@ class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        """Free text: NUL or a lone surrogate is replaced (before pydantic refuses the
+        surrogate), never a reason to refuse a pause."""
+        return storable(value) if isinstance(value, str) else value
 
 
 class BatchOut(BaseModel):
@@ -175,7 +187,9 @@ async def _row_or_404(pool: PoolDep, rollout_id: str) -> Rollout:
     return row
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RolloutOut)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=RolloutOut, responses=conflict()
+)
 async def create_rollout(
     body: CreateRollout,
     actor: AdminActor,
@@ -249,16 +263,18 @@ async def list_rollouts(
     return [_summary(row) for row in rows]
 
 
-@router.get("/{rollout_id}", response_model=RolloutOut)
+@router.get("/{rollout_id}", response_model=RolloutOut, responses=not_found())
 async def get_rollout(
-    rollout_id: str, _: AdminActor, pool: PoolDep, temporal: TemporalDep
+    rollout_id: IdPath, _: AdminActor, pool: PoolDep, temporal: TemporalDep
 ) -> RolloutOut:
     return await _view(pool, temporal, await _row_or_404(pool, rollout_id))
 
 
-@router.post("/{rollout_id}/{action}", response_model=RolloutOut)
+@router.post(
+    "/{rollout_id}/{action}", response_model=RolloutOut, responses=not_found() | conflict()
+)
 async def act_on_rollout(
-    rollout_id: str,
+    rollout_id: IdPath,
     action: Action,
     actor: AdminActor,
     pool: PoolDep,

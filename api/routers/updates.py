@@ -15,14 +15,21 @@ from api.agent_auth import AgentError, Verified, verified_request
 from api.deps import HandoutCacheDep, PoolDep, TemporalDep
 from api.handouts import HandoutCache
 from api.metrics import POLLS, REPORTS
-from contract.wire import TERMINAL_JOB_STATUSES, PollRequest, ReportRequest
+from api.responses import SignedErrorOut, agent_errors, signed_body
+from contract.wire import (
+    TERMINAL_JOB_STATUSES,
+    PollRequest,
+    PollResponse,
+    ReportRequest,
+    ReportResponse,
+)
 from store import instances, job_reports, jobs, releases
 from workflows import client as rollouts
 from workflows.client import RolloutGone, RolloutUnavailable
 from workflows.rollout_models import HandedOutJob, JobReportSignal
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/updates", tags=["agents"])
+router = APIRouter(prefix="/api/updates", tags=["agents"], responses=agent_errors())
 
 VerifiedPoll = Annotated[Verified[PollRequest], Depends(verified_request(PollRequest))]
 VerifiedReport = Annotated[Verified[ReportRequest], Depends(verified_request(ReportRequest))]
@@ -32,7 +39,11 @@ _UNAVAILABLE = "the rollout engine (Temporal) is unavailable; retry later"
 _TEMPORAL_TIMEOUT_SECONDS = 5.0
 
 
-@router.post("/next")
+@router.post(
+    "/next",
+    responses={200: {"model": PollResponse, "description": "Signed; `job` is null when idle"}},
+    openapi_extra=signed_body(PollRequest),
+)
 async def next_job(
     call: VerifiedPoll, pool: PoolDep, temporal: TemporalDep, handouts: HandoutCacheDep
 ) -> Response:
@@ -84,7 +95,16 @@ async def _job_the_workflow_hands_out(
     return answer.jobs.get(call.body.instanceId)
 
 
-@router.post("/report")
+@router.post(
+    "/report",
+    responses={
+        200: {"model": ReportResponse, "description": "Signed; the report is stored"},
+        403: {"model": SignedErrorOut, "description": "the job belongs to another instance"},
+        404: {"model": SignedErrorOut, "description": "no such job"},
+        409: {"model": SignedErrorOut, "description": "contradicts the job's final status"},
+    },
+    openapi_extra=signed_body(ReportRequest),
+)
 async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> Response:
     r = call.body
     job = await jobs.get(pool, r.jobId)
