@@ -18,6 +18,8 @@ from workflows.rollout_models import (
     LoadTargetsResult,
     RecordProgressInput,
     RecordProgressResult,
+    ReportedStepsInput,
+    ReportedStepsResult,
 )
 
 # Temporal refuses payloads over 2 MiB, and the targets are carried again in every
@@ -49,6 +51,11 @@ class RolloutActivities:
                 non_retryable=True,
             )
         return result
+
+    @activity.defn(name="reported_steps")
+    async def reported_steps(self, input: ReportedStepsInput) -> ReportedStepsResult:
+        steps = await jobs.reported_steps(self.pool, input.job_ids)
+        return ReportedStepsResult.model_validate({"steps": steps})
 
     @activity.defn(name="record_progress")
     async def record_progress(self, input: RecordProgressInput) -> RecordProgressResult:

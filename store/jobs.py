@@ -2,6 +2,8 @@
 
 Writes move forward only (pending → in_progress → a terminal status), so a late or repeated
 write never undoes a newer one, whoever wrote it (the workflow's activity or a report).
+A job's step is the acknowledged reports' alone: the workflow hears only of a job starting
+and ending, so its step is written only where no report has set one.
 """
 
 from collections.abc import Sequence
@@ -50,8 +52,7 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],"
         " $6::text[], $7::text[], $8::text[], $9::timestamptz[])"
         " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
-        " step = CASE WHEN EXCLUDED.status = j.status THEN COALESCE(j.step, EXCLUDED.step)"
-        " ELSE COALESCE(EXCLUDED.step, j.step) END,"
+        " step = COALESCE(j.step, EXCLUDED.step),"
         " message = COALESCE(EXCLUDED.message, j.message),"
         " deadline = EXCLUDED.deadline, updated_at = now()"
         " WHERE j.status = 'pending'"
@@ -100,11 +101,13 @@ async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRe
     """Move the job forward by an agent's report; returns its status afterwards.
 
     A report never moves a settled job: the returned status then differs from the report's.
+    One agreeing with a status the workflow wrote first still sets the step it ended on.
     """
     status = await conn.fetchval(
         "UPDATE update_jobs SET status = $2, step = COALESCE($3, step),"
         " message = COALESCE($4, message), updated_at = now()"
-        " WHERE id = $1 AND (status = 'pending' OR (status = 'in_progress' AND $2 <> 'pending'))"
+        " WHERE id = $1 AND (status = 'pending' OR status = $2"
+        " OR (status = 'in_progress' AND $2 <> 'pending'))"
         " RETURNING status",
         report.jobId,
         report.status,
@@ -114,6 +117,17 @@ async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRe
     if status is None:
         status = await conn.fetchval("SELECT status FROM update_jobs WHERE id = $1", report.jobId)
     return str(status)
+
+
+async def reported_steps(
+    conn: asyncpg.Connection | asyncpg.Pool, job_ids: Sequence[str]
+) -> dict[str, str]:
+    """The step each job last reported, for jobs that reported one."""
+    rows = await conn.fetch(
+        "SELECT id, step FROM update_jobs WHERE id = ANY($1::text[]) AND step IS NOT NULL",
+        list(job_ids),
+    )
+    return {r["id"]: r["step"] for r in rows}
 
 
 async def for_rollout(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> list[Job]:

@@ -31,6 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from contract.settings import ApiSettings
+from store import jobs
 from store.rollouts import RolloutSpec, rollout_workflow_id
 from tests.fixtures_temporal import eventually, fetch_chain, seed_instances, skip_time
 from tests.test_rollout_workflow import act, outcome, report, settles_to, start, view
@@ -57,6 +58,7 @@ SCENARIOS = {
     "abort_before_first_batch",
     "targets_too_large",
     "cancel_request",
+    "timed_out_at_reported_step",
 }
 # How a scenario's last run ends, when not by completing.
 LAST_RUN_ENDS = {"cancel_request": "canceled"}
@@ -413,3 +415,28 @@ async def loading_targets(client: Client, pool: asyncpg.Pool) -> str | None:
         raise
     pending = [p.activity_type.name for p in described.raw_description.pending_activities]
     return workflow_id if pending == ["load_targets"] else None
+
+
+# --- issue 10: a job's step comes from the acknowledged reports ---------------------------------
+
+
+async def test_timed_out_at_reported_step_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """A job times out after its agent reported a step the workflow never heard of: the
+    workflow asks the read model where the job stopped, for its pause reason."""
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a"], batch_size=1, job_timeout_seconds=300)
+    (a,) = (await view(client, spec)).jobs
+    await report(client, spec, a, "in_progress", "preflight")
+    await db.execute("UPDATE update_jobs SET status = 'in_progress', step = 'pull'")
+    await skip_time(time_skipping_env, 301)
+    paused = await settles_to(client, spec, "paused")
+    assert paused.paused_reason is not None and "a timed_out at pull" in paused.paused_reason
+    assert (await jobs.get(db, a.id)).step == "pull"  # type: ignore[union-attr]
+    assert await act(client, spec, "abort", "stuck host") == "aborted"
+    assert (await outcome(client, spec)).counts == {"timed_out": 1}
+    await keep(client, spec, "timed_out_at_reported_step")

@@ -33,7 +33,11 @@ def build_worker(client: Client, settings: Settings, activities: RolloutActiviti
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[RolloutWorkflow],
-        activities=[activities.load_targets, activities.record_progress],
+        activities=[
+            activities.load_targets,
+            activities.record_progress,
+            activities.reported_steps,
+        ],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
 

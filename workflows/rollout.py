@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         LoadTargetsInput,
         PauseInput,
         RecordProgressInput,
+        ReportedStepsInput,
         ResumeInput,
         RetryInput,
         RolloutInput,
@@ -67,6 +68,7 @@ CANCEL_REASON = "cancellation requested in Temporal"
 PATCH_ABORT_BEFORE_BATCH_1 = "abort-before-batch-1"
 PATCH_TARGETS_TOO_LARGE = "targets-too-large-ends-rollout"
 PATCH_CANCEL_IS_ABORT = "cancel-is-abort"
+PATCH_TIMED_OUT_AT_REPORTED_STEP = "timed-out-at-reported-step"
 STATUS_WORDS = (
     ("succeeded", "succeeded"),
     ("in_progress", "in progress"),
@@ -86,6 +88,10 @@ ACTIVITY_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=0,
 )
+
+
+# A look-up that only improves a message must not hold the rollout up for long.
+LOOKUP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 
 
 # What a cancel request raises where the run awaits (checked with is_cancelled_exception).
@@ -142,7 +148,9 @@ class RolloutWorkflow:
             await self._start()
         while True:
             self._changed = False
-            self._expire_overdue_jobs()
+            expired = self._expire_overdue_jobs()
+            if expired and workflow.patched(PATCH_TIMED_OUT_AT_REPORTED_STEP):
+                await self._take_reported_steps(expired)
             self._settle()
             if self._should_continue_as_new():
                 await self._let_handlers_finish()
@@ -373,7 +381,7 @@ class RolloutWorkflow:
             if self._jobs[job_id].status == "in_progress" or not withheld
         ]
 
-    def _expire_overdue_jobs(self) -> None:
+    def _expire_overdue_jobs(self) -> list[JobState]:
         now = workflow.now()
         expired = [job for job in self._timed_jobs() if job.deadline <= now]
         for job in expired:
@@ -382,6 +390,27 @@ class RolloutWorkflow:
             names = [job.instance_id for job in expired[:REASON_NAMES]]
             detail = {"count": len(expired), "instances": names}
             self._event(WORKFLOW_ACTOR, "rollout.jobs_timed_out", detail)
+        return expired
+
+    async def _take_reported_steps(self, expired: list[JobState]) -> None:
+        """A timed-out job stopped where its agent last said it was, and only the acknowledged
+        reports know where: the workflow hears of a job starting and ending, not of each step.
+        Should the read model not answer, the pause reason keeps the step the workflow knew."""
+        for start in range(0, len(expired), JOBS_PER_WRITE):
+            chunk = expired[start : start + JOBS_PER_WRITE]
+            try:
+                result = await workflow.execute_activity_method(
+                    RolloutActivities.reported_steps,
+                    ReportedStepsInput(job_ids=[job.id for job in chunk]),
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    retry_policy=LOOKUP_RETRY,
+                )
+            except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise
+                return
+            for job in chunk:
+                job.step = result.steps.get(job.id, job.step)
 
     def _settle_job(self, job: JobState, status: str, step: str | None) -> None:
         job.status = status  # type: ignore[assignment]

@@ -171,6 +171,16 @@ class LoadTargetsResult(BaseModel):
     instance_ids: list[str]
 
 
+class ReportedStepsInput(BaseModel):
+    job_ids: list[str]
+
+
+class ReportedStepsResult(BaseModel):
+    """The step each job last reported (the workflow is told only of starts and ends)."""
+
+    steps: dict[str, Step]
+
+
 class AuditEvent(BaseModel):
     actor: str
     action: str

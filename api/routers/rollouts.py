@@ -124,7 +124,10 @@ def _summary(row: Rollout) -> RolloutSummaryOut:
 
 
 def _job_out(job: Job, live: JobState | None) -> JobOut:
-    """The stored job, with the workflow's fresher status when it is in the current batch."""
+    """The stored job, with the workflow's fresher status when it is in the current batch.
+
+    The step stays the stored one: it comes from every acknowledged report, while the workflow
+    hears only of a job starting and ending."""
     out = JobOut(
         id=job.id,
         instanceId=job.instance_id,
@@ -136,7 +139,8 @@ def _job_out(job: Job, live: JobState | None) -> JobOut:
         deadline=job.deadline,
     )
     if live is not None:
-        out.status, out.step, out.deadline = live.status, live.step, live.deadline
+        out.status, out.deadline = live.status, live.deadline
+        out.step = job.step or live.step
     return out
 
 

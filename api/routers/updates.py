@@ -119,10 +119,12 @@ async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> 
     if (job.status, job.step) == (r.status, r.step):
         REPORTS.labels(outcome="duplicate").inc()
         return call.answer({"jobId": job.id, "status": job.status, "accepted": True})
-    if job.status in TERMINAL_JOB_STATUSES:
+    settled = job.status in TERMINAL_JOB_STATUSES
+    if settled and job.status != r.status:
         raise _contradiction(call, job.status)
-    # Only what changes the workflow's decisions is signalled: a job starting or ending.
-    if r.status != "in_progress" or job.status == "pending":
+    # Only what changes the workflow's decisions is signalled: a job starting or ending. A
+    # report agreeing with a settled status (a retry the workflow heard of) still sets the step.
+    if not settled and (r.status != "in_progress" or job.status == "pending"):
         await _signal_workflow(temporal, call, job.rollout_id)
     async with pool.acquire() as conn, conn.transaction():
         status = await jobs.apply_report(conn, r)
