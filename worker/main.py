@@ -16,6 +16,7 @@ from activities.rollouts import RolloutActivities
 from contract.settings import Settings
 from store.pool import open_pool
 from worker.connect import connect_temporal
+from worker.metrics import metrics_runtime
 from workflows.rollout import RolloutWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
@@ -40,7 +41,7 @@ async def run_worker(settings: Settings) -> None:
         max_size=settings.db_pool_max_size,
     )
     try:
-        client = await connect_temporal(settings)
+        client = await connect_temporal(settings, runtime=metrics_runtime(settings))
         worker = build_worker(client, settings, RolloutActivities(pool))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -48,10 +49,11 @@ async def run_worker(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         async with worker:
             log.info(
-                "worker polling task queue %s on %s (namespace %s)",
+                "worker polling task queue %s%s",
                 settings.temporal_task_queue,
-                settings.temporal_address,
-                settings.temporal_namespace,
+                f"; metrics on http://{settings.worker_metrics_address}/metrics"
+                if settings.worker_metrics_address
+                else "",
             )
             await stop.wait()
             log.info("shutting down: finishing running tasks")
