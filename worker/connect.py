@@ -34,6 +34,9 @@ def connect_config(
     """Profile file, then the `TEMPORAL_*` environment (`environ`, else this process's), then
     what `settings` set explicitly (tests and the dev stack point processes at a server)."""
     config_file = settings.temporal_config_file
+    if config_file and not Path(config_file).is_file():
+        # envconfig would quietly fall back to no profile at all.
+        raise TemporalConfigError(f"TEMPORAL_CONFIG_FILE {config_file} is not a readable file")
     try:
         profile = ClientConfigProfile.load(
             profile=settings.temporal_profile,
