@@ -10,12 +10,16 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from contract.settings import Settings
 
 
+class MetricsAddressError(RuntimeError):
+    """The endpoint cannot listen there (taken, or not an IP:port)."""
+
+
 def metrics_runtime(settings: Settings) -> Runtime | None:
     """A Runtime exporting on `settings.worker_metrics_address`, or None (the SDK's default)."""
-    if settings.worker_metrics_address is None:
+    address = settings.worker_metrics_address
+    if address is None:
         return None
-    return Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=settings.worker_metrics_address)
-        )
-    )
+    try:
+        return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+    except ValueError as exc:
+        raise MetricsAddressError(f"WORKER_METRICS_ADDRESS {address}: {exc}") from None
