@@ -96,6 +96,19 @@ async def test_agents_spread_over_two_apis_run_every_job_exactly_once(
     done = await rollout_where(a, rollout_id, lambda r: r["status"] == "completed")
 
     assert done["counts"] == {"succeeded": 2}
+
+    async def read_model_settled() -> bool:
+        """An API writes a report to PostgreSQL just after signalling it: wait for the write."""
+        row = await db.fetchrow(
+            "SELECT status, workflow_closed FROM rollouts WHERE id = $1", rollout_id
+        )
+        unsettled = await db.fetchval(
+            "SELECT count(*) FROM update_jobs WHERE rollout_id = $1 AND status <> 'succeeded'",
+            rollout_id,
+        )
+        return tuple(row) == ("completed", True) and unsettled == 0
+
+    await eventually(read_model_settled)
     jobs = await db.fetch(
         "SELECT instance_id, attempt, status FROM update_jobs WHERE rollout_id = $1", rollout_id
     )
