@@ -36,7 +36,9 @@ async def test_worker_exports_sdk_metrics_after_running_a_workflow(
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
                     found.setdefault(sample.name, set()).add(sample.labels.get("task_queue", ""))
-            return found if "temporal_workflow_task_schedule_to_start_latency_count" in found else {}
+            return (
+                found if "temporal_workflow_task_schedule_to_start_latency_count" in found else {}
+            )
 
         found = await eventually(samples)
         queue = dev_settings.temporal_task_queue
@@ -52,7 +54,7 @@ def test_a_metrics_address_in_use_stops_the_worker_with_one_line(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
         result = subprocess.run(
             [sys.executable, "-m", "cli.main", "worker"],
             env=process_env(dev_settings, WORKER_METRICS_ADDRESS=address),
