@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from cli.errors import settings_or_exit
+from cli.errors import fail, settings_or_exit
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -51,9 +51,14 @@ def run(args: argparse.Namespace) -> int:
 
     from contract.logs import configure_logging
     from contract.settings import ApiSettings
+    from worker.connect import TemporalConfigError, connect_config
 
     # Checked here too, so bad settings stop the start with one line before any process forks.
     settings = settings_or_exit(ApiSettings, "rollout api")
+    try:
+        connect_config(settings)
+    except TemporalConfigError as exc:
+        fail(f"rollout api: refusing to start: {exc}")
     configure_logging(settings.log_format)
     # log_config=None: uvicorn's own lines go through our handler (JSON when LOG_FORMAT=json).
     uvicorn.run(

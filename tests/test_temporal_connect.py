@@ -2,6 +2,8 @@
 TEMPORAL_* variables) decides address, namespace, API key and TLS; mTLS is exercised for real
 through a TLS front of the dev server, and no secret reaches a log line."""
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
 from contract.settings import ApiSettings, Settings
+from devstack.ports import free_port
 from tests.control_plane_processes import process_env, worker_process
 from tests.fixtures_temporal import seed_instances, seed_release, server_address
 from tests.tls_terminator import Certificates, TlsTerminator, make_certificates
@@ -115,6 +118,28 @@ def test_unreadable_configuration_is_named(
     settings = bare().model_copy(update=settings_update)
     with pytest.raises(TemporalConfigError, match=named):
         connect_config(settings, {"TEMPORAL_CONFIG_FILE": str(profiles)} | environ)
+
+
+COMMANDS = {"api": ["api", "--port", str(free_port())], "worker": ["worker"]}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_missing_profile_stops_the_process_with_one_line(
+    command: str, settings: ApiSettings, profiles: Path
+) -> None:
+    env = process_env(settings, TEMPORAL_CONFIG_FILE=str(profiles), TEMPORAL_PROFILE="staging")
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", *COMMANDS[command]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"rollout {command}: " in result.stderr
+    assert "Profile 'staging' not found" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # --- real TLS ------------------------------------------------------------------------------------
