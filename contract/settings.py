@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     temporal_profile: str | None = None
     temporal_config_file: str | None = None
     temporal_task_queue: str = "rollouts"
-    # The worker's Prometheus endpoint (host:port); unset: no endpoint (worker/metrics.py).
+    # The worker's Prometheus endpoint (IP:port); unset: no endpoint (worker/metrics.py).
     worker_metrics_address: str | None = Field(default=None, pattern=r"^\S+:\d{1,5}$")
     db_pool_min_size: int = 1
     db_pool_max_size: int = 10

@@ -142,6 +142,15 @@ def test_a_missing_profile_stops_the_process_with_one_line(
     assert "Traceback" not in result.stderr
 
 
+def test_a_broken_profile_file_is_named_without_quoting_its_key(tmp_path: Path) -> None:
+    broken = tmp_path / "temporal.toml"
+    broken.write_text(f'[profile.default]\napi_key = "{API_KEY}\n')  # unterminated string
+    settings = bare().model_copy(update={"temporal_config_file": str(broken)})
+    with pytest.raises(TemporalConfigError, match="TOML parse error at line 2") as refused:
+        connect_config(settings, {})
+    assert API_KEY not in str(refused.value)
+
+
 # --- real TLS ------------------------------------------------------------------------------------
 
 

@@ -45,7 +45,10 @@ def connect_config(
         )
         config = profile.to_client_connect_config()
     except (OSError, RuntimeError, ValueError) as exc:
-        raise TemporalConfigError(f"Temporal client configuration: {exc}") from None
+        # Only the first line: a TOML parse error goes on to quote the offending line, which
+        # may hold the API key.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TemporalConfigError(f"Temporal client configuration: {first_line}") from None
     if settings.temporal_address:
         config["target_host"] = settings.temporal_address
     config.setdefault("target_host", DEFAULT_ADDRESS)
