@@ -49,22 +49,38 @@ def test_nothing_set_means_the_local_dev_server() -> None:
     assert connect_config(bare(), {}) == {"target_host": "127.0.0.1:7233", "namespace": "default"}
 
 
+def with_file(path: Path, profile: str | None = None) -> Settings:
+    """Settings as TEMPORAL_CONFIG_FILE (and TEMPORAL_PROFILE) in the environment give them."""
+    return bare().model_copy(
+        update={"temporal_config_file": str(path), "temporal_profile": profile}
+    )
+
+
 def test_profile_then_environment_then_explicit_settings(profiles: Path) -> None:
-    from_file = {"TEMPORAL_CONFIG_FILE": str(profiles)}
-    assert connect_config(bare(), from_file) == {
+    assert connect_config(with_file(profiles), {}) == {
         "target_host": "from-file:7233",
         "namespace": "file-namespace",
     }
-    env = from_file | {"TEMPORAL_NAMESPACE": "from-env"}
-    assert connect_config(bare(), env)["namespace"] == "from-env"
-    pinned = bare().model_copy(update={"temporal_address": "pinned:1"})
+    env = {"TEMPORAL_NAMESPACE": "from-env"}
+    assert connect_config(with_file(profiles), env)["namespace"] == "from-env"
+    pinned = with_file(profiles).model_copy(update={"temporal_address": "pinned:1"})
     assert connect_config(pinned, env)["target_host"] == "pinned:1"
 
 
+def test_the_users_own_cli_profile_is_read_only_when_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = tmp_path / ".config" / "temporalio" / "temporal.toml"
+    own.parent.mkdir(parents=True)
+    own.write_text(PROFILES.format(key=API_KEY))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert connect_config(bare(), {})["target_host"] == "127.0.0.1:7233"
+    named = bare().model_copy(update={"temporal_profile": "cloud"})
+    assert connect_config(named, {})["target_host"] == "my-ns.a1b2c.tmprl.cloud:7233"
+
+
 def test_a_cloud_profile_carries_its_api_key_and_turns_tls_on(profiles: Path) -> None:
-    config = connect_config(
-        bare(), {"TEMPORAL_CONFIG_FILE": str(profiles), "TEMPORAL_PROFILE": "cloud"}
-    )
+    config = connect_config(with_file(profiles, "cloud"), {})
     assert config == {
         "target_host": "my-ns.a1b2c.tmprl.cloud:7233",
         "namespace": "my-ns.a1b2c",
@@ -108,16 +124,16 @@ def test_settings_read_the_api_key_from_the_environment_and_never_show_it(
     ("settings_update", "environ", "named"),
     [
         ({"temporal_config_file": "/nonexistent/temporal.toml"}, {}, "TEMPORAL_CONFIG_FILE"),
-        ({}, {"TEMPORAL_PROFILE": "staging"}, "Profile 'staging' not found"),
+        ({"temporal_profile": "staging"}, {}, "Profile 'staging' not found"),
         ({}, {"TEMPORAL_TLS_CLIENT_CERT_PATH": "/nonexistent/client.pem"}, "client.pem"),
     ],
 )
 def test_unreadable_configuration_is_named(
     settings_update: dict, environ: dict[str, str], named: str, profiles: Path
 ) -> None:
-    settings = bare().model_copy(update=settings_update)
+    settings = with_file(profiles).model_copy(update=settings_update)
     with pytest.raises(TemporalConfigError, match=named):
-        connect_config(settings, {"TEMPORAL_CONFIG_FILE": str(profiles)} | environ)
+        connect_config(settings, environ)
 
 
 COMMANDS = {"api": ["api", "--port", str(free_port())], "worker": ["worker"]}
@@ -190,9 +206,7 @@ async def test_a_tls_profile_connects_with_the_client_certificate(
     tmp_path: Path,
 ) -> None:
     profile = mtls_profile(tmp_path / "t.toml", tls_front, certificates, dev_env.client.namespace)
-    client = await connect_temporal(
-        bare(), environ={"TEMPORAL_CONFIG_FILE": str(profile), "TEMPORAL_PROFILE": "prod"}
-    )
+    client = await connect_temporal(with_file(profile, "prod"), environ={})
     await client.count_workflows()  # a real round trip through the TLS front (raises if not)
     assert "rollout-worker" in tls_front.clients
 

@@ -32,7 +32,11 @@ def connect_config(
     settings: Settings, environ: Mapping[str, str] | None = None
 ) -> ClientConnectConfig:
     """Profile file, then the `TEMPORAL_*` environment (`environ`, else this process's), then
-    what `settings` set explicitly (tests and the dev stack point processes at a server)."""
+    what `settings` set explicitly (tests and the dev stack point processes at a server).
+
+    A profile file is read only when named (TEMPORAL_CONFIG_FILE or TEMPORAL_PROFILE): a server
+    must not pick up whatever ~/.config/temporalio/temporal.toml its user keeps for the CLI.
+    """
     config_file = settings.temporal_config_file
     if config_file and not Path(config_file).is_file():
         # envconfig would quietly fall back to no profile at all.
@@ -41,6 +45,7 @@ def connect_config(
         profile = ClientConfigProfile.load(
             profile=settings.temporal_profile,
             config_source=Path(config_file) if config_file else None,
+            disable_file=not (config_file or settings.temporal_profile),
             override_env_vars=dict(os.environ if environ is None else environ),
         )
         config = profile.to_client_connect_config()
