@@ -7,9 +7,9 @@ from typing import Any
 
 import asyncpg
 from temporalio import activity
+from temporalio.common import MetricCounter
 from temporalio.exceptions import ApplicationError
 
-from activities.metrics import UNSTORABLE_TEXT_WRITES
 from contract.text import storable, storable_or_none
 from store import audit, instances, jobs, rollouts
 from workflows.rollout_models import (
@@ -28,6 +28,14 @@ TARGETS_PAYLOAD_LIMIT = 1024 * 1024
 TARGETS_TOO_LARGE = "TargetsTooLarge"
 STORABLE_NOTE = "unstorable characters in text were replaced with U+FFFD"
 log = logging.getLogger("rollout.activities")
+
+
+def _unstorable_text_writes() -> MetricCounter:
+    """Counted through the SDK's runtime: served with its own metrics (WORKER_METRICS_ADDRESS)."""
+    return activity.metric_meter().create_counter(
+        "rollout_unstorable_text_writes",
+        "Read-model writes PostgreSQL refused for their text, written again made storable",
+    )
 
 
 class RolloutActivities:
@@ -76,7 +84,7 @@ class RolloutActivities:
                 type(exc).__name__,
                 exc.sqlstate,
             )
-            UNSTORABLE_TEXT_WRITES.inc()
+            _unstorable_text_writes().add(1)
             note = AuditEvent(
                 actor="worker",
                 action="rollout.text_made_storable",

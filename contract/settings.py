@@ -28,16 +28,27 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     database_url: str = Field(description="PostgreSQL DSN (postgresql://user:pass@host:port/db)")
-    temporal_address: str = "127.0.0.1:7233"
-    temporal_namespace: str = "default"
+    # Temporal connection (worker/connect.py): unset values come from the envconfig profile
+    # (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE), else 127.0.0.1:7233 and namespace "default".
+    # TLS (TEMPORAL_TLS*) and gRPC metadata are read by the SDK's envconfig itself.
+    temporal_address: str | None = None
+    temporal_namespace: str | None = None
+    temporal_api_key: SecretStr | None = None
+    temporal_profile: str | None = None
+    temporal_config_file: str | None = None
     temporal_task_queue: str = "rollouts"
+    # The worker's Prometheus endpoint (IP:port); unset: no endpoint (worker/metrics.py).
+    worker_metrics_address: str | None = Field(default=None, pattern=r"^\S+:\d{1,5}$")
     db_pool_min_size: int = 1
     db_pool_max_size: int = 10
     log_format: str = Field(default="text", pattern="^(text|json)$")
     # Worker only: how often it looks for rollouts whose workflow was closed from outside.
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
-    # Worker only: serve its Prometheus metrics on this port (off when unset).
-    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("worker_metrics_address", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class ApiSettings(Settings):

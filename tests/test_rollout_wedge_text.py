@@ -7,14 +7,17 @@ import logging
 import asyncpg
 import httpx
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio import activity
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
 from activities.rollouts import STORABLE_NOTE, RolloutActivities
 from contract.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.rollouts import Rollout
+from devstack.ports import free_port
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create
 from worker.main import build_worker
@@ -27,7 +30,7 @@ from workflows.rollout_models import (
 )
 
 TIMEOUT = 10.0
-METRIC = "rollout_unstorable_text_writes_total"
+METRIC = "rollout_unstorable_text_writes"
 
 
 class PreFixActivities(RolloutActivities):
@@ -78,9 +81,17 @@ async def test_a_wedged_rollout_recovers_once_the_fixed_worker_runs(
         await eventually(wedged)
         assert (await rollouts.get(db, rollout_id)).status == "running"  # type: ignore[union-attr]
 
-    metric_before = REGISTRY.get_sample_value(METRIC) or 0.0
     caplog.set_level(logging.ERROR, logger="rollout.activities")
-    fixed = build_worker(dev_env.client, dev_settings, RolloutActivities(worker_pool))
+    # The fixed worker, exporting metrics as WORKER_METRICS_ADDRESS makes `rollout worker` do.
+    metrics = f"127.0.0.1:{free_port()}"
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=metrics)))
+    client = await Client.connect(
+        dev_env.client.service_client.config.target_host,
+        namespace=dev_env.client.namespace,
+        data_converter=dev_env.client.data_converter,
+        runtime=runtime,
+    )
+    fixed = build_worker(client, dev_settings, RolloutActivities(worker_pool))
     async with fixed:
 
         async def stored_paused() -> Rollout | None:
@@ -121,5 +132,17 @@ async def test_a_wedged_rollout_recovers_once_the_fixed_worker_runs(
     errors = [r for r in caplog.records if r.name == "rollout.activities"]
     assert errors, "no ERROR line said the text was changed"
     # One ERROR line and one count per repaired write (a retried attempt may repeat one).
-    assert REGISTRY.get_sample_value(METRIC) == metric_before + len(errors)
+    assert await counted(metrics, METRIC) == len(errors)
     assert all(rollout_id in r.getMessage() and "\x00" not in r.getMessage() for r in errors)
+
+
+async def counted(address: str, name: str) -> float:
+    """The counter's value on a worker's Prometheus endpoint (0 before its first count)."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"http://{address}/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in (name, f"{name}_total")
+    )

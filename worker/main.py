@@ -12,7 +12,6 @@ import logging
 import signal
 from datetime import timedelta
 
-from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -20,6 +19,7 @@ from activities.rollouts import RolloutActivities
 from contract.settings import Settings
 from store.pool import open_pool
 from worker.connect import connect_temporal
+from worker.metrics import metrics_runtime
 from worker.reconciler import reconcile_forever
 from workflows.rollout import RolloutWorkflow
 
@@ -48,10 +48,8 @@ async def run_worker(settings: Settings) -> None:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
     )
-    if settings.worker_metrics_port is not None:
-        start_http_server(settings.worker_metrics_port)
     try:
-        client = await connect_temporal(settings)
+        client = await connect_temporal(settings, runtime=metrics_runtime(settings))
         worker = build_worker(client, settings, RolloutActivities(pool))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -62,10 +60,11 @@ async def run_worker(settings: Settings) -> None:
         )
         async with worker:
             log.info(
-                "worker polling task queue %s on %s (namespace %s)",
+                "worker polling task queue %s%s",
                 settings.temporal_task_queue,
-                settings.temporal_address,
-                settings.temporal_namespace,
+                f"; metrics on http://{settings.worker_metrics_address}/metrics"
+                if settings.worker_metrics_address
+                else "",
             )
             await stop.wait()
             log.info("shutting down: finishing running tasks")

@@ -1,0 +1,187 @@
+"""Two `rollout api` processes (as behind a load balancer) and two `rollout worker` processes on
+one PostgreSQL and one Temporal: agents polling either API get every job exactly once, and an
+admin action through one API reaches polls through the other within the handout cache's TTL."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import SecretStr
+from temporalio.testing import WorkflowEnvironment
+
+from api.handouts import TTL_SECONDS
+from contract.settings import ApiSettings
+from devstack.ports import free_port
+from tests.agent_requests import assert_signed_by, poll_body, post_signed
+from tests.control_plane_processes import api_process, process_env, worker_process
+from tests.fixtures_agents import AgentFactory
+from tests.fixtures_fleet import FLEET_TOKEN, rollout_where
+from tests.fixtures_temporal import eventually, seed_release, terminate_rollouts
+
+STEPS = ["backup", "pull", "migrate", "smoke", "switch"]
+
+
+@dataclass
+class TwoOfEach:
+    """Admin clients of the two API processes; both workers run behind them."""
+
+    a: httpx.AsyncClient
+    b: httpx.AsyncClient
+
+
+@pytest.fixture
+async def two_of_each(
+    dev_settings: ApiSettings, dev_env: WorkflowEnvironment, db: asyncpg.Connection
+) -> AsyncIterator[TwoOfEach]:
+    configured = dev_settings.model_copy(
+        update={"control_plane_agent_token": SecretStr(FLEET_TOKEN)}
+    )
+    env = process_env(configured)
+    token = configured.control_plane_admin_token.get_secret_value()
+    ports = (free_port(), free_port())
+    async with AsyncExitStack() as stack:
+        # All four start at once: each is awaited until it logs that it is ready.
+        await asyncio.gather(
+            *(stack.enter_async_context(api_process(env, port)) for port in ports),
+            stack.enter_async_context(worker_process(env)),
+            stack.enter_async_context(worker_process(env)),
+        )
+        a, b = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{port}",
+                    headers={"x-cp-admin-token": token},
+                    timeout=60,
+                )
+            )
+            for port in ports
+        ]
+        try:
+            yield TwoOfEach(a, b)
+        finally:
+            await terminate_rollouts(dev_env.client, db)
+
+
+async def test_agents_spread_over_two_apis_run_every_job_exactly_once(
+    two_of_each: TwoOfEach,
+    agent_host: AgentFactory,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    a, b = two_of_each.a, two_of_each.b
+    hosts = [
+        await agent_host(str(api.base_url), FLEET_TOKEN, instance_id=f"web-{n}")
+        for n, api in ((1, a), (2, b))
+    ]
+
+    async def both_registered() -> bool:
+        return len((await b.get("/api/instances")).json()) == 2
+
+    await eventually(both_registered, timeout=90)  # agent processes start slowly on a busy host
+    release_id = await seed_release(db, dev_settings, version="1.4.0")
+    created = await a.post(
+        "/api/rollouts", json={"manifestId": release_id, "channel": "stable", "batchSize": 1}
+    )
+    assert created.status_code == 201, created.text
+    rollout_id = created.json()["id"]
+
+    await rollout_where(b, rollout_id, lambda r: r["status"] == "awaiting_advance")
+    advanced = await b.post(f"/api/rollouts/{rollout_id}/advance")
+    assert advanced.status_code == 200, advanced.text
+    done = await rollout_where(a, rollout_id, lambda r: r["status"] == "completed")
+
+    assert done["counts"] == {"succeeded": 2}
+
+    async def read_model_settled() -> bool:
+        """An API writes a report to PostgreSQL just after signalling it: wait for the write."""
+        row = await db.fetchrow(
+            "SELECT status, workflow_closed FROM rollouts WHERE id = $1", rollout_id
+        )
+        unsettled = await db.fetchval(
+            "SELECT count(*) FROM update_jobs WHERE rollout_id = $1 AND status <> 'succeeded'",
+            rollout_id,
+        )
+        return tuple(row) == ("completed", True) and unsettled == 0
+
+    await eventually(read_model_settled)
+    jobs = await db.fetch(
+        "SELECT instance_id, attempt, status FROM update_jobs WHERE rollout_id = $1", rollout_id
+    )
+    assert sorted((j["instance_id"], j["attempt"], j["status"]) for j in jobs) == [
+        (f"web-{n}", 1, "succeeded") for n in (1, 2)
+    ]
+    for host in hosts:
+        assert host.steps() == [f"{step} 1.4.0" for step in STEPS]
+        reports = await db.fetch(
+            "SELECT status, step FROM job_reports WHERE instance_id = $1 ORDER BY id",
+            host.env["AGENT_INSTANCE_ID"],
+        )
+        assert [(r["status"], r["step"]) for r in reports] == [
+            ("in_progress", step) for step in ["preflight", *STEPS, "health"]
+        ] + [("succeeded", "health")]
+
+
+Poll = Callable[[], Awaitable[dict | None]]
+
+
+def poller(api: httpx.AsyncClient, instance_id: str) -> Poll:
+    """A signed poll of `instance_id` through `api`, as its agent sends it; the job or None."""
+
+    async def poll() -> dict | None:
+        body = poll_body(instance_id, channel="beta")
+        answer = await post_signed(api, "/api/updates/next", body, FLEET_TOKEN)
+        assert answer.status_code == 200, answer.text
+        job: dict | None = assert_signed_by(answer, FLEET_TOKEN, body["nonce"])["job"]
+        return job
+
+    return poll
+
+
+async def first_poll_that_changes(poll: Poll, acknowledged_at: float, handed: bool) -> float:
+    """Polls until the answer flips to `handed`; every poll sent more than the TTL after the
+    action was acknowledged must already see it. Returns how long after the ack it flipped."""
+    async with asyncio.timeout(10):
+        while True:
+            sent_at = time.monotonic()
+            if (await poll() is not None) == handed:
+                return sent_at - acknowledged_at
+            assert sent_at - acknowledged_at < TTL_SECONDS, (
+                f"a poll sent {sent_at - acknowledged_at:.3f} s after the action still got the"
+                f" old answer (bound {TTL_SECONDS} s)"
+            )
+
+
+async def test_pause_and_resume_through_one_api_reach_polls_through_the_other(
+    two_of_each: TwoOfEach, dev_settings: ApiSettings, db: asyncpg.Connection
+) -> None:
+    a, b = two_of_each.a, two_of_each.b
+    via_a, via_b = poller(a, "probe-1"), poller(b, "probe-1")
+    assert await via_b() is None  # registers the instance on the beta channel
+    release_id = await seed_release(db, dev_settings, version="2.0.0", channel="beta")
+    created = await a.post(
+        "/api/rollouts", json={"manifestId": release_id, "channel": "beta", "batchSize": 1}
+    )
+    assert created.status_code == 201, created.text
+    rollout_id = created.json()["id"]
+    job = await eventually(via_b)
+    assert job["rolloutId"] == rollout_id
+    assert (await via_a() or {}).get("id") == job["id"]  # both APIs hand out the same job
+
+    # Each action follows a poll through the other API, so that API holds a fresh answer and
+    # the test sees its cache expire rather than a cold start.
+    assert await via_b() is not None
+    paused = await a.post(f"/api/rollouts/{rollout_id}/pause", json={"reason": "test"})
+    assert paused.status_code == 200, paused.text
+    await first_poll_that_changes(via_b, time.monotonic(), handed=False)
+    assert await via_b() is None
+
+    assert await via_a() is None
+    resumed = await b.post(f"/api/rollouts/{rollout_id}/resume")
+    assert resumed.status_code == 200, resumed.text
+    await first_poll_that_changes(via_a, time.monotonic(), handed=True)
+    assert (await via_a() or {}).get("id") == job["id"]  # the same job: nothing was reissued
