@@ -20,7 +20,7 @@ from agent.journal import Journal, Report
 from agent.logs import instance_log
 from agent.reports import ReportSender
 from agent.steps import ShellExecutor, StepExecutor
-from agent.timing import backoff_delay, jittered, sleep_unless_stopped
+from agent.timing import jittered, retry_delay, sleep_unless_stopped
 from agent.transport import RequestFailed, Signer, signed_post
 from contract.wire import PollResponse, ReportResponse
 
@@ -135,8 +135,11 @@ class Agent:
                 )
             except RequestFailed as exc:
                 failures += 1
-                delay = backoff_delay(
-                    failures, self.config.backoff_initial_seconds, self.config.backoff_max_seconds
+                delay = retry_delay(
+                    failures,
+                    self.config.backoff_initial_seconds,
+                    self.config.backoff_max_seconds,
+                    exc.retry_after,
                 )
                 level = logging.ERROR if exc.untrusted else logging.WARNING
                 self.log.log(level, "poll failed (%s); retry in %.1f s", exc, delay)

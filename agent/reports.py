@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.journal import Journal, Report
 from agent.logs import InstanceLog
-from agent.timing import backoff_delay
+from agent.timing import retry_delay
 from agent.transport import RequestFailed
 from contract.wire import ReportResponse
 
@@ -86,7 +86,7 @@ class ReportSender:
                     self._log.log(level, "%s refused for good, dropped: %s", what, exc, extra=about)
                     break
                 failures += 1
-                delay = backoff_delay(failures, *self._backoff)
+                delay = retry_delay(failures, *self._backoff, exc.retry_after)
                 left = self._seconds_left_after_stop()
                 if left is not None and left <= 0:
                     self._log.warning(

@@ -17,6 +17,12 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
     return step / 2 + random.uniform(0, step / 2)
 
 
+def retry_delay(failures: int, initial: float, maximum: float, retry_after: float | None) -> float:
+    """The backoff, but never sooner than a 503's `Retry-After` asks (capped at `maximum`)."""
+    delay = backoff_delay(failures, initial, maximum)
+    return delay if retry_after is None else max(delay, min(retry_after, maximum))
+
+
 async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)

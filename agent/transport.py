@@ -36,11 +36,13 @@ class RequestFailed(Exception):
         status: int | None = None,
         final: bool = False,
         untrusted: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.status = status
         self.final = final
         self.untrusted = untrusted
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ def _trusted_document(response: httpx.Response, secret: str, nonce: str) -> dict
     return document
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    """`Retry-After` in seconds; the HTTP-date form is not used by the control plane."""
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
 async def signed_post(
     http: httpx.AsyncClient, signer: Signer, path: str, fields: dict[str, Any], model: type[M]
 ) -> M:
@@ -82,10 +90,15 @@ async def signed_post(
         response = await http.post(path, content=content, headers=headers)
     except httpx.HTTPError as exc:
         raise RequestFailed(f"{path}: {type(exc).__name__}: {exc}") from exc
-    if response.status_code >= 500:
-        # Only ever retried, so it needs no trust; a proxy in front answers these unsigned.
-        raise RequestFailed(f"{path}: HTTP {response.status_code}", status=response.status_code)
     document = _trusted_document(response, signer.secret, nonce)
+    if response.status_code >= 500:
+        # Only ever retried, so it needs no trust; a proxy in front answers these unsigned. Only
+        # the control plane's own (signed) answer may say how long to wait.
+        raise RequestFailed(
+            f"{path}: HTTP {response.status_code}",
+            status=response.status_code,
+            retry_after=_retry_after(response) if document is not None else None,
+        )
     if document is None:
         raise RequestFailed(
             f"{path}: HTTP {response.status_code} answer ignored: bad or missing"

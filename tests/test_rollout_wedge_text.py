@@ -15,9 +15,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.rollouts import STORABLE_NOTE, RolloutActivities
 from contract.settings import ApiSettings
+from devstack.ports import free_port
 from store import audit, jobs, rollouts
 from store.rollouts import Rollout
-from devstack.ports import free_port
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create
 from worker.main import build_worker
