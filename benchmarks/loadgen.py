@@ -16,10 +16,11 @@ import hmac
 import secrets
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import cast
 
 import uvloop
@@ -35,14 +36,22 @@ class LoadPlan:
     secret: str = field(repr=False)
     processes: int
     connections_per_process: int
-    # Wall-clock (time.time()): load starts at `start_at` (the warm-up), answers completed
-    # between `measure_from` and `measure_until` count, and sending stops at the end.
-    start_at: float
-    measure_from: float
-    measure_until: float
     verify_signature: bool
     # Polls cycle over this many instance ids, as a fleet would.
     instances: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """Wall-clock (time.time()): load runs from the start (the warm-up); answers completed
+    between `measure_from` and `measure_until` count; sending stops at the end."""
+
+    measure_from: float
+    measure_until: float
+
+    @property
+    def seconds(self) -> float:
+        return self.measure_until - self.measure_from
 
 
 @dataclass
@@ -75,9 +84,16 @@ class _Clock:
 
 class _Connection(asyncio.Protocol):
     def __init__(
-        self, plan: LoadPlan, tag: str, first_instance: int, result: ProcessResult, clock: _Clock
+        self,
+        plan: LoadPlan,
+        window: Window,
+        tag: str,
+        first_instance: int,
+        result: ProcessResult,
+        clock: _Clock,
     ) -> None:
         self.plan = plan
+        self.window = window
         self.first_instance = first_instance
         self.key = plan.secret.encode()
         self.tag = tag.encode()
@@ -101,7 +117,7 @@ class _Connection(asyncio.Protocol):
 
     def _send(self) -> None:
         assert self.transport is not None
-        if time.time() >= self.plan.measure_until:
+        if time.time() >= self.window.measure_until:
             self.transport.close()
             return
         self.sequence += 1
@@ -134,7 +150,7 @@ class _Connection(asyncio.Protocol):
 
     def _count(self, head: bytes, body: bytes) -> None:
         finished = time.time()
-        if not self.plan.measure_from <= finished < self.plan.measure_until:
+        if not self.window.measure_from <= finished < self.window.measure_until:
             return
         status = head[9:12]
         if status != b"200":
@@ -153,7 +169,7 @@ class _Connection(asyncio.Protocol):
         self.result.latencies.append(time.perf_counter() - self.sent)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None or time.time() < self.plan.measure_until:
+        if exc is not None or time.time() < self.window.measure_until:
             self.result.refused["connection lost"] += 1
         if not self.closed.done():
             self.closed.set_result(None)
@@ -168,46 +184,77 @@ def _header(head: bytes, name: bytes) -> bytes | None:
     return head[start : end if end >= 0 else len(head)].strip()
 
 
-async def _probe_lag(plan: LoadPlan, result: ProcessResult) -> None:
-    while time.time() < plan.measure_until:
+async def _probe_lag(window: Window, result: ProcessResult) -> None:
+    while time.time() < window.measure_until:
         started = time.perf_counter()
         await asyncio.sleep(LAG_PROBE_SECONDS)
-        if plan.measure_from <= time.time() < plan.measure_until:
+        if window.measure_from <= time.time() < window.measure_until:
             result.loop_lag.append(max(0.0, time.perf_counter() - started - LAG_PROBE_SECONDS))
 
 
-async def _drive(plan: LoadPlan, number: int) -> ProcessResult:
+async def _drive(plan: LoadPlan, window: Window, number: int) -> ProcessResult:
     loop = asyncio.get_running_loop()
     result = ProcessResult()
     clock = _Clock()
     run = secrets.token_hex(3)  # nonces of two runs against one database never collide
-    await asyncio.sleep(max(0.0, plan.start_at - time.time()))
     connections = []
     for n in range(plan.connections_per_process):
         tag = f"{run}p{number:02d}c{n:03d}"
         first = (number * plan.connections_per_process + n) * 7919  # spread over the fleet
 
         def protocol(tag: str = tag, first: int = first) -> _Connection:
-            return _Connection(plan, tag, first, result, clock)
+            return _Connection(plan, window, tag, first, result, clock)
 
         _, connection = await loop.create_connection(protocol, plan.host, plan.port)
         connections.append(connection)
-    probe = asyncio.create_task(_probe_lag(plan, result))
-    await asyncio.sleep(max(0.0, plan.measure_from - time.time()))
+    probe = asyncio.create_task(_probe_lag(window, result))
+    await asyncio.sleep(max(0.0, window.measure_from - time.time()))
     cpu_from = time.process_time()
-    await asyncio.sleep(max(0.0, plan.measure_until - time.time()))
+    await asyncio.sleep(max(0.0, window.measure_until - time.time()))
     result.cpu_seconds = time.process_time() - cpu_from
-    result.window_seconds = plan.measure_until - plan.measure_from
+    result.window_seconds = window.seconds
     await asyncio.wait_for(asyncio.gather(*(c.closed for c in connections), probe), 30)
     return result
 
 
-def _process_main(plan: LoadPlan, number: int) -> ProcessResult:
-    return uvloop.run(_drive(plan, number))
+def _process_main(plan: LoadPlan, number: int, pipe: Connection) -> None:
+    pipe.send("ready")  # imported: what makes a spawned process slow to start
+    window = pipe.recv()
+    pipe.send(uvloop.run(_drive(plan, window, number)))
 
 
-def generate(plan: LoadPlan) -> list[ProcessResult]:
-    """Blocks until the window is over; one result per process."""
-    with ProcessPoolExecutor(plan.processes, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_process_main, plan, n) for n in range(plan.processes)]
-        return [f.result() for f in futures]
+class LoadGenerator:
+    """`start` spawns the processes and waits until they are ready; `go` starts the load now
+    and returns the measured window; `results` blocks until every process is done."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        self.plan = plan
+        self.pipes: list[Connection] = []
+        self.processes: list[BaseProcess] = []
+
+    def start(self) -> None:
+        context = get_context("spawn")
+        for number in range(self.plan.processes):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=_process_main, args=(self.plan, number, theirs), daemon=True
+            )
+            process.start()
+            self.pipes.append(ours)
+            self.processes.append(process)
+        for pipe in self.pipes:
+            if pipe.recv() != "ready":
+                raise RuntimeError("a load generator process did not start")
+
+    def go(self, warmup: float, seconds: float) -> Window:
+        now = time.time()
+        window = Window(measure_from=now + warmup, measure_until=now + warmup + seconds)
+        for pipe in self.pipes:
+            pipe.send(window)
+        return window
+
+    def results(self) -> list[ProcessResult]:
+        results = [pipe.recv() for pipe in self.pipes]
+        for process in self.processes:
+            process.join()
+        return results

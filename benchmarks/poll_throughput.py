@@ -29,7 +29,7 @@ import httpx
 from pydantic import BaseModel
 
 from benchmarks import procstat
-from benchmarks.loadgen import LoadPlan, ProcessResult, generate
+from benchmarks.loadgen import LoadGenerator, LoadPlan
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.stack import ensure_database
@@ -109,7 +109,8 @@ async def wait_answering(url: str, process: asyncio.subprocess.Process, log: Pat
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:
             if process.returncode is not None:
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+                text = await asyncio.to_thread(log.read_text, errors="replace")
+                tail = "\n".join(text.splitlines()[-10:])
                 raise RuntimeError(f"{url} exited with {process.returncode}:\n{tail}")
             with contextlib.suppress(httpx.HTTPError):
                 await client.get(url)
@@ -122,8 +123,6 @@ async def measure(
     args: argparse.Namespace, server: Server, secret: str, number: int
 ) -> Measurement:
     processes = max(1, args.processes)
-    now = time.time()
-    # Spawned generator processes need about a second to import and connect.
     plan = LoadPlan(
         host="127.0.0.1",
         port=server.port,
@@ -131,23 +130,21 @@ async def measure(
         secret=secret,
         processes=processes,
         connections_per_process=max(1, args.connections // processes),
-        start_at=now + 2.0,
-        measure_from=now + 2.0 + args.warmup,
-        measure_until=now + 2.0 + args.warmup + args.seconds,
         verify_signature=server.signed,
         instances=args.instances,
     )
-    run = asyncio.create_task(asyncio.to_thread(generate, plan))
+    generator = LoadGenerator(plan)
+    await asyncio.to_thread(generator.start)
+    window = generator.go(args.warmup, args.seconds)
     pid = server.process.pid
-    await asyncio.sleep(max(0.0, plan.measure_from - time.time()))
+    await asyncio.sleep(max(0.0, window.measure_from - time.time()))
     cpu_from = procstat.cpu_seconds(pid)
     rss = 0.0
-    while time.time() < plan.measure_until:
+    while time.time() < window.measure_until:
         rss = max(rss, procstat.rss_mb(pid))
-        await asyncio.sleep(min(0.5, max(0.0, plan.measure_until - time.time())))
+        await asyncio.sleep(min(0.5, max(0.0, window.measure_until - time.time())))
     server_cpu = procstat.cpu_seconds(pid) - cpu_from
-    results: list[ProcessResult] = await run
-    window = plan.measure_until - plan.measure_from
+    results = await asyncio.to_thread(generator.results)
     ok = sum(r.ok for r in results)
     refused: dict[str, int] = {}
     for r in results:
@@ -156,11 +153,11 @@ async def measure(
     return Measurement(
         round=number,
         target=server.name,
-        requests_per_second=round(ok / window, 1),
+        requests_per_second=round(ok / window.seconds, 1),
         ok=ok,
         refused=refused,
         latency=latency([s for r in results for s in r.latencies]),
-        server_cpu_share=round(server_cpu / window, 3),
+        server_cpu_share=round(server_cpu / window.seconds, 3),
         server_rss_mb=rss,
         generator=[
             GeneratorProcess(
