@@ -13,6 +13,7 @@ process's peak RSS. Not a test: numbers depend on the machine.
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from benchmarks import procstat
 from benchmarks.batch_phases import RolloutPhases, rollout_phases
 from benchmarks.batch_phases import render as render_phases
+from contract.logs import configure_logging
 from contract.manifest import UnsignedManifest
 from devstack import secrets as dev_secrets
 from devstack.ports import free_port
@@ -184,6 +186,9 @@ async def run_fleet(
 
 def main() -> None:
     args = parse_args()
+    # As `rollout simulate` without --verbose: the figures count what the agents would log.
+    configure_logging(level=logging.WARNING)
+    logging.getLogger("agent").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as data_dir:
         try:
             result = asyncio.run(benchmark(args, Path(data_dir)))
