@@ -259,21 +259,29 @@ async def test_emitted_per_agent_secrets_are_the_only_ones_accepted(
     assert figures.rollouts == []
 
 
-async def test_the_command_stops_on_ctrl_c_and_prints_the_figures(settings: ApiSettings) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_the_command_stops_on_ctrl_c_and_prints_the_figures(
+    settings: ApiSettings, processes: int
+) -> None:
+    """With two processes, Ctrl-C reaches only the command; it stops its simulator processes."""
     configured = settings.model_copy(update={"control_plane_agent_token": SecretStr(FLEET_TOKEN)})
     async with LiveServer(create_app(configured), free_port()) as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_PLANE_")}
         command = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "cli.main", "simulate", "--agents", "3", "--json"],
-            *["--url", server.url, "--poll-interval", "0.2"],
+            *["--url", server.url, "--poll-interval", "0.2", "--processes", str(processes)],
             env={**env, "AGENT_SECRET": FLEET_TOKEN},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         assert command.stderr is not None
-        async with asyncio.timeout(30):
-            first_line = (await command.stderr.readline()).decode()
-        assert "agents:" in first_line and "polls/s" in first_line
+        # Simulator processes take a moment to start: Ctrl-C once every agent has polled.
+        async with asyncio.timeout(60):
+            line = (await command.stderr.readline()).decode()
+            assert "agents:" in line and "polls/s" in line
+            while "3 polling" not in line:
+                line = (await command.stderr.readline()).decode()
+                assert line, "the command ended before its agents polled"
         command.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
             out, err = await command.communicate()
@@ -284,6 +292,8 @@ async def test_the_command_stops_on_ctrl_c_and_prints_the_figures(settings: ApiS
     assert figures["agents"] == 3 and figures["polls"] >= 3
     assert figures["request_errors"] == {} and figures["jobs"] == {}
     assert figures["agents_on_version"] == {"1.0.0": 3}
+    assert sorted(p["agents"] for p in figures["processes"]) == ([3] if processes == 1 else [1, 2])
+    assert sum(p["polls"] for p in figures["processes"]) == figures["polls"]
 
 
 async def test_a_run_without_secrets_is_refused_before_any_request() -> None:
