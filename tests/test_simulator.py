@@ -250,7 +250,7 @@ async def test_emitted_per_agent_secrets_are_the_only_ones_accepted(
             prefix="edge",
             secrets=swapped,
             poll_interval=0.2,
-            duration=1.0,
+            duration=3.0,  # a loaded machine may need more than one poll interval
             summary_interval=0.25,
         )
         figures = await simulate(options, out=io.StringIO())
