@@ -56,7 +56,8 @@ class RemoteShard:
             start_new_session=True,
             limit=LINE_LIMIT,
         )
-        await self._write(self.setup.model_dump_json().encode())
+        with contextlib.suppress(ConnectionError):  # died at once: the first snapshot says how
+            await self._write(self.setup.model_dump_json().encode())
 
     async def snapshot(self) -> ShardSnapshot:
         return ShardSnapshot.model_validate_json(await self._ask(b"snapshot"))
