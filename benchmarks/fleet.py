@@ -1,16 +1,19 @@
 """Benchmark: a simulated fleet against a whole local stack (`rollout dev` in a temp folder, on
 free ports: PostgreSQL, Temporal dev server, worker, API as separate processes).
 
-    .venv/bin/python -m benchmarks.fleet --agents 500 --batch-size 100
+    .venv/bin/python -m benchmarks.fleet --agents 1000 --batch-size 100 --poll-interval 1
 
-The fleet registers by polling, a signed release is uploaded, a rollout with autoAdvance runs
-to `completed`, and the simulator's figures are printed (polls/s, p50/p99 poll and report
-latency, per-batch wall time). Not a test: numbers depend on the machine.
+The fleet (spread over `--processes` simulator processes) registers by polling, a signed release
+is uploaded, a rollout with autoAdvance runs to `completed`, and then are printed: the
+simulator's figures (polls/s, p50/p99 poll and report latency, each process's loop lag, flagged
+when it lagged), the time of each phase of each batch (benchmarks/batch_phases.py) and the API
+process's peak RSS. Not a test: numbers depend on the machine.
 """
 
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -22,13 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
+from benchmarks import procstat
+from benchmarks.batch_phases import RolloutPhases, rollout_phases
+from benchmarks.batch_phases import render as render_phases
+from contract.logs import configure_logging
 from contract.manifest import UnsignedManifest
 from devstack import secrets as dev_secrets
 from devstack.ports import free_port
-from simulator.figures import render
+from devstack.stack import DEV_DATABASE
+from simulator.figures import Figures, render
 from simulator.fleet import simulate
 from simulator.options import SimulationOptions
+from store.pool import connect
 
 STACK_START_SECONDS = 120.0
 
@@ -39,6 +49,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--poll-interval", type=float, default=2.0)
     p.add_argument("--step-seconds", type=float, default=0.2)
+    p.add_argument("--bake-seconds", type=int, default=0)
+    p.add_argument(
+        "--processes", type=int, help="simulator processes (default: one per 200 agents, ≤ cores)"
+    )
     p.add_argument("--json", action="store_true")
     return p.parse_args()
 
@@ -81,13 +95,28 @@ async def wait_for(
             await asyncio.sleep(1)
 
 
-async def benchmark(args: argparse.Namespace, data_dir: Path) -> None:
+def api_pid(stack_pid: int) -> int:
+    """The stack's API process (`rollout dev` runs it as a direct child)."""
+    for pid in procstat.child_pids(stack_pid):
+        if procstat.command_line(pid)[2:4] == ["cli.main", "api"]:
+            return pid
+    raise RuntimeError("the stack has no API process")
+
+
+class BenchmarkResult(BaseModel):
+    figures: Figures
+    phases: list[RolloutPhases]
+    api_peak_rss_mb: float
+
+
+async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult:
     api_port = free_port()
+    postgres_port = free_port()
     env = {
         **os.environ,
         "ROLLOUT_DATA_DIR": str(data_dir),
         "ROLLOUT_API_PORT": str(api_port),
-        "ROLLOUT_POSTGRES_PORT": str(free_port()),
+        "ROLLOUT_POSTGRES_PORT": str(postgres_port),
         "ROLLOUT_TEMPORAL_PORT": str(free_port()),
         "ROLLOUT_TEMPORAL_UI_PORT": str(free_port()),
     }
@@ -103,7 +132,18 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> None:
         async with httpx.AsyncClient(
             base_url=url, headers={"x-cp-admin-token": admin_token}, timeout=60
         ) as admin:
-            await run_fleet(args, url, admin, secrets)
+            figures = await run_fleet(args, url, admin, secrets)
+        # The high-water mark covers the whole run, as long as the API was never restarted.
+        peak_rss = procstat.peak_rss_mb(api_pid(stack.pid))
+        conn = await connect(f"postgresql://postgres@127.0.0.1:{postgres_port}/{DEV_DATABASE}")
+        try:
+            phases = [
+                await rollout_phases(conn, r.id, {b.number: b.first_handout_at for b in r.batches})
+                for r in figures.rollouts
+            ]
+        finally:
+            await conn.close()
+        return BenchmarkResult(figures=figures, phases=phases, api_peak_rss_mb=peak_rss)
     finally:
         if stack.returncode is None:
             stack.send_signal(signal.SIGINT)
@@ -112,7 +152,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> None:
 
 async def run_fleet(
     args: argparse.Namespace, url: str, admin: httpx.AsyncClient, secrets: dict[str, str]
-) -> None:
+) -> Figures:
     options = SimulationOptions(
         control_plane_url=url,
         agents=args.agents,
@@ -123,6 +163,7 @@ async def run_fleet(
         seed=1,
         admin_token=secrets["CONTROL_PLANE_ADMIN_TOKEN"],
         summary_interval=2.0,
+        processes=args.processes,
     )
     stop = asyncio.Event()
     fleet = asyncio.create_task(simulate(options, stop=stop))
@@ -133,25 +174,35 @@ async def run_fleet(
         "channel": "stable",
         "batchSize": args.batch_size,
         "autoAdvance": True,
+        "bakeSeconds": args.bake_seconds,
     }
     created = await admin.post("/api/rollouts", json=body)
     created.raise_for_status()
     rollout_path = f"/api/rollouts/{created.json()['id']}"
     await wait_for(admin, rollout_path, lambda r: r["status"] in ("completed", "paused"), 1800)
     stop.set()
-    figures = await fleet
-    print(figures.model_dump_json(indent=2) if args.json else render(figures))
+    return await fleet
 
 
 def main() -> None:
     args = parse_args()
+    # As `rollout simulate` without --verbose: the figures count what the agents would log.
+    configure_logging(level=logging.WARNING)
+    logging.getLogger("agent").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as data_dir:
         try:
-            asyncio.run(benchmark(args, Path(data_dir)))
+            result = asyncio.run(benchmark(args, Path(data_dir)))
         except RuntimeError as exc:
             log = (Path(data_dir) / "stack.log").read_text(errors="replace")
             print("\n".join(log.splitlines()[-20:]), file=sys.stderr)
             raise SystemExit(f"benchmark: {exc}") from None
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return
+    print(render(result.figures))
+    for phases in result.phases:
+        print(render_phases(phases))
+    print(f"API peak RSS {result.api_peak_rss_mb:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--poll-interval", type=_positive(float), default=2.0, help="seconds")
     p.add_argument("--seed", type=int, help="makes failures reproducible")
+    p.add_argument(
+        "--processes",
+        type=_positive(int),
+        help="simulator processes, each its own event loop"
+        " (default: one per 200 agents, at most one per core)",
+    )
     stopping = p.add_argument_group("stopping (default: Ctrl-C)")
     stopping.add_argument("--duration", type=_positive(float), help="seconds")
     stopping.add_argument("--until-rollout", metavar="ID", help="until it completes or pauses")
@@ -153,6 +159,7 @@ def _options(args: argparse.Namespace) -> SimulationOptions:
         grace_seconds=args.grace_seconds,
         admin_token=admin_token,
         track_rollout=args.rollout,
+        processes=args.processes,
     )
 
 

@@ -1,12 +1,18 @@
 """The final figures of a run: throughput, client-side latency, job outcomes, and per-batch wall
-time of the rollouts the fleet took part in (from the admin API's job rows)."""
+time of the rollouts the fleet took part in (from the admin API's job rows), plus each simulator
+process's own loop lag: a run whose simulator lagged is flagged, its figures include the
+simulator's queueing."""
 
 import math
 from collections import defaultdict
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
+
+# A simulator loop this late at the median is no longer a neutral client.
+LAGGING_P50_MS = 20.0
 
 TERMINAL_JOB_STATUSES = frozenset(
     {"succeeded", "failed", "rolled_back", "rollback_failed", "timed_out", "cancelled"}
@@ -25,6 +31,9 @@ class BatchFigures(BaseModel):
     settled: int
     # First job created → last job settled; None while a job of the batch is still open.
     wall_seconds: float | None
+    # When a poll of this simulator first got a job of the batch (the control plane does not
+    # store handouts); None when none of its agents got one.
+    first_handout_at: datetime | None = None
 
 
 class RolloutFigures(BaseModel):
@@ -33,6 +42,16 @@ class RolloutFigures(BaseModel):
     batches: list[BatchFigures]
     # Rollout created → finished; None while it is not finished.
     wall_seconds: float | None
+
+
+class ProcessFigures(BaseModel):
+    agents: int
+    polls: int
+    loop_lag: Latency
+
+    @property
+    def lagging(self) -> bool:
+        return self.loop_lag.p50_ms is not None and self.loop_lag.p50_ms > LAGGING_P50_MS
 
 
 class Figures(BaseModel):
@@ -45,6 +64,9 @@ class Figures(BaseModel):
     # How late the simulator's own event loop woke up: when high, the latencies above include
     # the simulator's queueing, not only the control plane's.
     client_loop_lag: Latency
+    processes: list[ProcessFigures]
+    # Some process's loop lag p50 was above LAGGING_P50_MS: the figures are the simulator's too.
+    lagging: bool
     request_errors: dict[str, int]
     jobs: dict[str, int]
     agents_on_version: dict[str, int]
@@ -75,8 +97,12 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def batch_figures(jobs: list[dict[str, Any]]) -> list[BatchFigures]:
-    """From GET /api/updates/jobs rows: every attempt of a batch counts, retries included."""
+def batch_figures(
+    jobs: list[dict[str, Any]], handouts: Mapping[str, float] | None = None
+) -> list[BatchFigures]:
+    """From GET /api/updates/jobs rows: every attempt of a batch counts, retries included.
+    `handouts`: job id → when (time.time()) a poll first handed it out."""
+    handouts = handouts or {}
     by_batch: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for job in jobs:
         by_batch[int(job["batch"])].append(job)
@@ -88,19 +114,31 @@ def batch_figures(jobs: list[dict[str, Any]]) -> list[BatchFigures]:
             start = min(_time(r["createdAt"]) for r in rows)
             end = max(_time(r["updatedAt"]) for r in rows)
             wall = round((end - start).total_seconds(), 3)
+        handed = [handouts[r["id"]] for r in rows if r["id"] in handouts]
         figures.append(
-            BatchFigures(number=number, jobs=len(rows), settled=len(settled), wall_seconds=wall)
+            BatchFigures(
+                number=number,
+                jobs=len(rows),
+                settled=len(settled),
+                wall_seconds=wall,
+                first_handout_at=datetime.fromtimestamp(min(handed), UTC) if handed else None,
+            )
         )
     return figures
 
 
-def rollout_figures(rollout: dict[str, Any], jobs: list[dict[str, Any]]) -> RolloutFigures:
+def rollout_figures(
+    rollout: dict[str, Any], jobs: list[dict[str, Any]], handouts: Mapping[str, float]
+) -> RolloutFigures:
     finished = rollout.get("finishedAt")
     wall = None
     if finished:
         wall = round((_time(finished) - _time(rollout["createdAt"])).total_seconds(), 3)
     return RolloutFigures(
-        id=rollout["id"], status=rollout["status"], batches=batch_figures(jobs), wall_seconds=wall
+        id=rollout["id"],
+        status=rollout["status"],
+        batches=batch_figures(jobs, handouts),
+        wall_seconds=wall,
     )
 
 
@@ -118,7 +156,14 @@ def render(figures: Figures) -> str:
         f"report latency    p50 {_ms(figures.report_latency.p50_ms)}"
         f"  p99 {_ms(figures.report_latency.p99_ms)}  ({figures.report_latency.count} reports)",
         f"client loop lag   p50 {_ms(figures.client_loop_lag.p50_ms)}"
-        f"  p99 {_ms(figures.client_loop_lag.p99_ms)}",
+        f"  p99 {_ms(figures.client_loop_lag.p99_ms)}"
+        f"  over {len(figures.processes)} process(es)",
+        *(
+            f"  process {n}: {p.agents} agents, {p.polls} polls,"
+            f" lag p50 {_ms(p.loop_lag.p50_ms)} p99 {_ms(p.loop_lag.p99_ms)}"
+            + ("  LAGGING" if p.lagging else "")
+            for n, p in enumerate(figures.processes, 1)
+        ),
         "request errors    "
         + (", ".join(f"{n} {k}" for k, n in sorted(figures.request_errors.items())) or "none"),
         "jobs              "
@@ -126,6 +171,11 @@ def render(figures: Figures) -> str:
         "agents' versions  "
         + ", ".join(f"{n} on {v}" for v, n in sorted(figures.agents_on_version.items())),
     ]
+    if figures.lagging:
+        lines.append(
+            f"SIMULATOR LAGGING: a loop's lag p50 exceeded {LAGGING_P50_MS:g} ms; the rates and"
+            " latencies above include the simulator's own queueing (try more --processes)"
+        )
     for rollout in figures.rollouts:
         total = "-" if rollout.wall_seconds is None else f"{rollout.wall_seconds:.1f} s"
         lines.append(f"rollout {rollout.id}  {rollout.status}  wall time {total}")

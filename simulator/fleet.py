@@ -1,5 +1,6 @@
-"""Run a simulated fleet: N real `Agent`s in one event loop, each with its own instance id,
-secret, in-memory journal, simulated steps and its own observed HTTP connection.
+"""Run a simulated fleet: N real `Agent`s, each with its own instance id, secret, in-memory
+journal, simulated steps and its own observed HTTP connection, spread over one or more
+processes (each its own event loop: one loop saturates at a few hundred agents).
 
 `simulate(options)` prints a live line every `summary_interval` seconds and returns the final
 figures when a stopping rule fires (or `stop` is set). Jobs under way then get `grace_seconds`
@@ -8,105 +9,118 @@ to finish, so stopping does not turn healthy updates into rollbacks.
 
 import asyncio
 import contextlib
-import random
-import ssl
+import itertools
+import math
+import os
 import sys
 import time
 from collections import Counter
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-import httpx
+from pydantic import BaseModel
 
-from agent.config import AgentConfig
-from agent.daemon import CONNECTION_LIFETIME, Agent
-from agent.journal import Journal
-from agent.timing import sleep_unless_stopped
-from simulator.figures import Figures, RolloutFigures, latency, rollout_figures
-from simulator.observer import FleetObserver, ObservingTransport
-from simulator.options import SIMULATED_STEPS, SimulationOptions
+from simulator.figures import (
+    LAGGING_P50_MS,
+    Figures,
+    ProcessFigures,
+    RolloutFigures,
+    latency,
+    rollout_figures,
+)
+from simulator.options import SimulationOptions
 from simulator.rollouts_api import RolloutApiError, RolloutReader
-from simulator.steps import SimulatedSteps
+from simulator.shard import Shard, ShardResult, ShardSnapshot
+from simulator.shard_process import RemoteShard, SimulatorProcessError
 
 # A rollout in one of these needs an operator (or nothing) before anything else happens.
 ROLLOUT_SETTLED = frozenset({"completed", "aborted", "paused"})
-REPORT_GRACE_SECONDS = 10.0
-LAG_PROBE_SECONDS = 0.1
+# One event loop keeps up with about this many agents polling every second or two.
+AGENTS_PER_PROCESS = 200
 
 
 class SimulationError(Exception):
     """The run cannot start; the message says what to fix."""
 
 
-def _agent(
-    options: SimulationOptions, instance_id: str, observer: FleetObserver, tls: ssl.SSLContext
-) -> Agent:
-    config = AgentConfig(
-        control_plane_url=options.control_plane_url.rstrip("/"),
-        instance_id=instance_id,
-        secret=options.secret_for(instance_id),
-        commands={},
-        channel=options.channel,
-        first_run_version=options.version,
-        poll_interval_seconds=options.poll_interval,
-        backoff_initial_seconds=min(1.0, options.poll_interval),
-        backoff_max_seconds=max(30.0, options.poll_interval),
-        stop_report_grace_seconds=REPORT_GRACE_SECONDS,
-    )
-    seeded = options.seed is not None
-    steps = SimulatedSteps(
-        {step: options.mean_seconds(step) for step in SIMULATED_STEPS},
-        options.fail_rates,
-        random.Random(f"{options.seed}/{instance_id}") if seeded else random.Random(),
-    )
-    journal = Journal.open(None, options.version)
-    transport = ObservingTransport(
-        httpx.AsyncHTTPTransport(verify=tls, limits=CONNECTION_LIFETIME), observer
-    )
-    return Agent(config, executor=steps, journal=journal, transport=transport)
+class _Slice(Protocol):
+    async def start(self) -> None: ...
+    async def snapshot(self) -> ShardSnapshot: ...
+    async def finish(self, grace_seconds: float) -> ShardResult: ...
+    async def close(self) -> None: ...
 
 
-async def _run_staggered(agent: Agent, delay: float, stop: asyncio.Event) -> None:
-    """Agents start spread over one poll interval, as a real fleet's would be."""
-    await sleep_unless_stopped(stop, delay)
-    if not stop.is_set():
-        await agent.run(stop)
+def default_processes(agents: int) -> int:
+    """One per AGENTS_PER_PROCESS agents, at most one per core: more would only compete."""
+    return max(1, min(os.cpu_count() or 1, math.ceil(agents / AGENTS_PER_PROCESS)))
 
 
-async def _probe_loop_lag(samples: list[float], stop: asyncio.Event) -> None:
-    """How much later than asked a short sleep returns: the simulator's own saturation."""
-    while not stop.is_set():
-        started = time.perf_counter()
-        await sleep_unless_stopped(stop, LAG_PROBE_SECONDS)
-        if not stop.is_set():
-            samples.append(max(0.0, time.perf_counter() - started - LAG_PROBE_SECONDS))
+def _slices(options: SimulationOptions) -> list[_Slice]:
+    """One process runs its agents in this loop; more run each slice in its own process."""
+    ids = options.instance_ids()
+    count = min(len(ids), options.processes or default_processes(len(ids)))
+    spread = options.poll_interval / len(ids)
+    bounds = [len(ids) * n // count for n in range(count + 1)]
+    parts = [(ids[a:b], a * spread) for a, b in itertools.pairwise(bounds)]
+    if count == 1:
+        return [Shard(options, ids, 0.0)]
+    return [RemoteShard(options, part, offset) for part, offset in parts]
+
+
+class FleetSnapshot(BaseModel):
+    """Every slice's snapshot, summed."""
+
+    agents: Counter[str]
+    jobs: Counter[str]
+    polls: int
+    errors: int
+    running: int
+    outcomes: int
+    last_job_activity: float | None
+    rollouts_seen: list[str]
+    recent_lag_p50_ms: list[float | None]
+
+    @classmethod
+    def of(cls, parts: list[ShardSnapshot]) -> "FleetSnapshot":
+        activity = [p.last_job_activity for p in parts if p.last_job_activity is not None]
+        return cls(
+            agents=sum((Counter(p.agents) for p in parts), Counter()),
+            jobs=sum((Counter(p.jobs) for p in parts), Counter()),
+            polls=sum(p.polls for p in parts),
+            errors=sum(p.errors for p in parts),
+            running=sum(p.running for p in parts),
+            outcomes=sum(p.outcomes for p in parts),
+            last_job_activity=max(activity, default=None),
+            rollouts_seen=list(dict.fromkeys(r for p in parts for r in p.rollouts_seen)),
+            recent_lag_p50_ms=[p.recent_lag_p50_ms for p in parts],
+        )
 
 
 class _Monitor:
-    """The live line and the stopping rules, both read from the observer and the admin API."""
+    """The live line and the stopping rules, both read from the slices and the admin API."""
 
     def __init__(
         self,
         options: SimulationOptions,
-        observer: FleetObserver,
+        slices: list[_Slice],
         reader: RolloutReader | None,
         out: TextIO,
     ) -> None:
         self.options = options
-        self.observer = observer
+        self.slices = slices
         self.reader = reader
         self.out = out
         self.started = time.monotonic()
         self.last_polls = 0
         self.last_tick = self.started
 
-    def tracked_rollout(self) -> str | None:
-        seen = self.observer.rollouts_seen
+    def tracked_rollout(self, fleet: FleetSnapshot) -> str | None:
+        seen = fleet.rollouts_seen
         return (
             self.options.until_rollout or self.options.track_rollout or (seen[-1] if seen else None)
         )
 
-    async def rollout(self) -> tuple[dict[str, Any] | None, str]:
-        rollout_id = self.tracked_rollout()
+    async def rollout(self, fleet: FleetSnapshot) -> tuple[dict[str, Any] | None, str]:
+        rollout_id = self.tracked_rollout(fleet)
         if self.reader is None or rollout_id is None:
             return None, ""
         try:
@@ -116,36 +130,39 @@ class _Monitor:
         batch = f"batch {rollout.get('currentBatch')}/{rollout.get('totalBatches')}"
         return rollout, f" · rollout {rollout_id} {rollout['status']} {batch}"
 
-    def line(self, rollout_text: str) -> str:
+    def line(self, fleet: FleetSnapshot, rollout_text: str) -> str:
         now = time.monotonic()
-        polls = len(self.observer.latencies["poll"])
-        rate = (polls - self.last_polls) / max(1e-6, now - self.last_tick)
-        self.last_polls, self.last_tick = polls, now
-        agents = self.observer.agent_counts()
+        rate = (fleet.polls - self.last_polls) / max(1e-6, now - self.last_tick)
+        self.last_polls, self.last_tick = fleet.polls, now
         agent_text = ", ".join(
-            f"{agents[k]} {k}" for k in ("starting", "polling", "running", "done", "failed")
+            f"{fleet.agents[k]} {k}" for k in ("starting", "polling", "running", "done", "failed")
         )
-        jobs = ", ".join(f"{n} {k}" for k, n in sorted(self.observer.job_counts().items()))
-        errors = sum(self.observer.errors.values())
+        jobs = ", ".join(f"{n} {k}" for k, n in sorted(fleet.jobs.items()))
+        lags = [lag for lag in fleet.recent_lag_p50_ms if lag is not None]
+        lag_text = ""
+        if lags:
+            lag_text = f" · loop lag p50 {max(lags):.0f} ms" + (
+                " LAGGING" if max(lags) > LAGGING_P50_MS else ""
+            )
         return (
             f"{now - self.started:7.1f} s  agents: {agent_text} · {rate:.1f} polls/s"
-            f" · jobs: {jobs or 'none'} · errors: {errors}{rollout_text}"
+            f" · jobs: {jobs or 'none'} · errors: {fleet.errors}{lag_text}{rollout_text}"
         )
 
-    def stop_reason(self, rollout: dict[str, Any] | None) -> str | None:
+    def stop_reason(self, fleet: FleetSnapshot, rollout: dict[str, Any] | None) -> str | None:
         options = self.options
         elapsed = time.monotonic() - self.started
         if options.duration is not None and elapsed >= options.duration:
             return f"--duration {options.duration:g} s reached"
         if options.until_rollout and rollout and rollout["status"] in ROLLOUT_SETTLED:
             return f"rollout {options.until_rollout} is {rollout['status']}"
-        last_activity = self.observer.last_job_activity
+        last_activity = fleet.last_job_activity
         if (
             options.until_idle
-            and self.observer.outcomes
-            and self.observer.running() == 0
+            and fleet.outcomes
+            and fleet.running == 0
             and last_activity is not None
-            and time.monotonic() - last_activity >= options.idle_seconds
+            and time.time() - last_activity >= options.idle_seconds
         ):
             return f"no job for {options.idle_seconds:g} s"
         return None
@@ -156,16 +173,12 @@ class _Monitor:
                 await asyncio.wait_for(stop.wait(), self.options.summary_interval)
             if stop.is_set():
                 return "stopped"
-            rollout, rollout_text = await self.rollout()
-            print(self.line(rollout_text), file=self.out, flush=True)
-            reason = self.stop_reason(rollout)
+            fleet = FleetSnapshot.of(await asyncio.gather(*(s.snapshot() for s in self.slices)))
+            rollout, rollout_text = await self.rollout(fleet)
+            print(self.line(fleet, rollout_text), file=self.out, flush=True)
+            reason = self.stop_reason(fleet, rollout)
             if reason is not None:
                 return reason
-
-
-async def _let_jobs_finish(observer: FleetObserver, grace_seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(observer.no_job_running.wait(), grace_seconds)
 
 
 def _check(options: SimulationOptions) -> None:
@@ -181,13 +194,13 @@ def _check(options: SimulationOptions) -> None:
 
 
 async def _rollout_figures(
-    reader: RolloutReader, rollout_ids: list[str], out: TextIO
+    reader: RolloutReader, rollout_ids: list[str], handouts: dict[str, float], out: TextIO
 ) -> list[RolloutFigures]:
     figures = []
     for rollout_id in rollout_ids:
         try:
             rollout = await reader.rollout(rollout_id)
-            figures.append(rollout_figures(rollout, await reader.jobs(rollout_id)))
+            figures.append(rollout_figures(rollout, await reader.jobs(rollout_id), handouts))
         except RolloutApiError as exc:
             print(f"rollout {rollout_id}: no figures: {exc}", file=out)
     return figures
@@ -203,25 +216,15 @@ async def simulate(
     _check(options)
     out = out or sys.stderr
     stop = stop or asyncio.Event()
-    observer = FleetObserver()
-    # One TLS context for all: loading the CA bundle costs ~40 ms each.
-    tls = ssl.create_default_context()
-    agents = [_agent(options, i, observer, tls) for i in options.instance_ids()]
+    slices = _slices(options)
     reader = (
         RolloutReader(options.control_plane_url, options.admin_token)
         if options.admin_token
         else None
     )
-    monitor = _Monitor(options, observer, reader, out)
-    agents_stop = asyncio.Event()
-    spread = options.poll_interval / len(agents)
-    tasks = [
-        asyncio.create_task(_run_staggered(agent, n * spread, agents_stop))
-        for n, agent in enumerate(agents)
-    ]
-    lag: list[float] = []
-    tasks.append(asyncio.create_task(_probe_loop_lag(lag, agents_stop)))
+    monitor = _Monitor(options, slices, reader, out)
     try:
+        await asyncio.gather(*(s.start() for s in slices))
         reason = await monitor.until_a_rule_fires(stop)
         print(
             f"stopping: {reason}; letting jobs under way finish"
@@ -229,31 +232,52 @@ async def simulate(
             file=out,
             flush=True,
         )
-        await _let_jobs_finish(observer, options.grace_seconds)
-        agents_stop.set()
-        await asyncio.gather(*tasks)
+        results = await asyncio.gather(*(s.finish(options.grace_seconds) for s in slices))
         seconds = time.monotonic() - monitor.started
+        handouts = {job: at for r in results for job, at in r.handouts.items()}
         tracked = [r for r in (options.until_rollout, options.track_rollout) if r]
-        rollout_ids = list(dict.fromkeys([*tracked, *observer.rollouts_seen]))
-        rollouts = await _rollout_figures(reader, rollout_ids, out) if reader else []
+        seen = [rollout for r in results for rollout in r.rollouts_seen]
+        rollout_ids = list(dict.fromkeys([*tracked, *seen]))
+        rollouts = await _rollout_figures(reader, rollout_ids, handouts, out) if reader else []
+    except SimulatorProcessError as exc:
+        raise SimulationError(str(exc)) from None
     finally:
-        agents_stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in slices))
         if reader is not None:
             await reader.aclose()
-    polls = len(observer.latencies["poll"])
+    return _figures(options, results, seconds, rollouts)
+
+
+def _figures(
+    options: SimulationOptions,
+    results: list[ShardResult],
+    seconds: float,
+    rollouts: list[RolloutFigures],
+) -> Figures:
+    processes = [
+        ProcessFigures(
+            agents=r.agents, polls=len(r.latencies["poll"]), loop_lag=latency(r.loop_lag)
+        )
+        for r in results
+    ]
+    polls = sum(p.polls for p in processes)
+    errors: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    for r in results:
+        errors.update(r.errors)
+        versions.update(r.versions)
     return Figures(
         agents=options.agents,
         seconds=round(seconds, 3),
         polls=polls,
         polls_per_second=round(polls / seconds, 2),
-        poll_latency=latency(observer.latencies["poll"]),
-        report_latency=latency(observer.latencies["report"]),
-        client_loop_lag=latency(lag),
-        request_errors=dict(observer.errors),
-        jobs=dict(Counter(observer.outcomes.values())),
-        agents_on_version=dict(Counter(a.journal.state.current_version for a in agents)),
+        poll_latency=latency([s for r in results for s in r.latencies["poll"]]),
+        report_latency=latency([s for r in results for s in r.latencies["report"]]),
+        client_loop_lag=latency([s for r in results for s in r.loop_lag]),
+        processes=processes,
+        lagging=any(p.lagging for p in processes),
+        request_errors=dict(errors),
+        jobs=dict(Counter(status for r in results for status in r.outcomes.values())),
+        agents_on_version=dict(versions),
         rollouts=rollouts,
     )

@@ -2,7 +2,9 @@
 that times it and reads its signed body and answer (the agent code is not touched).
 
 An agent is `running` from the moment a poll hands it a job it has not finished until it sends
-that job's final report; jobs count by outcome once their final report is acknowledged.
+that job's final report; jobs count by outcome once their final report is acknowledged. Moments
+are wall-clock (`time.time()`): they are compared across simulator processes and with the
+control plane's stored timestamps.
 """
 
 import asyncio
@@ -34,6 +36,8 @@ class FleetObserver:
         self.errors: Counter[str] = Counter()  # e.g. "poll HTTP 503", "report ConnectTimeout"
         self.outcomes: dict[str, str] = {}  # job id -> acknowledged final status
         self.rollouts_seen: list[str] = []
+        # Job id -> when a poll first handed it out: not stored by the control plane.
+        self.handouts: dict[str, float] = {}
         self.last_job_activity: float | None = None
         self._running: set[str] = set()
         self.no_job_running = asyncio.Event()
@@ -79,7 +83,7 @@ class FleetObserver:
         instance_id = str(body.get("instanceId"))
         state = self.state(instance_id)
         job_id, status = body.get("jobId"), body.get("status")
-        self.last_job_activity = time.monotonic()
+        self.last_job_activity = time.time()
         if status in FINAL_STATUSES and isinstance(job_id, str):
             state.finished_jobs.add(job_id)
             if state.job_id == job_id:
@@ -94,8 +98,10 @@ class FleetObserver:
             state.polled = state.polled or status_code == 200
             job = answer.get("job") if status_code == 200 else None
             if isinstance(job, dict) and job.get("id") not in state.finished_jobs:
-                self._set_job(instance_id, str(job.get("id")))
-                self.last_job_activity = time.monotonic()
+                job_id = str(job.get("id"))
+                self._set_job(instance_id, job_id)
+                self.last_job_activity = time.time()
+                self.handouts.setdefault(job_id, self.last_job_activity)
                 rollout_id = str(job.get("rolloutId"))
                 if rollout_id not in self.rollouts_seen:
                     self.rollouts_seen.append(rollout_id)

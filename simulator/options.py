@@ -42,6 +42,8 @@ class SimulationOptions:
     admin_token: str | None = field(default=None, repr=False)
     track_rollout: str | None = None
     summary_interval: float = 1.0
+    # Simulator processes, each its own event loop; None: one per 200 agents, at most one a core.
+    processes: int | None = None
 
     def instance_ids(self) -> list[str]:
         width = max(3, len(str(self.agents)))

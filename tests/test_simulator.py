@@ -9,6 +9,7 @@ import signal
 import stat
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from cli.main import main as cli_main
 from contract.settings import ApiSettings
 from devstack.ports import free_port
 from simulator import secrets_file
+from simulator.figures import LAGGING_P50_MS, Figures, Latency, ProcessFigures, render
 from simulator.fleet import SimulationError, simulate
 from simulator.options import SimulationOptions
 from tests.conftest import LiveServer
@@ -124,6 +126,79 @@ async def test_fifty_simulated_agents_drive_a_rollout_to_completed(
     assert lines[-1].startswith("stopping: stopped")
 
 
+async def test_agents_spread_over_processes_add_up_to_one_fleet(
+    plane: LiveServer, admin: httpx.AsyncClient, settings: ApiSettings
+) -> None:
+    stop = asyncio.Event()
+    live = io.StringIO()
+    options = fleet_options(plane, settings, agents=21, processes=2)
+    run = asyncio.create_task(simulate(options, stop=stop, out=live))
+    fleet = await registered(admin, 21)
+    assert sorted(i["instance_id"] for i in fleet) == options.instance_ids()
+    before = datetime.now(UTC)
+    rollout = await release_and_roll_out(admin, settings, batchSize=10, autoAdvance=True)
+
+    done = await rollout_reaching(admin, rollout["id"], "completed")
+    stop.set()
+    figures = await asyncio.wait_for(run, 30)
+
+    assert done["counts"] == {"succeeded": 21}
+    # Each process's own figures, and the fleet's made of them: no agent counted twice or lost.
+    assert [p.agents for p in figures.processes] == [10, 11]
+    assert all(p.polls > 0 and p.loop_lag.count > 0 for p in figures.processes)
+    assert figures.polls == sum(p.polls for p in figures.processes)
+    assert figures.client_loop_lag.count == sum(p.loop_lag.count for p in figures.processes)
+    assert figures.jobs == {"succeeded": 21}
+    assert figures.agents_on_version == {"1.4.0": 21}
+    assert figures.report_latency.count == 21 * 8
+    assert figures.lagging == any(p.lagging for p in figures.processes)
+    [measured_rollout] = figures.rollouts
+    assert [(b.number, b.jobs, b.settled) for b in measured_rollout.batches] == [
+        (1, 10, 10),
+        (2, 10, 10),
+        (3, 1, 1),
+    ]
+    handouts = [b.first_handout_at for b in measured_rollout.batches]
+    assert all(at is not None and at > before for at in handouts)
+    assert handouts == sorted(handouts)
+    lines = live.getvalue().splitlines()
+    assert any("loop lag p50" in line and "polls/s" in line for line in lines)
+
+
+def test_a_lagging_simulator_is_flagged_in_the_printed_figures() -> None:
+    def process(lag_ms: float) -> ProcessFigures:
+        return ProcessFigures(
+            agents=100, polls=500, loop_lag=Latency(count=50, p50_ms=lag_ms, p99_ms=lag_ms * 3)
+        )
+
+    def figures(*lags_ms: float) -> Figures:
+        processes = [process(lag) for lag in lags_ms]
+        return Figures(
+            agents=100 * len(processes),
+            seconds=10.0,
+            polls=500 * len(processes),
+            polls_per_second=50.0 * len(processes),
+            poll_latency=Latency(count=1000, p50_ms=3.0, p99_ms=9.0),
+            report_latency=Latency(count=0, p50_ms=None, p99_ms=None),
+            client_loop_lag=Latency(count=100, p50_ms=max(lags_ms), p99_ms=max(lags_ms) * 3),
+            processes=processes,
+            lagging=any(p.lagging for p in processes),
+            request_errors={},
+            jobs={},
+            agents_on_version={"1.0.0": 100 * len(processes)},
+            rollouts=[],
+        )
+
+    keeping_up, lagging = figures(1.5, 4.0), figures(1.5, LAGGING_P50_MS + 5)
+    assert not keeping_up.lagging and "LAGGING" not in render(keeping_up)
+    printed = render(lagging).splitlines()
+    assert lagging.lagging
+    assert [line for line in printed if line.endswith("LAGGING")] == [
+        "  process 2: 100 agents, 500 polls, lag p50 25.0 ms p99 75.0 ms  LAGGING"
+    ]
+    assert any(line.startswith("SIMULATOR LAGGING") for line in printed)
+
+
 async def test_failing_smoke_rolls_back_and_the_rollout_pauses_itself(
     plane: LiveServer, admin: httpx.AsyncClient, settings: ApiSettings
 ) -> None:
@@ -175,7 +250,7 @@ async def test_emitted_per_agent_secrets_are_the_only_ones_accepted(
             prefix="edge",
             secrets=swapped,
             poll_interval=0.2,
-            duration=1.0,
+            duration=3.0,  # a loaded machine may need more than one poll interval
             summary_interval=0.25,
         )
         figures = await simulate(options, out=io.StringIO())
@@ -184,21 +259,29 @@ async def test_emitted_per_agent_secrets_are_the_only_ones_accepted(
     assert figures.rollouts == []
 
 
-async def test_the_command_stops_on_ctrl_c_and_prints_the_figures(settings: ApiSettings) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_the_command_stops_on_ctrl_c_and_prints_the_figures(
+    settings: ApiSettings, processes: int
+) -> None:
+    """With two processes, Ctrl-C reaches only the command; it stops its simulator processes."""
     configured = settings.model_copy(update={"control_plane_agent_token": SecretStr(FLEET_TOKEN)})
     async with LiveServer(create_app(configured), free_port()) as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_PLANE_")}
         command = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "cli.main", "simulate", "--agents", "3", "--json"],
-            *["--url", server.url, "--poll-interval", "0.2"],
+            *["--url", server.url, "--poll-interval", "0.2", "--processes", str(processes)],
             env={**env, "AGENT_SECRET": FLEET_TOKEN},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         assert command.stderr is not None
-        async with asyncio.timeout(30):
-            first_line = (await command.stderr.readline()).decode()
-        assert "agents:" in first_line and "polls/s" in first_line
+        # Simulator processes take a moment to start: Ctrl-C once every agent has polled.
+        async with asyncio.timeout(60):
+            line = (await command.stderr.readline()).decode()
+            assert "agents:" in line and "polls/s" in line
+            while "3 polling" not in line:
+                line = (await command.stderr.readline()).decode()
+                assert line, "the command ended before its agents polled"
         command.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
             out, err = await command.communicate()
@@ -209,6 +292,8 @@ async def test_the_command_stops_on_ctrl_c_and_prints_the_figures(settings: ApiS
     assert figures["agents"] == 3 and figures["polls"] >= 3
     assert figures["request_errors"] == {} and figures["jobs"] == {}
     assert figures["agents_on_version"] == {"1.0.0": 3}
+    assert sorted(p["agents"] for p in figures["processes"]) == ([3] if processes == 1 else [1, 2])
+    assert sum(p["polls"] for p in figures["processes"]) == figures["polls"]
 
 
 async def test_a_run_without_secrets_is_refused_before_any_request() -> None:

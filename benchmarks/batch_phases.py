@@ -1,0 +1,134 @@
+"""Where a batch's time goes, from what the control plane stored (plus the simulator's handouts).
+
+Per batch: released (its job rows inserted: update_jobs.created_at) → first handout (not
+stored: the simulator's first poll that got a job of the batch) → last terminal report
+(job_reports.received_at) → settled (the audit row that moves the rollout off `running` for
+this batch) → next release (the next batch's rows). With `bakeSeconds` 0 the workflow settles a
+batch and releases the next in one task and writes both together, so settled and next release
+coincide: the whole turnaround then shows as "last report → settled".
+
+Read-only SQL over several tables for a benchmark; the application's SQL stays in store/.
+"""
+
+from collections.abc import Mapping
+from datetime import datetime
+
+import asyncpg
+from pydantic import BaseModel
+
+TERMINAL_REPORTS = ["succeeded", "failed", "rolled_back", "rollback_failed"]
+# A status the rollout takes when the current batch is done with (or stops it).
+SETTLED_STATUSES = frozenset({"awaiting_advance", "completed", "paused", "aborted"})
+
+_JOBS = (
+    "SELECT batch, count(*) AS jobs, min(created_at) AS released_at FROM update_jobs"
+    " WHERE rollout_id = $1 AND attempt = 1 GROUP BY batch ORDER BY batch"
+)
+_REPORTS = (
+    "SELECT j.batch, min(r.received_at) AS first_report_at,"
+    " max(r.received_at) FILTER (WHERE r.status = ANY($2::text[])) AS last_terminal_report_at"
+    " FROM job_reports r JOIN update_jobs j ON j.id = r.job_id"
+    " WHERE j.rollout_id = $1 GROUP BY j.batch"
+)
+_AUDIT = (
+    "SELECT at, action, detail FROM audit_log WHERE subject = $1"
+    " AND action IN ('rollout.batch_released', 'rollout.status_changed') ORDER BY id"
+)
+_ROLLOUT = "SELECT created_at, finished_at FROM rollouts WHERE id = $1"
+
+
+class BatchPhases(BaseModel):
+    batch: int
+    jobs: int
+    released_at: datetime
+    first_handout_at: datetime | None
+    first_report_at: datetime | None
+    last_terminal_report_at: datetime | None
+    settled_at: datetime | None
+    next_release_at: datetime | None
+
+
+class RolloutPhases(BaseModel):
+    rollout_id: str
+    created_at: datetime
+    finished_at: datetime | None
+    batches: list[BatchPhases]
+
+
+def _settled_by_batch(audit: list[asyncpg.Record]) -> dict[int, datetime]:
+    """Audit rows in write order: a status change after batch N's release belongs to batch N."""
+    settled: dict[int, datetime] = {}
+    current: int | None = None
+    for row in audit:
+        detail = row["detail"]
+        if row["action"] == "rollout.batch_released":
+            current = int(detail["batch"])
+        elif current is not None and detail.get("to") in SETTLED_STATUSES:
+            settled.setdefault(current, row["at"])
+    return settled
+
+
+async def rollout_phases(
+    conn: asyncpg.Connection, rollout_id: str, first_handouts: Mapping[int, datetime | None]
+) -> RolloutPhases:
+    """`first_handouts`: batch number → the simulator's first handout of it."""
+    rollout = await conn.fetchrow(_ROLLOUT, rollout_id)
+    if rollout is None:
+        raise ValueError(f"no rollout {rollout_id} in the database")
+    jobs = await conn.fetch(_JOBS, rollout_id)
+    reports = {r["batch"]: r for r in await conn.fetch(_REPORTS, rollout_id, TERMINAL_REPORTS)}
+    settled = _settled_by_batch(await conn.fetch(_AUDIT, f"rollout:{rollout_id}"))
+    releases = {r["batch"]: r["released_at"] for r in jobs}
+    batches = []
+    for row in jobs:
+        number = row["batch"]
+        report = reports.get(number)
+        next_release = releases.get(number + 1)
+        settled_at = settled.get(number)
+        if settled_at is not None and next_release is not None:
+            # Written with the next release (bakeSeconds 0), perhaps in its last chunk.
+            settled_at = min(settled_at, next_release)
+        batches.append(
+            BatchPhases(
+                batch=number,
+                jobs=row["jobs"],
+                released_at=row["released_at"],
+                first_handout_at=first_handouts.get(number),
+                first_report_at=report["first_report_at"] if report else None,
+                last_terminal_report_at=report["last_terminal_report_at"] if report else None,
+                settled_at=settled_at,
+                next_release_at=next_release,
+            )
+        )
+    return RolloutPhases(
+        rollout_id=rollout_id,
+        created_at=rollout["created_at"],
+        finished_at=rollout["finished_at"],
+        batches=batches,
+    )
+
+
+def _span(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{(end - start).total_seconds():.2f}"
+
+
+def render(phases: RolloutPhases) -> str:
+    lines = [
+        f"rollout {phases.rollout_id}: seconds per phase of each batch"
+        " (released = offset from the rollout's creation)",
+        f"{'batch':>5} {'jobs':>5} {'released':>9} {'→handout':>9} {'→last report':>13}"
+        f" {'→settled':>9} {'→next release':>14} {'total':>7}",
+    ]
+    for b in phases.batches:
+        end = b.next_release_at or b.settled_at
+        lines.append(
+            f"{b.batch:>5} {b.jobs:>5} {'+' + _span(phases.created_at, b.released_at):>9}"
+            f" {_span(b.released_at, b.first_handout_at):>9}"
+            f" {_span(b.first_handout_at, b.last_terminal_report_at):>13}"
+            f" {_span(b.last_terminal_report_at, b.settled_at):>9}"
+            f" {_span(b.settled_at, b.next_release_at):>14}"
+            f" {_span(b.released_at, end):>7}"
+        )
+    return "\n".join(lines)
