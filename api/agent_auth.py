@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -40,8 +39,9 @@ log = logging.getLogger(__name__)
 _INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
 _NONCE = re.compile(NONCE_PATTERN)
 _SIGNATURE = re.compile(SIGNATURE_PATTERN)
-# Signs refusals to unknown instances; verifies nothing (see `verified_request`).
+# Signs refusals to unknown instances; verifies nothing (see `authenticated`).
 _DECOY_SECRET = secrets.token_hex(32)
+_WINDOW = timedelta(seconds=SIGNATURE_WINDOW_SECONDS)
 
 
 class AgentError(Exception):
@@ -100,84 +100,97 @@ T = TypeVar("T", bound=AgentRequest)
 
 @dataclass(frozen=True)
 class Verified(Generic[T]):
+    """A request whose signature, body and `sentAt` passed; its nonce is not claimed yet."""
+
     body: T
     secret: str
+    # Past this moment the request is stale anyway, so its nonce need not be kept longer.
+    nonce_expires_at: datetime
 
     def answer(self, payload: dict[str, Any], status: int = 200) -> Response:
         return signed_response({**payload, "nonce": self.body.nonce}, self.secret, status)
 
-
-def verified_request(model: type[T]) -> Callable[[Request], Awaitable[Verified[T]]]:
-    async def dependency(request: Request) -> Verified[T]:
-        settings: ApiSettings = request.app.state.settings
-        raw = await request.body()  # bounded by api.edge
-        document = _parse(raw)
-        if not isinstance(document, dict):
-            raise AgentError(422, "body: must be a JSON object")
-        instance_id = document.get("instanceId")
-        given_nonce = document.get("nonce")
-        # Only a well-formed nonce is echoed: anything else may not even be encodable.
-        nonce = (
-            given_nonce if isinstance(given_nonce, str) and _NONCE.fullmatch(given_nonce) else None
+    def replayed(self) -> AgentError:
+        return _refuse(
+            "replayed_nonce",
+            "nonce already used: every request needs a new nonce",
+            secret=self.secret,
+            nonce=self.body.nonce,
         )
-        if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
-            raise AgentError(422, "instanceId: 1 to 128 of A-Z a-z 0-9 . _ -", nonce=nonce)
-        known_secret = secret_for(settings, instance_id)
-        secret = known_secret if known_secret is not None else _DECOY_SECRET
-        signature = request.headers.get(AGENT_SIGNATURE_HEADER)
-        if not signature:
-            raise _refuse(
-                "missing_signature",
-                f"missing {AGENT_SIGNATURE_HEADER} header",
-                secret=secret,
-                nonce=nonce,
-            )
-        # The same work for every caller, known or not: timing tells no more than the answer.
-        matches = _SIGNATURE.fullmatch(signature) is not None and verify(secret, raw, signature)
-        if known_secret is None or not matches:
-            log.warning("agent auth failed: bad signature", extra={"instance_id": instance_id})
-            raise _refuse(
-                "bad_signature",
-                f"{AGENT_SIGNATURE_HEADER} does not match the body"
-                " (wrong secret for this instance, or the body changed after signing)",
-                secret=secret,
-                nonce=nonce,
-            )
-        try:
-            body = model.model_validate(document)
-        except ValidationError as exc:
-            raise AgentError(
-                422, describe_validation_errors(exc.errors()), secret=secret, nonce=nonce
-            ) from exc
-        remember_reply(request, secret, body.nonce)
-        sent_at = parse_timestamp(body.sentAt)
-        now = datetime.now(UTC)
-        skew = abs((now - sent_at).total_seconds())
-        if skew > SIGNATURE_WINDOW_SECONDS:
-            raise _refuse(
-                "stale",
-                f"sentAt is {skew:.0f} s from the server clock (limit"
-                f" {SIGNATURE_WINDOW_SECONDS} s): check the host's clock",
-                secret=secret,
-                nonce=body.nonce,
-            )
-        window = timedelta(seconds=SIGNATURE_WINDOW_SECONDS)
-        fresh = await nonces.claim(
-            request.app.state.pool,
-            instance_id=instance_id,
+
+
+async def authenticated(request: Request, model: type[T]) -> Verified[T]:
+    """Every check but the nonce's, which the route claims: a poll claims it in the same
+    statement as the rest of its database work (store.polls), anything else with `verified`.
+
+    Called by the agent routes themselves rather than as a FastAPI dependency: polls are the
+    hottest path of the API, and dependency solving cost more than the checks.
+    """
+    settings: ApiSettings = request.app.state.settings
+    raw = await request.body()  # bounded by api.edge
+    document = _parse(raw)
+    if not isinstance(document, dict):
+        raise AgentError(422, "body: must be a JSON object")
+    instance_id = document.get("instanceId")
+    given_nonce = document.get("nonce")
+    # Only a well-formed nonce is echoed: anything else may not even be encodable.
+    nonce = given_nonce if isinstance(given_nonce, str) and _NONCE.fullmatch(given_nonce) else None
+    if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
+        raise AgentError(422, "instanceId: 1 to 128 of A-Z a-z 0-9 . _ -", nonce=nonce)
+    known_secret = secret_for(settings, instance_id)
+    secret = known_secret if known_secret is not None else _DECOY_SECRET
+    signature = request.headers.get(AGENT_SIGNATURE_HEADER)
+    if not signature:
+        raise _refuse(
+            "missing_signature",
+            f"missing {AGENT_SIGNATURE_HEADER} header",
+            secret=secret,
+            nonce=nonce,
+        )
+    # The same work for every caller, known or not: timing tells no more than the answer.
+    matches = _SIGNATURE.fullmatch(signature) is not None and verify(secret, raw, signature)
+    if known_secret is None or not matches:
+        log.warning("agent auth failed: bad signature", extra={"instance_id": instance_id})
+        raise _refuse(
+            "bad_signature",
+            f"{AGENT_SIGNATURE_HEADER} does not match the body"
+            " (wrong secret for this instance, or the body changed after signing)",
+            secret=secret,
+            nonce=nonce,
+        )
+    try:
+        body = model.model_validate(document)
+    except ValidationError as exc:
+        raise AgentError(
+            422, describe_validation_errors(exc.errors()), secret=secret, nonce=nonce
+        ) from exc
+    remember_reply(request, secret, body.nonce)
+    sent_at = parse_timestamp(body.sentAt)
+    now = datetime.now(UTC)
+    skew = abs((now - sent_at).total_seconds())
+    if skew > SIGNATURE_WINDOW_SECONDS:
+        raise _refuse(
+            "stale",
+            f"sentAt is {skew:.0f} s from the server clock (limit"
+            f" {SIGNATURE_WINDOW_SECONDS} s): check the host's clock",
+            secret=secret,
             nonce=body.nonce,
-            expires_at=max(now, sent_at) + window,
         )
-        if not fresh:
-            raise _refuse(
-                "replayed_nonce",
-                "nonce already used: every request needs a new nonce",
-                secret=secret,
-                nonce=body.nonce,
-            )
-        return Verified(body=body, secret=secret)
+    return Verified(body=body, secret=secret, nonce_expires_at=max(now, sent_at) + _WINDOW)
 
-    return dependency
+
+async def verified(request: Request, model: type[T]) -> Verified[T]:
+    """`authenticated`, and the nonce claimed in the table every API process shares."""
+    call = await authenticated(request, model)
+    fresh = await nonces.claim(
+        request.app.state.pool,
+        instance_id=call.body.instanceId,
+        nonce=call.body.nonce,
+        expires_at=call.nonce_expires_at,
+    )
+    if not fresh:
+        raise call.replayed()
+    return call
 
 
 async def _agent_error(_: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.access_log import routine_polls_unlogged
 from api.agent_auth import install_agent_error_handler
 from api.database_outage import (
     DatabaseOutage,
@@ -40,7 +41,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.handouts = HandoutCache()
         janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))
         try:
-            with pool_reconnects_noted_as(outage):
+            with pool_reconnects_noted_as(outage), routine_polls_unlogged():
                 yield
         finally:
             janitor.cancel()

@@ -1,4 +1,8 @@
-"""Dependencies shared by routers, as `Annotated` aliases so signatures read as intent."""
+"""Dependencies shared by routers, as `Annotated` aliases so signatures read as intent.
+
+All are `async def`, even those that only read app state: FastAPI runs a plain `def`
+dependency in a worker thread, a thread hop per dependency per request.
+"""
 
 import hmac
 from typing import Annotated
@@ -14,19 +18,19 @@ from contract.wire import ID_PATTERN
 ADMIN_TOKEN_HEADER = "x-cp-admin-token"  # noqa: S105 (a header name, not a secret)
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
-def get_temporal(request: Request) -> Client:
+async def get_temporal(request: Request) -> Client:
     return request.app.state.temporal
 
 
-def get_handout_cache(request: Request) -> HandoutCache:
+async def get_handout_cache(request: Request) -> HandoutCache:
     return request.app.state.handouts
 
 
@@ -46,7 +50,7 @@ def admin_token_problem(settings: ApiSettings, presented: bytes | None) -> str |
     return None
 
 
-def require_admin(
+async def require_admin(
     settings: SettingsDep,
     x_cp_admin_token: Annotated[str | None, Header()] = None,
 ) -> str:

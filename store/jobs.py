@@ -84,19 +84,6 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | Non
     return _job(row) if row else None
 
 
-async def open_job_for_instance(
-    conn: asyncpg.Connection | asyncpg.Pool, instance_id: str
-) -> Job | None:
-    """The instance's newest pending or in-progress job, if any."""
-    row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM update_jobs"
-        " WHERE instance_id = $1 AND status IN ('pending', 'in_progress')"
-        " ORDER BY created_at DESC, id LIMIT 1",
-        instance_id,
-    )
-    return _job(row) if row else None
-
-
 async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest) -> str:
     """Move the job forward by an agent's report; returns its status afterwards.
 

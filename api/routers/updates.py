@@ -1,18 +1,18 @@
 """Agent endpoints (PROTOCOL §5): polls and reports, translated into workflow queries/signals.
 
-An idle poll (no open job for the instance) is answered from PostgreSQL alone: fleets poll
-far faster than Temporal answers queries. Only an instance with an open job costs a query.
+An idle poll (no open job for the instance) is answered from PostgreSQL alone, in one round
+trip (store.polls): fleets poll far faster than Temporal answers queries. Only an instance with
+an open job costs a query. The routes take the bare request and read the process's pool and
+clients from app state: no dependency solving on the hottest path (see api.agent_auth).
 """
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from temporalio.client import Client
 
-from api.agent_auth import AgentError, Verified, verified_request
-from api.deps import HandoutCacheDep, PoolDep, TemporalDep
+from api.agent_auth import AgentError, Verified, authenticated, verified
 from api.handouts import HandoutCache
 from api.metrics import POLLS, REPORTS
 from api.responses import SignedErrorOut, agent_errors, signed_body
@@ -23,7 +23,7 @@ from contract.wire import (
     ReportRequest,
     ReportResponse,
 )
-from store import instances, job_reports, jobs, releases
+from store import job_reports, jobs, polls, releases
 from workflows import client as rollouts
 from workflows.client import RolloutGone, RolloutUnavailable
 from workflows.rollout_models import HandedOutJob, JobReportSignal
@@ -31,12 +31,10 @@ from workflows.rollout_models import HandedOutJob, JobReportSignal
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/updates", tags=["agents"], responses=agent_errors())
 
-VerifiedPoll = Annotated[Verified[PollRequest], Depends(verified_request(PollRequest))]
-VerifiedReport = Annotated[Verified[ReportRequest], Depends(verified_request(ReportRequest))]
-
 _UNAVAILABLE = "the rollout engine (Temporal) is unavailable; retry later"
 # Agents retry on 503, so answering fast beats waiting out a slow Temporal.
 _TEMPORAL_TIMEOUT_SECONDS = 5.0
+_IDLE_POLLS = POLLS.labels(outcome="idle")  # the label looked up once, not per poll
 
 
 @router.post(
@@ -44,23 +42,28 @@ _TEMPORAL_TIMEOUT_SECONDS = 5.0
     responses={200: {"model": PollResponse, "description": "Signed; `job` is null when idle"}},
     openapi_extra=signed_body(PollRequest),
 )
-async def next_job(
-    call: VerifiedPoll, pool: PoolDep, temporal: TemporalDep, handouts: HandoutCacheDep
-) -> Response:
+async def next_job(request: Request) -> Response:
+    call = await authenticated(request, PollRequest)
     poll = call.body
-    await instances.record_poll(
-        pool,
+    state = request.app.state
+    outcome = await polls.record(
+        state.pool,
         instance_id=poll.instanceId,
+        nonce=poll.nonce,
+        nonce_expires_at=call.nonce_expires_at,
         channel=poll.channel,
         current_version=poll.currentVersion,
         agent_version=poll.agentVersion,
     )
-    open_job = await jobs.open_job_for_instance(pool, poll.instanceId)
-    if open_job is None:
-        POLLS.labels(outcome="idle").inc()
+    if not outcome.fresh:
+        raise call.replayed()
+    if outcome.open_rollout_id is None:
+        _IDLE_POLLS.inc()
         return call.answer({"job": None})
-    handed = await _job_the_workflow_hands_out(handouts, temporal, call, open_job.rollout_id)
-    release = await releases.get(pool, handed.release_id) if handed else None
+    handed = await _job_the_workflow_hands_out(
+        state.handouts, state.temporal, call, outcome.open_rollout_id
+    )
+    release = await releases.get(state.pool, handed.release_id) if handed else None
     if handed is None or release is None:
         POLLS.labels(outcome="withheld").inc()
         return call.answer({"job": None})
@@ -105,8 +108,10 @@ async def _job_the_workflow_hands_out(
     },
     openapi_extra=signed_body(ReportRequest),
 )
-async def report(call: VerifiedReport, pool: PoolDep, temporal: TemporalDep) -> Response:
+async def report(request: Request) -> Response:
+    call = await verified(request, ReportRequest)
     r = call.body
+    pool, temporal = request.app.state.pool, request.app.state.temporal
     job = await jobs.get(pool, r.jobId)
     if job is None:
         REPORTS.labels(outcome="unknown_job").inc()
