@@ -148,9 +148,7 @@ class RolloutWorkflow:
             await self._start()
         while True:
             self._changed = False
-            expired = self._expire_overdue_jobs()
-            if expired and workflow.patched(PATCH_TIMED_OUT_AT_REPORTED_STEP):
-                await self._take_reported_steps(expired)
+            await self._expire_overdue_jobs()
             self._settle()
             if self._should_continue_as_new():
                 await self._let_handlers_finish()
@@ -381,23 +379,31 @@ class RolloutWorkflow:
             if self._jobs[job_id].status == "in_progress" or not withheld
         ]
 
-    def _expire_overdue_jobs(self) -> list[JobState]:
+    async def _expire_overdue_jobs(self) -> None:
         now = workflow.now()
-        expired = [job for job in self._timed_jobs() if job.deadline <= now]
-        for job in expired:
+        overdue = [job for job in self._timed_jobs() if job.deadline <= now]
+        if overdue and workflow.patched(PATCH_TIMED_OUT_AT_REPORTED_STEP):
+            steps = await self._reported_steps(overdue)
+            # Looked up before they are settled, so no query sees a job timed out in a rollout
+            # not yet paused for it; a report may have settled one meanwhile.
+            still_timed = {job.id for job in self._timed_jobs()}
+            overdue = [job for job in overdue if job.id in still_timed]
+            for job in overdue:
+                job.step = steps.get(job.id, job.step)  # type: ignore[assignment]
+        for job in overdue:
             self._settle_job(job, "timed_out", job.step)
-        if expired:
-            names = [job.instance_id for job in expired[:REASON_NAMES]]
-            detail = {"count": len(expired), "instances": names}
+        if overdue:
+            names = [job.instance_id for job in overdue[:REASON_NAMES]]
+            detail = {"count": len(overdue), "instances": names}
             self._event(WORKFLOW_ACTOR, "rollout.jobs_timed_out", detail)
-        return expired
 
-    async def _take_reported_steps(self, expired: list[JobState]) -> None:
-        """A timed-out job stopped where its agent last said it was, and only the acknowledged
-        reports know where: the workflow hears of a job starting and ending, not of each step.
-        Should the read model not answer, the pause reason keeps the step the workflow knew."""
-        for start in range(0, len(expired), JOBS_PER_WRITE):
-            chunk = expired[start : start + JOBS_PER_WRITE]
+    async def _reported_steps(self, jobs: list[JobState]) -> dict[str, str]:
+        """Where each job's agent last said it was: only the acknowledged reports know, as the
+        workflow hears of a job starting and ending, not of each step. Should the read model
+        not answer, the workflow's own step stands."""
+        steps: dict[str, str] = {}
+        for start in range(0, len(jobs), JOBS_PER_WRITE):
+            chunk = jobs[start : start + JOBS_PER_WRITE]
             try:
                 result = await workflow.execute_activity_method(
                     RolloutActivities.reported_steps,
@@ -408,9 +414,9 @@ class RolloutWorkflow:
             except ActivityError as err:
                 if is_cancelled_exception(err):
                     raise
-                return
-            for job in chunk:
-                job.step = result.steps.get(job.id, job.step)
+                break
+            steps.update(result.steps)
+        return steps
 
     def _settle_job(self, job: JobState, status: str, step: str | None) -> None:
         job.status = status  # type: ignore[assignment]
