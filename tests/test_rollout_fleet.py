@@ -7,14 +7,14 @@ import time
 import uuid
 
 import asyncpg
-from temporalio.client import Client
+from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from contract.settings import ApiSettings
 from store import instances, rollouts
 from store.rollouts import RolloutSpec
-from tests.fixtures_temporal import eventually, seed_release
+from tests.fixtures_temporal import eventually, fetch_chain, seed_release
 from workflows import client as rollout_client
 from workflows.client import RolloutUnavailable
 from workflows.rollout import RolloutWorkflow
@@ -56,7 +56,6 @@ async def test_ten_thousand_jobs_run_to_completion(
         client, spec, task_queue=ts_settings.temporal_task_queue, timeout=60
     )
     handle = client.get_workflow_handle_for(RolloutWorkflow.run, f"rollout-{spec.id}")
-    first_run = (await handle.describe()).run_id
     limit = asyncio.Semaphore(CONCURRENT_SIGNALS)
 
     async def send(job_id: str, instance_id: str, status: str) -> None:
@@ -108,7 +107,7 @@ async def test_ten_thousand_jobs_run_to_completion(
     elapsed = time.monotonic() - started
     assert seen == set(names)
     assert (result.status, result.counts) == ("completed", {"succeeded": FLEET_SIZE})
-    signals_per_run = await signals_by_run(client, handle.id, first_run)
+    signals_per_run = [signals_in(run) for run in await fetch_chain(client, handle.id)]
     # 20,000 signals cannot fit one run: it continued as new, and no run met the cap. How many
     # runs, and where they split, depends on when Temporal suggests it (seen: 2 to 5 runs).
     # Nothing was lost: every job settled `succeeded` above, and every row below.
@@ -124,19 +123,5 @@ async def test_ten_thousand_jobs_run_to_completion(
     print(f"10,000 jobs, 20,000 signals: {elapsed:.1f}s, signals per run {signals_per_run}")
 
 
-async def signals_by_run(client: Client, workflow_id: str, run_id: str | None) -> list[int]:
-    """Signals recorded in each run of the chain, following continue-as-new links."""
-    counts = []
-    while run_id:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        counts.append(
-            sum(e.HasField("workflow_execution_signaled_event_attributes") for e in history.events)
-        )
-        last = history.events[-1]
-        continued = last.workflow_execution_continued_as_new_event_attributes
-        run_id = (
-            continued.new_execution_run_id
-            if last.HasField("workflow_execution_continued_as_new_event_attributes")
-            else None
-        )
-    return counts
+def signals_in(run: WorkflowHistory) -> int:
+    return sum(e.HasField("workflow_execution_signaled_event_attributes") for e in run.events)
