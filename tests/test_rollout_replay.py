@@ -249,6 +249,11 @@ async def test_abort_run_replays(
     await keep(client, spec, "abort")
 
 
+@pytest.mark.skipif(
+    not RECORDING,
+    reason="records the chain (~3,500 signals, minutes on 2 cores); the replay-all test"
+    " replays the recorded chain in every run",
+)
 async def test_continue_as_new_mid_batch_replays(
     dev_env: WorkflowEnvironment,
     dev_worker: Worker,
