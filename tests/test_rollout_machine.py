@@ -14,15 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import get_args
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
 
 from contract.wire import OPEN_JOB_STATUSES, JobStatus, ReportStatus, Step
 from store.rollouts import FINISHED_STATUSES, RolloutSpec
@@ -501,37 +494,42 @@ def test_text() -> None:
 # --- random sequences --------------------------------------------------------------------------
 
 
-class RolloutMachineRun(RuleBasedStateMachine):
-    """Reports, time, releases and admin actions in any order, as the workflow delivers them:
-    a release is begun, then ended once its rows are written, with anything in between."""
+# One operation of a random sequence: what reaches the workflow, in any order. A release is
+# begun (by loading, advance, auto-advance or retry), then ended once its rows are written
+# ("written"), with anything in between.
+OPERATIONS = st.one_of(
+    st.tuples(
+        st.just("report"),
+        st.integers(0, 50),  # which job, of all made so far
+        st.sampled_from(get_args(ReportStatus)),
+        st.sampled_from(get_args(Step)),
+    ),
+    st.tuples(st.just("time"), st.sampled_from([1, 30, TIMEOUT, 3 * TIMEOUT])),
+    st.tuples(st.just("written")),
+    st.tuples(st.just("admin"), st.sampled_from(ACTIONS)),
+    st.tuples(st.just("cancel")),
+)
 
-    @initialize(
-        hosts=st.integers(0, 7),
-        batch_size=st.integers(1, 3),
-        max_failures=st.integers(0, 2),
-        auto_advance=st.booleans(),
-        abort_while_loading=st.booleans(),
-    )
-    def load(
-        self,
-        hosts: int,
-        batch_size: int,
-        max_failures: int,
-        auto_advance: bool,
-        abort_while_loading: bool,
-    ) -> None:
+
+class Checked:
+    """Drives one machine like the workflow does, checking every transition and, after each
+    operation, what must always hold."""
+
+    def __init__(self, hosts: int, batch_size: int, max_failures: int, auto_advance: bool) -> None:
         options = {"batch_size": batch_size, "max_failures": max_failures}
         self.run = Run([f"host-{n}" for n in range(hosts)], auto_advance=auto_advance, **options)
         self.all_jobs: dict[str, JobState] = {}
         self.release_jobs: list[JobState] = []  # of the release begun last
+
+    def load(self, abort_while_loading: bool) -> None:
         if abort_while_loading:
             self.step(lambda: self.run.machine.abort("ops", None, T0))
         loaded = self.run.machine.targets_loaded
-        fx = self.step(lambda: loaded(hosts, T0, abort_stands=True), says_why=True)
+        fx = self.step(lambda: loaded(len(self.run.targets), T0, abort_stands=True), says_why=True)
         if fx.release is not None:
             self.step(lambda: self.run.begin(1))
+        self.holds()
 
-    # Each change goes through `step`, which checks what must hold of one transition.
     def step(self, change: Callable[[], Effects], *, says_why: bool = False) -> Effects:
         """Run one change, checking the transition. Two things may follow the end: the note
         explaining an abort that came while the targets loaded (`says_why`), and a release
@@ -579,83 +577,59 @@ class RolloutMachineRun(RuleBasedStateMachine):
         if (batch := run.machine.due_release(run.now)) is not None:
             self.step(lambda: run.begin(batch))
 
-    @rule(
-        pick=st.integers(0, 50),
-        status=st.sampled_from(get_args(ReportStatus)),
-        step=st.sampled_from(get_args(Step)),
-    )
-    def report(self, pick: int, status: ReportStatus, step: Step) -> None:
-        if not self.all_jobs:
-            return
-        job = list(self.all_jobs.values())[pick % len(self.all_jobs)]
-        signal = JobReportSignal(
-            job_id=job.id, instance_id=job.instance_id, status=status, step=step
-        )
-        self.step(lambda: self.run.machine.report(signal))
-        self.loop()
-
-    @rule(seconds=st.sampled_from([1, 30, TIMEOUT, 3 * TIMEOUT]))
-    def time_passes(self, seconds: int) -> None:
-        self.run.now += timedelta(seconds=seconds)
-        self.loop()
-
-    @precondition(lambda self: self.run.machine.releasing)
-    @rule()
-    def rows_written(self) -> None:
-        self.step(self.run.machine.end_release)
-        self.loop()
-
-    @rule(action=st.sampled_from(ACTIONS))
-    def admin(self, action: Action) -> None:
+    def apply(self, operation: tuple) -> None:
         run, machine = self.run, self.run.machine
-        reason = machine.refusal(action)
-        if reason is not None:
-            refused(run, action)
-            return
-        if action == "advance":
-            batch = self.step(lambda: machine.advance("ops")).release
-            assert batch == machine.state.current_batch + 1
-            self.step(lambda: run.begin(batch, "ops"))
-        elif action == "retry":
-            self.step(lambda: machine.begin_retry("ops", run.now, run.new_id))
-        elif action == "pause":
-            self.step(lambda: machine.pause("ops", None))
-        elif action == "resume":
-            self.step(lambda: machine.resume("ops", run.now))
-        else:
-            self.step(lambda: machine.abort("ops", None, run.now))
+        match operation:
+            case ("report", pick, status, step):
+                if not self.all_jobs:
+                    return
+                job = list(self.all_jobs.values())[pick % len(self.all_jobs)]
+                signal = JobReportSignal(
+                    job_id=job.id, instance_id=job.instance_id, status=status, step=step
+                )
+                self.step(lambda: machine.report(signal))
+            case ("time", seconds):
+                run.now += timedelta(seconds=seconds)
+            case ("written",):
+                if not machine.releasing:
+                    return
+                self.step(machine.end_release)
+            case ("admin", action) if machine.refusal(action) is not None:
+                refused(run, action)
+                return
+            case ("admin", "advance"):
+                batch = self.step(lambda: machine.advance("ops")).release
+                assert batch == machine.state.current_batch + 1
+                self.step(lambda: run.begin(batch, "ops"))
+            case ("admin", "retry"):
+                self.step(lambda: machine.begin_retry("ops", run.now, run.new_id))
+            case ("admin", "pause"):
+                self.step(lambda: machine.pause("ops", None))
+            case ("admin", "resume"):
+                self.step(lambda: machine.resume("ops", run.now))
+            case ("admin", "abort"):
+                self.step(lambda: machine.abort("ops", None, run.now))
+            case ("cancel",):
+                self.step(lambda: machine.cancel_requested("temporal", "cancel", run.now))
         self.loop()
+        self.holds()
 
-    @rule()
-    def cancel_request(self) -> None:
-        self.step(lambda: self.run.machine.cancel_requested("temporal", "cancel", self.run.now))
-        self.loop()
-
-    @invariant()
-    def a_host_never_has_two_open_jobs(self) -> None:
+    def holds(self) -> None:
         machine = self.run.machine
+        # A host never has two open jobs, and the index of open jobs is exact.
         open_jobs = [j for j in machine.jobs.values() if j.status in OPEN_JOB_STATUSES]
         assert len({j.instance_id for j in open_jobs}) == len(open_jobs)
         assert machine.open_by_instance == {j.instance_id: j.id for j in open_jobs}
-
-    @invariant()
-    def counts_add_up_to_the_released_targets(self) -> None:
-        machine = self.run.machine
+        # Counts add up to the targets released, all of them once completed.
         released = min(machine.state.current_batch * machine.spec.batch_size, len(self.run.targets))
         assert sum(machine.counts().values()) == released
         if machine.status == "completed":
             assert released == len(self.run.targets)
             assert set(machine.counts()) <= {"succeeded"} | FAILED_JOB_STATUSES
-
-    @invariant()
-    def planned_statuses_are_not_reached(self) -> None:
-        machine = self.run.machine
+        # Planned statuses are declared, not reached.
         assert machine.status not in PLANNED_STATUSES
         assert not {j.status for j in machine.jobs.values()} & PLANNED_STATUSES
-
-    @invariant()
-    def jobs_are_handed_out_only_while_running(self) -> None:
-        machine = self.run.machine
+        # Jobs are handed out only while the rollout runs.
         handed = machine.handed_out()
         if machine.status == "paused" or machine.finished:
             assert handed == {}
@@ -663,13 +637,27 @@ class RolloutMachineRun(RuleBasedStateMachine):
             assert handed.keys() == machine.open_by_instance.keys()
 
 
-RolloutMachineRun.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hosts=st.integers(0, 7),
+    batch_size=st.integers(1, 3),
+    max_failures=st.integers(0, 2),
+    auto_advance=st.booleans(),
+    abort_while_loading=st.booleans(),
+    operations=st.lists(OPERATIONS, max_size=30),
 )
-test_random_sequences_keep_the_invariants = RolloutMachineRun.TestCase
+def test_random_sequences_keep_the_invariants(
+    hosts: int,
+    batch_size: int,
+    max_failures: int,
+    auto_advance: bool,
+    abort_while_loading: bool,
+    operations: list[tuple],
+) -> None:
+    checked = Checked(hosts, batch_size, max_failures, auto_advance)
+    checked.load(abort_while_loading)
+    for operation in operations:
+        checked.apply(operation)
 
 
 def test_counts_of_a_run_are_the_jobs_latest_attempts() -> None:
