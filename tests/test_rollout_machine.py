@@ -155,7 +155,7 @@ def test_loaded_targets_start_the_rollout_and_release_batch_1() -> None:
     assert [j.instance_id for j in begun.new_jobs] == ["a", "b"]
     assert run.machine.releasing and run.machine.jobs == {}  # not handed out before written
     ended = run.machine.end_release()
-    assert ended.wake and ended.message == "released batch 1/2"
+    assert ended.wake and ended.answer == "released batch 1/2"
     assert actions(ended) == ["rollout.batch_released"]
     assert set(run.machine.handed_out()) == {"a", "b"}
     handed = run.machine.handed_out()["a"]
@@ -276,7 +276,7 @@ def test_a_settled_batch_awaits_advance_then_the_last_one_completes() -> None:
     begun = run.begin(2, "ops")
     assert status_moves(begun) == [("awaiting_advance", "running")]
     ended = run.machine.end_release()
-    assert ended.message == "released batch 2/2"
+    assert ended.answer == "released batch 2/2"
     assert run.machine.counts() == {"succeeded": 2, "pending": 1}
     assert run.machine.jobs.keys() == {run.job("c").id}  # earlier batches folded into counts
     run.report("c", "succeeded")
@@ -322,7 +322,7 @@ def test_failures_over_the_limit_pause_and_a_resume_accepts_them() -> None:
 def test_an_operator_pause_says_who_when_no_reason_is_given() -> None:
     run = started()
     fx = run.machine.pause("ops", None, via="signal")
-    assert fx.message == "paused: paused by ops" and not run.machine.state.paused_for_failures
+    assert fx.answer == "paused: paused by ops" and not run.machine.state.paused_for_failures
     assert fx.events[0].detail == {"reason": None, "via": "signal"}
     assert status_moves(fx) == [("running", "paused")]
 
@@ -349,7 +349,7 @@ def test_a_retry_runs_failed_jobs_again_and_ends_a_failure_pause() -> None:
     assert status_moves(ended) == [("paused", "running")]
     assert actions(ended)[-1] == "rollout.retry"
     assert ended.events[-1].detail == {"instances": ["a"]}
-    assert ended.message == "released 1 jobs again"
+    assert ended.answer == "released 1 jobs again"
     new = run.job("a")
     assert old.superseded and (new.attempt, new.status) == (2, "pending")
     assert run.machine.open_by_instance["a"] == new.id

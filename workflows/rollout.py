@@ -314,7 +314,7 @@ class RolloutWorkflow:
     def _answer(self, fx: Effects) -> ActionResult:
         state = self._state
         return ActionResult(
-            status=state.status, current_batch=state.current_batch, message=fx.message
+            status=state.status, current_batch=state.current_batch, message=fx.answer
         )
 
     # --- updates: admin actions, refused at once by their validators -------------------------

@@ -83,7 +83,7 @@ class Effects:
     messages: dict[str, str] = field(default_factory=dict)  # a report's message, by job id
     new_jobs: list[JobState] = field(default_factory=list)  # to write before handing out
     release: int | None = None  # the batch the workflow must now release
-    message: str = ""  # an admin action's answer
+    answer: str = ""  # what an admin action answers
     wake: bool = False  # the run loop has something to do
 
 
@@ -98,6 +98,10 @@ class _Release:
 
 
 class RolloutMachine:
+    """One rollout: its status, its current batch's jobs, what each event does to them and which
+    admin actions apply. Methods named for events change state and return `Effects`; the rest
+    only read."""
+
     def __init__(self, spec: RolloutSpec, state: RolloutState, target_count: int | None) -> None:
         self.spec = spec
         self.state = state
@@ -303,12 +307,12 @@ class RolloutMachine:
             state.paused_for_failures = False
             self._set_status(fx, "running", release.actor)
         if release.batch is not None:
-            fx.message = f"released batch {state.current_batch}/{self.total_batches}"
+            fx.answer = f"released batch {state.current_batch}/{self.total_batches}"
         else:
             instances = [job.instance_id for job in release.retried]
             names = {"instances": instances[: rollout_text.REASON_NAMES]}
             self._event(fx, release.actor, "rollout.retry", names)
-            fx.message = f"released {len(instances)} jobs again"
+            fx.answer = f"released {len(instances)} jobs again"
         return fx
 
     # --- reports and time ---------------------------------------------------------------------
@@ -381,7 +385,7 @@ class RolloutMachine:
         detail = {"reason": reason} | ({"via": via} if via else {})
         self._event(fx, actor, "rollout.pause", detail)
         self._pause(fx, actor, reason)
-        fx.message = f"paused: {self.state.paused_reason}"
+        fx.answer = f"paused: {self.state.paused_reason}"
         return fx
 
     def resume(self, actor: str, now: datetime, *, via: str | None = None) -> Effects:
@@ -400,7 +404,7 @@ class RolloutMachine:
                 fx.jobs.add(job.id)
         self._set_status(fx, "running", actor)
         fx.wake = True
-        fx.message = "resumed"
+        fx.answer = "resumed"
         return fx
 
     def abort(self, actor: str, reason: str | None, now: datetime) -> Effects:
@@ -408,7 +412,7 @@ class RolloutMachine:
         fx = Effects()
         self._event(fx, actor, "rollout.abort", {"reason": reason})
         self._abort(fx, actor, reason, now)
-        fx.message = "aborted"
+        fx.answer = "aborted"
         return fx
 
     def cancel_requested(self, actor: str, reason: str, now: datetime) -> Effects:
