@@ -6,11 +6,13 @@ must always hold: a host never has two open jobs, counts add up to the released 
 move only along the documented graph, and a finished rollout never changes.
 """
 
+import ast
 import itertools
 import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from contract.wire import OPEN_JOB_STATUSES, JobStatus, ReportStatus, Step
 from store.rollouts import FINISHED_STATUSES, RolloutSpec
+from workflows import rollout_machine, rollout_text
 from workflows.rollout_machine import (
     JOB_GRAPH,
     PLANNED_STATUSES,
@@ -141,6 +144,16 @@ def test_the_graphs_declare_every_status_and_mark_the_planned_ones() -> None:
         assert all(target in graph for moves in graph.values() for target in moves)
     assert {s for s, moves in ROLLOUT_GRAPH.items() if not moves} == FINISHED_STATUSES
     assert {s for s, moves in JOB_GRAPH.items() if moves} == OPEN_JOB_STATUSES
+
+
+def test_the_machine_is_plain_python() -> None:
+    """No Temporal: it runs the same in a test, a replay and a live workflow."""
+    for module in (rollout_machine, rollout_text):
+        assert module.__file__ is not None
+        nodes = list(ast.walk(ast.parse(Path(module.__file__).read_text())))
+        imported = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in nodes if isinstance(n, ast.ImportFrom)}
+        assert imported and not [n for n in imported if n.split(".")[0] == "temporalio"]
 
 
 # --- start -------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ActionInput,
         ActionResult,
         AdvanceInput,
+        AuditEvent,
         Handouts,
         HandoutsQuery,
         JobForInstanceQuery,
@@ -132,6 +133,7 @@ class RolloutWorkflow:
             await self._expire_overdue_jobs()
             self._apply(machine.settle(workflow.now()))
             if self._should_continue_as_new():
+                self._log_line(f"continuing as new after {self._signals} signals")
                 await self._let_handlers_finish()
                 workflow.continue_as_new(RolloutInput(spec=self._spec, state=self._snapshot()))
             if (batch := machine.due_release(workflow.now())) is not None:
@@ -295,16 +297,23 @@ class RolloutWorkflow:
         if fx.wake:
             self._changed = True
         for event in fx.events:
-            if event.action == "rollout.status_changed":
-                workflow.logger.info(
-                    "rollout %s: %s -> %s%s",
-                    self._spec.id,
-                    event.detail["from"],
-                    event.detail["to"],
-                    f" ({event.detail['reason']})" if "reason" in event.detail else "",
-                    extra={"rollout_id": self._spec.id, "status": event.detail["to"]},
-                )
+            self._log(event)
         return fx
+
+    def _log(self, event: AuditEvent) -> None:
+        """A line per audit event, naming its rollout (issue 13); Temporal skips it in replays."""
+        detail = event.detail
+        if event.action == "rollout.status_changed":
+            reason = f" ({detail['reason']})" if "reason" in detail else ""
+            text = f"{detail['from']} -> {detail['to']}{reason}"
+        else:
+            text = f"{event.action} by {event.actor}" + (f" {detail}" if detail else "")
+        self._log_line(text)
+
+    def _log_line(self, text: str) -> None:
+        rollout_id = self._spec.id
+        extra = {"rollout_id": rollout_id, "status": self._machine.status}
+        workflow.logger.info("rollout %s: %s", rollout_id, text, extra=extra)
 
     def _ensure_allowed(self, action: Action) -> None:
         reason = self._machine.refusal(action)
