@@ -246,18 +246,21 @@ def test_reports_for_settled_unknown_or_another_hosts_job_change_nothing() -> No
 
 
 def test_overdue_jobs_time_out_at_their_reported_step() -> None:
-    run = started(max_failures=5)
+    run = started("abc", max_failures=5, batch_size=3)
     run.report("a", "in_progress", "pull")
     assert run.machine.next_wake() == T0 + timedelta(seconds=TIMEOUT)
+    assert run.machine.overdue(T0 + timedelta(seconds=TIMEOUT - 1)) == []
     run.now += timedelta(seconds=TIMEOUT)
     overdue = run.machine.overdue(run.now)
-    assert {j.instance_id for j in overdue} == {"a", "b"}
+    assert {j.instance_id for j in overdue} == {"a", "b", "c"}
     run.report("b", "succeeded")  # settled while the steps were looked up
     fx = run.machine.time_out(overdue, {run.job("a").id: "migrate"})
     assert (run.job("a").status, run.job("a").step) == ("timed_out", "migrate")
+    assert (run.job("c").status, run.job("c").step) == ("timed_out", None)  # never started
     assert actions(fx) == ["rollout.jobs_timed_out"]
-    assert fx.events[0].detail == {"count": 1, "instances": ["a"]}
+    assert fx.events[0].detail == {"count": 2, "instances": ["a", "c"]}
     assert run.job("b").status == "succeeded"
+    assert run.machine.next_wake() is None
 
 
 def test_while_paused_pending_jobs_are_withheld_and_their_time_restarts_on_resume() -> None:
@@ -348,6 +351,10 @@ def test_a_batch_awaiting_advance_may_be_paused_and_resumed() -> None:
     assert status_moves(run.machine.pause("ops", "freeze")) == [("awaiting_advance", "paused")]
     assert status_moves(run.machine.resume("ops", run.now)) == [("paused", "running")]
     assert status_moves(run.tick()) == [("running", "awaiting_advance")]
+    assert status_moves(run.machine.abort("ops", None, run.now)) == [
+        ("awaiting_advance", "aborted")
+    ]
+    assert run.machine.done
 
 
 def test_a_retry_runs_failed_jobs_again_and_ends_a_failure_pause() -> None:
@@ -385,6 +392,9 @@ def test_a_retry_that_leaves_too_many_failures_stays_paused() -> None:
     ended = run.retry()
     assert status_moves(ended) == [] and run.machine.status == "paused"
     assert ended.events[-1].detail == {"instances": ["a"]}
+    fx = run.machine.abort("ops", "give up", run.now)
+    assert status_moves(fx) == [("paused", "aborted")]
+    assert run.job("a").status == "cancelled"  # the retry's job had not started
 
 
 def test_abort_cancels_pending_jobs_and_waits_for_running_ones() -> None:
