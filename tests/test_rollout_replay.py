@@ -73,7 +73,11 @@ WAVE = 100  # signals a workflow task takes in at most (2 s deadlock detection u
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[RolloutWorkflow], data_converter=pydantic_data_converter)
+    """Checks determinism only: the 2 s deadlock detection is off (debug mode), as a recorded
+    task of a hundred signals can take longer than that on a loaded 2-core machine."""
+    return Replayer(
+        workflows=[RolloutWorkflow], data_converter=pydantic_data_converter, debug_mode=True
+    )
 
 
 async def replay(history: WorkflowHistory) -> None:
