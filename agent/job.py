@@ -35,6 +35,7 @@ def fit_message(sections: list[tuple[str, str]]) -> str:
 
 _INDENT = "  "
 _CUT = "…"
+_LEFT_OUT = f"{_CUT} (lines left out) {_CUT}"
 
 
 def _size(line: str) -> int:
@@ -43,7 +44,7 @@ def _size(line: str) -> int:
 
 def excerpt(output: str, budget: int) -> list[str]:
     """The lines of a step's output within `budget` bytes once indented: all of them when they
-    fit, else the head (what ran) and the tail (how it ended), saying how many lines were left
+    fit, else the head (what ran) and the tail (how it ended), with a line saying some were left
     out between them. A line too long for what is left is cut, never dropped whole."""
     lines = output.rstrip().splitlines()
     if sum(_size(line) for line in lines) <= budget:
@@ -52,17 +53,11 @@ def excerpt(output: str, budget: int) -> list[str]:
     rest = lines[len(head) :]
     if not rest:
         return head
-    longest_marker = _left_out(len(rest))
-    left = budget - sum(_size(line) for line in head) - _size(longest_marker)
+    left = budget - sum(_size(line) for line in head) - _size(_LEFT_OUT)
     if left < 0:
         return head
     tail = _take(rest[::-1], left, from_end=True)[::-1]
-    left_out = len(rest) - len(tail)
-    return [*head, _left_out(left_out), *tail] if left_out else head + tail
-
-
-def _left_out(count: int) -> str:
-    return f"{_CUT} {count:,} lines left out {_CUT}"
+    return [*head, _LEFT_OUT, *tail] if len(tail) < len(rest) else head + tail
 
 
 def _take(lines: list[str], budget: int, *, from_end: bool) -> list[str]:
