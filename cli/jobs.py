@@ -20,8 +20,8 @@ TIMELINE_COLUMNS = [
     ("STEP", "step"),
     ("OUTCOME", "outcome"),
     ("STARTED", "startedAt"),
+    ("ENDED", "endedAt"),
     ("TOOK", "took"),
-    ("OUTPUT", "message"),
 ]
 
 
@@ -60,8 +60,13 @@ def _took(step: dict[str, Any]) -> str | None:
     return f"{seconds:.1f}s"
 
 
+def _printable(line: str) -> str:
+    """Step output is the host's: its control characters must not drive the terminal."""
+    return "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in line)
+
+
 def show(job: dict[str, Any]) -> None:
-    """The job, a line per step (its output folded to the head), then each step's output."""
+    """The job, a line per step, then the output of each step that has some."""
     where = f" at {job['step']}" if job.get("step") else ""
     print(f"job {job['id']}  {job['status'].upper()}{where}")
     print(f"  rollout {job['rolloutId']}  batch {job['batch']}  attempt {job['attempt']}")
@@ -75,4 +80,4 @@ def show(job: dict[str, Any]) -> None:
     for step in timeline:
         if step.get("message"):
             print(f"\n{step['step']} output:")
-            print("\n".join("  " + line for line in step["message"].splitlines()))
+            print("\n".join("  " + _printable(line) for line in step["message"].splitlines()))
