@@ -10,8 +10,8 @@ import httpx
 from contract.settings import ApiSettings
 from tests.conftest import LiveServer
 from tests.fixtures_agents import AgentFactory
-from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where
-from tests.fixtures_temporal import seed_release
+from tests.fixtures_fleet import FLEET_TOKEN, rollout_where
+from tests.fixtures_temporal import seed_instances, seed_release
 from tests.test_admin_cli import rollout_cli
 
 UPDATE = ("preflight", "backup", "pull", "migrate", "smoke", "switch", "health")
@@ -29,9 +29,11 @@ async def test_a_rolled_back_job_shows_every_step_with_its_outcome(
     db: asyncpg.Connection,
     agent_host: AgentFactory,
 ) -> None:
+    # Known to the control plane as their first polls would make them (agents take a while to
+    # start on a loaded machine); the agents poll, run and report for real.
+    await seed_instances(db, ["web-1", "web-2"], version="1.0.0")
     await agent_host(plane.url, FLEET_TOKEN, instance_id="web-1", fail_at="smoke")
     await agent_host(plane.url, FLEET_TOKEN, instance_id="web-2")
-    await registered(admin, 2)
     release_id = await seed_release(db, settings)
     created = await admin.post(
         "/api/rollouts", json={"manifestId": release_id, "channel": "stable", "batchSize": 2}
@@ -91,6 +93,10 @@ async def test_a_rolled_back_job_shows_every_step_with_its_outcome(
     )
     assert failure["message"] == smoke["message"]
     assert (failure["startedAt"], failure["endedAt"]) == (smoke["startedAt"], smoke["endedAt"])
+
+    code, out, err = await rollout_cli(plane, settings, "rollouts", "get", rollout["id"])
+    assert code == 0, err
+    assert f"  web-1 rolled_back at smoke: rollout jobs show {failed_id}" in out.splitlines()
 
     # The CLI: the same JSON, and a line per step, then the failed step's output.
     code, out, err = await rollout_cli(plane, settings, "jobs", "show", failed_id, "--json")
