@@ -2,10 +2,10 @@
 
 The reports are the one source of a job's steps (the workflow hears only of a job starting and
 ending): each `in_progress` report opens a step and ends the one before it, which therefore
-succeeded; the final report names the step the job ended on and carries its output. A
-`rolled_back` or `rollback_failed` report ends the `rollback` step and marks the step it names as
-the one that failed. A job settled without a final report (`timed_out`, `cancelled`) leaves its
-last step open, with that outcome.
+succeeded (or failed, when the step it opens is the rollback). The final report names the step
+the job ended on and carries its output; a `rolled_back` or `rollback_failed` one also ends the
+`rollback` step. A job settled without a final report (`timed_out`, `cancelled`) leaves its last
+step open, with that outcome.
 
 Everything here is computed on read, so a job's timeline never disagrees with its reports.
 """
@@ -28,7 +28,8 @@ FAILED_JOB_STATUSES: frozenset[str] = frozenset(
     {"failed", "rolled_back", "rollback_failed", "timed_out"}
 )
 _FAILED_OUTCOMES = frozenset({"failed", "timed_out", "cancelled"})
-# The outcome of a last step left open, by the status the job settled with all the same.
+# The outcome of a last step left open, by the job's status: still running, or settled with no
+# final report stored (timed out, cancelled, or an end the workflow heard of first).
 _OPEN_STEP_OUTCOME: Mapping[str, StepOutcome] = {
     "pending": "running",
     "in_progress": "running",
@@ -89,7 +90,10 @@ def job_timeline(status: JobStatus, reports: Sequence[StoredReport]) -> list[Tim
         if report.status != "in_progress":
             final = report
         elif report.step is not None:
-            _close(steps, report.received_at)
+            # An agent rolls back only after a step failed (or it stopped mid-update).
+            _close(
+                steps, report.received_at, "failed" if report.step == "rollback" else "succeeded"
+            )
             steps.append(
                 TimelineStep(
                     step=report.step,
@@ -106,10 +110,10 @@ def job_timeline(status: JobStatus, reports: Sequence[StoredReport]) -> list[Tim
     return steps
 
 
-def _close(steps: list[TimelineStep], at: datetime) -> None:
-    """A new step started: the one still running finished well."""
+def _close(steps: list[TimelineStep], at: datetime, outcome: StepOutcome = "succeeded") -> None:
+    """The step still running ended at `at`: a new one started, or the job ended."""
     if steps and steps[-1].outcome == "running":
-        steps[-1].outcome, steps[-1].ended_at = "succeeded", at
+        steps[-1].outcome, steps[-1].ended_at = outcome, at
 
 
 def _end(steps: list[TimelineStep], final: StoredReport) -> None:
@@ -120,6 +124,9 @@ def _end(steps: list[TimelineStep], final: StoredReport) -> None:
         end = _index_of(steps, "rollback", end, at)
         steps[end].outcome = "rolled_back" if final.status == "rolled_back" else "failed"
         steps[end].ended_at = at
+    for entry in steps[:end]:  # the final report says which step failed
+        if entry.outcome == "failed":
+            entry.outcome = "succeeded"
     _close(steps[:end], at)  # a step still running before the job's end ended with it
     named = final.step if final.step not in (None, "rollback") else _last_step(steps[:end])
     if named is None:
@@ -162,7 +169,7 @@ def failing_jobs(jobs: Iterable[JobFacts]) -> list[JobFacts]:
 
 def job_failure(job: JobFacts, reports: Sequence[StoredReport]) -> JobFailure:
     """The step `job` failed at: its first step that did not succeed. That is the failed step,
-    not the rollback after it, and the rollback only when that stalled."""
+    not the rollback after it (even when the rollback stalled)."""
     steps = job_timeline(job.status, reports)
     failed = next((s for s in steps if s.outcome in _FAILED_OUTCOMES), None)
     return JobFailure(

@@ -141,6 +141,14 @@ def test_a_job_with_no_final_report_leaves_its_last_step_open(
     ]
 
 
+def test_a_job_rolling_back_shows_the_step_before_as_failed_at_once() -> None:
+    story = reports(*started("preflight", "backup", "smoke", "rollback"))
+    assert outline("in_progress", story)[-2:] == [
+        ("smoke", "failed", 3),
+        ("rollback", "running", None),
+    ]
+
+
 def test_a_job_nobody_started_has_an_empty_timeline() -> None:
     assert job_timeline("pending", []) == []
     assert job_timeline("timed_out", []) == []
@@ -181,6 +189,6 @@ def test_a_timed_out_failure_names_the_step_it_stalled_in() -> None:
     stalled = job_failure(facts("web-1", 1, "timed_out"), reports(*started("preflight", "pull")))
     assert (stalled.step, stalled.started_at, stalled.ended_at) == ("pull", at(1), None)
     stalled_rollback = reports(*started("preflight", "smoke", "rollback"))
-    assert job_failure(facts("web-1", 1, "timed_out"), stalled_rollback).step == "rollback"
+    assert job_failure(facts("web-1", 1, "timed_out"), stalled_rollback).step == "smoke"
     never_started = job_failure(facts("web-2", 1, "timed_out"), [])
     assert (never_started.step, never_started.message) == (None, None)
