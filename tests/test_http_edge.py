@@ -165,6 +165,7 @@ async def test_malformed_admin_bodies_are_4xx(
         ("/api/rollouts/a%00b/pause", "rollout_id"),
         ("/api/updates/jobs?rolloutId=%00", "rolloutId"),
         ("/api/updates/jobs?instanceId=web%001", "instanceId"),
+        ("/api/updates/jobs/%00", "job_id"),
     ],
 )
 async def test_ids_with_nul_are_refused_naming_the_parameter(

@@ -17,10 +17,11 @@ from temporalio.client import Client
 from api.deps import AdminActor, HandoutCacheDep, IdPath, PoolDep, SettingsDep, TemporalDep
 from api.responses import admin_errors, conflict, not_found
 from api.routers.jobs import JobOut
+from api.timeline import JobFacts, JobFailure, failing_jobs, job_failure
 from contract.manifest import Channel
 from contract.text import storable
 from contract.wire import ID_PATTERN
-from store import audit, jobs, releases, rollouts
+from store import audit, job_reports, jobs, releases, rollouts
 from store.jobs import Job
 from store.rollouts import ChannelBusy, Rollout, RolloutSpec
 from workflows import client as rollout_client
@@ -96,6 +97,9 @@ class RolloutOut(RolloutSummaryOut):
     batches: list[BatchOut]
     counts: dict[str, int]  # the latest attempt of each target, per job status
     stale: bool  # true when the workflow did not answer: this is the last stored view
+    # The current batch's failed, rolled-back, rollback-failed and timed-out jobs (each host by
+    # its newest attempt): the step each failed at and its output (docs/protocol.md).
+    failures: list[JobFailure]
 
 
 def _summary(row: Rollout) -> RolloutSummaryOut:
@@ -144,6 +148,14 @@ def _job_out(job: Job, live: JobState | None) -> JobOut:
     return out
 
 
+async def _failures(pool: PoolDep, batch: list[JobOut]) -> list[JobFailure]:
+    """From the same acknowledged reports as each job's timeline (api/timeline.py)."""
+    facts = (JobFacts(j.id, j.instanceId, j.attempt, j.status) for j in batch)
+    failing = failing_jobs(facts)
+    reports = await job_reports.for_jobs(pool, [j.id for j in failing])
+    return [job_failure(j, reports.get(j.id, [])) for j in failing]
+
+
 def _counts(all_jobs: list[JobOut]) -> dict[str, int]:
     latest: dict[str, JobOut] = {}
     for job in all_jobs:
@@ -176,11 +188,13 @@ async def _view(pool: PoolDep, temporal: Client, row: Rollout) -> RolloutOut:
         BatchOut(number=n, jobs=[j for j in job_outs if j.batch == n])
         for n in range(1, summary.totalBatches + 1)
     ]
+    current_batch = [j for j in job_outs if j.batch == summary.currentBatch]
     return RolloutOut(
         **summary.model_dump(),
         batches=batches,
         counts=_counts(job_outs),
         stale=stale,
+        failures=await _failures(pool, current_batch),
     )
 
 
