@@ -19,7 +19,7 @@ from api.errors import install_error_handlers
 from api.handouts import HandoutCache
 from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
-from api.routers import instances, jobs, metrics, releases, rollouts, system, updates
+from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
 from contract.settings import ApiSettings
 from store.pool import open_pool
 from worker.connect import connect_temporal
@@ -63,7 +63,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(system.router)
     app.include_router(releases.router)
     app.include_router(instances.router)
-    app.include_router(updates.router)
+    app.include_router(agent.router)
     app.include_router(metrics.router)
     app.include_router(rollouts.router)
     app.include_router(jobs.router)

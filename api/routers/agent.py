@@ -24,7 +24,7 @@ from contract.wire import (
     ReportResponse,
 )
 from store import job_reports, jobs, polls, releases
-from workflows import client as rollouts
+from workflows import client as rollout_client
 from workflows.client import RolloutGone, RolloutUnavailable
 from workflows.rollout_models import HandedOutJob, JobReportSignal
 
@@ -169,7 +169,9 @@ async def _signal_workflow(
         job_id=r.jobId, instance_id=r.instanceId, status=r.status, step=r.step, message=r.message
     )
     try:
-        await rollouts.report_job(temporal, rollout_id, signal, timeout=_TEMPORAL_TIMEOUT_SECONDS)
+        await rollout_client.report_job(
+            temporal, rollout_id, signal, timeout=_TEMPORAL_TIMEOUT_SECONDS
+        )
     except RolloutGone:
         return  # a finished rollout takes no more decisions; the read model still records it
     except RolloutUnavailable as exc:
