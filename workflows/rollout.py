@@ -18,9 +18,10 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.rollouts import TARGETS_TOO_LARGE, RolloutActivities
-    from contract.wire import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES
+    from contract.wire import FINISHED_ROLLOUT_STATUSES as FINISHED_STATUSES
+    from contract.wire import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES, RolloutStatus
     from store.jobs import JobWrite
-    from store.rollouts import FINISHED_STATUSES, RolloutProgress
+    from store.rollouts import RolloutProgress
     from workflows.rollout_models import (
         FAILED_JOB_STATUSES,
         RETRYABLE_JOB_STATUSES,
@@ -44,7 +45,6 @@ with workflow.unsafe.imports_passed_through():
         RolloutInput,
         RolloutResult,
         RolloutState,
-        RolloutStatus,
         RolloutView,
         WaitStartedInput,
     )
