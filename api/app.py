@@ -20,9 +20,9 @@ from api.handouts import HandoutCache
 from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
 from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
+from server.temporal_client import connect_temporal
 from store.pool import open_pool
-from worker.connect import connect_temporal
 
 
 def create_app(settings: ApiSettings) -> FastAPI:

@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from devstack.ports import free_port
 from tests.agent_requests import (
     assert_signed_by,

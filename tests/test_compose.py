@@ -22,9 +22,9 @@ import yaml
 from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
 
 from cli.main import build_parser
-from contract.settings import ApiSettings, Settings
 from devstack.ports import free_port
 from devstack.postgres import POSTGRES_BIN_PATH, EmbeddedPostgres
+from server.settings import ApiSettings, Settings
 from store.migrate import apply_migrations
 
 ROOT = Path(__file__).resolve().parents[1]

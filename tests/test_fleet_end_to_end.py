@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from api.app import create_app
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from devstack.ports import free_port
 from store import instances, jobs
 from tests.agent_requests import assert_signed_by, body_for, post_signed

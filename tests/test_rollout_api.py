@@ -9,7 +9,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.rollouts import RolloutActivities
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from store import audit
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, venv_binary
 from worker.main import build_worker

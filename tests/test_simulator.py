@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from cli.main import main as cli_main
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from devstack.ports import free_port
 from simulator import secrets_file
 from simulator.figures import LAGGING_P50_MS, Figures, Latency, ProcessFigures, render
