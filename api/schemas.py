@@ -1,0 +1,105 @@
+"""The admin API's JSON: request bodies and answers, in camelCase (docs/api.md, naming).
+
+Answers are the store's own types under one alias generator, so a field is declared once and
+named once. Request bodies accept the snake_case names too, for scripts written against them.
+Releases keep the snake_case names PROTOCOL §2 fixes (`migrations_required`, `created_at`):
+they are answered as the store holds them, without this base. Nothing here travels in Temporal
+history, whose payloads are serialised by alias.
+"""
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from contract.manifest import Channel
+from contract.text import storable
+from contract.wire import ID_PATTERN
+from services.rollouts import RolloutDetail
+from store.instances import Instance
+from store.jobs import Job
+from store.rollouts import Rollout
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire; the Python (snake_case) names are accepted in requests too."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+    )
+
+
+# Bounds of the integer fields (docs/protocol.md): a fleet is at most this many instances.
+MAX_FLEET = 100_000
+
+
+class CreateRollout(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest_id: str = Field(pattern=ID_PATTERN)
+    channel: Channel
+    batch_size: int = Field(ge=1, le=MAX_FLEET)
+    auto_advance: bool = False
+    bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
+    max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
+    job_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
+
+
+class ActionBody(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        """Free text: NUL or a lone surrogate is replaced (before pydantic refuses the
+        surrogate), never a reason to refuse a pause."""
+        return storable(value) if isinstance(value, str) else value
+
+
+class JobOut(ApiModel, Job):
+    """A job as the read model holds it, with the workflow's fresher status where it has one."""
+
+    @classmethod
+    def from_job(cls, job: Job) -> "JobOut":
+        return cls(**job.model_dump())
+
+
+class BatchOut(ApiModel):
+    number: int
+    jobs: list[JobOut]
+
+
+class RolloutSummaryOut(ApiModel, Rollout):
+    """A rollout's spec and latest snapshot, as listings show it."""
+
+    # Bookkeeping of the read model's writes, not for clients.
+    revision: int = Field(exclude=True)
+    workflow_closed: bool = Field(exclude=True)
+
+    @classmethod
+    def from_row(cls, row: Rollout) -> "RolloutSummaryOut":
+        return cls(**row.model_dump())
+
+
+class RolloutOut(RolloutSummaryOut):
+    batches: list[BatchOut]
+    counts: dict[str, int]  # the latest attempt of each target, per job status
+    stale: bool  # true when the workflow did not answer: this is the last stored view
+
+    @classmethod
+    def from_detail(cls, detail: RolloutDetail) -> "RolloutOut":
+        jobs = [JobOut.from_job(job) for job in detail.jobs]
+        batches = [
+            BatchOut(number=n, jobs=[job for job in jobs if job.batch == n])
+            for n in range(1, detail.rollout.total_batches + 1)
+        ]
+        return cls(
+            **detail.rollout.model_dump(),
+            batches=batches,
+            counts=detail.counts,
+            stale=detail.stale,
+        )
+
+
+class InstanceOut(ApiModel, Instance):
+    """An instance as its polls keep it."""
