@@ -10,10 +10,8 @@ history, whose payloads are serialised by alias.
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from contract.manifest import Channel
 from contract.text import storable
-from contract.wire import ID_PATTERN
-from services.rollouts import RolloutDetail
+from services.rollouts import NewRollout, RolloutDetail
 from store.instances import Instance
 from store.jobs import Job
 from store.rollouts import Rollout
@@ -27,20 +25,8 @@ class ApiModel(BaseModel):
     )
 
 
-# Bounds of the integer fields (docs/protocol.md): a fleet is at most this many instances.
-MAX_FLEET = 100_000
-
-
-class CreateRollout(ApiModel):
+class CreateRollout(ApiModel, NewRollout):
     model_config = ConfigDict(extra="forbid")
-
-    manifest_id: str = Field(pattern=ID_PATTERN)
-    channel: Channel
-    batch_size: int = Field(ge=1, le=MAX_FLEET)
-    auto_advance: bool = False
-    bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
-    max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
-    job_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
 
 
 class ActionBody(ApiModel):

@@ -11,10 +11,11 @@ from collections import Counter
 from typing import Literal, Protocol
 
 import asyncpg
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio.client import Client
 
 from contract.manifest import Channel
+from contract.wire import ID_PATTERN
 from services.errors import Conflict, Invalid, NotFound
 from store import audit, jobs, releases, rollouts
 from store.jobs import Job
@@ -38,16 +39,20 @@ class Handouts(Protocol):
     def forget(self, rollout_id: str) -> None: ...
 
 
-class NewRollout(BaseModel):
-    """What an operator asks for (PROTOCOL §4); bounds are checked at the edge."""
+# Bounds of the integer fields (docs/protocol.md): a fleet is at most this many instances.
+MAX_FLEET = 100_000
 
-    manifest_id: str
+
+class NewRollout(BaseModel):
+    """What an operator asks for (PROTOCOL §4), within the documented bounds."""
+
+    manifest_id: str = Field(pattern=ID_PATTERN)
     channel: Channel
-    batch_size: int
+    batch_size: int = Field(ge=1, le=MAX_FLEET)
     auto_advance: bool = False
-    bake_seconds: int = 0
-    max_failures: int = 0
-    job_timeout_seconds: int = 3600
+    bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
+    max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
+    job_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
 
 
 class RolloutDetail(BaseModel):
@@ -77,7 +82,7 @@ async def create(
         id=uuid.uuid4().hex,
         version=release.version,
         created_by=actor,
-        **new.model_dump(),
+        **new.model_dump(by_alias=False),  # an API subclass would dump its aliases
     )
     async with pool.acquire() as conn, conn.transaction():
         try:

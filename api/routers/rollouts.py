@@ -12,7 +12,7 @@ from api.schemas import ActionBody, CreateRollout, RolloutOut, RolloutSummaryOut
 from contract.manifest import Channel
 from contract.wire import RolloutStatus
 from services import rollouts as rollout_service
-from services.rollouts import Action, NewRollout
+from services.rollouts import Action
 from store import rollouts
 
 router = APIRouter(prefix="/api/rollouts", tags=["rollouts"], responses=admin_errors())
@@ -31,7 +31,7 @@ async def create_rollout(
     detail = await rollout_service.create(
         pool,
         temporal,
-        NewRollout(**body.model_dump(by_alias=False)),
+        body,
         actor=actor,
         task_queue=settings.temporal_task_queue,
     )
