@@ -1,4 +1,4 @@
-"""The admin API's JSON: request bodies and answers, in camelCase (docs/api.md, naming).
+"""The admin API's JSON: request bodies and answers, in camelCase (docs/protocol.md §3, naming).
 
 Answers are the store's own types under one alias generator, so a field is declared once and
 named once. Request bodies accept the snake_case names too, for scripts written against them.
