@@ -8,7 +8,7 @@ rather than an error.
 import contextlib
 import uuid
 from collections import Counter
-from typing import Literal, Protocol
+from typing import Protocol
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -22,6 +22,7 @@ from store.jobs import Job
 from store.rollouts import ChannelBusy, Rollout, RolloutSnapshot, RolloutSpec
 from workflows import client as rollout_client
 from workflows.client import RolloutGone, RolloutUnavailable
+from workflows.rollout_machine import Action
 from workflows.rollout_models import JobState
 
 # A live view must not hold an HTTP request long: the stored view answers instead.
@@ -29,8 +30,6 @@ LIVE_VIEW_TIMEOUT = 3.0
 # Starting waits until batch 1 is handed out; actions until the workflow accepted them.
 START_TIMEOUT = 30.0
 ACTION_TIMEOUT = 15.0
-
-Action = Literal["advance", "pause", "resume", "retry", "abort"]
 
 
 class Handouts(Protocol):

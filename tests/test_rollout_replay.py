@@ -8,13 +8,17 @@ Files in tests/histories, one per run of workflow `rollout-<scenario>`:
 - `.json.gz` is the same, gzip-compressed, for a run over about 1 MB.
 
 Re-record after an intended, compatible change (or to add scenarios):
-    ROLLOUT_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_rollout_replay.py
-which runs the scenarios below (on the time-skipping server; continue_mid_batch and
-cancel_request on the dev server) and writes tests/histories/. Keep the old files too (under
-another scenario name) when the change must stay compatible with rollouts already running.
+    ROLLOUT_RECORD_HISTORIES=1 TEMPORAL_DEBUG=1 .venv/bin/pytest tests/test_rollout_replay.py
+(TEMPORAL_DEBUG turns off the SDK's 2 s deadlock detection, which a workflow task of hundreds
+of signals can trip on a loaded machine; it changes nothing in the histories.)
+which runs the scenarios below (on the time-skipping server; continue_mid_batch,
+continue_at_boundary and cancel_request on the dev server) and writes tests/histories/. Keep
+the old files too (under another scenario name) when the change must stay compatible with
+rollouts already running.
 """
 
 import asyncio
+import contextlib
 import gzip
 import os
 import re
@@ -53,6 +57,7 @@ SCENARIOS = {
     "lifecycle",
     "abort",
     "continue_mid_batch",
+    "continue_at_boundary",
     "timeout_retry_abort",
     "poison_text",
     "abort_before_first_batch",
@@ -64,7 +69,7 @@ SCENARIOS = {
 LAST_RUN_ENDS = {"cancel_request": "canceled"}
 GZIP_ABOVE = 1_000_000  # characters of JSON
 CONCURRENT_SIGNALS = 16
-WAVE = 250  # signals a workflow task takes in at most, in spend_signals
+WAVE = 100  # signals a workflow task takes in at most (2 s deadlock detection under load)
 
 
 def replayer() -> Replayer:
@@ -185,7 +190,9 @@ async def spend_signals_until_continued(client: Client, spec: RolloutSpec, job: 
 
     async def send() -> None:
         async with limit:
-            await rollout_client.report_job(client, spec.id, repeat, timeout=60)
+            # The run may be closing to continue as new: a repeat more or less is moot.
+            with contextlib.suppress(rollout_client.RolloutUnavailable):
+                await rollout_client.report_job(client, spec.id, repeat, timeout=60)
 
     for _ in range(SIGNAL_BUDGET // WAVE):
         await handle.signal(RolloutWorkflow.pause_signal)
@@ -254,6 +261,7 @@ async def test_abort_run_replays(
     reason="records the chain (~3,500 signals, minutes on 2 cores); the replay-all test"
     " replays the recorded chain in every run",
 )
+@pytest.mark.timeout(1500)  # thousands of signals; only when re-recording
 async def test_continue_as_new_mid_batch_replays(
     dev_env: WorkflowEnvironment,
     dev_worker: Worker,
@@ -286,6 +294,42 @@ async def test_continue_as_new_mid_batch_replays(
         "b",
         "c",
     }
+
+
+@pytest.mark.skipif(
+    not RECORDING,
+    reason="records the chain (~3,500 signals, minutes on 2 cores); the replay-all test"
+    " replays the recorded chain in every run",
+)
+@pytest.mark.timeout(1500)  # thousands of signals; only when re-recording
+async def test_continue_as_new_at_batch_boundary_replays(
+    dev_env: WorkflowEnvironment,
+    dev_worker: Worker,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """A run that continues as new between batches (awaiting advance, no open job) carries
+    the finished batch into the next run, where an advance releases the next one."""
+    client = dev_env.client
+    spec = await start(client, db, dev_settings, ["a", "b", "c"], batch_size=2)
+    a, b = (await view(client, spec)).jobs
+    await report(client, spec, a, "succeeded")
+    await report(client, spec, b, "succeeded")
+    await settles_to(client, spec, "awaiting_advance")
+    a = await job_settles(client, spec, a.id, "succeeded")
+    await spend_signals_until_continued(client, spec, a)
+    await act(client, spec, "advance")
+    (c,) = [j for j in (await view(client, spec)).jobs if j.instance_id == "c"]
+    await report(client, spec, c, "succeeded")
+    result = await outcome(client, spec)
+    assert (result.status, result.counts) == ("completed", {"succeeded": 3})
+    first, *rest = await keep(client, spec, "continue_at_boundary")
+    assert rest, "the run never continued as new"
+    print("continue_at_boundary runs (signals, events):", [shape(run) for run in [first, *rest]])
+    carried = carried_state(rest[0])
+    # Between batches: the wave in flight when the run continued may have left it paused.
+    assert carried.current_batch == 1
+    assert [j.status for j in carried.jobs] == ["succeeded", "succeeded"]
 
 
 async def test_timeout_retry_abort_while_paused_replays(

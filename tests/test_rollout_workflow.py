@@ -1,5 +1,6 @@
 """RolloutWorkflow on the time-skipping server, with a real worker and real PostgreSQL."""
 
+import logging
 import uuid
 
 import asyncpg
@@ -351,3 +352,27 @@ async def test_no_targets_completes_at_once(
     row = await rollouts.get(db, spec.id)
     assert row is not None and row.status == "completed" and row.total_batches == 0
     assert "nothing to update" in row.details
+
+
+async def test_status_changes_are_logged_with_the_rollout_id(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 13: the workflow's log lines name their rollout (a JSON field with LOG_FORMAT=json)."""
+    caplog.set_level(logging.INFO, logger="temporalio.workflow")
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a"], batch_size=1)
+    await act(client, spec, "pause", "change freeze")
+    lines = [
+        (record.getMessage(), record.status)  # type: ignore[attr-defined]
+        for record in caplog.records
+        if getattr(record, "rollout_id", None) == spec.id
+    ]
+    assert any(
+        message.startswith(f"rollout {spec.id}: running -> paused (change freeze)")
+        and status == "paused"
+        for message, status in lines
+    ), lines

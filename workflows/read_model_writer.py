@@ -1,0 +1,150 @@
+"""The read model's write-behind: what the rollout state machine changed reaches PostgreSQL
+through the `record_progress` activity, a batch of changes at a time, one writer at a time.
+
+Workflow code (it runs activities), kept apart from the run loop: the workflow hands it each
+call's `Effects` and says when to write. What is not written yet when a run continues as new is
+carried in `RolloutState.unwritten_*`, and written by the next run.
+"""
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from activities.rollouts import RolloutActivities
+    from store.jobs import JobWrite
+    from store.rollouts import RolloutProgress
+    from workflows.rollout_machine import Effects, RolloutMachine
+    from workflows.rollout_models import (
+        AuditEvent,
+        JobState,
+        RecordProgressInput,
+        RolloutState,
+    )
+
+# Job rows per activity call: keeps every payload far below Temporal's 2 MiB limit.
+JOBS_PER_WRITE = 500
+# The workflow keeps only the head of a report's message; the full text is in job_reports.
+MESSAGE_LIMIT = 1024
+ACTIVITY_TIMEOUT = timedelta(seconds=60)
+# The read model must eventually be written: retry without limit, backing off to 30 s.
+ACTIVITY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=0,
+)
+# What a cancel request raises where the run awaits (checked with is_cancelled_exception).
+CANCELLATION = (asyncio.CancelledError, ActivityError)
+
+
+class ReadModelWriter:
+    def __init__(self, spec_id: str, state: RolloutState) -> None:
+        self._rollout_id = spec_id
+        self._dirty: set[str] = set(state.unwritten_jobs)
+        self._messages: dict[str, str] = dict(state.unwritten_messages)
+        self._events: list[AuditEvent] = list(state.unwritten_events)
+        self._row_dirty = True
+        self._revision = state.revision
+        self._closing = False
+        self._lock = asyncio.Lock()
+
+    def record(self, fx: Effects) -> None:
+        """Remember what changed, to write it with the next write."""
+        self._events += fx.events
+        self._row_dirty = self._row_dirty or bool(fx.events)
+        self._dirty |= fx.jobs
+        for job_id, message in fx.messages.items():
+            self._messages[job_id] = message[:MESSAGE_LIMIT]
+
+    def close(self) -> None:
+        """The run is ending: the rollout's row says so with the next write."""
+        self._closing = True
+        self._row_dirty = True
+
+    @property
+    def unwritten(self) -> bool:
+        return bool(self._dirty or self._events or self._row_dirty)
+
+    def carry(self, state: RolloutState) -> None:
+        """Into the state the next run starts from (continue-as-new)."""
+        state.revision = self._revision
+        state.unwritten_jobs = sorted(self._dirty)
+        state.unwritten_messages = dict(self._messages)
+        state.unwritten_events = list(self._events)
+
+    async def write(self, machine: RolloutMachine, new_jobs: list[JobState] | None = None) -> None:
+        """Write what changed to PostgreSQL, one writer at a time.
+
+        A release (`new_jobs`) writes every change, as the batch it closes is folded away
+        after. Otherwise at most JOBS_PER_WRITE changed jobs per call: the run loop gets back
+        quickly to its continue-as-new check while reports pour in; the rest follows next turn.
+        """
+        async with self._lock:
+            if not self.unwritten and not new_jobs:
+                return
+            batch = sorted(self._dirty)
+            if new_jobs is None:
+                batch = batch[:JOBS_PER_WRITE]
+            self._dirty.difference_update(batch)
+            dirty = [machine.jobs[job_id] for job_id in batch if job_id in machine.jobs]
+            writes = [self._job_write(job) for job in dirty + (new_jobs or [])]
+            events, self._events = self._events, []
+            self._row_dirty = False
+            self._revision += 1
+            progress = self._progress(machine)
+            chunks = [writes[i : i + JOBS_PER_WRITE] for i in range(0, len(writes), JOBS_PER_WRITE)]
+            chunks = chunks or [[]]
+            try:
+                for index, chunk in enumerate(chunks):
+                    last = index == len(chunks) - 1
+                    await workflow.execute_activity_method(
+                        RolloutActivities.record_progress,
+                        RecordProgressInput(
+                            progress=progress if last else None,
+                            jobs=chunk,
+                            events=events if last else [],
+                        ),
+                        start_to_close_timeout=ACTIVITY_TIMEOUT,
+                        retry_policy=ACTIVITY_RETRY,
+                    )
+            except CANCELLATION as err:
+                if not is_cancelled_exception(err):
+                    raise
+                # The run was asked to cancel mid-write: what this write carried is written
+                # again by the final write (job rows and the revision gate make that safe).
+                self._dirty.update(batch)
+                self._events = events + self._events
+                self._row_dirty = True
+                raise
+
+    def _job_write(self, job: JobState) -> JobWrite:
+        return JobWrite(
+            id=job.id,
+            rollout_id=self._rollout_id,
+            instance_id=job.instance_id,
+            batch=job.batch,
+            attempt=job.attempt,
+            status=job.status,
+            step=job.step,
+            message=self._messages.pop(job.id, None),
+            deadline=job.deadline,
+        )
+
+    def _progress(self, machine: RolloutMachine) -> RolloutProgress:
+        state = machine.state
+        return RolloutProgress(
+            id=self._rollout_id,
+            revision=self._revision,
+            status=state.status,
+            paused_reason=state.paused_reason,
+            current_batch=state.current_batch,
+            total_batches=machine.total_batches,
+            target_count=machine.target_count or 0,
+            details=machine.details(),
+            finished_at=state.finished_at,
+            workflow_closed=self._closing,
+        )

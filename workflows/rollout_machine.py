@@ -1,0 +1,557 @@
+"""The rollout state machine: every status a rollout and its jobs go through, every transition
+and every refusal, in plain Python.
+
+RolloutWorkflow holds one RolloutMachine and does what the machine cannot: Temporal (timers,
+activities, continue-as-new) and I/O. The machine imports nothing of Temporal and reads no clock
+and no randomness: a call takes the time (`now`) and, where it creates jobs, an id factory, and
+returns `Effects`, what happened, which the workflow writes to the read model. So every transition
+is tested without servers (tests/test_rollout_machine.py), and a replay takes the same path, as
+the workflow passes `workflow.now()` and `workflow.uuid4()`.
+
+The machine does not hold the targets: it is told their count, and each batch's instance ids as
+the workflow releases it. Its state is the `RolloutState` carried through continue-as-new (the
+workflow and the read-model writer own that model's `targets`, `revision` and `unwritten_*`).
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Literal
+
+from contract.wire import (
+    FINISHED_ROLLOUT_STATUSES,
+    OPEN_JOB_STATUSES,
+    TERMINAL_JOB_STATUSES,
+    RolloutStatus,
+)
+from store.rollouts import RolloutSpec
+from workflows import rollout_text
+from workflows.rollout_models import (
+    FAILED_JOB_STATUSES,
+    RETRYABLE_JOB_STATUSES,
+    AuditEvent,
+    HandedOutJob,
+    JobReportSignal,
+    JobState,
+    RolloutState,
+)
+
+Action = Literal["advance", "pause", "resume", "retry", "abort"]
+WORKFLOW_ACTOR = "workflow"
+
+# --- the graph -------------------------------------------------------------------------------
+# A rollout is `running` from its start (batch 0 until batch 1 is released). `paused` has a
+# cause, with its own reason: an operator, or the failure threshold (`paused_for_failures`: a
+# resume accepts the failures counted so far); planned, each its own cause: the unreachable
+# threshold (`maxUnreachable`, issue 14) and a gate that has not passed.
+ROLLOUT_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "running": frozenset({"awaiting_advance", "paused", "completed", "aborted", "waiting"}),
+        "awaiting_advance": frozenset({"running", "paused", "aborted", "waiting"}),
+        "paused": frozenset({"running", "aborted"}),
+        # Planned: the next batch is due but held until a window opens or a freeze ends.
+        "waiting": frozenset({"running", "paused", "aborted"}),
+        "completed": frozenset(),
+        "aborted": frozenset(),
+    }
+)
+_REPORTED_ENDS = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed"})
+# A job moves forward only; a retry is a new job (attempt + 1), the old one `superseded`.
+JOB_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        # Planned: `unreachable`, a handed-out job whose host never started it by its deadline
+        # (today `timed_out`), counted against its own limit, not against maxFailures.
+        "pending": frozenset(
+            {"in_progress", *_REPORTED_ENDS, "timed_out", "cancelled", "unreachable"}
+        ),
+        "in_progress": frozenset({*_REPORTED_ENDS, "timed_out", "cancelled"}),
+        **{status: frozenset() for status in TERMINAL_JOB_STATUSES},
+        "unreachable": frozenset(),
+    }
+)
+# Declared in the graphs above, reached by no transition yet.
+PLANNED_STATUSES = frozenset({"waiting", "unreachable"})
+
+
+class RefusedAction(Exception):
+    """An admin action that does not apply now; the message says why."""
+
+
+@dataclass
+class Effects:
+    """What one call changed, for the workflow to write and act on."""
+
+    events: list[AuditEvent] = field(default_factory=list)  # for the audit log, in order
+    jobs: set[str] = field(default_factory=set)  # ids of jobs whose rows changed
+    messages: dict[str, str] = field(default_factory=dict)  # a report's message, by job id
+    new_jobs: list[JobState] = field(default_factory=list)  # to write before handing out
+    release: int | None = None  # the batch the workflow must now release
+    answer: str = ""  # what an admin action answers
+    wake: bool = False  # the run loop has something to do
+
+
+@dataclass
+class _Release:
+    """A release whose job rows are being written: jobs are handed out only after."""
+
+    new_jobs: list[JobState]
+    actor: str
+    batch: int | None = None  # None for a retry
+    retried: list[JobState] = field(default_factory=list)
+
+
+class RolloutMachine:
+    """One rollout: its status, its current batch's jobs, what each event does to them and which
+    admin actions apply. Methods named for events change state and return `Effects`; the rest
+    only read."""
+
+    def __init__(self, spec: RolloutSpec, state: RolloutState, target_count: int | None) -> None:
+        self.spec = spec
+        self.state = state
+        self.target_count = target_count  # None until the targets are loaded
+        self.jobs: dict[str, JobState] = {job.id: job for job in state.jobs}
+        self.open_by_instance = {
+            job.instance_id: job.id for job in self.jobs.values() if job.status in OPEN_JOB_STATUSES
+        }
+        self._release: _Release | None = None
+
+    # --- where it stands ----------------------------------------------------------------------
+
+    @property
+    def status(self) -> RolloutStatus:
+        return self.state.status
+
+    @property
+    def finished(self) -> bool:
+        return self.state.status in FINISHED_ROLLOUT_STATUSES
+
+    @property
+    def releasing(self) -> bool:
+        return self._release is not None
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to happen: completed, or aborted with every job settled."""
+        if self.state.status == "completed":
+            return True
+        return self.state.status == "aborted" and not self.open_by_instance
+
+    @property
+    def total_batches(self) -> int:
+        return -(-(self.target_count or 0) // self.spec.batch_size)
+
+    def latest_jobs(self) -> list[JobState]:
+        return [job for job in self.jobs.values() if not job.superseded]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by status, the latest attempt of each released target."""
+        counts = dict(self.state.past_counts)
+        for job in self.latest_jobs():
+            counts[job.status] = counts.get(job.status, 0) + 1
+        return counts
+
+    def details(self) -> str:
+        return rollout_text.details(
+            status=self.state.status,
+            paused_reason=self.state.paused_reason,
+            note=self.state.note,
+            current_batch=self.state.current_batch,
+            total_batches=self.total_batches,
+            counts=self.counts(),
+        )
+
+    def handed_out(self) -> dict[str, HandedOutJob]:
+        """The job each host may run now (PROTOCOL §5): none while paused or finished."""
+        if self.state.status == "paused" or self.finished:
+            return {}
+        return {
+            instance_id: HandedOutJob(
+                id=job_id,
+                rollout_id=self.spec.id,
+                release_id=self.spec.manifest_id,
+                deadline=self.jobs[job_id].deadline.isoformat().replace("+00:00", "Z"),
+            )
+            for instance_id, job_id in self.open_by_instance.items()
+        }
+
+    def refusal(self, action: Action) -> str | None:
+        """Why `action` does not apply now, or None."""
+        state = self.state
+        if self.finished:
+            return f"rollout is {state.status}; {action} does not apply to a finished rollout"
+        # Abort applies at any point: before batch 1 and while a batch is being released.
+        if (state.current_batch == 0 and action != "abort") or (
+            self.releasing and action in ("advance", "retry")
+        ):
+            return "a batch is being released; try again in a moment"
+        if action == "advance":
+            if state.status == "paused":
+                return f"rollout is paused ({state.paused_reason}); resume it first"
+            if state.status != "awaiting_advance":
+                unsettled = len(self.open_by_instance)
+                return (
+                    f"batch {state.current_batch}/{self.total_batches} is still running"
+                    f" ({unsettled} jobs not settled)"
+                )
+        if action == "pause" and state.status == "paused":
+            return f"rollout is already paused ({state.paused_reason})"
+        if action == "resume" and state.status != "paused":
+            return f"rollout is not paused (it is {state.status})"
+        if action == "retry" and not self._retryable():
+            return (
+                f"batch {state.current_batch} has no failed, rolled-back or timed-out job to retry"
+            )
+        return None
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def next_wake(self) -> datetime | None:
+        """When time alone changes something: a job's deadline, or the end of a bake."""
+        times = [job.deadline for job in self._timed_jobs()]
+        due = self._auto_advance_due_at()
+        if due is not None:
+            times.append(due)
+        return min(times, default=None)
+
+    def overdue(self, now: datetime) -> list[JobState]:
+        return [job for job in self._timed_jobs() if job.deadline <= now]
+
+    def due_release(self, now: datetime) -> int | None:
+        """The batch auto-advance releases now that its bake is over, if it is."""
+        due = self._auto_advance_due_at()
+        if due is None or now < due or self.releasing:
+            return None
+        return self.state.current_batch + 1
+
+    # --- start --------------------------------------------------------------------------------
+
+    def targets_loaded(self, count: int, now: datetime, *, abort_stands: bool) -> Effects:
+        """The targets are known. An abort that came while they loaded stands (`abort_stands`;
+        runs from before that rule released batch 1 anyway); no target completes the rollout."""
+        fx = Effects()
+        self.target_count = count
+        if abort_stands and self.state.status == "aborted":
+            self.state.note = "aborted before batch 1 was released"
+            return fx
+        detail = {"targets": count, "batches": self.total_batches}
+        self._event(fx, WORKFLOW_ACTOR, "rollout.started", detail)
+        if count:
+            fx.release = 1
+            return fx
+        self.state.note = (
+            f"no instance on channel {self.spec.channel} is below {self.spec.version}:"
+            " nothing to update"
+        )
+        self._finish(fx, "completed", now)
+        return fx
+
+    def cannot_start(self, reason: str, now: datetime) -> Effects:
+        """The rollout ends, saying why, instead of retrying what cannot succeed."""
+        fx = Effects()
+        self.target_count = 0
+        self.state.note = reason
+        if not self.finished:
+            self._abort(fx, WORKFLOW_ACTOR, reason, now)
+        return fx
+
+    # --- releases -----------------------------------------------------------------------------
+
+    def begin_release(
+        self,
+        batch: int,
+        instance_ids: Sequence[str],
+        actor: str,
+        now: datetime,
+        new_id: Callable[[], str],
+    ) -> Effects:
+        """Batch `batch` is released: its jobs are created, to be written before handed out."""
+        new_jobs = [
+            self._new_job(instance_id, batch, 1, now, new_id) for instance_id in instance_ids
+        ]
+        self._release = _Release(new_jobs=new_jobs, actor=actor, batch=batch)
+        fx = Effects(new_jobs=new_jobs)
+        self._set_status(fx, "running", actor)
+        return fx
+
+    def begin_retry(self, actor: str, now: datetime, new_id: Callable[[], str]) -> Effects:
+        """The current batch's failed, rolled-back and timed-out jobs run again, as new jobs."""
+        self._require("retry")
+        failed = self._retryable()
+        new_jobs = [
+            self._new_job(j.instance_id, j.batch, j.attempt + 1, now, new_id) for j in failed
+        ]
+        self._release = _Release(new_jobs=new_jobs, actor=actor, retried=failed)
+        fx = Effects(new_jobs=new_jobs)
+        if self.state.status != "paused":
+            self._set_status(fx, "running", actor)
+        return fx
+
+    def end_release(self) -> Effects:
+        """The released jobs' rows are written: they are handed out from now on."""
+        release = self._release
+        assert release is not None, "end_release without begin_release"
+        self._release = None
+        fx = Effects()
+        state = self.state
+        if release.batch is not None:
+            self._archive_current_batch()
+            state.current_batch = release.batch
+        for job in release.retried:
+            job.superseded = True
+        self._add_jobs(fx, release.new_jobs)
+        if release.batch is not None:
+            detail = {"batch": release.batch, "jobs": len(release.new_jobs)}
+            self._event(fx, release.actor, "rollout.batch_released", detail)
+        if state.status == "aborted":  # aborted while the rows were being written
+            self._cancel_pending(fx)
+        elif release.retried and state.paused_for_failures and self._within_tolerance():
+            # The retried jobs no longer count: a pause for failures is over.
+            state.paused_reason = None
+            state.paused_for_failures = False
+            self._set_status(fx, "running", release.actor)
+        if release.batch is not None:
+            fx.answer = f"released batch {state.current_batch}/{self.total_batches}"
+        else:
+            instances = [job.instance_id for job in release.retried]
+            names = {"instances": instances[: rollout_text.REASON_NAMES]}
+            self._event(fx, release.actor, "rollout.retry", names)
+            fx.answer = f"released {len(instances)} jobs again"
+        return fx
+
+    # --- reports and time ---------------------------------------------------------------------
+
+    def report(self, report: JobReportSignal) -> Effects:
+        """Idempotent: unknown job, another instance's job or a settled job change nothing."""
+        fx = Effects()
+        job = self.jobs.get(report.job_id)
+        if job is None or job.instance_id != report.instance_id:
+            return fx
+        if job.status in TERMINAL_JOB_STATUSES:
+            return fx
+        if report.status == "in_progress":
+            if job.status == "in_progress" and (report.step is None or report.step == job.step):
+                return fx
+            job.status = "in_progress"
+            job.step = report.step or job.step
+            fx.jobs.add(job.id)
+            fx.wake = True
+        else:
+            self._settle_job(fx, job, report.status, report.step)
+        if report.message:
+            fx.messages[job.id] = report.message
+        return fx
+
+    def time_out(self, overdue: list[JobState], steps: Mapping[str, str]) -> Effects:
+        """Overdue jobs (from `overdue`) end `timed_out` at the step their agent last reported
+        (`steps`, from the read model), unless a report settled them meanwhile."""
+        fx = Effects()
+        still_timed = {job.id for job in self._timed_jobs()}
+        overdue = [job for job in overdue if job.id in still_timed]
+        for job in overdue:
+            self._settle_job(fx, job, "timed_out", steps.get(job.id, job.step))
+        if overdue:
+            names = [job.instance_id for job in overdue[: rollout_text.REASON_NAMES]]
+            detail = {"count": len(overdue), "instances": names}
+            self._event(fx, WORKFLOW_ACTOR, "rollout.jobs_timed_out", detail)
+        return fx
+
+    def settle(self, now: datetime) -> Effects:
+        """Derive the rollout status from its jobs: failures pause, a settled batch waits."""
+        fx = Effects()
+        state = self.state
+        if self.releasing or self.finished or state.current_batch == 0:
+            return fx
+        if not self._within_tolerance() and state.status != "paused":
+            self._pause(fx, WORKFLOW_ACTOR, self._failure_reason(), for_failures=True)
+            return fx
+        if state.status != "running" or self.open_by_instance:
+            return fx
+        if state.current_batch >= self.total_batches:
+            self._finish(fx, "completed", now)
+        else:
+            state.settled_at = now
+            self._set_status(fx, "awaiting_advance", WORKFLOW_ACTOR)
+        return fx
+
+    # --- admin actions ------------------------------------------------------------------------
+
+    def advance(self, actor: str) -> Effects:
+        """The next batch is due now; the workflow releases it (begin_release)."""
+        self._require("advance")
+        fx = Effects(release=self.state.current_batch + 1)
+        self._event(fx, actor, "rollout.advance")
+        return fx
+
+    def pause(self, actor: str, reason: str | None, *, via: str | None = None) -> Effects:
+        self._require("pause")
+        fx = Effects()
+        detail = {"reason": reason} | ({"via": via} if via else {})
+        self._event(fx, actor, "rollout.pause", detail)
+        self._pause(fx, actor, reason)
+        fx.answer = f"paused: {self.state.paused_reason}"
+        return fx
+
+    def resume(self, actor: str, now: datetime, *, via: str | None = None) -> Effects:
+        self._require("resume")
+        fx = Effects()
+        self._event(fx, actor, "rollout.resume", {"via": via} if via else None)
+        state = self.state
+        if state.paused_for_failures:
+            state.accepted_failures = self._failure_count()
+        state.paused_reason = None
+        state.paused_for_failures = False
+        # Pending jobs were withheld: their time starts again now.
+        for job in self.latest_jobs():
+            if job.status == "pending":
+                job.deadline = now + timedelta(seconds=self.spec.job_timeout_seconds)
+                fx.jobs.add(job.id)
+        self._set_status(fx, "running", actor)
+        fx.wake = True
+        fx.answer = "resumed"
+        return fx
+
+    def abort(self, actor: str, reason: str | None, now: datetime) -> Effects:
+        self._require("abort")
+        fx = Effects()
+        self._event(fx, actor, "rollout.abort", {"reason": reason})
+        self._abort(fx, actor, reason, now)
+        fx.answer = "aborted"
+        return fx
+
+    def cancel_requested(self, actor: str, reason: str, now: datetime) -> Effects:
+        """The run is asked to cancel (Web UI, `temporal workflow cancel`): an abort that also
+        cancels running jobs, as no report can reach a closed run."""
+        fx = Effects()
+        if not self.finished:
+            fx = self.abort(actor, reason, now)
+            self.state.note = reason
+        for job in self.latest_jobs():
+            if job.status in OPEN_JOB_STATUSES:
+                self._settle_job(fx, job, "cancelled", job.step)
+        return fx
+
+    # --- inside -------------------------------------------------------------------------------
+
+    def _require(self, action: Action) -> None:
+        reason = self.refusal(action)
+        if reason is not None:
+            raise RefusedAction(reason)
+
+    def _event(self, fx: Effects, actor: str, action: str, detail: dict | None = None) -> None:
+        fx.events.append(AuditEvent(actor=actor, action=action, detail=detail or {}))
+
+    def _set_status(
+        self, fx: Effects, status: RolloutStatus, actor: str, reason: str | None = None
+    ) -> None:
+        previous = self.state.status
+        if previous == status:
+            return
+        self.state.status = status
+        detail = {"from": previous, "to": status} | ({"reason": reason} if reason else {})
+        self._event(fx, actor, "rollout.status_changed", detail)
+
+    def _finish(self, fx: Effects, status: RolloutStatus, now: datetime) -> None:
+        self.state.finished_at = now
+        self.state.paused_reason = None
+        self.state.paused_for_failures = False
+        self._set_status(fx, status, WORKFLOW_ACTOR)
+
+    def _pause(
+        self, fx: Effects, actor: str, reason: str | None, *, for_failures: bool = False
+    ) -> None:
+        self.state.paused_reason = reason or f"paused by {actor}"
+        self.state.paused_for_failures = for_failures
+        self._set_status(fx, "paused", actor, self.state.paused_reason)
+        fx.wake = True
+
+    def _abort(self, fx: Effects, actor: str, reason: str | None, now: datetime) -> None:
+        self._cancel_pending(fx)
+        self.state.paused_reason = None
+        self.state.paused_for_failures = False
+        self.state.finished_at = now
+        self._set_status(fx, "aborted", actor, reason)
+        fx.wake = True
+
+    def _new_job(
+        self, instance_id: str, batch: int, attempt: int, now: datetime, new_id: Callable[[], str]
+    ) -> JobState:
+        return JobState(
+            id=new_id(),
+            instance_id=instance_id,
+            batch=batch,
+            attempt=attempt,
+            deadline=now + timedelta(seconds=self.spec.job_timeout_seconds),
+        )
+
+    def _add_jobs(self, fx: Effects, new_jobs: list[JobState]) -> None:
+        for job in new_jobs:
+            self.jobs[job.id] = job
+            self.open_by_instance[job.instance_id] = job.id
+        fx.wake = True
+
+    def _archive_current_batch(self) -> None:
+        """Fold the settled batch into counts: the carried state stays one batch big."""
+        state = self.state
+        for job in self.latest_jobs():
+            state.past_counts[job.status] = state.past_counts.get(job.status, 0) + 1
+            if job.status in FAILED_JOB_STATUSES:
+                state.past_failures += 1
+                if len(state.past_failure_notes) < rollout_text.REASON_NAMES:
+                    state.past_failure_notes.append(rollout_text.failure_note(job))
+        self.jobs = {}
+        self.open_by_instance = {}
+
+    def _settle_job(self, fx: Effects, job: JobState, status: str, step: str | None) -> None:
+        job.status = status  # type: ignore[assignment]
+        job.step = step  # type: ignore[assignment]
+        if self.open_by_instance.get(job.instance_id) == job.id:
+            del self.open_by_instance[job.instance_id]
+        fx.jobs.add(job.id)
+        fx.wake = True
+
+    def _cancel_pending(self, fx: Effects) -> None:
+        for job in self.latest_jobs():
+            if job.status == "pending":
+                self._settle_job(fx, job, "cancelled", None)
+
+    def _timed_jobs(self) -> list[JobState]:
+        """Open jobs whose deadline runs: pending ones only while they are handed out."""
+        withheld = self.state.status == "paused"
+        return [
+            self.jobs[job_id]
+            for job_id in self.open_by_instance.values()
+            if self.jobs[job_id].status == "in_progress" or not withheld
+        ]
+
+    def _auto_advance_due_at(self) -> datetime | None:
+        state = self.state
+        if not self.spec.auto_advance or state.status != "awaiting_advance":
+            return None
+        if state.settled_at is None or state.current_batch >= self.total_batches:
+            return None
+        return state.settled_at + timedelta(seconds=self.spec.bake_seconds)
+
+    def _retryable(self) -> list[JobState]:
+        return [job for job in self.latest_jobs() if job.status in RETRYABLE_JOB_STATUSES]
+
+    def _current_failures(self) -> list[JobState]:
+        return [job for job in self.latest_jobs() if job.status in FAILED_JOB_STATUSES]
+
+    def _failure_count(self) -> int:
+        return self.state.past_failures + len(self._current_failures())
+
+    def _tolerated_failures(self) -> int:
+        return max(self.spec.max_failures, self.state.accepted_failures)
+
+    def _within_tolerance(self) -> bool:
+        return self._failure_count() <= self._tolerated_failures()
+
+    def _failure_reason(self) -> str:
+        return rollout_text.failure_reason(
+            self._failure_count(),
+            self._current_failures(),
+            self.state.past_failure_notes,
+            self.spec.max_failures,
+            self.state.accepted_failures,
+        )

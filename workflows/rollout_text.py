@@ -1,0 +1,65 @@
+"""The words a rollout shows people: its one-line details (Web UI, read model, views) and the
+reason it gives when failures pause it. Plain functions, so the state machine and the workflow
+say things the same way."""
+
+from collections.abc import Iterable, Mapping
+
+from workflows.rollout_models import JobState
+
+# Names (and a count) in a pause reason; the rest are in the jobs listing.
+REASON_NAMES = 10
+# Job statuses in the order the details line lists them, with their words.
+STATUS_WORDS = (
+    ("succeeded", "succeeded"),
+    ("in_progress", "in progress"),
+    ("pending", "pending"),
+    ("failed", "failed"),
+    ("rolled_back", "rolled back"),
+    ("rollback_failed", "rollback failed"),
+    ("timed_out", "timed out"),
+    ("cancelled", "cancelled"),
+)
+
+
+def failure_note(job: JobState) -> str:
+    """'web-7 rolled_back at smoke'."""
+    return f"{job.instance_id} {job.status}" + (f" at {job.step}" if job.step else "")
+
+
+def failure_reason(
+    failures: int,
+    current: Iterable[JobState],
+    past_notes: list[str],
+    max_failures: int,
+    accepted_failures: int,
+) -> str:
+    """'2 jobs failed (max 1): web-7 failed at migrate; web-9 timed_out'."""
+    notes = ([failure_note(job) for job in current] + past_notes)[:REASON_NAMES]
+    if failures > len(notes):
+        notes.append(f"and {failures - len(notes)} more")
+    limit = f"max {max_failures}"
+    if accepted_failures > max_failures:
+        limit += f", {accepted_failures} accepted"
+    noun = "job" if failures == 1 else "jobs"
+    return f"{failures} {noun} failed ({limit}): " + "; ".join(notes)
+
+
+def details(
+    *,
+    status: str,
+    paused_reason: str | None,
+    note: str | None,
+    current_batch: int,
+    total_batches: int,
+    counts: Mapping[str, int],
+) -> str:
+    """One line for people: 'batch 3/10 · 4 succeeded · 1 in progress · paused: ...'."""
+    parts = [f"batch {current_batch}/{total_batches}"]
+    parts += [f"{counts[key]} {word}" for key, word in STATUS_WORDS if counts.get(key)]
+    if status == "paused":
+        parts.append(f"paused: {paused_reason}")
+    else:
+        parts.append(status.replace("_", " "))
+    if note:
+        parts.append(note)
+    return " · ".join(parts)
