@@ -14,9 +14,7 @@ from agent.logs import InstanceLog
 from agent.reports import ReportSender
 from agent.steps import StepContext, StepExecutor, StepResult
 from contract.manifest import parse_timestamp
-from contract.wire import MAX_MESSAGE_BYTES, JobAssignment, ReportStatus, Step
-
-UPDATE_STEPS: tuple[Step, ...] = ("backup", "pull", "migrate", "smoke", "switch", "health")
+from contract.wire import MAX_MESSAGE_BYTES, UPDATE_STEPS, JobAssignment, ReportStatus, Step
 
 
 def fit_message(sections: list[tuple[str, str]]) -> str:

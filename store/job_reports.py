@@ -36,7 +36,7 @@ async def for_jobs(
     conn: asyncpg.Connection | asyncpg.Pool, job_ids: Sequence[str]
 ) -> dict[str, list[StoredReport]]:
     """Each job's reports in the order they were acknowledged (jobs with none are left out):
-    what a job's timeline is derived from (api/timeline.py)."""
+    what a job's timeline is derived from (services/timeline.py)."""
     if not job_ids:
         return {}  # the rollout view asks on every read; most batches have no failure
     rows = await conn.fetch(

@@ -16,8 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.agent_requests import body_for, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, skip_time

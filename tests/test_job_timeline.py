@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.timeline import JobFacts, failing_jobs, job_failure, job_timeline
 from contract.wire import JobStatus, ReportStatus, Step
+from services.timeline import JobFacts, failing_jobs, job_failure, job_timeline
 from store.job_reports import StoredReport
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

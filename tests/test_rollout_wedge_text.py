@@ -14,8 +14,8 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
 from activities.rollouts import STORABLE_NOTE, RolloutActivities
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.rollouts import Rollout
 from tests.fixtures_temporal import eventually, seed_instances, seed_release

@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from api.handouts import TTL_SECONDS
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.agent_requests import assert_signed_by, poll_body, post_signed
 from tests.control_plane_processes import api_process, process_env, worker_process
 from tests.fixtures_agents import AgentFactory

@@ -1,5 +1,8 @@
 """Agent endpoints (PROTOCOL §5): polls and reports, translated into workflow queries/signals.
 
+Reports are accepted by services.reports; its refusals and a Temporal outage are answered,
+signed, by api.refusals.
+
 An idle poll (no open job for the instance) is answered from PostgreSQL alone, in one round
 trip (store.polls): fleets poll far faster than Temporal answers queries. Only an instance with
 an open job costs a query. The routes take the bare request and read the process's pool and
@@ -12,28 +15,27 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from temporalio.client import Client
 
-from api.agent_auth import AgentError, Verified, authenticated, verified
+from api.agent_auth import Verified, authenticated, verified
 from api.handouts import HandoutCache
 from api.metrics import POLLS, REPORTS
 from api.responses import SignedErrorOut, agent_errors, signed_body
-from contract.wire import (
-    TERMINAL_JOB_STATUSES,
-    PollRequest,
-    PollResponse,
-    ReportRequest,
-    ReportResponse,
-)
-from store import job_reports, jobs, polls, releases
-from workflows import client as rollouts
+from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse
+from services import reports
+from services.errors import Conflict, Forbidden, NotFound, ServiceError
+from store import polls, releases
 from workflows.client import RolloutGone, RolloutUnavailable
-from workflows.rollout_models import HandedOutJob, JobReportSignal
+from workflows.rollout_models import HandedOutJob
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/updates", tags=["agents"], responses=agent_errors())
 
-_UNAVAILABLE = "the rollout engine (Temporal) is unavailable; retry later"
-# Agents retry on 503, so answering fast beats waiting out a slow Temporal.
-_TEMPORAL_TIMEOUT_SECONDS = 5.0
+# What each refusal of a report is counted as in /metrics.
+_REFUSAL_OUTCOMES: dict[type[Exception], str] = {
+    NotFound: "unknown_job",
+    Forbidden: "forbidden",
+    Conflict: "conflict",
+    RolloutUnavailable: "unavailable",
+}
 _IDLE_POLLS = POLLS.labels(outcome="idle")  # the label looked up once, not per poll
 
 
@@ -92,9 +94,9 @@ async def _job_the_workflow_hands_out(
         answer = await handouts.handouts(temporal, rollout_id)
     except RolloutGone:
         return None  # the rollout's history is gone: nothing to hand out
-    except RolloutUnavailable as exc:
+    except RolloutUnavailable:
         POLLS.labels(outcome="unavailable").inc()
-        raise AgentError(503, _UNAVAILABLE, secret=call.secret, nonce=call.body.nonce) from exc
+        raise  # answered, signed, by api.refusals
     return answer.jobs.get(call.body.instanceId)
 
 
@@ -111,67 +113,23 @@ async def _job_the_workflow_hands_out(
 async def report(request: Request) -> Response:
     call = await verified(request, ReportRequest)
     r = call.body
-    pool, temporal = request.app.state.pool, request.app.state.temporal
-    job = await jobs.get(pool, r.jobId)
-    if job is None:
-        REPORTS.labels(outcome="unknown_job").inc()
-        raise AgentError(404, f"job {r.jobId} not found", secret=call.secret, nonce=r.nonce)
-    if job.instance_id != r.instanceId:
-        REPORTS.labels(outcome="forbidden").inc()
-        raise AgentError(
-            403, f"job {r.jobId} belongs to another instance", secret=call.secret, nonce=r.nonce
-        )
-    if (job.status, job.step) == (r.status, r.step):
-        REPORTS.labels(outcome="duplicate").inc()
-        return call.answer({"jobId": job.id, "status": job.status, "accepted": True})
-    settled = job.status in TERMINAL_JOB_STATUSES
-    if settled and job.status != r.status:
-        raise _contradiction(call, job.status)
-    # Only what changes the workflow's decisions is signalled: a job starting or ending. A
-    # report agreeing with a settled status (a retry the workflow heard of) still sets the step.
-    if not settled and (r.status != "in_progress" or job.status == "pending"):
-        await _signal_workflow(temporal, call, job.rollout_id)
-    async with pool.acquire() as conn, conn.transaction():
-        status = await jobs.apply_report(conn, r)
-        if status != r.status:
-            raise _contradiction(call, status)  # settled meanwhile; rolls the report back
-        await job_reports.append(conn, r)
-    REPORTS.labels(outcome="accepted").inc()
-    log.info(
-        "report accepted",
-        extra={
-            "instance_id": r.instanceId,
-            "job_id": job.id,
-            "rollout_id": job.rollout_id,
-            "status": r.status,
-            "step": r.step,
-        },
-    )
-    return call.answer({"jobId": job.id, "status": status, "accepted": True})
-
-
-def _contradiction(call: Verified[ReportRequest], settled_status: str) -> AgentError:
-    REPORTS.labels(outcome="conflict").inc()
-    r = call.body
-    return AgentError(
-        409,
-        f"job {r.jobId} is already {settled_status}; a {r.status} report contradicts it",
-        secret=call.secret,
-        nonce=r.nonce,
-    )
-
-
-async def _signal_workflow(
-    temporal: Client, call: Verified[ReportRequest], rollout_id: str
-) -> None:
-    r = call.body
-    signal = JobReportSignal(
-        job_id=r.jobId, instance_id=r.instanceId, status=r.status, step=r.step, message=r.message
-    )
     try:
-        await rollouts.report_job(temporal, rollout_id, signal, timeout=_TEMPORAL_TIMEOUT_SECONDS)
-    except RolloutGone:
-        return  # a finished rollout takes no more decisions; the read model still records it
-    except RolloutUnavailable as exc:
-        REPORTS.labels(outcome="unavailable").inc()
-        raise AgentError(503, _UNAVAILABLE, secret=call.secret, nonce=r.nonce) from exc
+        accepted = await reports.accept(request.app.state.pool, request.app.state.temporal, r)
+    except (ServiceError, RolloutUnavailable) as exc:
+        REPORTS.labels(outcome=_REFUSAL_OUTCOMES.get(type(exc), "refused")).inc()
+        raise  # answered, signed, by api.refusals
+    if accepted.duplicate:
+        REPORTS.labels(outcome="duplicate").inc()
+    else:
+        REPORTS.labels(outcome="accepted").inc()
+        log.info(
+            "report accepted",
+            extra={
+                "instance_id": r.instanceId,
+                "job_id": r.jobId,
+                "rollout_id": accepted.job.rollout_id,
+                "status": r.status,
+                "step": r.step,
+            },
+        )
+    return call.answer({"jobId": r.jobId, "status": accepted.status, "accepted": True})

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel
 
 from contract.wire import JobStatus, Step
 from store.job_reports import StoredReport
@@ -40,13 +39,7 @@ _OPEN_STEP_OUTCOME: Mapping[str, StepOutcome] = {
 }
 
 
-class _CamelJson(BaseModel):
-    """Admin JSON is camelCase; Python code uses the field names."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class TimelineStep(_CamelJson):
+class TimelineStep(BaseModel):
     """One step as the agent reported it. `started_at` is null when the agent reported no start
     for it (only its end); `ended_at` is null while it runs, or when its job settled without a
     final report (timed out, cancelled). `message` is the head of the step's output as the
@@ -59,7 +52,7 @@ class TimelineStep(_CamelJson):
     message: str | None = None
 
 
-class JobFailure(_CamelJson):
+class JobFailure(BaseModel):
     """Why one job of a batch failed: the step it failed at and that step's output."""
 
     job_id: str
