@@ -182,7 +182,7 @@ def test_a_failure_names_the_failed_step_not_the_rollback() -> None:
     failure = job_failure(facts("web-1", 1, "rolled_back"), story)
     assert (failure.step, failure.message) == ("smoke", "smoke failed: exit status 3")
     assert (failure.started_at, failure.ended_at) == (at(2), at(3))
-    assert failure.model_dump(by_alias=True)["instanceId"] == "web-1"
+    assert failure.instance_id == "web-1"
 
 
 def test_a_timed_out_failure_names_the_step_it_stalled_in() -> None:
