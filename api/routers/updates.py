@@ -7,9 +7,11 @@ clients from app state: no dependency solving on the hottest path (see api.agent
 """
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.datastructures import State
 from temporalio.client import Client
 
 from api.agent_auth import AgentError, Verified, authenticated, verified
@@ -46,43 +48,53 @@ async def next_job(request: Request) -> Response:
     call = await authenticated(request, PollRequest)
     poll = call.body
     state = request.app.state
-    outcome = await polls.record(
-        state.pool,
-        instance_id=poll.instanceId,
-        nonce=poll.nonce,
-        nonce_expires_at=call.nonce_expires_at,
-        channel=poll.channel,
-        current_version=poll.currentVersion,
-        agent_version=poll.agentVersion,
-    )
-    if not outcome.fresh:
-        raise call.replayed()
-    if outcome.open_rollout_id is None:
+    with state.dispatch.hold(request, call) as hold:
+        outcome = await polls.record(
+            state.pool,
+            instance_id=poll.instanceId,
+            nonce=poll.nonce,
+            nonce_expires_at=call.nonce_expires_at,
+            channel=poll.channel,
+            current_version=poll.currentVersion,
+            agent_version=poll.agentVersion,
+        )
+        if not outcome.fresh:
+            raise call.replayed()
+        job = await _job_for(state, call, outcome.open_rollout_id)
+        while job is None and await hold.woken():  # a held poll (api.dispatch) looks again
+            job = await _job_for(state, call, await polls.open_rollout(state.pool, poll.instanceId))
+    return state.dispatch.advertised(call.answer({"job": job}))
+
+
+async def _job_for(
+    state: State, call: Verified[PollRequest], open_rollout_id: str | None
+) -> dict[str, Any] | None:
+    """The job document the poll's instance gets now, counted by its outcome, or None."""
+    if open_rollout_id is None:
         _IDLE_POLLS.inc()
-        return call.answer({"job": None})
+        return None
     handed = await _job_the_workflow_hands_out(
-        state.handouts, state.temporal, call, outcome.open_rollout_id
+        state.handouts, state.temporal, call, open_rollout_id
     )
     release = await releases.get(state.pool, handed.release_id) if handed else None
     if handed is None or release is None:
         POLLS.labels(outcome="withheld").inc()
-        return call.answer({"job": None})
+        return None
     POLLS.labels(outcome="job").inc()
     log.info(
         "job handed out",
         extra={
-            "instance_id": poll.instanceId,
+            "instance_id": call.body.instanceId,
             "job_id": handed.id,
             "rollout_id": handed.rollout_id,
         },
     )
-    job = {
+    return {
         "id": handed.id,
         "rolloutId": handed.rollout_id,
         "manifest": release.manifest().as_document(),
         "deadline": handed.deadline,
     }
-    return call.answer({"job": job})
 
 
 async def _job_the_workflow_hands_out(
