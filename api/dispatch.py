@@ -50,6 +50,8 @@ _WAIT_VALUE = re.compile(r"^[0-9]{1,6}$")
 PROBE_INTERVAL_SECONDS = 10.0
 PROBE_TIMEOUT_SECONDS = 5.0
 RECONNECT_BACKOFF = (0.1, 5.0)  # first delay, longest delay; doubled per failed attempt
+# How the listening connection shows in pg_stat_activity.
+LISTENER_APPLICATION_NAME = "rollout-dispatch-listener"
 _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -120,6 +122,8 @@ class Dispatcher:
         self._held: dict[str, set[Hold]] = {}
         self._count = 0
         self._listener: asyncio.Task[None] | None = None
+        # Set while the listening connection is up: notices reach this process.
+        self.listening = asyncio.Event()
         # One re-check in flight per rollout (None: every rollout); notices meanwhile ask for
         # one more after it, so a burst of writes costs two queries, not one per write.
         self._rechecks: dict[str | None, asyncio.Task[None]] = {}
@@ -193,7 +197,9 @@ class Dispatcher:
         delay = RECONNECT_BACKOFF[0]
         while True:
             try:
-                conn = await asyncpg.connect(self.dsn)
+                conn = await asyncpg.connect(
+                    self.dsn, server_settings={"application_name": LISTENER_APPLICATION_NAME}
+                )
             except _CONNECTION_ERRORS as exc:
                 log.warning("dispatch listener: cannot connect (%s); retry in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -202,9 +208,11 @@ class Dispatcher:
             delay = RECONNECT_BACKOFF[0]
             try:
                 await self._listen(conn)
+                log.warning("dispatch listener: connection lost; reconnecting")
             except _CONNECTION_ERRORS as exc:
                 log.warning("dispatch listener: connection lost (%s); reconnecting", exc)
             finally:
+                self.listening.clear()
                 conn.terminate()
 
     async def _listen(self, conn: asyncpg.Connection) -> None:
@@ -213,6 +221,7 @@ class Dispatcher:
         conn.add_termination_listener(lambda _: lost.set())
         await conn.add_listener(polls.DISPATCH_CHANNEL, self._noticed)
         LISTENER_CONNECTS.inc()
+        self.listening.set()
         log.info("dispatch listener: listening on %s", polls.DISPATCH_CHANNEL)
         self._recheck(None)  # whatever was announced while no one listened
         while not lost.is_set():
