@@ -5,7 +5,7 @@ with the job well before the hold ends, through the API or a real agent."""
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -28,8 +28,9 @@ from store import jobs, polls, rollouts
 from store.jobs import JobWrite
 from store.pool import open_pool
 from store.rollouts import RolloutSpec
-from tests.agent_requests import assert_signed_by, hmac_hex, poll_body
+from tests.agent_requests import assert_signed_by, body_for, hmac_hex, poll_body, post_signed
 from tests.conftest import LiveServer
+from tests.fixtures_fleet import rollout_where
 from tests.fixtures_temporal import eventually, seed_release
 
 TOKEN = "long-poll-fleet-token-0123456789"
@@ -240,3 +241,64 @@ async def test_a_lost_listening_connection_comes_back_and_wakes_polls_with_jobs(
 
         assert await asyncio.wait_for(woken, 30) is True
         assert _sample("rollout_dispatch_listener_connects_total") == connects + 1
+
+
+# --- end to end: the worker's write wakes the poll ------------------------------------------
+
+
+async def _report(http: httpx.AsyncClient, instance_id: str, job_id: str, status: str) -> None:
+    body = body_for(instance_id, jobId=job_id, status=status, step="health", message=None)
+    answer = await post_signed(http, "/api/updates/report", body, TOKEN)
+    assert answer.status_code == 200, answer.text
+
+
+async def test_held_polls_get_each_batch_as_it_is_released(
+    dev_settings: ApiSettings, dev_worker: object, db: asyncpg.Connection
+) -> None:
+    """Two hosts, one per batch, each polling with a hold: creating the rollout and advancing
+    it answer the held poll with its job; a hold ending finds nothing (null), so a job in the
+    answer means the release woke it."""
+    settings = dev_settings.model_copy(update={"control_plane_agent_token": SecretStr(TOKEN)})
+    token = settings.control_plane_admin_token.get_secret_value()
+    async with (
+        _serve(settings) as http,
+        httpx.AsyncClient(
+            base_url=http.base_url, headers={"x-cp-admin-token": token}, timeout=60
+        ) as admin,
+    ):
+        for host in ("web-1", "web-2"):
+            assert (await _poll(http, host))[1] is None  # registers it, below 1.4.0
+        release_id = await seed_release(db, settings, version="1.4.0")
+        held = _sample("rollout_held_polls")
+
+        async def handed_out_while_held(host: str, action: Callable[[], Awaitable[None]]) -> dict:
+            poll = asyncio.create_task(_poll(http, host, wait="25"))
+            await eventually(lambda: _held_polls(held + 1))
+            started = time.monotonic()
+            await action()
+            answer, job = await poll
+            latency = time.monotonic() - started
+            print(f"held poll of {host}: job handed out {latency * 1000:.0f} ms after the action")
+            assert job is not None, f"the hold ended with nothing: {answer.text}"
+            return job
+
+        rollout: dict = {}
+
+        async def create() -> None:
+            body = {"manifestId": release_id, "channel": "stable", "batchSize": 1}
+            created = await admin.post("/api/rollouts", json=body)
+            assert created.status_code == 201, created.text
+            rollout.update(created.json())
+
+        first = await handed_out_while_held("web-1", create)
+        assert first["rolloutId"] == rollout["id"]
+        await _report(http, "web-1", first["id"], "succeeded")
+        await rollout_where(admin, rollout["id"], lambda r: r["status"] == "awaiting_advance")
+
+        async def advance() -> None:
+            advanced = await admin.post(f"/api/rollouts/{rollout['id']}/advance")
+            assert advanced.status_code == 200, advanced.text
+
+        second = await handed_out_while_held("web-2", advance)
+        assert (second["rolloutId"], second["id"]) != (first["rolloutId"], first["id"])
+        assert second["rolloutId"] == rollout["id"]
