@@ -174,10 +174,11 @@ class Agent:
             job = answer.job
             if job is not None and not self.journal.has_finished(job.id):
                 await runner.run(job)
-            # A poll held to its end found nothing: the next one is held at once. Only the time
-            # it took counts (the headers are not signed): at most one poll per hold, whatever
-            # anyone on the way adds to them.
-            if job is None and asked and loop.time() - started >= asked:
+            # Nothing to do, and the next poll is held at once: holds were just offered, or this
+            # one was held to its end. Its end is judged by the clock, as the headers are not
+            # signed: whatever anyone on the way does to them, at most one poll per hold (and
+            # one more per interval when an offer comes and goes).
+            if job is None and hold and (not asked or loop.time() - started >= asked):
                 continue
             await sleep_unless_stopped(stop, jittered(self.config.poll_interval_seconds))
 

@@ -3,7 +3,6 @@ its answers), serves scripted jobs, records every poll and report, and can misbe
 (forged signature, wrong echoed nonce, 503s) — what the real API must never do."""
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -146,11 +145,11 @@ class FakeControlPlane:
             self.polls.append(document)
             asked = request.headers.get(POLL_WAIT_HEADER)
             self.poll_waits.append(asked)
+            await self._notify()  # a held poll is seen while it is held
             job = self._open_job(document["instanceId"])
             if job is None and asked and self.long_poll_seconds:
-                job = await self._held(
-                    document["instanceId"], min(int(asked), self.long_poll_seconds)
-                )
+                seconds = min(int(asked), self.long_poll_seconds)
+                job = await self._held(request, document["instanceId"], seconds)
             response = self._answer({"job": job.document if job else None}, document["nonce"])
             if self.long_poll_seconds:
                 response.headers[LONG_POLL_HEADER] = str(self.long_poll_seconds)
@@ -168,17 +167,20 @@ class FakeControlPlane:
             None,
         )
 
-    async def _held(self, instance_id: str, seconds: int) -> FakeJob | None:
-        """A job added within `seconds`, or None once they passed."""
-        with contextlib.suppress(TimeoutError):
+    async def _held(self, request: Request, instance_id: str, seconds: int) -> FakeJob | None:
+        """A job added within `seconds`, or None once they passed or the agent hung up."""
+        hung_up = asyncio.ensure_future(request.receive())  # its body was read: a disconnect
+        try:
             async with asyncio.timeout(seconds):
-                while True:
-                    added = self._job_added
-                    job = self._open_job(instance_id)
-                    if job is not None:
-                        return job
-                    await added.wait()
-        return None
+                while (job := self._open_job(instance_id)) is None and not hung_up.done():
+                    added = asyncio.ensure_future(self._job_added.wait())
+                    await asyncio.wait({added, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+                    added.cancel()
+                return job
+        except TimeoutError:
+            return None
+        finally:
+            hung_up.cancel()
 
     async def _report(self, request: Request) -> Response:
         try:
