@@ -158,7 +158,7 @@ class Dispatcher:
 
     def advertised(self, response: Response) -> Response:
         """Every poll answered 200 says whether, and how long, this API holds polls."""
-        if self.max_seconds:
+        if self.max_seconds and self.max_held:
             response.headers[LONG_POLL_HEADER] = str(self.max_seconds)
         return response
 

@@ -276,9 +276,13 @@ async def test_held_polls_get_each_batch_as_it_is_released(
             await eventually(lambda: _held_polls(held + 1))
             started = time.monotonic()
             await action()
+            acknowledged = time.monotonic() - started
             answer, job = await poll
             latency = time.monotonic() - started
-            print(f"held poll of {host}: job handed out {latency * 1000:.0f} ms after the action")
+            print(
+                f"held poll of {host}: job handed out {latency * 1000:.0f} ms after the action"
+                f" started (the action was acknowledged after {acknowledged * 1000:.0f} ms)"
+            )
             assert job is not None, f"the hold ended with nothing: {answer.text}"
             return job
 

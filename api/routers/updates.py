@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from prometheus_client import Counter
 from starlette.datastructures import State
 from temporalio.client import Client
 
@@ -60,27 +61,26 @@ async def next_job(request: Request) -> Response:
         )
         if not outcome.fresh:
             raise call.replayed()
-        job = await _job_for(state, call, outcome.open_rollout_id)
+        counted, job = await _job_for(state, call, outcome.open_rollout_id)
         while job is None and await hold.woken():  # a held poll (api.dispatch) looks again
-            job = await _job_for(state, call, await polls.open_rollout(state.pool, poll.instanceId))
+            rollout_id = await polls.open_rollout(state.pool, poll.instanceId)
+            counted, job = await _job_for(state, call, rollout_id)
+    counted.inc()
     return state.dispatch.advertised(call.answer({"job": job}))
 
 
 async def _job_for(
     state: State, call: Verified[PollRequest], open_rollout_id: str | None
-) -> dict[str, Any] | None:
-    """The job document the poll's instance gets now, counted by its outcome, or None."""
+) -> tuple[Counter, dict[str, Any] | None]:
+    """The job document the poll's instance gets now, or None; and the outcome to count."""
     if open_rollout_id is None:
-        _IDLE_POLLS.inc()
-        return None
+        return _IDLE_POLLS, None
     handed = await _job_the_workflow_hands_out(
         state.handouts, state.temporal, call, open_rollout_id
     )
     release = await releases.get(state.pool, handed.release_id) if handed else None
     if handed is None or release is None:
-        POLLS.labels(outcome="withheld").inc()
-        return None
-    POLLS.labels(outcome="job").inc()
+        return POLLS.labels(outcome="withheld"), None
     log.info(
         "job handed out",
         extra={
@@ -89,12 +89,13 @@ async def _job_for(
             "rollout_id": handed.rollout_id,
         },
     )
-    return {
+    job = {
         "id": handed.id,
         "rolloutId": handed.rollout_id,
         "manifest": release.manifest().as_document(),
         "deadline": handed.deadline,
     }
+    return POLLS.labels(outcome="job"), job
 
 
 async def _job_the_workflow_hands_out(
