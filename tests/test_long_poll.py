@@ -255,9 +255,9 @@ async def _report(http: httpx.AsyncClient, instance_id: str, job_id: str, status
 async def test_held_polls_get_each_batch_as_it_is_released(
     dev_settings: ApiSettings, dev_worker: object, db: asyncpg.Connection
 ) -> None:
-    """Two hosts, one per batch, each polling with a hold: creating the rollout and advancing
-    it answer the held poll with its job; a hold ending finds nothing (null), so a job in the
-    answer means the release woke it."""
+    """Two hosts, one per batch, each polling with a hold: creating the rollout, advancing it
+    and resuming it after a pause answer the held poll with its job; a hold ending finds
+    nothing (null), so a job in the answer means the release woke it."""
     settings = dev_settings.model_copy(update={"control_plane_agent_token": SecretStr(TOKEN)})
     token = settings.control_plane_admin_token.get_secret_value()
     async with (
@@ -304,5 +304,15 @@ async def test_held_polls_get_each_batch_as_it_is_released(
             assert advanced.status_code == 200, advanced.text
 
         second = await handed_out_while_held("web-2", advance)
-        assert (second["rolloutId"], second["id"]) != (first["rolloutId"], first["id"])
-        assert second["rolloutId"] == rollout["id"]
+        assert second["rolloutId"] == rollout["id"] and second["id"] != first["id"]
+
+        # A pause withholds the job from held polls too; the resume hands it to the held one.
+        paused = await admin.post(f"/api/rollouts/{rollout['id']}/pause", json={})
+        assert paused.status_code == 200, paused.text
+        assert (await _poll(http, "web-2"))[1] is None
+
+        async def resume() -> None:
+            resumed = await admin.post(f"/api/rollouts/{rollout['id']}/resume")
+            assert resumed.status_code == 200, resumed.text
+
+        assert (await handed_out_while_held("web-2", resume))["id"] == second["id"]
