@@ -13,6 +13,7 @@ from api.database_outage import (
     install_database_outage_handler,
     pool_reconnects_noted_as,
 )
+from api.dispatch import Dispatcher
 from api.docs_ui import install_offline_docs
 from api.edge import EdgeGate
 from api.errors import install_error_handlers
@@ -40,12 +41,21 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
         app.state.handouts = HandoutCache()
+        app.state.dispatch = Dispatcher(
+            settings.database_url,
+            app.state.pool,
+            app.state.handouts,
+            max_seconds=settings.long_poll_max_seconds,
+            max_held=settings.long_poll_max_held,
+        )
+        await app.state.dispatch.start()
         janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))
         try:
             with pool_reconnects_noted_as(outage), routine_polls_unlogged():
                 yield
         finally:
             janitor.cancel()
+            await app.state.dispatch.stop()
             await app.state.pool.close()
 
     app = FastAPI(

@@ -10,9 +10,12 @@ clients from app state: no dependency solving on the hottest path (see api.agent
 """
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from prometheus_client import Counter
+from starlette.datastructures import State
 from temporalio.client import Client
 
 from api.agent_auth import Verified, authenticated, verified
@@ -48,32 +51,42 @@ async def next_job(request: Request) -> Response:
     call = await authenticated(request, PollRequest)
     poll = call.body
     state = request.app.state
-    outcome = await polls.record(
-        state.pool,
-        instance_id=poll.instanceId,
-        nonce=poll.nonce,
-        nonce_expires_at=call.nonce_expires_at,
-        channel=poll.channel,
-        current_version=poll.currentVersion,
-        agent_version=poll.agentVersion,
-    )
-    if not outcome.fresh:
-        raise call.replayed()
-    if outcome.open_rollout_id is None:
-        _IDLE_POLLS.inc()
-        return call.answer({"job": None})
+    with state.dispatch.hold(request, call) as hold:
+        outcome = await polls.record(
+            state.pool,
+            instance_id=poll.instanceId,
+            nonce=poll.nonce,
+            nonce_expires_at=call.nonce_expires_at,
+            channel=poll.channel,
+            current_version=poll.currentVersion,
+            agent_version=poll.agentVersion,
+        )
+        if not outcome.fresh:
+            raise call.replayed()
+        counted, job = await _job_for(state, call, outcome.open_rollout_id)
+        while job is None and await hold.woken():  # a held poll (api.dispatch) looks again
+            rollout_id = await polls.open_rollout(state.pool, poll.instanceId)
+            counted, job = await _job_for(state, call, rollout_id)
+    counted.inc()
+    return state.dispatch.advertised(call.answer({"job": job}))
+
+
+async def _job_for(
+    state: State, call: Verified[PollRequest], open_rollout_id: str | None
+) -> tuple[Counter, dict[str, Any] | None]:
+    """The job document the poll's instance gets now, or None; and the outcome to count."""
+    if open_rollout_id is None:
+        return _IDLE_POLLS, None
     handed = await _job_the_workflow_hands_out(
-        state.handouts, state.temporal, call, outcome.open_rollout_id
+        state.handouts, state.temporal, call, open_rollout_id
     )
     release = await releases.get(state.pool, handed.release_id) if handed else None
     if handed is None or release is None:
-        POLLS.labels(outcome="withheld").inc()
-        return call.answer({"job": None})
-    POLLS.labels(outcome="job").inc()
+        return POLLS.labels(outcome="withheld"), None
     log.info(
         "job handed out",
         extra={
-            "instance_id": poll.instanceId,
+            "instance_id": call.body.instanceId,
             "job_id": handed.id,
             "rollout_id": handed.rollout_id,
         },
@@ -84,7 +97,7 @@ async def next_job(request: Request) -> Response:
         "manifest": release.manifest().as_document(),
         "deadline": handed.deadline,
     }
-    return call.answer({"job": job})
+    return POLLS.labels(outcome="job"), job
 
 
 async def _job_the_workflow_hands_out(
