@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ActionResult,
         AdvanceInput,
         AuditEvent,
+        BatchTargetsInput,
         HandedOutJob,
         Handouts,
         HandoutsQuery,
@@ -46,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         RolloutState,
         RolloutStatus,
         RolloutView,
+        SnapshotTargetsInput,
         WaitStartedInput,
     )
     from workflows.search_attributes import RELEASE_VERSION, ROLLOUT_CHANNEL, ROLLOUT_STATUS
@@ -69,6 +71,8 @@ PATCH_ABORT_BEFORE_BATCH_1 = "abort-before-batch-1"
 PATCH_TARGETS_TOO_LARGE = "targets-too-large-ends-rollout"
 PATCH_CANCEL_IS_ABORT = "cancel-is-abort"
 PATCH_TIMED_OUT_AT_REPORTED_STEP = "timed-out-at-reported-step"
+# Targets snapshotted in PostgreSQL, read a batch at a time: nothing carried grows with the fleet.
+PATCH_TARGETS_IN_POSTGRES = "targets-in-postgres"
 STATUS_WORDS = (
     ("succeeded", "succeeded"),
     ("in_progress", "in progress"),
@@ -144,7 +148,7 @@ class RolloutWorkflow:
             raise
 
     async def _run(self) -> RolloutResult:
-        if self._state.targets is None:
+        if self._state.targets is None and self._state.target_count is None:
             await self._start()
         while True:
             self._changed = False
@@ -168,6 +172,38 @@ class RolloutWorkflow:
         return RolloutResult(status=self._state.status, counts=self._counts())
 
     async def _start(self) -> None:
+        if workflow.patched(PATCH_TARGETS_IN_POSTGRES):
+            snapshot = await workflow.execute_activity_method(
+                RolloutActivities.snapshot_targets,
+                SnapshotTargetsInput(
+                    rollout_id=self._spec.id, channel=self._spec.channel, version=self._spec.version
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+            )
+            self._state.target_count = snapshot.target_count
+        elif not await self._load_targets():
+            return
+        if self._state.status == "aborted" and workflow.patched(PATCH_ABORT_BEFORE_BATCH_1):
+            self._state.note = "aborted before batch 1 was released"
+            return
+        self._event(
+            WORKFLOW_ACTOR,
+            "rollout.started",
+            {"targets": self._target_count(), "batches": self._total_batches()},
+        )
+        if self._target_count():
+            await self._release_batch(1, WORKFLOW_ACTOR)
+            return
+        self._state.note = (
+            f"no instance on channel {self._spec.channel} is below {self._spec.version}:"
+            " nothing to update"
+        )
+        self._finish("completed")
+
+    async def _load_targets(self) -> bool:
+        """Runs started before targets-in-postgres: the whole list in state. False when the
+        rollout ended because the list is too large to carry."""
         try:
             result = await workflow.execute_activity_method(
                 RolloutActivities.load_targets,
@@ -184,24 +220,9 @@ class RolloutWorkflow:
             ):
                 raise
             self._cannot_start(f"could not start: {cause.message}")
-            return
+            return False
         self._state.targets = result.instance_ids
-        if self._state.status == "aborted" and workflow.patched(PATCH_ABORT_BEFORE_BATCH_1):
-            self._state.note = "aborted before batch 1 was released"
-            return
-        self._event(
-            WORKFLOW_ACTOR,
-            "rollout.started",
-            {"targets": len(result.instance_ids), "batches": self._total_batches()},
-        )
-        if result.instance_ids:
-            await self._release_batch(1, WORKFLOW_ACTOR)
-            return
-        self._state.note = (
-            f"no instance on channel {self._spec.channel} is below {self._spec.version}:"
-            " nothing to update"
-        )
-        self._finish("completed")
+        return True
 
     def _cannot_start(self, reason: str) -> None:
         """The rollout ends, saying why, instead of retrying what cannot succeed."""
@@ -282,16 +303,39 @@ class RolloutWorkflow:
 
     # --- batches ------------------------------------------------------------------------------
 
+    def _target_count(self) -> int:
+        if self._state.targets is not None:  # a run started before targets-in-postgres
+            return len(self._state.targets)
+        return self._state.target_count or 0
+
     def _total_batches(self) -> int:
-        count = len(self._state.targets or [])
-        return -(-count // self._spec.batch_size)
+        return -(-self._target_count() // self._spec.batch_size)
+
+    async def _batch_targets(self, number: int) -> list[str]:
+        """Batch `number`'s instance ids: read from the snapshot, or sliced from the carried list
+        of a run started before targets-in-postgres (no activity, as those histories have none)."""
+        start = (number - 1) * self._spec.batch_size
+        if self._state.targets is not None:
+            return self._state.targets[start : start + self._spec.batch_size]
+        result = await workflow.execute_activity_method(
+            RolloutActivities.batch_targets,
+            BatchTargetsInput(rollout_id=self._spec.id, start=start, limit=self._spec.batch_size),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+        )
+        return result.instance_ids
 
     async def _release_batch(self, number: int, actor: str) -> None:
-        size = self._spec.batch_size
-        instance_ids = (self._state.targets or [])[(number - 1) * size : number * size]
-        new_jobs = [self._new_job(instance_id, number, 1) for instance_id in instance_ids]
+        # Releasing (and running) before the targets are read: no second advance starts
+        # meanwhile, and a pause or abort taken in while they load stands.
         self._releasing = True
         self._set_status("running", actor)
+        try:
+            instance_ids = await self._batch_targets(number)
+        except BaseException:
+            self._releasing = False
+            raise
+        new_jobs = [self._new_job(instance_id, number, 1) for instance_id in instance_ids]
         cancelled: BaseException | None = None
         try:
             await self._write(new_jobs)
@@ -681,7 +725,7 @@ class RolloutWorkflow:
             paused_reason=self._state.paused_reason,
             current_batch=self._state.current_batch,
             total_batches=self._total_batches(),
-            target_count=len(self._state.targets or []),
+            target_count=self._target_count(),
             details=self._details(),
             note=self._state.note,
             jobs=list(self._jobs.values()),
@@ -785,7 +829,7 @@ class RolloutWorkflow:
             paused_reason=self._state.paused_reason,
             current_batch=self._state.current_batch,
             total_batches=self._total_batches(),
-            target_count=len(self._state.targets or []),
+            target_count=self._target_count(),
             details=self._details(),
             finished_at=self._state.finished_at,
             workflow_closed=self._closing,

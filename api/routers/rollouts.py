@@ -24,7 +24,7 @@ from store import audit, jobs, releases, rollouts
 from store.jobs import Job
 from store.rollouts import ChannelBusy, Rollout, RolloutSpec
 from workflows import client as rollout_client
-from workflows.rollout_models import JobState, RolloutStatus, RolloutView
+from workflows.rollout_models import MAX_BATCH_SIZE, JobState, RolloutStatus, RolloutView
 
 router = APIRouter(prefix="/api/rollouts", tags=["rollouts"], responses=admin_errors())
 
@@ -44,7 +44,7 @@ class CreateRollout(BaseModel):
 
     manifestId: str = Field(pattern=ID_PATTERN)
     channel: Channel
-    batchSize: int = Field(ge=1, le=MAX_FLEET)
+    batchSize: int = Field(ge=1, le=MAX_BATCH_SIZE)
     autoAdvance: bool = False
     bakeSeconds: int = Field(default=0, ge=0, le=30 * 86_400)
     maxFailures: int = Field(default=0, ge=0, le=MAX_FLEET)
