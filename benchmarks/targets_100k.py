@@ -241,7 +241,8 @@ def render(figures: Figures) -> str:
         f" batch size {figures.batch_size}, {figures.batches_driven} batches driven"
         f" ({figures.reports_sent} reports)",
         f"seed {figures.seed_seconds:.2f} s · start (snapshot + batch 1 handed out)"
-        f" {figures.start_seconds:.2f} s · driving {figures.drive_seconds:.1f} s",
+        f" {figures.start_seconds:.2f} s · each batch driven (s):"
+        f" {', '.join(f'{x:.1f}' for x in figures.batch_seconds)}",
         f"largest payload in history: {figures.largest_payload_bytes:,} bytes"
         f" ({figures.largest_payload_bytes / PAYLOAD_LIMIT:.1%} of 2 MiB)",
         f"largest run history: {figures.largest_history_bytes:,} bytes"

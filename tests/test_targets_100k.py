@@ -49,6 +49,7 @@ async def test_a_100k_target_rollout_stays_far_below_temporal_limits(
     assert figures.largest_view_bytes < PAYLOAD_LIMIT // 4
     assert figures.largest_handouts_bytes < PAYLOAD_LIMIT // 4
     assert figures.largest_history_bytes < HISTORY_LIMIT // 10
+    assert len(chain) > 1, "4,000 reports should have made the run continue as new"
     for run in chain[1:]:
         started = run.events[0].workflow_execution_started_event_attributes
         (carried,) = pydantic_data_converter.payload_converter.from_payloads(
