@@ -54,8 +54,12 @@ class RolloutActivities:
         """Stores the rollout's targets (once: a retry answers from the stored snapshot) and
         returns only their number, so no payload grows with the fleet."""
         async with self.pool.acquire() as conn:
-            ids = await instances.targets_below(conn, channel=input.channel, version=input.version)
-            count = await rollout_targets.snapshot(conn, input.rollout_id, ids)
+            versions = await instances.versions_below(
+                conn, channel=input.channel, version=input.version
+            )
+            count = await rollout_targets.snapshot(
+                conn, input.rollout_id, channel=input.channel, versions=versions
+            )
         return SnapshotTargetsResult(target_count=count)
 
     @activity.defn(name="batch_targets")

@@ -13,9 +13,12 @@ import asyncpg
 _LOCK_PREFIX = "rollout_targets:"
 
 
-async def snapshot(conn: asyncpg.Connection, rollout_id: str, instance_ids: Sequence[str]) -> int:
-    """Store `instance_ids` as the rollout's targets unless it has them already; returns how
-    many targets the rollout has. Runs in one transaction on `conn`."""
+async def snapshot(
+    conn: asyncpg.Connection, rollout_id: str, *, channel: str, versions: Sequence[str]
+) -> int:
+    """Store the instances on `channel` at one of `versions` as the rollout's targets, in
+    instance-id order, unless it has them already; returns how many targets the rollout has.
+    Runs in one transaction on `conn`; the ids never leave PostgreSQL."""
     async with conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _LOCK_PREFIX + rollout_id
@@ -23,14 +26,15 @@ async def snapshot(conn: asyncpg.Connection, rollout_id: str, instance_ids: Sequ
         taken = await count(conn, rollout_id)
         if taken:
             return taken
-        await conn.execute(
+        status = await conn.execute(
             "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
-            " SELECT $1, t.position, t.instance_id"
-            " FROM unnest($2::text[]) WITH ORDINALITY AS t(instance_id, position)",
+            " SELECT $1, row_number() OVER (ORDER BY instance_id), instance_id FROM instances"
+            " WHERE channel = $2 AND current_version = ANY($3::text[])",
             rollout_id,
-            list(instance_ids),
+            channel,
+            list(versions),
         )
-        return len(instance_ids)
+        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
 
 async def count(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> int:
