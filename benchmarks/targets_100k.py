@@ -1,6 +1,6 @@
 """Proof of issue 11: a rollout of 100,000 targets stays far below Temporal's limits.
 
-    .venv/bin/python -m benchmarks.targets_100k [--batches 3] [--batch-size 2000] [--json]
+    .venv/bin/python -m benchmarks.targets_100k [--batches 4] [--batch-size 1000] [--json]
 
 Starts an embedded PostgreSQL and the time-skipping Temporal server (free loopback ports, a
 temporary folder), a real worker, inserts 100,000 instances of 39-character ids in one
@@ -269,7 +269,7 @@ def machine() -> str:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=MAX_BATCH_SIZE)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

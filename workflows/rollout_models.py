@@ -21,9 +21,10 @@ FAILED_JOB_STATUSES: frozenset[str] = frozenset(
 RETRYABLE_JOB_STATUSES: frozenset[str] = frozenset({"failed", "rolled_back", "timed_out"})
 # The largest batch a rollout may have (the API refuses more). A run carries its current batch:
 # about 210 bytes a job in its state (continue-as-new input, view query) and 250 in the handouts
-# query, so 2,000 jobs stay near 0.5 MB, below Temporal's 512 KiB payload warning and a quarter
-# of its 2 MiB limit (docs/performance.md, benchmarks/targets_100k.py).
-MAX_BATCH_SIZE = 2_000
+# query, so 1,000 jobs stay near 0.25 MB, a tenth of Temporal's 2 MiB payload limit; and a
+# workflow task's work grows with the batch (2,000 tripped the SDK's 2 s deadlock detector on a
+# loaded 2-core machine). docs/performance.md, benchmarks/targets_100k.py.
+MAX_BATCH_SIZE = 1_000
 
 
 # --- state -----------------------------------------------------------------------------------
