@@ -5,6 +5,7 @@ stay far below Temporal's limits, and no run carries the target list into the ne
 benchmarks/targets_100k.py runs the same scenario and prints the figures."""
 
 import asyncpg
+import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -24,6 +25,7 @@ from workflows.rollout_models import MAX_BATCH_SIZE, RolloutInput
 BATCHES = 4
 
 
+@pytest.mark.timeout(900)  # minutes on a loaded 2-core machine
 async def test_a_100k_target_rollout_stays_far_below_temporal_limits(
     time_skipping_env: WorkflowEnvironment,
     ts_worker: Worker,
