@@ -440,15 +440,7 @@ class RolloutWorkflow:
     def view(self) -> RolloutView:
         machine, state = self._machine, self._state
         return RolloutView(
-            status=state.status,
-            paused_reason=state.paused_reason,
-            current_batch=state.current_batch,
-            total_batches=machine.total_batches,
-            target_count=machine.target_count or 0,
-            details=machine.details(),
-            note=state.note,
-            jobs=list(machine.jobs.values()),
-            finished_at=state.finished_at,
+            **machine.snapshot().model_dump(), note=state.note, jobs=list(machine.jobs.values())
         )
 
     @workflow.query(name="job_for_instance")

@@ -25,7 +25,7 @@ from contract.wire import (
     TERMINAL_JOB_STATUSES,
     RolloutStatus,
 )
-from store.rollouts import RolloutSpec
+from store.rollouts import RolloutSnapshot, RolloutSpec
 from workflows import rollout_text
 from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
@@ -140,6 +140,19 @@ class RolloutMachine:
     @property
     def total_batches(self) -> int:
         return -(-(self.target_count or 0) // self.spec.batch_size)
+
+    def snapshot(self) -> RolloutSnapshot:
+        """Where the rollout stands, as its view and its read-model writes both say it."""
+        state = self.state
+        return RolloutSnapshot(
+            status=state.status,
+            paused_reason=state.paused_reason,
+            current_batch=state.current_batch,
+            total_batches=self.total_batches,
+            target_count=self.target_count or 0,
+            details=self.details(),
+            finished_at=state.finished_at,
+        )
 
     def latest_jobs(self) -> list[JobState]:
         return [job for job in self.jobs.values() if not job.superseded]
