@@ -117,6 +117,7 @@ async def test_one_scrape_shows_what_both_api_processes_counted(
         second = await polls.one_held(held_now=1)
         # Each process holds at most one: one scrape sees the two processes' holds.
         at_once = polls.answered_at_once
+        print(f"{at_once} polls answered at once before each process held one")
 
         await hang_up(first)
         await hang_up(second)  # each process answers (and counts) its held poll, idle
