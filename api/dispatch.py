@@ -34,7 +34,11 @@ from store import polls
 
 log = logging.getLogger(__name__)
 
-HELD_POLLS = Gauge("rollout_held_polls", "Agent polls held by this API process right now")
+HELD_POLLS = Gauge(
+    "rollout_held_polls",
+    "Agent polls held right now (summed over the living API processes)",
+    multiprocess_mode="livesum",
+)
 HOLDS_REFUSED = Counter(
     "rollout_poll_holds_refused_total",
     "Polls that asked to be held but were answered at once: LONG_POLL_MAX_HELD polls were held",
@@ -121,6 +125,7 @@ class Dispatcher:
         self.max_held = max_held
         self._held: dict[str, set[Hold]] = {}
         self._count = 0
+        self._stopping = False
         self._listener: asyncio.Task[None] | None = None
         # Set while the listening connection is up: notices reach this process.
         self.listening = asyncio.Event()
@@ -136,7 +141,9 @@ class Dispatcher:
         """Registered before the poll's first look at the database, so a notice sent after that
         look wakes it: none falls between the look and the wait."""
         hold = Hold(request, self._seconds_asked(request, call))
-        if hold.seconds and self._count >= self.max_held:
+        if self._stopping:
+            hold.seconds = 0
+        elif hold.seconds and self._count >= self.max_held:
             HOLDS_REFUSED.inc()
             hold.seconds = 0
         if not hold.seconds:
@@ -182,10 +189,16 @@ class Dispatcher:
         if self.max_seconds and self.max_held:
             self._listener = asyncio.create_task(self._listen_forever())
 
-    async def stop(self) -> None:
+    def stopping(self) -> None:
+        """The process is going away: answer every held poll now and hold no more, so that
+        stopping does not wait for holds to run out (cli/api.py calls this on SIGTERM)."""
+        self._stopping = True
         for holds in self._held.values():
             for hold in holds:
                 hold.end()
+
+    async def stop(self) -> None:
+        self.stopping()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
