@@ -27,6 +27,7 @@ class RolloutSpec(BaseModel):
     auto_advance: bool = False
     bake_seconds: int = Field(default=0, ge=0)
     max_failures: int = Field(default=0, ge=0)
+    max_unreachable: int = Field(default=0, ge=0)
     job_timeout_seconds: int = Field(default=3600, ge=1)
     created_by: str
 
