@@ -124,7 +124,7 @@ async def test_agent_killed_during_migrate_rolls_back_when_it_returns(
     assert host.steps()[-1] == "rollback 1.4.0"
 
 
-async def test_a_host_that_never_polls_times_out(
+async def test_a_host_that_never_polls_is_unreachable(
     plane: LiveServer, admin: httpx.AsyncClient, dev_settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
     await instances.record_poll(
@@ -132,10 +132,9 @@ async def test_a_host_that_never_polls_times_out(
     )
     release_id = await seed_release(db, dev_settings, version="1.4.0")
     rollout = await start_rollout(admin, release_id, jobTimeoutSeconds=2, maxFailures=1)
-    settled = await rollout_where(
-        admin, rollout["id"], lambda r: job_of(r, "ghost")["status"] == "timed_out"
-    )
-    assert settled["status"] == "completed"
+    settled = await rollout_where(admin, rollout["id"], lambda r: r["status"] == "paused")
+    assert job_of(settled, "ghost")["status"] == "unreachable"
+    assert settled["pausedReason"] == "1 host unreachable (max 0): ghost"
 
 
 async def test_reports_are_checked_against_the_job(
