@@ -2,7 +2,6 @@
 job rows only move forward and the rollout row carries a revision that gates its audit entries,
 so a retried or repeated call changes nothing twice."""
 
-import logging
 from typing import Any
 
 import asyncpg
@@ -11,7 +10,7 @@ from temporalio.common import MetricCounter
 from temporalio.exceptions import ApplicationError
 
 from contract.text import storable, storable_or_none
-from store import audit, instances, jobs, rollouts
+from store import audit, instances, jobs, polls, rollouts
 from workflows.rollout_models import (
     AuditEvent,
     LoadTargetsInput,
@@ -27,7 +26,9 @@ from workflows.rollout_models import (
 TARGETS_PAYLOAD_LIMIT = 1024 * 1024
 TARGETS_TOO_LARGE = "TargetsTooLarge"
 STORABLE_NOTE = "unstorable characters in text were replaced with U+FFFD"
-log = logging.getLogger("rollout.activities")
+# The SDK's adapter adds the activity and its workflow (rollout-<id>) to every line; each line
+# also passes `rollout_id` as extra, a field of its own in JSON logs (contract.logs).
+log = activity.logger
 
 
 def _unstorable_text_writes() -> MetricCounter:
@@ -83,6 +84,7 @@ class RolloutActivities:
                 rollout_id,
                 type(exc).__name__,
                 exc.sqlstate,
+                extra={"rollout_id": rollout_id},
             )
             _unstorable_text_writes().add(1)
             note = AuditEvent(
@@ -107,6 +109,8 @@ class RolloutActivities:
                         subject=f"rollout:{_rollout_id(input)}",
                         detail=event.detail,
                     )
+            # Held polls of every API process look again once this commits (api.dispatch).
+            await polls.announce(conn, _rollout_id(input))
             return RecordProgressResult(applied=applied)
 
 

@@ -13,10 +13,9 @@ from urllib.parse import urlsplit
 from contract.logs import LOG_FORMATS
 from contract.manifest import CHANNELS, parse_version
 from contract.secrets import weak_secret_problem
-from contract.wire import INSTANCE_ID_PATTERN
+from contract.wire import COMMAND_STEPS, INSTANCE_ID_PATTERN
 
-UPDATE_STEPS = ("backup", "pull", "migrate", "smoke", "switch")
-COMMAND_VARS = {step: f"UPDATE_{step.upper()}_CMD" for step in UPDATE_STEPS}
+COMMAND_VARS = {step: f"UPDATE_{step.upper()}_CMD" for step in COMMAND_STEPS}
 DEFAULT_STATE_DIR = "/var/lib/rollout-agent"
 FIRST_RUN_VERSION = "0.0.0"
 

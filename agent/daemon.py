@@ -1,4 +1,5 @@
-"""The agent loop: poll with jitter, back off on errors, run a job, keep reports flowing.
+"""The agent loop: poll with jitter (or held by the control plane, when it offers that), back off
+on errors, run a job, keep reports flowing.
 
 `Agent` holds no process-wide state, so a fleet simulator can run many in one event loop with
 its own `StepExecutor` and in-memory journals.
@@ -21,12 +22,16 @@ from agent.logs import instance_log
 from agent.reports import ReportSender
 from agent.steps import ShellExecutor, StepExecutor
 from agent.timing import jittered, retry_delay, sleep_unless_stopped
-from agent.transport import RequestFailed, Signer, signed_post
+from agent.transport import RequestFailed, Signer, signed_exchange, signed_post
+from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import PollResponse, ReportResponse
 
 POLL_PATH = "/api/updates/next"
 REPORT_PATH = "/api/updates/report"
 T = TypeVar("T")
+# The longest the agent lets a poll be held when the control plane offers it (docs/protocol.md):
+# jobs then arrive as they are released, whatever AGENT_POLL_INTERVAL says.
+LONG_POLL_SECONDS = 25
 
 
 # Reuse a connection only while the server surely keeps it: uvicorn and many proxies close idle
@@ -123,15 +128,27 @@ class Agent:
             self.config.channel,
             self.journal.state.current_version,
         )
+        loop = asyncio.get_running_loop()
+        hold = 0  # seconds this agent asks the control plane to hold its poll; 0 until offered
         while not stop.is_set():
             fields = {
                 "channel": self.config.channel,
                 "currentVersion": self.journal.state.current_version,
                 "agentVersion": _agent_version(),
             }
+            asked, started = hold, loop.time()
             try:
-                answer = await _unless_stopped(
-                    signed_post(http, self.signer, POLL_PATH, fields, PollResponse), stop
+                answered = await _unless_stopped(
+                    signed_exchange(
+                        http,
+                        self.signer,
+                        POLL_PATH,
+                        fields,
+                        PollResponse,
+                        headers={POLL_WAIT_HEADER: str(asked)} if asked else None,
+                        timeout=self.config.request_timeout_seconds + asked,
+                    ),
+                    stop,
                 )
             except RequestFailed as exc:
                 failures += 1
@@ -145,12 +162,29 @@ class Agent:
                 self.log.log(level, "poll failed (%s); retry in %.1f s", exc, delay)
                 await sleep_unless_stopped(stop, delay)
                 continue
-            if answer is None:
+            if answered is None:
                 return
+            answer, headers = answered
             if failures:
                 self.log.info("control plane answers again after %d failed poll(s)", failures)
                 failures = 0
+            hold = _hold_offered(headers)
+            if hold != asked:
+                self.log.info("control plane holds polls up to %d s (0: it does not)", hold)
             job = answer.job
             if job is not None and not self.journal.has_finished(job.id):
                 await runner.run(job)
+            # Nothing to do, and the next poll is held at once: holds were just offered, or this
+            # one was held to its end. Its end is judged by the clock, as the headers are not
+            # signed: whatever anyone on the way does to them, at most one poll per hold (and
+            # one more per interval when an offer comes and goes).
+            if job is None and hold and (not asked or loop.time() - started >= asked):
+                continue
             await sleep_unless_stopped(stop, jittered(self.config.poll_interval_seconds))
+
+
+def _hold_offered(headers: httpx.Headers) -> int:
+    """How long to ask the next poll to be held: what the control plane offers, at most
+    LONG_POLL_SECONDS; 0 when it offers nothing (an API older than long-poll)."""
+    offered = headers.get(LONG_POLL_HEADER, "")
+    return min(int(offered), LONG_POLL_SECONDS) if offered.isdigit() else 0

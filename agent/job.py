@@ -14,13 +14,11 @@ from agent.logs import InstanceLog
 from agent.reports import ReportSender
 from agent.steps import StepContext, StepExecutor, StepResult
 from contract.manifest import parse_timestamp
-from contract.wire import MAX_MESSAGE_BYTES, JobAssignment, ReportStatus, Step
-
-UPDATE_STEPS: tuple[Step, ...] = ("backup", "pull", "migrate", "smoke", "switch", "health")
+from contract.wire import MAX_MESSAGE_BYTES, UPDATE_STEPS, JobAssignment, ReportStatus, Step
 
 
 def fit_message(sections: list[tuple[str, str]]) -> str:
-    """Each section's headline, then the last lines of its output, within the 4 KiB limit."""
+    """Each section's headline, then the head and tail of its output, within the 4 KiB limit."""
     headlines = "\n".join(headline for headline, _ in sections)
     with_output = [output for _, output in sections if output.strip()]
     budget = MAX_MESSAGE_BYTES - len(headlines.encode()) - 64 * len(sections)
@@ -28,17 +26,56 @@ def fit_message(sections: list[tuple[str, str]]) -> str:
     parts: list[str] = []
     for headline, output in sections:
         parts.append(headline)
-        kept: list[str] = []
-        used = 0
-        for line in reversed(output.rstrip().splitlines()):
-            size = len(line.encode()) + 3
-            if used + size > share:
-                break
-            kept.insert(0, "  " + line)
-            used += size
-        parts.extend(kept)
+        parts.extend(_INDENT + line for line in excerpt(output, share))
     message = "\n".join(parts)
     return message.encode()[:MAX_MESSAGE_BYTES].decode(errors="ignore")
+
+
+_INDENT = "  "
+_CUT = "…"
+_LEFT_OUT = f"{_CUT} (lines left out) {_CUT}"
+
+
+def _size(line: str) -> int:
+    return len(line.encode()) + len(_INDENT) + 1  # indented, and a newline
+
+
+def excerpt(output: str, budget: int) -> list[str]:
+    """The lines of a step's output within `budget` bytes once indented: all of them when they
+    fit, else the head (what ran) and the tail (how it ended), with a line saying some were left
+    out between them. A line too long for what is left is cut, never dropped whole."""
+    lines = output.rstrip().splitlines()
+    if sum(_size(line) for line in lines) <= budget:
+        return lines
+    head = _take(lines, budget if len(lines) == 1 else budget // 4, from_end=False)
+    rest = lines[len(head) :]
+    if not rest:
+        return head
+    left = budget - sum(_size(line) for line in head) - _size(_LEFT_OUT)
+    if left < 0:
+        return head
+    tail = _take(rest[::-1], left, from_end=True)[::-1]
+    return [*head, _LEFT_OUT, *tail] if len(tail) < len(rest) else head + tail
+
+
+def _take(lines: list[str], budget: int, *, from_end: bool) -> list[str]:
+    """Lines in the given order while they fit; the first one is cut to fit if it alone does
+    not (its start kept, or its end when `from_end`)."""
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if used + _size(line) <= budget:
+            kept.append(line)
+            used += _size(line)
+            continue
+        room = budget - _size(_CUT)
+        if not kept and room > 0:
+            raw = line.encode()
+            cut = raw[len(raw) - room :] if from_end else raw[:room]
+            text = cut.decode(errors="ignore")
+            kept.append(_CUT + text if from_end else text + _CUT)
+        break
+    return kept
 
 
 def _section(step: Step, result: StepResult) -> tuple[str, str]:

@@ -21,6 +21,8 @@ from contract.manifest import ReleaseManifest
 from contract.text import storable
 from contract.wire import Step
 
+# What a step's output is kept of: its start (what ran) and its end (how it ended).
+OUTPUT_HEAD_BYTES = 4 * 1024
 OUTPUT_TAIL_BYTES = 16 * 1024
 # One hanging health request must not use up every attempt.
 HEALTH_REQUEST_SECONDS = 10.0
@@ -100,28 +102,53 @@ async def run_command(
         step_ended(state_dir)
 
 
+class OutputCapture:
+    """The head and the tail of a step's output, in bounded memory however much it prints; the
+    middle of a long output is left out, and says so."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.left_out = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = OUTPUT_HEAD_BYTES - len(self.head)
+        if room > 0:
+            self.head.extend(chunk[:room])
+            chunk = chunk[room:]
+        self.tail.extend(chunk)
+        excess = len(self.tail) - OUTPUT_TAIL_BYTES
+        if excess > 0:
+            del self.tail[:excess]
+            self.left_out += excess
+
+    def text(self) -> str:
+        if not self.left_out:
+            return _decoded(self.head + self.tail)
+        gap = f"\n… {self.left_out:,} bytes of output left out …\n"
+        return _decoded(self.head) + gap + _decoded(self.tail)
+
+
 async def _outcome(process: asyncio.subprocess.Process, timeout: float) -> StepResult:
-    tail = bytearray()
+    output = OutputCapture()
 
     async def drain() -> int:
         assert process.stdout is not None
         while chunk := await process.stdout.read(65536):
-            tail.extend(chunk)
-            del tail[:-OUTPUT_TAIL_BYTES]
+            output.add(chunk)
         return await process.wait()
 
     try:
         code = await asyncio.wait_for(drain(), timeout)
     except TimeoutError:
         await _stop_group(process)
-        return StepResult(False, f"timed out after {timeout:g} s", _decoded(tail))
+        return StepResult(False, f"timed out after {timeout:g} s", output.text())
     except asyncio.CancelledError:
         await _stop_group(process)
         raise
-    output = _decoded(tail)
     if code != 0:
-        return StepResult(False, f"exit status {code}", output)
-    return StepResult(True, "exit status 0", output)
+        return StepResult(False, f"exit status {code}", output.text())
+    return StepResult(True, "exit status 0", output.text())
 
 
 async def check_health(health: HealthCheck) -> StepResult:

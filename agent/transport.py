@@ -7,6 +7,7 @@ bytes and the body echoes the nonce. Nothing the agent acts on bypasses this mod
 
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -81,13 +82,36 @@ async def signed_post(
     http: httpx.AsyncClient, signer: Signer, path: str, fields: dict[str, Any], model: type[M]
 ) -> M:
     """POST a signed request; return the verified answer parsed with `model`, or raise."""
+    answer, _ = await signed_exchange(http, signer, path, fields, model)
+    return answer
+
+
+async def signed_exchange(
+    http: httpx.AsyncClient,
+    signer: Signer,
+    path: str,
+    fields: dict[str, Any],
+    model: type[M],
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> tuple[M, httpx.Headers]:
+    """`signed_post` with extra request headers (not signed: the signature covers the body, as
+    PROTOCOL §5 says) and a timeout of its own; also returns the answer's headers, which are
+    not signed either, so nothing read from them may decide what the agent runs."""
     content, nonce = signer.body(fields)
-    headers = {
+    sent_headers = {
+        **(headers or {}),
         "content-type": "application/json",
         AGENT_SIGNATURE_HEADER: sign(signer.secret, content),
     }
     try:
-        response = await http.post(path, content=content, headers=headers)
+        response = await http.post(
+            path,
+            content=content,
+            headers=sent_headers,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+        )
     except httpx.HTTPError as exc:
         raise RequestFailed(f"{path}: {type(exc).__name__}: {exc}") from exc
     document = _trusted_document(response, signer.secret, nonce)
@@ -115,6 +139,6 @@ async def signed_post(
             final=response.status_code in FINAL_STATUSES,
         )
     try:
-        return model.model_validate(document)
+        return model.model_validate(document), response.headers
     except ValidationError as exc:
         raise RequestFailed(f"{path}: answer does not match the protocol: {exc}") from exc

@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from api.errors import BODY_NOT_JSON, RETRY_AFTER_SECONDS, describe_validation_errors
 from api.metrics import AUTH_FAILURES
 from contract.manifest import SIGNATURE_PATTERN, parse_timestamp
-from contract.settings import ApiSettings
 from contract.signing import canonical, sign, verify
 from contract.text import storable
 from contract.wire import (
@@ -33,6 +32,7 @@ from contract.wire import (
     SIGNATURE_WINDOW_SECONDS,
     AgentRequest,
 )
+from server.settings import ApiSettings
 from store import nonces
 
 log = logging.getLogger(__name__)

@@ -13,16 +13,18 @@ from api.database_outage import (
     install_database_outage_handler,
     pool_reconnects_noted_as,
 )
+from api.dispatch import Dispatcher
 from api.docs_ui import install_offline_docs
 from api.edge import EdgeGate
 from api.errors import install_error_handlers
 from api.handouts import HandoutCache
 from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
-from api.routers import instances, jobs, metrics, releases, rollouts, system, updates
-from contract.settings import ApiSettings
+from api.refusals import install_refusal_handlers
+from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
+from server.settings import ApiSettings
+from server.temporal_client import connect_temporal
 from store.pool import open_pool
-from worker.connect import connect_temporal
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -39,12 +41,21 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
         app.state.handouts = HandoutCache()
+        app.state.dispatch = Dispatcher(
+            settings.database_url,
+            app.state.pool,
+            app.state.handouts,
+            max_seconds=settings.long_poll_max_seconds,
+            max_held=settings.long_poll_max_held,
+        )
+        await app.state.dispatch.start()
         janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))
         try:
             with pool_reconnects_noted_as(outage), routine_polls_unlogged():
                 yield
         finally:
             janitor.cancel()
+            await app.state.dispatch.stop()
             await app.state.pool.close()
 
     app = FastAPI(
@@ -58,12 +69,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(RequestTimer)  # outermost: times the gate's refusals too
     install_error_handlers(app)
     install_agent_error_handler(app)
+    install_refusal_handlers(app)
     install_database_outage_handler(app, outage)
     install_offline_docs(app)
     app.include_router(system.router)
     app.include_router(releases.router)
     app.include_router(instances.router)
-    app.include_router(updates.router)
+    app.include_router(agent.router)
     app.include_router(metrics.router)
     app.include_router(rollouts.router)
     app.include_router(jobs.router)

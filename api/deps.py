@@ -12,8 +12,8 @@ from fastapi import Depends, Header, HTTPException, Path, Request, status
 from temporalio.client import Client
 
 from api.handouts import HandoutCache
-from contract.settings import ApiSettings
 from contract.wire import ID_PATTERN
+from server.settings import ApiSettings
 
 ADMIN_TOKEN_HEADER = "x-cp-admin-token"  # noqa: S105 (a header name, not a secret)
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ADMIN_TOKEN_HEADER, admin_token_problem
-from contract.settings import ApiSettings
 from contract.wire import MAX_BODY_BYTES
+from server.settings import ApiSettings
 
 AGENT_PATHS = frozenset({"/api/updates/next", "/api/updates/report"})
 ADMIN_PREFIX = "/api/"

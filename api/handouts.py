@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from temporalio.client import Client
 
 from api.metrics import HANDOUT_QUERIES
-from workflows import client as rollouts
+from workflows import client as rollout_client
 from workflows.rollout_models import Handouts
 
 TTL_SECONDS = 0.5
@@ -51,7 +51,7 @@ class HandoutCache:
 
     async def _ask(self, temporal: Client, rollout_id: str) -> Handouts:
         HANDOUT_QUERIES.inc()
-        return await rollouts.handouts(temporal, rollout_id, timeout=QUERY_TIMEOUT_SECONDS)
+        return await rollout_client.handouts(temporal, rollout_id, timeout=QUERY_TIMEOUT_SECONDS)
 
     def _forget_stale(self, now: float) -> None:
         """Keeps the map as small as the set of rollouts being polled right now."""

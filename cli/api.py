@@ -39,7 +39,7 @@ def app_from_environment() -> "FastAPI":
     """uvicorn's app factory, called once in every API process."""
     from api.app import create_app
     from contract.logs import configure_logging
-    from contract.settings import ApiSettings
+    from server.settings import ApiSettings
 
     settings = settings_or_exit(ApiSettings, "rollout api")
     configure_logging(settings.log_format)
@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from contract.logs import configure_logging
-    from contract.settings import ApiSettings
-    from worker.connect import TemporalConfigError, connect_config
+    from server.settings import ApiSettings
+    from server.temporal_client import TemporalConfigError, connect_config
 
     # Checked here too, so bad settings stop the start with one line before any process forks.
     settings = settings_or_exit(ApiSettings, "rollout api")

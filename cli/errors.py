@@ -5,7 +5,7 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
-    from contract.settings import S
+    from server.settings import S
 
 
 class UsageError(Exception):
@@ -26,7 +26,7 @@ def fail(line: str) -> NoReturn:
 
 def settings_or_exit(cls: "type[S]", command: str) -> "S":
     """Settings from env, or one line naming every problem and exit 2 (no secret is echoed)."""
-    from contract.settings import SettingsError, load_settings
+    from server.settings import SettingsError, load_settings
 
     try:
         return load_settings(cls)

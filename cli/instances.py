@@ -5,11 +5,11 @@ import argparse
 from cli.admin_http import AdminApi, print_json, print_table
 
 COLUMNS = [
-    ("INSTANCE", "instance_id"),
+    ("INSTANCE", "instanceId"),
     ("CHANNEL", "channel"),
-    ("VERSION", "current_version"),
-    ("AGENT", "agent_version"),
-    ("LAST SEEN", "last_seen_at"),
+    ("VERSION", "currentVersion"),
+    ("AGENT", "agentVersion"),
+    ("LAST SEEN", "lastSeenAt"),
 ]
 
 

@@ -1,6 +1,8 @@
-"""`rollout jobs list`."""
+"""`rollout jobs list|show`."""
 
 import argparse
+from datetime import datetime
+from typing import Any
 
 from cli.admin_http import AdminApi, print_json, print_table
 
@@ -14,6 +16,13 @@ COLUMNS = [
     ("UPDATED", "updatedAt"),
     ("MESSAGE", "message"),
 ]
+TIMELINE_COLUMNS = [
+    ("STEP", "step"),
+    ("OUTCOME", "outcome"),
+    ("STARTED", "startedAt"),
+    ("ENDED", "endedAt"),
+    ("TOOK", "took"),
+]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,13 +32,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--status")
     listing.add_argument("--rollout", dest="rollout_id")
     listing.add_argument("--instance", dest="instance_id")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = actions.add_parser("show", help="one job and the timeline of its steps")
+    show.add_argument("job_id")
+    for action in actions.choices.values():
+        action.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    api = AdminApi("rollout jobs list")
+    api = AdminApi(f"rollout jobs {args.action}")
+    if args.action == "show":
+        job = api.call("GET", f"/api/updates/jobs/{args.job_id}")
+        print_json(job) if args.json else show(job)
+        return 0
     filters = {"status": args.status, "rolloutId": args.rollout_id, "instanceId": args.instance_id}
     rows = api.call("GET", "/api/updates/jobs", params={k: v for k, v in filters.items() if v})
     print_json(rows) if args.json else print_table(rows, COLUMNS)
     return 0
+
+
+def _took(step: dict[str, Any]) -> str | None:
+    if step.get("startedAt") is None or step.get("endedAt") is None:
+        return None
+    seconds = (
+        datetime.fromisoformat(step["endedAt"]) - datetime.fromisoformat(step["startedAt"])
+    ).total_seconds()
+    return f"{seconds:.1f}s"
+
+
+def _printable(line: str) -> str:
+    """Step output is the host's: its control characters must not drive the terminal."""
+    return "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in line)
+
+
+def show(job: dict[str, Any]) -> None:
+    """The job, a line per step, then the output of each step that has some."""
+    where = f" at {job['step']}" if job.get("step") else ""
+    print(f"job {job['id']}  {job['status'].upper()}{where}")
+    print(f"  rollout {job['rolloutId']}  batch {job['batch']}  attempt {job['attempt']}")
+    print(f"  instance {job['instanceId']}  deadline {job['deadline']}")
+    print()
+    timeline = job.get("timeline", [])
+    if not timeline:
+        print("no step reported yet")
+        return
+    print_table([{**step, "took": _took(step)} for step in timeline], TIMELINE_COLUMNS)
+    for step in timeline:
+        if step.get("message"):
+            print(f"\n{step['step']} output:")
+            print("\n".join("  " + _printable(line) for line in step["message"].splitlines()))

@@ -1,4 +1,4 @@
-"""`rollout release-manifest`: the project's `pnpm release:manifest` (PROTOCOL §2)."""
+"""`rollout release-manifest`: sign a release manifest for `POST /api/releases` (PROTOCOL §2)."""
 
 import argparse
 import os

@@ -38,6 +38,15 @@ def batch_line(batch: dict[str, Any]) -> str:
     return f"  batch {batch['number']:>3}  {bar(done, failed, len(jobs))}  {summary}"
 
 
+def failure_line(failure: dict[str, Any]) -> str:
+    """Where a failed job of the current batch stopped; its output is one command away."""
+    where = f" at {failure['step']}" if failure.get("step") else " (never started)"
+    return (
+        f"  {failure['instanceId']} {failure['status']}{where}:"
+        f" rollout jobs show {failure['jobId']}"
+    )
+
+
 def render(rollout: dict[str, Any]) -> str:
     total = rollout.get("totalBatches", len(rollout.get("batches", [])))
     head = (
@@ -48,6 +57,7 @@ def render(rollout: dict[str, Any]) -> str:
     lines += [batch_line(b) for b in rollout.get("batches", [])]
     if rollout.get("pausedReason"):
         lines.append(f"  paused: {rollout['pausedReason']}")
+    lines += [failure_line(f) for f in rollout.get("failures", [])]
     if rollout.get("stale"):
         lines.append("  (stale: the rollout engine did not answer; this is the last stored view)")
     return "\n".join(lines)

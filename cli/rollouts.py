@@ -6,6 +6,7 @@ import time
 
 from cli.admin_http import AdminApi, print_json, print_table
 from cli.rollout_view import render
+from contract.wire import FINISHED_ROLLOUT_STATUSES
 
 COLUMNS = [
     ("ID", "id"),
@@ -17,7 +18,6 @@ COLUMNS = [
     ("PAUSED REASON", "pausedReason"),
 ]
 ACTIONS = ("advance", "pause", "resume", "retry", "abort")
-FINISHED = {"completed", "aborted"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -100,6 +100,6 @@ def watch(api: AdminApi, rollout_id: str, interval: float, as_json: bool) -> int
         elif view != last:
             print_json(rollout) if as_json else print(view + "\n", flush=True)
         last = view
-        if rollout["status"] in FINISHED:
+        if rollout["status"] in FINISHED_ROLLOUT_STATUSES:
             return 0 if rollout["status"] == "completed" else 1
         time.sleep(interval)

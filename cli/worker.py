@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from contract.logs import configure_logging
-    from contract.settings import Settings
+    from server.settings import Settings
     from worker.main import run_worker
 
     settings = settings_or_exit(Settings, "rollout worker")

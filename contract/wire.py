@@ -1,4 +1,5 @@
-"""Agent wire models (PROTOCOL §5), shared by the API and the agent so both read one contract."""
+"""The wire contract's names and agent models (PROTOCOL §4-§5): statuses, steps and the agent
+requests, shared by the API, the workflow and the agent so all read one contract."""
 
 from typing import Literal
 
@@ -21,6 +22,10 @@ RESPONSE_SIGNATURE_HEADER = "x-cp-signature"
 
 ReportStatus = Literal["in_progress", "succeeded", "failed", "rolled_back", "rollback_failed"]
 Step = Literal["preflight", "backup", "pull", "migrate", "smoke", "switch", "health", "rollback"]
+# The steps that run an operator's command (`UPDATE_<STEP>_CMD`, PROTOCOL §6), in order.
+COMMAND_STEPS: tuple[Step, ...] = ("backup", "pull", "migrate", "smoke", "switch")
+# Every step of an update after preflight, in order: the commands, then the health check.
+UPDATE_STEPS: tuple[Step, ...] = (*COMMAND_STEPS, "health")
 JobStatus = Literal[
     "pending",
     "in_progress",
@@ -44,6 +49,11 @@ TERMINAL_JOB_STATUSES: frozenset[str] = frozenset(
         "unreachable",
     }
 )
+
+# Rollout `status` (PROTOCOL §4). The set of finished ones is also spelled in SQL
+# (store/rollouts.py, the partial unique index of migration 0003): keep them in step.
+RolloutStatus = Literal["running", "awaiting_advance", "paused", "completed", "aborted"]
+FINISHED_ROLLOUT_STATUSES: frozenset[RolloutStatus] = frozenset({"completed", "aborted"})
 
 
 class AgentRequest(BaseModel):

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TextIO
 
 from pydantic import BaseModel
 
+from contract.wire import FINISHED_ROLLOUT_STATUSES
 from simulator.figures import (
     LAGGING_P50_MS,
     Figures,
@@ -33,7 +34,7 @@ from simulator.shard import Shard, ShardResult, ShardSnapshot
 from simulator.shard_process import RemoteShard, SimulatorProcessError
 
 # A rollout in one of these needs an operator (or nothing) before anything else happens.
-ROLLOUT_SETTLED = frozenset({"completed", "aborted", "paused"})
+ROLLOUT_SETTLED = FINISHED_ROLLOUT_STATUSES | {"paused"}
 # One event loop keeps up with about this many agents polling every second or two.
 AGENTS_PER_PROCESS = 200
 

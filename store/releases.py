@@ -71,7 +71,3 @@ async def list_all(
         channel,
     )
     return [_release(r) for r in rows]
-
-
-async def count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
-    return await conn.fetchval("SELECT count(*) FROM releases")

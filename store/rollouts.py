@@ -5,8 +5,7 @@ from datetime import datetime
 import asyncpg
 from pydantic import BaseModel, Field
 
-RolloutStatus = str  # running | awaiting_advance | paused | completed | aborted
-FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "aborted"})
+from contract.wire import RolloutStatus
 
 _COLUMNS = (
     "id, workflow_id, manifest_id, version, channel, batch_size, auto_advance, bake_seconds,"
@@ -14,10 +13,13 @@ _COLUMNS = (
     " total_batches, target_count, details, revision, workflow_closed, created_at, updated_at,"
     " finished_at"
 )
+# contract.wire.FINISHED_ROLLOUT_STATUSES in SQL (and in the partial unique index of 0003).
+_FINISHED_SQL = "('completed', 'aborted')"
 
 
 class RolloutSpec(BaseModel):
-    """What a rollout was asked to do; fixed when it is created."""
+    """What a rollout was asked to do; fixed when it is created. Travels in Temporal history
+    (the workflow's input): field names are fixed."""
 
     id: str
     manifest_id: str
@@ -37,34 +39,36 @@ def rollout_workflow_id(rollout_id: str) -> str:
     return f"rollout-{rollout_id}"
 
 
-class RolloutProgress(BaseModel):
-    """Where the workflow stands, as it last wrote it."""
+class RolloutSnapshot(BaseModel):
+    """Where a rollout stands: declared once for the workflow's view, its writes of the read
+    model, the stored row and the API's answer."""
+
+    status: RolloutStatus
+    paused_reason: str | None
+    current_batch: int
+    total_batches: int
+    target_count: int
+    details: str  # one line, e.g. "batch 2/5 · 7 succeeded · 1 in progress · running"
+    finished_at: datetime | None
+
+
+class RolloutProgress(RolloutSnapshot):
+    """The snapshot as the workflow writes it. Travels in Temporal history (an activity's
+    input): field names are fixed."""
 
     id: str
     revision: int
-    status: RolloutStatus
-    paused_reason: str | None
-    current_batch: int
-    total_batches: int
-    target_count: int
-    details: str
-    finished_at: datetime | None
     workflow_closed: bool = False
 
 
-class Rollout(RolloutSpec):
+class Rollout(RolloutSnapshot, RolloutSpec):
+    """A row: the spec and the latest snapshot written."""
+
     workflow_id: str
-    status: RolloutStatus
-    paused_reason: str | None
-    current_batch: int
-    total_batches: int
-    target_count: int
-    details: str
     revision: int
     workflow_closed: bool
     created_at: datetime
     updated_at: datetime
-    finished_at: datetime | None
 
 
 class ChannelBusy(Exception):
@@ -87,7 +91,7 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
         " auto_advance, bake_seconds, max_failures, job_timeout_seconds, created_by, status)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'running')"
-        " ON CONFLICT (channel) WHERE status NOT IN ('completed', 'aborted') DO NOTHING"
+        f" ON CONFLICT (channel) WHERE status NOT IN {_FINISHED_SQL} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
         rollout_workflow_id(spec.id),
@@ -103,7 +107,7 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
     )
     if row is None:
         busy = await conn.fetchval(
-            "SELECT id FROM rollouts WHERE channel = $1 AND status NOT IN ('completed', 'aborted')",
+            f"SELECT id FROM rollouts WHERE channel = $1 AND status NOT IN {_FINISHED_SQL}",
             spec.channel,
         )
         raise ChannelBusy(spec.channel, busy)
@@ -157,7 +161,7 @@ async def end_closed_workflow(conn: asyncpg.Connection, rollout_id: str, how: st
     no late write of the closed run can undo it. False when it was already recorded."""
     status = await conn.execute(
         "UPDATE rollouts SET"
-        " status = CASE WHEN status IN ('completed', 'aborted') THEN status ELSE 'aborted' END,"
+        f" status = CASE WHEN status IN {_FINISHED_SQL} THEN status ELSE 'aborted' END,"
         " paused_reason = NULL, details = concat_ws(' · ', NULLIF(details, ''), $2::text),"
         " finished_at = COALESCE(finished_at, now()), workflow_closed = true,"
         " revision = revision + 1, updated_at = now()"
@@ -177,7 +181,7 @@ async def list_all(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
     channel: str | None = None,
-    status: str | None = None,
+    status: RolloutStatus | None = None,
 ) -> list[Rollout]:
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM rollouts"

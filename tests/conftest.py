@@ -19,9 +19,9 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
+from server.settings import ApiSettings
 from store.migrate import apply_migrations
 from store.pool import connect
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 
 READY_API = "Application startup complete"
 READY_WORKER = "worker polling task queue"

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.manifest import UnsignedManifest
 from contract.signing import canonical, sign, verify
 from contract.wire import (
@@ -48,8 +49,13 @@ class FakeControlPlane:
     unavailable_reports: int = 0
     # Answer that many final reports with a signed 401, as for a skewed clock.
     stale_final_reports: int = 0
+    # Held polls (docs/protocol.md): 0 answers like an API older than them, offering nothing.
+    long_poll_seconds: int = 0
+    # The `x-agent-poll-wait` header of every poll, None where absent.
+    poll_waits: list[str | None] = field(default_factory=list)
     _seen_nonces: set[str] = field(default_factory=set)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _job_added: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add_job(
         self,
@@ -80,6 +86,8 @@ class FakeControlPlane:
                 "deadline": deadline.isoformat().replace("+00:00", "Z"),
             },
         )
+        added, self._job_added = self._job_added, asyncio.Event()
+        added.set()  # wakes the held polls
         return job_id
 
     def reports_of(self, job_id: str) -> list[tuple[str, str | None]]:
@@ -135,18 +143,44 @@ class FakeControlPlane:
                 return refusal
             assert document is not None
             self.polls.append(document)
-            job = next(
-                (
-                    j
-                    for j in self.jobs.values()
-                    if j.instance_id == document["instanceId"]
-                    and j.status not in TERMINAL_JOB_STATUSES
-                ),
-                None,
-            )
-            return self._answer({"job": job.document if job else None}, document["nonce"])
+            asked = request.headers.get(POLL_WAIT_HEADER)
+            self.poll_waits.append(asked)
+            await self._notify()  # a held poll is seen while it is held
+            job = self._open_job(document["instanceId"])
+            if job is None and asked and self.long_poll_seconds:
+                seconds = min(int(asked), self.long_poll_seconds)
+                job = await self._held(request, document["instanceId"], seconds)
+            response = self._answer({"job": job.document if job else None}, document["nonce"])
+            if self.long_poll_seconds:
+                response.headers[LONG_POLL_HEADER] = str(self.long_poll_seconds)
+            return response
         finally:
             await self._notify()
+
+    def _open_job(self, instance_id: str) -> FakeJob | None:
+        return next(
+            (
+                j
+                for j in self.jobs.values()
+                if j.instance_id == instance_id and j.status not in TERMINAL_JOB_STATUSES
+            ),
+            None,
+        )
+
+    async def _held(self, request: Request, instance_id: str, seconds: int) -> FakeJob | None:
+        """A job added within `seconds`, or None once they passed or the agent hung up."""
+        hung_up = asyncio.ensure_future(request.receive())  # its body was read: a disconnect
+        try:
+            async with asyncio.timeout(seconds):
+                while (job := self._open_job(instance_id)) is None and not hung_up.done():
+                    added = asyncio.ensure_future(self._job_added.wait())
+                    await asyncio.wait({added, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+                    added.cancel()
+                return job
+        except TimeoutError:
+            return None
+        finally:
+            hung_up.cancel()
 
     async def _report(self, request: Request) -> Response:
         try:

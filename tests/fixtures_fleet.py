@@ -13,8 +13,8 @@ from pydantic import SecretStr
 from temporalio.worker import Worker
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from store import jobs, rollouts
 from store.jobs import JobWrite
 from store.rollouts import RolloutSpec

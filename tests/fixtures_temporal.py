@@ -28,8 +28,8 @@ from temporalio.worker import Worker
 from activities.rollouts import RolloutActivities
 from api.app import create_app
 from contract.manifest import ReleaseManifest
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from store import instances, releases
 from store.pool import open_pool
 from tests.conftest import LiveServer

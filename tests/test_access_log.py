@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.agent_requests import poll_body, post_signed
 from tests.conftest import LiveServer
 

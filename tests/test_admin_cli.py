@@ -8,7 +8,7 @@ import sys
 
 import httpx
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from tests.conftest import LiveServer
 from tests.fixtures_agents import AgentFactory
 from tests.fixtures_fleet import FLEET_TOKEN, registered

@@ -9,8 +9,8 @@ import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.agent_requests import (
     assert_signed_by,
     body_for,
@@ -52,12 +52,12 @@ async def test_idle_poll_is_signed_echoes_nonce_and_registers_the_instance(
     token = settings.control_plane_admin_token.get_secret_value()
     listed = await agent_api.get("/api/instances", headers={"x-cp-admin-token": token})
     [instance] = listed.json()
-    assert (instance["instance_id"], instance["channel"], instance["current_version"]) == (
+    assert (instance["instanceId"], instance["channel"], instance["currentVersion"]) == (
         "web-1",
         "stable",
         "1.2.0",
     )
-    assert instance["agent_version"] == "0.1.0"
+    assert instance["agentVersion"] == "0.1.0"
 
 
 async def test_a_second_poll_updates_the_registry(

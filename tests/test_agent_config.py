@@ -88,9 +88,13 @@ def test_check_accepts_a_complete_configuration() -> None:
     assert SECRET not in result.stderr + result.stdout
 
 
-def test_agent_imports_nothing_of_the_server() -> None:
+def test_agent_and_contract_import_nothing_of_the_server() -> None:
+    """Hosts install the base package only: the agent and every contract module must load
+    without the server's dependencies."""
     code = (
-        "import sys, json, agent.main, agent.daemon;"
+        "import sys, json, importlib, pkgutil, agent.main, agent.daemon, contract;"
+        "[importlib.import_module(f'contract.{m.name}') for m in pkgutil.iter_modules("
+        "contract.__path__)];"
         "print(json.dumps(sorted(m for m in ('temporalio', 'fastapi', 'asyncpg',"
         " 'pydantic_settings', 'uvicorn', 'starlette') if m in sys.modules)))"
     )

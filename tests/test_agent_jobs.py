@@ -1,6 +1,9 @@
 """A real agent process runs a scripted job from the fake control plane with real shell steps."""
 
 import signal
+from typing import Any
+
+import pytest
 
 from tests.fake_control_plane import FakeControlPlane
 from tests.fixtures_agents import AgentFactory
@@ -35,63 +38,53 @@ async def test_job_runs_every_step_once_then_succeeds(
     assert host.steps() == [f"{step} 1.1.0" for step in STEPS]
 
 
-async def test_failed_smoke_is_rolled_back(
-    fake_control_plane: Plane, agent_host: AgentFactory
+@pytest.mark.parametrize(
+    ("target", "agent_options", "ran", "final", "message"),
+    [
+        (
+            "1.1.0",
+            {"fail_at": "smoke"},
+            ["backup", "pull", "migrate", "smoke", "rollback"],
+            ("rolled_back", "smoke"),
+            ["smoke failed: exit status 3", "smoke broke on purpose"],
+        ),
+        (
+            "1.1.0",
+            {"fail_at": "pull", "rollback": False},
+            ["backup", "pull"],
+            ("failed", "pull"),
+            ["no UPDATE_ROLLBACK_CMD"],
+        ),
+        (
+            "1.1.0",
+            {"fail_at": "switch rollback"},
+            [*STEPS, "rollback"],
+            ("rollback_failed", "switch"),
+            ["rollback failed: exit status 3"],
+        ),
+        ("1.0.0", {}, [], ("failed", "preflight"), ["not newer"]),
+    ],
+    ids=["failed step rolled back", "no rollback command", "failing rollback", "not newer"],
+)
+async def test_a_job_that_cannot_finish_ends_on_the_step_that_failed(
+    fake_control_plane: Plane,
+    agent_host: AgentFactory,
+    target: str,
+    agent_options: dict[str, Any],
+    ran: list[str],
+    final: tuple[str, str],
+    message: list[str],
 ) -> None:
     plane, url = fake_control_plane
-    job_id = plane.add_job("host-1", "1.1.0")
-    host = await agent_host(url, plane.secret, fail_at="smoke")
+    job_id = plane.add_job("host-1", target)
+    host = await agent_host(url, plane.secret, current_version="1.0.0", **agent_options)
 
     await plane.wait_until(lambda: plane.final_report(job_id) is not None)
-    assert plane.reports_of(job_id) == [
-        *_in_progress("preflight", "backup", "pull", "migrate", "smoke", "rollback"),
-        ("rolled_back", "smoke"),
-    ]
-    ran = ("backup", "pull", "migrate", "smoke", "rollback")
-    assert host.steps() == [f"{step} 1.1.0" for step in ran]
-    message = plane.final_report(job_id)["message"]
-    assert "smoke failed: exit status 3" in message
-    assert "smoke broke on purpose" in message
+    assert plane.reports_of(job_id) == [*_in_progress("preflight", *ran), final]
+    assert host.steps() == [f"{step} {target}" for step in ran]
+    for part in message:
+        assert part in plane.final_report(job_id)["message"]
     assert host.state()["current_version"] == "1.0.0"
-
-
-async def test_failure_without_rollback_command_is_failed(
-    fake_control_plane: Plane, agent_host: AgentFactory
-) -> None:
-    plane, url = fake_control_plane
-    job_id = plane.add_job("host-1", "1.1.0")
-    host = await agent_host(url, plane.secret, fail_at="pull", rollback=False)
-
-    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
-    assert plane.reports_of(job_id)[-1] == ("failed", "pull")
-    assert "no UPDATE_ROLLBACK_CMD" in plane.final_report(job_id)["message"]
-    assert host.steps() == ["backup 1.1.0", "pull 1.1.0"]
-
-
-async def test_failing_rollback_is_rollback_failed(
-    fake_control_plane: Plane, agent_host: AgentFactory
-) -> None:
-    plane, url = fake_control_plane
-    job_id = plane.add_job("host-1", "1.1.0")
-    host = await agent_host(url, plane.secret, fail_at="switch rollback")
-
-    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
-    assert plane.reports_of(job_id)[-1] == ("rollback_failed", "switch")
-    assert "rollback failed: exit status 3" in plane.final_report(job_id)["message"]
-    assert host.steps()[-2:] == ["switch 1.1.0", "rollback 1.1.0"]
-
-
-async def test_preflight_refuses_a_version_not_newer(
-    fake_control_plane: Plane, agent_host: AgentFactory
-) -> None:
-    plane, url = fake_control_plane
-    job_id = plane.add_job("host-1", "1.0.0")
-    host = await agent_host(url, plane.secret, current_version="1.0.0")
-
-    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
-    assert plane.reports_of(job_id)[-1] == ("failed", "preflight")
-    assert "not newer" in plane.final_report(job_id)["message"]
-    assert host.steps() == []
 
 
 async def test_sigkill_during_migrate_rolls_back_on_restart(

@@ -11,9 +11,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
+from server.settings import ApiSettings
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import server_address
 

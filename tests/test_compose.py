@@ -19,20 +19,19 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
-from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
+from temporalio.common import SearchAttributeIndexedValueType
 
 from cli.main import build_parser
-from contract.settings import ApiSettings, Settings
 from devstack.ports import free_port
 from devstack.postgres import POSTGRES_BIN_PATH, EmbeddedPostgres
+from server.settings import ApiSettings, Settings
 from store.migrate import apply_migrations
+from workflows.search_attributes import ALL_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 CONTROL_PLANE_IMAGE = "rollout-control-plane:local"
-# Until workflows/search_attributes.py exists, the names the rollout issue gives.
-ISSUE_SEARCH_ATTRIBUTES = {"RolloutChannel", "ReleaseVersion", "RolloutStatus"}
 # PROTOCOL §6: what an agent cannot start without.
 AGENT_REQUIRED_ENV = {
     "CONTROL_PLANE_URL",
@@ -148,15 +147,6 @@ def _rendered_environment(service: dict[str, Any], env: dict[str, str]) -> dict[
         else:
             rendered[name] = _interpolate(str(value), env)
     return rendered
-
-
-def _defined_search_attributes() -> dict[str, SearchAttributeIndexedValueType]:
-    try:
-        from workflows import search_attributes
-    except ImportError:
-        return {}
-    keys = [v for v in vars(search_attributes).values() if isinstance(v, SearchAttributeKey)]
-    return {key.name: key.indexed_value_type for key in keys}
 
 
 def test_every_service_the_issue_names_exists() -> None:
@@ -339,12 +329,8 @@ def test_every_file_mounted_from_the_repo_exists() -> None:
 def test_registered_search_attributes_are_exactly_the_workflows_ones() -> None:
     setup = _service_running_script("setup-namespace.sh")
     registered = set(setup["environment"]["KEYWORD_SEARCH_ATTRIBUTES"].split())
-    defined = _defined_search_attributes()
-    if defined:
-        assert set(defined.values()) == {SearchAttributeIndexedValueType.KEYWORD}
-        assert registered == set(defined)
-    else:
-        assert registered == ISSUE_SEARCH_ATTRIBUTES
+    assert {key.indexed_value_type for key in ALL_KEYS} == {SearchAttributeIndexedValueType.KEYWORD}
+    assert registered == {key.name for key in ALL_KEYS}
 
 
 def test_setup_scripts_are_valid_posix_shell() -> None:

@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from store import instances, jobs
 from tests.agent_requests import assert_signed_by, body_for, post_signed
 from tests.conftest import LiveServer
@@ -60,7 +60,7 @@ async def test_two_batches_complete_and_every_step_ran_once_in_order(
 
     async def versions_recorded() -> bool:
         fleet = (await admin.get("/api/instances")).json()
-        return {i["current_version"] for i in fleet} == {"1.4.0"}
+        return {i["currentVersion"] for i in fleet} == {"1.4.0"}
 
     await eventually(versions_recorded)
     reports = await db.fetch(

@@ -15,8 +15,8 @@ import httpx
 from pydantic import SecretStr
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.agent_requests import poll_body, post_signed
 from tests.conftest import LiveServer
 from tests.manifests import hand_signed

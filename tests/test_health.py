@@ -6,8 +6,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.rollouts import RolloutActivities
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import eventually
 from worker.main import build_worker

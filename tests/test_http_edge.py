@@ -12,8 +12,8 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from contract.manifest import MAX_BREAKING_CHANGES_BYTES
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from store import jobs, rollouts
 from store.jobs import JobWrite
 from store.rollouts import RolloutSpec
@@ -165,6 +165,7 @@ async def test_malformed_admin_bodies_are_4xx(
         ("/api/rollouts/a%00b/pause", "rollout_id"),
         ("/api/updates/jobs?rolloutId=%00", "rolloutId"),
         ("/api/updates/jobs?instanceId=web%001", "instanceId"),
+        ("/api/updates/jobs/%00", "job_id"),
     ],
 )
 async def test_ids_with_nul_are_refused_naming_the_parameter(
@@ -303,3 +304,39 @@ async def test_temporal_unavailable_is_a_signed_503_with_retry_after(
     assert answer.status_code == 503, answer.text
     assert int(answer.headers["retry-after"]) > 0
     assert "Temporal" in assert_signed_by(answer, LISTED_SECRET, body["nonce"])["detail"]
+
+
+async def test_admin_writes_answer_503_and_change_nothing_while_temporal_is_unreachable(
+    settings: ApiSettings, db: asyncpg.Connection
+) -> None:
+    release_id = await seed_release(db, settings)
+    await rollouts.insert(
+        db,
+        RolloutSpec(
+            id="r-beta",
+            manifest_id=release_id,
+            version="1.4.0",
+            channel="beta",
+            batch_size=1,
+            created_by="admin",
+        ),
+    )
+    unreachable = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
+    token = settings.control_plane_admin_token.get_secret_value()
+    async with (
+        LiveServer(create_app(unreachable), free_port()) as server,
+        httpx.AsyncClient(
+            base_url=server.url, timeout=60, headers={"x-cp-admin-token": token}
+        ) as admin,
+    ):
+        body = {"manifestId": release_id, "channel": "stable", "batchSize": 1}
+        created = await admin.post("/api/rollouts", json=body)
+        paused = await admin.post("/api/rollouts/r-beta/pause", json={"reason": "x"})
+
+    assert created.status_code == 503, created.text
+    assert int(created.headers["retry-after"]) > 0
+    assert "nothing was created" in created.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM rollouts WHERE channel = 'stable'") == 0
+    assert paused.status_code == 503, paused.text
+    assert int(paused.headers["retry-after"]) > 0
+    assert "pause may not have been applied" in paused.json()["detail"]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from temporalio.worker import Worker
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from tests.agent_requests import assert_signed_by, body_for, post_signed
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 

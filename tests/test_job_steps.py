@@ -16,8 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.agent_requests import body_for, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, skip_time
@@ -109,6 +109,17 @@ async def test_a_job_shows_its_reported_step_and_times_out_at_it(
     assert "web-1 timed_out at pull" in paused["pausedReason"]
     stored = await db.fetchrow("SELECT status, step FROM update_jobs WHERE id = $1", job_id)
     assert (stored["status"], stored["step"]) == ("timed_out", "pull")
+    # Its timeline: the steps before ended when the next began; pull never ended.
+    timeline = (await admin.get(f"/api/updates/jobs/{job_id}")).json()["timeline"]
+    assert [(s["step"], s["outcome"]) for s in timeline] == [
+        ("preflight", "succeeded"),
+        ("backup", "succeeded"),
+        ("pull", "timed_out"),
+    ]
+    assert timeline[-1]["endedAt"] is None
+    (failure,) = paused["failures"]
+    assert (failure["jobId"], failure["status"], failure["step"]) == (job_id, "timed_out", "pull")
+    assert failure["startedAt"] == timeline[-1]["startedAt"]
 
 
 async def test_a_retried_report_the_workflow_already_took_sets_the_step(

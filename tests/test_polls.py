@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from contract.settings import ApiSettings
 from contract.wire import JobStatus
+from server.settings import ApiSettings
 from store import jobs, polls, rollouts
 from store.jobs import JobWrite
 from store.rollouts import RolloutSpec

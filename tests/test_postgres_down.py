@@ -15,9 +15,9 @@ import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
-from contract.settings import ApiSettings
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
+from server.settings import ApiSettings
 from tests.agent_requests import assert_signed_by, poll_body, post_signed
 from tests.conftest import LiveServer
 from tests.manifests import hand_signed
@@ -88,7 +88,7 @@ async def test_api_answers_503_while_postgres_is_down_and_recovers_by_itself(
         recovered = await _first_success(client)
         assert [r["id"] for r in recovered.json()] == [stored.json()["id"]]
         instances = (await client.get("/api/instances")).json()
-        assert [i["instance_id"] for i in instances] == ["web-1"]
+        assert [i["instanceId"] for i in instances] == ["web-1"]
         body = poll_body("web-2")
         poll = await post_signed(client, "/api/updates/next", body, AGENT_TOKEN)
         assert poll.status_code == 200

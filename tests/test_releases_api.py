@@ -6,7 +6,7 @@ import asyncpg
 import httpx
 import pytest
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from store import audit
 from tests.conftest import LiveServer
 from tests.manifests import hand_signed

@@ -11,7 +11,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from store import instances, rollouts
 from store.rollouts import RolloutSpec
 from tests.fixtures_temporal import eventually, fetch_chain, seed_release

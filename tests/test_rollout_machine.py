@@ -19,8 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract.wire import OPEN_JOB_STATUSES, JobStatus, ReportStatus, Step
-from store.rollouts import FINISHED_STATUSES, RolloutSpec
+from contract.wire import (
+    FINISHED_ROLLOUT_STATUSES,
+    OPEN_JOB_STATUSES,
+    JobStatus,
+    ReportStatus,
+    RolloutStatus,
+    Step,
+)
+from store.rollouts import RolloutSpec
 from workflows import rollout_machine, rollout_text
 from workflows.rollout_machine import (
     JOB_GRAPH,
@@ -36,7 +43,6 @@ from workflows.rollout_models import (
     JobReportSignal,
     JobState,
     RolloutState,
-    RolloutStatus,
 )
 from workflows.rollout_text import failure_reason, unreachable_reason
 
@@ -142,7 +148,7 @@ def test_the_graphs_declare_every_status_and_mark_the_planned_ones() -> None:
     assert set(JOB_GRAPH) - PLANNED_STATUSES == set(get_args(JobStatus))
     for graph in (ROLLOUT_GRAPH, JOB_GRAPH):
         assert all(target in graph for moves in graph.values() for target in moves)
-    assert {s for s, moves in ROLLOUT_GRAPH.items() if not moves} == FINISHED_STATUSES
+    assert {s for s, moves in ROLLOUT_GRAPH.items() if not moves} == FINISHED_ROLLOUT_STATUSES
     assert {s for s, moves in JOB_GRAPH.items() if moves} == OPEN_JOB_STATUSES
 
 

@@ -34,7 +34,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from store import jobs
 from store.rollouts import RolloutSpec, rollout_workflow_id
 from tests.fixtures_temporal import eventually, fetch_chain, seed_instances, skip_time

@@ -1,4 +1,5 @@
-"""The CLI's rollout view counts each host once, by its newest attempt."""
+"""The CLI's rollout view: each host counted once by its newest attempt, and where the current
+batch's failed jobs stopped."""
 
 from cli.rollout_view import render
 
@@ -29,3 +30,21 @@ def test_a_retried_host_counts_once_by_its_newest_attempt() -> None:
     assert lines[1].endswith("2/2 succeeded")
     assert "[####################]" in lines[1]
     assert lines[2].endswith("not released")
+
+
+def test_failed_jobs_say_where_they_stopped_and_how_to_see_their_output() -> None:
+    rollout = {
+        "id": "r1",
+        "status": "paused",
+        "currentBatch": 1,
+        "batches": [{"number": 1, "jobs": []}],
+        "pausedReason": "2 jobs failed (max 0): web-1 rolled_back at smoke, web-2 timed_out",
+        "failures": [
+            {"jobId": "j1", "instanceId": "web-1", "status": "rolled_back", "step": "smoke"},
+            {"jobId": "j2", "instanceId": "web-2", "status": "timed_out", "step": None},
+        ],
+    }
+    assert render(rollout).splitlines()[-2:] == [
+        "  web-1 rolled_back at smoke: rollout jobs show j1",
+        "  web-2 timed_out (never started): rollout jobs show j2",
+    ]

@@ -17,7 +17,7 @@ from temporalio.exceptions import is_cancelled_exception
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.rollouts import Rollout
 from tests.fixtures_temporal import eventually, seed_instances, seed_release

@@ -9,7 +9,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from store import jobs, rollouts
 from store.rollouts import Rollout
 from tests.fixtures_temporal import eventually, seed_instances, seed_release

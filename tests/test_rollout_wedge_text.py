@@ -14,8 +14,8 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
 from activities.rollouts import STORABLE_NOTE, RolloutActivities
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.rollouts import Rollout
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
@@ -81,7 +81,7 @@ async def test_a_wedged_rollout_recovers_once_the_fixed_worker_runs(
         await eventually(wedged)
         assert (await rollouts.get(db, rollout_id)).status == "running"  # type: ignore[union-attr]
 
-    caplog.set_level(logging.ERROR, logger="rollout.activities")
+    caplog.set_level(logging.ERROR, logger=activity.logger.base_logger.name)
     # The fixed worker, exporting metrics as WORKER_METRICS_ADDRESS makes `rollout worker` do.
     metrics = f"127.0.0.1:{free_port()}"
     runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=metrics)))
@@ -129,10 +129,16 @@ async def test_a_wedged_rollout_recovers_once_the_fixed_worker_runs(
 
     actions = [e.action for e in await audit.for_subject(db, f"rollout:{rollout_id}")]
     assert "rollout.text_made_storable" in actions
-    errors = [r for r in caplog.records if r.name == "rollout.activities"]
+    activity_logger = activity.logger.base_logger.name
+    errors = [
+        r
+        for r in caplog.records
+        if r.name == activity_logger and getattr(r, "rollout_id", None) == rollout_id
+    ]
     assert errors, "no ERROR line said the text was changed"
     # One ERROR line and one count per repaired write (a retried attempt may repeat one).
     assert await counted(metrics, METRIC) == len(errors)
+    assert all(f"rollout-{rollout_id}" in r.getMessage() for r in errors)  # the SDK adds it
     assert all(rollout_id in r.getMessage() and "\x00" not in r.getMessage() for r in errors)
 
 

@@ -9,7 +9,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.rollouts import RolloutSpec
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, skip_time

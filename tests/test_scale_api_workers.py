@@ -9,8 +9,8 @@ import sys
 
 import httpx
 
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.control_plane_processes import READY_API, api_process, process_env
 
 SERVER_PROCESS = re.compile(r"Started server process \[(\d+)\]")

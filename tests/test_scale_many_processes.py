@@ -1,8 +1,10 @@
 """Two `rollout api` processes (as behind a load balancer) and two `rollout worker` processes on
 one PostgreSQL and one Temporal: agents polling either API get every job exactly once, and an
-admin action through one API reaches polls through the other within the handout cache's TTL."""
+admin action through one API reaches polls through the other within the handout cache's TTL,
+and a poll held by one is answered when a job is released through the other."""
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -15,9 +17,10 @@ from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from api.handouts import TTL_SECONDS
-from contract.settings import ApiSettings
+from contract.long_poll import POLL_WAIT_HEADER
 from devstack.ports import free_port
-from tests.agent_requests import assert_signed_by, poll_body, post_signed
+from server.settings import ApiSettings
+from tests.agent_requests import assert_signed_by, body_for, hmac_hex, poll_body, post_signed
 from tests.control_plane_processes import api_process, process_env, worker_process
 from tests.fixtures_agents import AgentFactory
 from tests.fixtures_fleet import FLEET_TOKEN, rollout_where
@@ -185,3 +188,50 @@ async def test_pause_and_resume_through_one_api_reach_polls_through_the_other(
     assert resumed.status_code == 200, resumed.text
     await first_poll_that_changes(via_a, time.monotonic(), handed=True)
     assert (await via_a() or {}).get("id") == job["id"]  # the same job: nothing was reissued
+
+
+async def held_poll(api: httpx.AsyncClient, instance_id: str, action: Awaitable[object]) -> dict:
+    """A poll held by `api` while `action` runs: the job it was answered with (a hold that ends
+    finds nothing, so a job means the release woke it). Prints how long after the action."""
+    body = poll_body(instance_id, channel="beta")
+    raw = json.dumps(body).encode()
+    headers = {
+        "content-type": "application/json",
+        "x-agent-signature": hmac_hex(FLEET_TOKEN, raw),
+        POLL_WAIT_HEADER: "25",
+    }
+    held = asyncio.create_task(api.post("/api/updates/next", content=raw, headers=headers))
+
+    async def holding() -> bool:
+        return "rollout_held_polls 1.0" in (await api.get("/metrics")).text
+
+    await eventually(holding)
+    started = time.monotonic()
+    await action
+    answer = await held
+    print(f"{instance_id} held: job handed out {time.monotonic() - started:.3f} s after the action")
+    job: dict | None = assert_signed_by(answer, FLEET_TOKEN, body["nonce"])["job"]
+    assert job is not None, f"the hold ended with nothing: the notice did not reach {api.base_url}"
+    return job
+
+
+async def test_polls_held_by_one_api_get_the_jobs_released_through_the_other(
+    two_of_each: TwoOfEach, dev_settings: ApiSettings, db: asyncpg.Connection
+) -> None:
+    """The worker's notice reaches every API process: a poll held by B is answered with its
+    job as soon as A creates the rollout, or advances it, not when the hold ends."""
+    a, b = two_of_each.a, two_of_each.b
+    for probe in ("probe-2", "probe-3"):
+        assert await poller(b, probe)() is None  # registers it on the beta channel
+    release_id = await seed_release(db, dev_settings, version="2.0.0", channel="beta")
+    rollout = {"manifestId": release_id, "channel": "beta", "batchSize": 1}
+
+    first = await held_poll(b, "probe-2", a.post("/api/rollouts", json=rollout))
+    report = body_for("probe-2", jobId=first["id"], status="succeeded", step="health", message=None)
+    reported = await post_signed(a, "/api/updates/report", report, FLEET_TOKEN)
+    assert reported.status_code == 200, reported.text
+    rollout_id = first["rolloutId"]
+    await rollout_where(a, rollout_id, lambda r: r["status"] == "awaiting_advance")
+
+    second = await held_poll(b, "probe-3", a.post(f"/api/rollouts/{rollout_id}/advance"))
+    assert second["rolloutId"] == rollout_id

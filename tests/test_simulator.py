@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from cli.main import main as cli_main
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from simulator import secrets_file
 from simulator.figures import LAGGING_P50_MS, Figures, Latency, ProcessFigures, render
 from simulator.fleet import SimulationError, simulate
@@ -84,14 +84,14 @@ async def test_fifty_simulated_agents_drive_a_rollout_to_completed(
     live = io.StringIO()
     run = asyncio.create_task(simulate(fleet_options(plane, settings), stop=stop, out=live))
     fleet = await registered(admin, 50)
-    assert {i["current_version"] for i in fleet} == {"1.0.0"}
+    assert {i["currentVersion"] for i in fleet} == {"1.0.0"}
     rollout = await release_and_roll_out(admin, settings, batchSize=20, autoAdvance=True)
 
     done = await rollout_reaching(admin, rollout["id"], "completed")
 
     async def fleet_on_new_version() -> bool:
         fleet = (await admin.get("/api/instances")).json()
-        return Counter(i["current_version"] for i in fleet) == {"1.4.0": 50}
+        return Counter(i["currentVersion"] for i in fleet) == {"1.4.0": 50}
 
     await eventually(fleet_on_new_version)
     stop.set()
@@ -134,7 +134,7 @@ async def test_agents_spread_over_processes_add_up_to_one_fleet(
     options = fleet_options(plane, settings, agents=21, processes=2)
     run = asyncio.create_task(simulate(options, stop=stop, out=live))
     fleet = await registered(admin, 21)
-    assert sorted(i["instance_id"] for i in fleet) == options.instance_ids()
+    assert sorted(i["instanceId"] for i in fleet) == options.instance_ids()
     before = datetime.now(UTC)
     rollout = await release_and_roll_out(admin, settings, batchSize=10, autoAdvance=True)
 

@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 from temporalio.testing import WorkflowEnvironment
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from store import audit, jobs
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from workflows import client as rollout_client

@@ -9,8 +9,8 @@ import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from contract.settings import ApiSettings
 from devstack.ports import free_port
+from server.settings import ApiSettings
 from tests.control_plane_processes import process_env, worker_process
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 

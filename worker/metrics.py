@@ -7,7 +7,7 @@ default port would stop a second worker on the same host.
 
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from contract.settings import Settings
+from server.settings import Settings
 
 
 class MetricsAddressError(RuntimeError):

@@ -19,8 +19,13 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Literal
 
-from contract.wire import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES
-from store.rollouts import FINISHED_STATUSES, RolloutSpec
+from contract.wire import (
+    FINISHED_ROLLOUT_STATUSES,
+    OPEN_JOB_STATUSES,
+    TERMINAL_JOB_STATUSES,
+    RolloutStatus,
+)
+from store.rollouts import RolloutSpec
 from workflows import rollout_text
 from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
@@ -31,7 +36,6 @@ from workflows.rollout_models import (
     JobReportSignal,
     JobState,
     RolloutState,
-    RolloutStatus,
 )
 
 Action = Literal["advance", "pause", "resume", "retry", "abort"]
@@ -123,7 +127,7 @@ class RolloutMachine:
 
     @property
     def finished(self) -> bool:
-        return self.state.status in FINISHED_STATUSES
+        return self.state.status in FINISHED_ROLLOUT_STATUSES
 
     @property
     def releasing(self) -> bool:

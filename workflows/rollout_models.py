@@ -5,16 +5,14 @@ format of workflow histories: add fields with defaults only, or recorded histori
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from contract.wire import JobStatus, ReportStatus, Step
+from contract.wire import JobStatus, ReportStatus, RolloutStatus, Step
 from store.jobs import JobWrite
-from store.rollouts import RolloutProgress, RolloutSpec
-from store.rollouts import rollout_workflow_id as rollout_workflow_id  # re-exported
+from store.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec
 
-RolloutStatus = Literal["running", "awaiting_advance", "paused", "completed", "aborted"]
 FAILED_JOB_STATUSES: frozenset[str] = frozenset(
     {"failed", "rolled_back", "rollback_failed", "timed_out"}
 )
@@ -128,18 +126,11 @@ class WaitStartedInput(BaseModel):
 # --- queries -----------------------------------------------------------------------------------
 
 
-class RolloutView(BaseModel):
+class RolloutView(RolloutSnapshot):
     """The live state: the workflow's answer, fresher than the read model."""
 
-    status: RolloutStatus
-    paused_reason: str | None
-    current_batch: int
-    total_batches: int
-    target_count: int
-    details: str
     note: str | None
     jobs: list[JobState]  # the current batch
-    finished_at: datetime | None
 
 
 class JobForInstanceQuery(BaseModel):

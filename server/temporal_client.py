@@ -17,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.runtime import Runtime
 
-from contract.settings import Settings
+from server.settings import Settings
 
 log = logging.getLogger("rollout.temporal")
 DEFAULT_ADDRESS = "127.0.0.1:7233"

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     database_url: str = Field(description="PostgreSQL DSN (postgresql://user:pass@host:port/db)")
-    # Temporal connection (worker/connect.py): unset values come from the envconfig profile
+    # Temporal connection (server/temporal_client.py): unset values come from the envconfig profile
     # (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE), else 127.0.0.1:7233 and namespace "default".
     # TLS (TEMPORAL_TLS*) and gRPC metadata are read by the SDK's envconfig itself.
     temporal_address: str | None = None
@@ -60,6 +60,10 @@ class ApiSettings(Settings):
         default_factory=dict
     )
     control_plane_agent_token: SecretStr | None = None
+    # Held polls (api/dispatch.py): the longest hold granted (0: none, and none advertised),
+    # and how many one API process holds at once (each keeps a socket open; past it, plain).
+    long_poll_max_seconds: int = Field(default=25, ge=0, le=300)
+    long_poll_max_held: int = Field(default=500, ge=0)
 
     @field_validator("control_plane_admin_token", "control_plane_release_signing_secret")
     @classmethod

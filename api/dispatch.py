@@ -1,0 +1,265 @@
+"""Held polls (long-poll): an agent's poll with nothing to hand out waits, and is answered as
+soon as a job for its instance may exist, whichever API process the job was released through.
+
+Whatever changes what a rollout hands out is written to the read model by the worker
+(activities/rollouts.py), which sends a PostgreSQL notice in the same transaction
+(store.polls.announce). Each API process LISTENs on ONE connection of its own, outside the pool,
+and on a notice for a rollout: forgets that rollout's cached handouts (so a pause or abort
+through another process is seen at once), finds in one query which held polls have an open job
+in it, and wakes those to check again. A held poll holds no pool connection while it waits.
+
+Holds are bounded per process (`LONG_POLL_MAX_HELD`): past the bound a poll is answered at
+once, as a plain poll. When the listening connection is lost (a PostgreSQL restart) it is
+opened again with backoff, and every held poll with an open job checks again: notices sent
+meanwhile are lost, the rows they announced are not.
+"""
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import asyncpg
+from fastapi import Request
+from fastapi.responses import Response
+from prometheus_client import Counter, Gauge
+
+from api.agent_auth import AgentError, Verified
+from api.handouts import HandoutCache
+from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
+from contract.wire import PollRequest
+from store import polls
+
+log = logging.getLogger(__name__)
+
+HELD_POLLS = Gauge("rollout_held_polls", "Agent polls held by this API process right now")
+HOLDS_REFUSED = Counter(
+    "rollout_poll_holds_refused_total",
+    "Polls that asked to be held but were answered at once: LONG_POLL_MAX_HELD polls were held",
+)
+LISTENER_CONNECTS = Counter(
+    "rollout_dispatch_listener_connects_total",
+    "Times the dispatch listener (re)connected to PostgreSQL; each one re-checks held polls",
+)
+
+_WAIT_VALUE = re.compile(r"^[0-9]{1,6}$")
+# How often an otherwise silent listening connection is probed: a peer that vanished without
+# closing the socket is noticed within this (plus the probe's own timeout).
+PROBE_INTERVAL_SECONDS = 10.0
+PROBE_TIMEOUT_SECONDS = 5.0
+RECONNECT_BACKOFF = (0.1, 5.0)  # first delay, longest delay; doubled per failed attempt
+# How the listening connection shows in pg_stat_activity.
+LISTENER_APPLICATION_NAME = "rollout-dispatch-listener"
+_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@dataclass(eq=False)
+class Hold:
+    """One poll's permission to wait; `seconds` is 0 for a poll answered at once."""
+
+    request: Request
+    seconds: int
+    _woken: asyncio.Event = field(default_factory=asyncio.Event)
+    _deadline: float = 0.0
+    _over: bool = False
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def end(self) -> None:
+        """The process stops: answer now, with what the poll has."""
+        self._over = True
+        self._woken.set()
+
+    async def woken(self) -> bool:
+        """Waits until this poll should check again (True) or its hold is over (False): the
+        time asked for has passed, the agent hung up, or the process is stopping."""
+        if self.seconds == 0 or self._over:
+            return False
+        loop = asyncio.get_running_loop()
+        if not self._deadline:
+            self._deadline = loop.time() + self.seconds
+        remaining = self._deadline - loop.time()
+        if remaining <= 0:
+            return False
+        woken = asyncio.ensure_future(self._woken.wait())
+        hung_up = asyncio.ensure_future(self._disconnect())
+        try:
+            done, _ = await asyncio.wait(
+                {woken, hung_up}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            woken.cancel()
+            hung_up.cancel()
+        self._woken.clear()
+        return woken in done and not self._over
+
+    async def _disconnect(self) -> None:
+        """Returns when the client goes away (its body was read in full before the hold)."""
+        while (await self.request.receive())["type"] != "http.disconnect":
+            pass
+
+
+class Dispatcher:
+    """The waiters of one API process and its listening connection."""
+
+    def __init__(
+        self,
+        dsn: str,
+        pool: asyncpg.Pool,
+        handouts: HandoutCache,
+        *,
+        max_seconds: int,
+        max_held: int,
+    ) -> None:
+        self.dsn = dsn
+        self.pool = pool
+        self.handouts = handouts
+        self.max_seconds = max_seconds
+        self.max_held = max_held
+        self._held: dict[str, set[Hold]] = {}
+        self._count = 0
+        self._listener: asyncio.Task[None] | None = None
+        # Set while the listening connection is up: notices reach this process.
+        self.listening = asyncio.Event()
+        # One re-check in flight per rollout (None: every rollout); notices meanwhile ask for
+        # one more after it, so a burst of writes costs two queries, not one per write.
+        self._rechecks: dict[str | None, asyncio.Task[None]] = {}
+        self._again: set[str | None] = set()
+
+    # --- the poll's side ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def hold(self, request: Request, call: Verified[PollRequest]) -> Iterator[Hold]:
+        """Registered before the poll's first look at the database, so a notice sent after that
+        look wakes it: none falls between the look and the wait."""
+        hold = Hold(request, self._seconds_asked(request, call))
+        if hold.seconds and self._count >= self.max_held:
+            HOLDS_REFUSED.inc()
+            hold.seconds = 0
+        if not hold.seconds:
+            yield hold
+            return
+        instance_id = call.body.instanceId
+        self._held.setdefault(instance_id, set()).add(hold)
+        self._count += 1
+        HELD_POLLS.inc()
+        try:
+            yield hold
+        finally:
+            self._count -= 1
+            HELD_POLLS.dec()
+            waiting = self._held[instance_id]
+            waiting.discard(hold)
+            if not waiting:
+                del self._held[instance_id]
+
+    def advertised(self, response: Response) -> Response:
+        """Every poll answered 200 says whether, and how long, this API holds polls."""
+        if self.max_seconds and self.max_held:
+            response.headers[LONG_POLL_HEADER] = str(self.max_seconds)
+        return response
+
+    def _seconds_asked(self, request: Request, call: Verified[PollRequest]) -> int:
+        value = request.headers.get(POLL_WAIT_HEADER)
+        if value is None:
+            return 0
+        if not _WAIT_VALUE.fullmatch(value.strip()):
+            raise AgentError(
+                422,
+                f"{POLL_WAIT_HEADER}: a whole number of seconds (this API holds a poll up to"
+                f" {self.max_seconds} s)",
+                secret=call.secret,
+                nonce=call.body.nonce,
+            )
+        return min(int(value), self.max_seconds)  # more than offered: the most offered
+
+    # --- the listener's side --------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.max_seconds and self.max_held:
+            self._listener = asyncio.create_task(self._listen_forever())
+
+    async def stop(self) -> None:
+        for holds in self._held.values():
+            for hold in holds:
+                hold.end()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        for task in list(self._rechecks.values()):
+            task.cancel()
+
+    async def _listen_forever(self) -> None:
+        delay = RECONNECT_BACKOFF[0]
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    self.dsn, server_settings={"application_name": LISTENER_APPLICATION_NAME}
+                )
+            except _CONNECTION_ERRORS as exc:
+                log.warning("dispatch listener: cannot connect (%s); retry in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_BACKOFF[1])
+                continue
+            delay = RECONNECT_BACKOFF[0]
+            try:
+                await self._listen(conn)
+                log.warning("dispatch listener: connection lost; reconnecting")
+            except _CONNECTION_ERRORS as exc:
+                log.warning("dispatch listener: connection lost (%s); reconnecting", exc)
+            finally:
+                self.listening.clear()
+                conn.terminate()
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        """Until the connection is lost; returns or raises then."""
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _: lost.set())
+        await conn.add_listener(polls.DISPATCH_CHANNEL, self._noticed)
+        LISTENER_CONNECTS.inc()
+        self.listening.set()
+        log.info("dispatch listener: listening on %s", polls.DISPATCH_CHANNEL)
+        self._recheck(None)  # whatever was announced while no one listened
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), PROBE_INTERVAL_SECONDS)
+                return
+            await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_SECONDS)
+
+    def _noticed(self, _conn: object, _pid: int, _channel: str, rollout_id: str) -> None:
+        self.handouts.forget(rollout_id)  # before any woken poll asks the workflow again
+        self._recheck(rollout_id)
+
+    def _recheck(self, rollout_id: str | None) -> None:
+        if not self._held:
+            return
+        if rollout_id in self._rechecks:
+            self._again.add(rollout_id)
+            return
+        self._rechecks[rollout_id] = asyncio.create_task(self._rechecking(rollout_id))
+
+    async def _rechecking(self, rollout_id: str | None) -> None:
+        try:
+            await self._wake_those_with_jobs(rollout_id)
+            while rollout_id in self._again:
+                self._again.discard(rollout_id)
+                await self._wake_those_with_jobs(rollout_id)
+        finally:
+            del self._rechecks[rollout_id]
+
+    async def _wake_those_with_jobs(self, rollout_id: str | None) -> None:
+        if not self._held:
+            return
+        try:
+            found = await polls.with_open_jobs(self.pool, list(self._held), rollout_id)
+        except _CONNECTION_ERRORS as exc:
+            # Without an answer, every held poll checks for itself.
+            log.warning("dispatch: cannot find which held polls have jobs (%s)", exc)
+            found = list(self._held)
+        for instance_id in found:
+            for hold in self._held.get(instance_id, ()):
+                hold.wake()

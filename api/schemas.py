@@ -1,0 +1,116 @@
+"""The admin API's JSON: request bodies and answers, in camelCase (docs/protocol.md §3, naming).
+
+Answers are the store's own types under one alias generator, so a field is declared once and
+named once. Request bodies accept the snake_case names too, for scripts written against them.
+Releases keep the snake_case names PROTOCOL §2 fixes (`migrations_required`, `created_at`):
+they are answered as the store holds them, without this base. Nothing here travels in Temporal
+history, whose payloads are serialised by alias.
+"""
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from contract.text import storable
+from services.jobs import JobDetail
+from services.rollouts import NewRollout, RolloutDetail
+from services.timeline import JobFailure, TimelineStep
+from store.instances import Instance
+from store.jobs import Job
+from store.rollouts import Rollout
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire; the Python (snake_case) names are accepted in requests too."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+    )
+
+
+class CreateRollout(ApiModel, NewRollout):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ActionBody(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        """Free text: NUL or a lone surrogate is replaced (before pydantic refuses the
+        surrogate), never a reason to refuse a pause."""
+        return storable(value) if isinstance(value, str) else value
+
+
+class JobOut(ApiModel, Job):
+    """A job as the read model holds it, with the workflow's fresher status where it has one."""
+
+    @classmethod
+    def from_job(cls, job: Job) -> "JobOut":
+        return cls(**job.model_dump())
+
+
+class TimelineStepOut(ApiModel, TimelineStep):
+    """One step as the agent reported it (services/timeline.py)."""
+
+
+class JobDetailOut(JobOut):
+    """One job and its steps as its agent reported them, in the order they ran."""
+
+    timeline: list[TimelineStepOut]
+
+    @classmethod
+    def from_detail(cls, detail: JobDetail) -> "JobDetailOut":
+        steps = [TimelineStepOut(**step.model_dump()) for step in detail.timeline]
+        return cls(**detail.job.model_dump(), timeline=steps)
+
+
+class JobFailureOut(ApiModel, JobFailure):
+    """Why one job of the current batch failed: the step it failed at and its output."""
+
+
+class BatchOut(ApiModel):
+    number: int
+    jobs: list[JobOut]
+
+
+class RolloutSummaryOut(ApiModel, Rollout):
+    """A rollout's spec and latest snapshot, as listings show it."""
+
+    # Bookkeeping of the read model's writes, not for clients.
+    revision: int = Field(exclude=True)
+    workflow_closed: bool = Field(exclude=True)
+
+    @classmethod
+    def from_row(cls, row: Rollout) -> "RolloutSummaryOut":
+        return cls(**row.model_dump())
+
+
+class RolloutOut(RolloutSummaryOut):
+    batches: list[BatchOut]
+    counts: dict[str, int]  # the latest attempt of each target, per job status
+    stale: bool  # true when the workflow did not answer: this is the last stored view
+    # The current batch's failed, rolled-back, rollback-failed and timed-out jobs (each host by
+    # its newest attempt): the step each failed at and its output (docs/protocol.md).
+    failures: list[JobFailureOut]
+
+    @classmethod
+    def from_detail(cls, detail: RolloutDetail) -> "RolloutOut":
+        jobs = [JobOut.from_job(job) for job in detail.jobs]
+        batches = [
+            BatchOut(number=n, jobs=[job for job in jobs if job.batch == n])
+            for n in range(1, detail.rollout.total_batches + 1)
+        ]
+        return cls(
+            **detail.rollout.model_dump(),
+            batches=batches,
+            counts=detail.counts,
+            stale=detail.stale,
+            failures=[JobFailureOut(**f.model_dump()) for f in detail.failures],
+        )
+
+
+class InstanceOut(ApiModel, Instance):
+    """An instance as its polls keep it."""

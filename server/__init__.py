@@ -1,0 +1,2 @@
+"""What the control plane's server processes (API, worker, their CLI commands) share and hosts
+never need: settings from the environment and the Temporal connection."""

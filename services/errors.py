@@ -1,0 +1,21 @@
+"""What a flow refuses, by kind; api/errors.py maps each kind to one HTTP status."""
+
+
+class ServiceError(Exception):
+    """A refusal whose message is the `detail` a client reads."""
+
+
+class NotFound(ServiceError):
+    """The id names nothing stored (404)."""
+
+
+class Invalid(ServiceError):
+    """The request names something that does not fit (422); the message names the field."""
+
+
+class Conflict(ServiceError):
+    """The request contradicts the current state (409); the message says why."""
+
+
+class Forbidden(ServiceError):
+    """The caller may not act on this (403)."""

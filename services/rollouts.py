@@ -1,0 +1,204 @@
+"""Rollouts: the create saga, the view (read model with the workflow's live state laid over
+it) and the admin actions, in domain terms. api/routers/rollouts.py maps them to HTTP.
+
+When Temporal or the worker does not answer quickly, a view is the stored one, marked stale,
+rather than an error.
+"""
+
+import contextlib
+import uuid
+from collections import Counter
+from typing import Protocol
+
+import asyncpg
+from pydantic import BaseModel, Field
+from temporalio.client import Client
+
+from contract.manifest import Channel
+from contract.wire import ID_PATTERN
+from services.errors import Conflict, Invalid, NotFound
+from services.timeline import JobFacts, JobFailure, failing_jobs, job_failure
+from store import audit, job_reports, jobs, releases, rollouts
+from store.jobs import Job
+from store.rollouts import ChannelBusy, Rollout, RolloutSnapshot, RolloutSpec
+from workflows import client as rollout_client
+from workflows.client import RolloutGone, RolloutUnavailable
+from workflows.rollout_machine import Action
+from workflows.rollout_models import JobState
+
+# A live view must not hold an HTTP request long: the stored view answers instead.
+LIVE_VIEW_TIMEOUT = 3.0
+# Starting waits until batch 1 is handed out; actions until the workflow accepted them.
+START_TIMEOUT = 30.0
+ACTION_TIMEOUT = 15.0
+
+
+class Handouts(Protocol):
+    """What polls are answered from (api.handouts.HandoutCache): forgotten after an action."""
+
+    def forget(self, rollout_id: str) -> None: ...
+
+
+# Bounds of the integer fields (docs/protocol.md): a fleet is at most this many instances.
+MAX_FLEET = 100_000
+
+
+class NewRollout(BaseModel):
+    """What an operator asks for (PROTOCOL §4), within the documented bounds."""
+
+    manifest_id: str = Field(pattern=ID_PATTERN)
+    channel: Channel
+    batch_size: int = Field(ge=1, le=MAX_FLEET)
+    auto_advance: bool = False
+    bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
+    max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
+    job_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
+
+
+class RolloutDetail(BaseModel):
+    """A rollout as an operator sees it: the stored row and jobs, fresher where the workflow
+    answered."""
+
+    rollout: Rollout
+    jobs: list[Job]  # every attempt, ordered by batch, instance, attempt
+    counts: dict[str, int]  # the latest attempt of each target, per job status
+    stale: bool  # the workflow did not answer: this is the last stored view
+    failures: list[JobFailure]  # the current batch's, from the acknowledged reports
+
+
+async def create(
+    pool: asyncpg.Pool, temporal: Client, new: NewRollout, *, actor: str, task_queue: str
+) -> RolloutDetail:
+    """Store the rollout (one unfinished per channel), then start its workflow; if Temporal
+    cannot start it, undo the insert and raise RolloutUnavailable: nothing was created."""
+    release = await releases.get(pool, new.manifest_id)
+    if release is None:
+        raise Invalid(f"manifestId: no release with id {new.manifest_id}")
+    if release.channel != new.channel:
+        raise Invalid(
+            f"channel: release {release.version} is for channel {release.channel},"
+            f" not {new.channel}"
+        )
+    spec = RolloutSpec(
+        id=uuid.uuid4().hex,
+        version=release.version,
+        created_by=actor,
+        **new.model_dump(by_alias=False),  # an API subclass would dump its aliases
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            await rollouts.insert(conn, spec)
+        except ChannelBusy as exc:
+            raise Conflict(
+                f"channel {exc.channel} already has an unfinished rollout ({exc.rollout_id});"
+                " wait for it to complete or abort it"
+            ) from None
+        await audit.record(
+            conn,
+            actor=actor,
+            action="rollout.created",
+            subject=f"rollout:{spec.id}",
+            detail={"version": spec.version, "channel": spec.channel, "batchSize": spec.batch_size},
+        )
+    try:
+        await rollout_client.start_rollout(
+            temporal, spec, task_queue=task_queue, timeout=START_TIMEOUT
+        )
+    except (RolloutUnavailable, RolloutGone) as exc:
+        if not await rollout_client.workflow_exists(temporal, spec.id, timeout=LIVE_VIEW_TIMEOUT):
+            await rollouts.delete_unstarted(pool, spec.id)
+            raise RolloutUnavailable(
+                f"the rollout engine (Temporal) is unavailable, nothing was created: {exc}"
+            ) from None
+        # Started, but no worker answered yet: it releases batch 1 when one runs.
+    return await view(pool, temporal, spec.id)
+
+
+async def view(pool: asyncpg.Pool, temporal: Client, rollout_id: str) -> RolloutDetail:
+    row = await _stored(pool, rollout_id)
+    live = None
+    if not row.workflow_closed:
+        with contextlib.suppress(RolloutUnavailable, RolloutGone):  # then the stored view
+            live = await rollout_client.live_view(temporal, row.id, timeout=LIVE_VIEW_TIMEOUT)
+    stored = await jobs.for_rollout(pool, row.id)
+    if live is not None:
+        row = row.model_copy(update=live.model_dump(include=set(RolloutSnapshot.model_fields)))
+    current = {j.id: j for j in live.jobs} if live else {}
+    all_jobs = [_fresher(job, current.get(job.id)) for job in stored]
+    current_batch = [job for job in all_jobs if job.batch == row.current_batch]
+    return RolloutDetail(
+        rollout=row,
+        jobs=all_jobs,
+        counts=_latest_counts(all_jobs),
+        stale=live is None and not row.workflow_closed,
+        failures=await _failures(pool, current_batch),
+    )
+
+
+async def act(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    handouts: Handouts,
+    rollout_id: str,
+    action: Action,
+    *,
+    actor: str,
+    reason: str | None = None,
+) -> RolloutDetail:
+    """Run an admin action through the workflow; Conflict when it does not apply now."""
+    row = await _stored(pool, rollout_id)
+    if row.workflow_closed:
+        raise Conflict(f"rollout is {row.status}; {action} does not apply to a finished rollout")
+    try:
+        await rollout_client.run_action(
+            temporal,
+            rollout_id,
+            action,
+            rollout_client.action_input(action, actor, reason),
+            timeout=ACTION_TIMEOUT,
+        )
+    except rollout_client.ActionRefused as exc:
+        raise Conflict(str(exc)) from None
+    except (RolloutUnavailable, RolloutGone) as exc:
+        raise RolloutUnavailable(
+            f"the rollout engine did not answer in time; {action} may not have been applied"
+            f" (check GET /api/rollouts/{rollout_id}): {exc}"
+        ) from None
+    finally:
+        handouts.forget(rollout_id)  # polls see a pause (or a retry's new jobs) at once
+    return await view(pool, temporal, rollout_id)
+
+
+async def _stored(pool: asyncpg.Pool, rollout_id: str) -> Rollout:
+    row = await rollouts.get(pool, rollout_id)
+    if row is None:
+        raise NotFound(f"rollout {rollout_id} not found")
+    return row
+
+
+async def _failures(pool: asyncpg.Pool, batch: list[Job]) -> list[JobFailure]:
+    """From the same acknowledged reports as each job's timeline (services/timeline.py)."""
+    facts = (JobFacts(j.id, j.instance_id, j.attempt, j.status) for j in batch)
+    failing = failing_jobs(facts)
+    reports = await job_reports.for_jobs(pool, [j.id for j in failing])
+    return [job_failure(j, reports.get(j.id, [])) for j in failing]
+
+
+def _fresher(job: Job, live: JobState | None) -> Job:
+    """The stored job, with the workflow's fresher status when it is in the current batch.
+
+    The step stays the stored one: it comes from every acknowledged report, while the workflow
+    hears only of a job starting and ending."""
+    if live is None:
+        return job
+    return job.model_copy(
+        update={"status": live.status, "deadline": live.deadline, "step": job.step or live.step}
+    )
+
+
+def _latest_counts(all_jobs: list[Job]) -> dict[str, int]:
+    latest: dict[str, Job] = {}
+    for job in all_jobs:
+        if job.instance_id not in latest or job.attempt > latest[job.instance_id].attempt:
+            latest[job.instance_id] = job
+    return dict(Counter(job.status for job in latest.values()))
