@@ -7,7 +7,7 @@ import signal
 import asyncpg
 import httpx
 
-from contract.settings import ApiSettings
+from server.settings import ApiSettings
 from tests.conftest import LiveServer
 from tests.fixtures_agents import AgentFactory
 from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where
