@@ -1,6 +1,7 @@
-"""Activities of RolloutWorkflow: read targets, write the read model. Idempotent by design:
-job rows only move forward and the rollout row carries a revision that gates its audit entries,
-so a retried or repeated call changes nothing twice."""
+"""Activities of RolloutWorkflow: snapshot and read targets, write the read model. Idempotent by
+design: a rollout's targets are snapshotted once, job rows only move forward and the rollout row
+carries a revision that gates its audit entries, so a retried or repeated call changes nothing
+twice."""
 
 from typing import Any
 
@@ -10,19 +11,23 @@ from temporalio.common import MetricCounter
 from temporalio.exceptions import ApplicationError
 
 from contract.text import storable, storable_or_none
-from store import audit, instances, jobs, polls, rollouts
+from store import audit, instances, jobs, polls, rollout_targets, rollouts
 from workflows.rollout_models import (
     AuditEvent,
+    BatchTargetsInput,
+    BatchTargetsResult,
     LoadTargetsInput,
     LoadTargetsResult,
     RecordProgressInput,
     RecordProgressResult,
     ReportedStepsInput,
     ReportedStepsResult,
+    SnapshotTargetsInput,
+    SnapshotTargetsResult,
 )
 
-# Temporal refuses payloads over 2 MiB, and the targets are carried again in every
-# continue-as-new input: refuse well below that instead of failing the same way for ever.
+# For runs started before targets-in-postgres, which load the whole list: Temporal refuses
+# payloads over 2 MiB, and that list is carried again in every continue-as-new input.
 TARGETS_PAYLOAD_LIMIT = 1024 * 1024
 TARGETS_TOO_LARGE = "TargetsTooLarge"
 STORABLE_NOTE = "unstorable characters in text were replaced with U+FFFD"
@@ -45,9 +50,31 @@ class RolloutActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @activity.defn(name="snapshot_targets")
+    async def snapshot_targets(self, input: SnapshotTargetsInput) -> SnapshotTargetsResult:
+        """Stores the rollout's targets (once: a retry answers from the stored snapshot) and
+        returns only their number, so no payload grows with the fleet."""
+        async with self.pool.acquire() as conn:
+            versions = await instances.versions_below(
+                conn, channel=input.channel, version=input.version
+            )
+            count = await rollout_targets.snapshot(
+                conn, input.rollout_id, channel=input.channel, versions=versions
+            )
+        return SnapshotTargetsResult(target_count=count)
+
+    @activity.defn(name="batch_targets")
+    async def batch_targets(self, input: BatchTargetsInput) -> BatchTargetsResult:
+        """One batch's instance ids, read from the snapshot when the batch is released."""
+        ids = await rollout_targets.slice_of(
+            self.pool, input.rollout_id, start=input.start, limit=input.limit
+        )
+        return BatchTargetsResult(instance_ids=ids)
+
     @activity.defn(name="load_targets")
     async def load_targets(self, input: LoadTargetsInput) -> LoadTargetsResult:
-        """Refuses for good (not retried) when the list would not fit in a Temporal payload:
+        """For runs started before targets-in-postgres (still registered so they can finish
+        loading). Refuses for good (not retried) when the list would not fit in a Temporal payload:
         retrying cannot make it smaller, and the workflow ends the rollout saying why."""
         ids = await instances.targets_below(self.pool, channel=input.channel, version=input.version)
         result = LoadTargetsResult(instance_ids=ids)

@@ -24,7 +24,7 @@ from store.rollouts import ChannelBusy, Rollout, RolloutSnapshot, RolloutSpec
 from workflows import client as rollout_client
 from workflows.client import RolloutGone, RolloutUnavailable
 from workflows.rollout_machine import Action
-from workflows.rollout_models import JobState
+from workflows.rollout_models import MAX_BATCH_SIZE, JobState
 
 # A live view must not hold an HTTP request long: the stored view answers instead.
 LIVE_VIEW_TIMEOUT = 3.0
@@ -48,7 +48,7 @@ class NewRollout(BaseModel):
 
     manifest_id: str = Field(pattern=ID_PATTERN)
     channel: Channel
-    batch_size: int = Field(ge=1, le=MAX_FLEET)
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
     auto_advance: bool = False
     bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
     max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)

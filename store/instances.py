@@ -65,6 +65,18 @@ async def targets_below(
     return [r["instance_id"] for r in rows if _below(r["current_version"], target)]
 
 
+async def versions_below(
+    conn: asyncpg.Connection | asyncpg.Pool, *, channel: str, version: str
+) -> list[str]:
+    """The distinct versions on `channel` lower than `version` (semver): a fleet runs a few, so
+    a rollout's targets are selected in SQL by these instead of row by row in Python."""
+    target = parse_version(version)
+    rows = await conn.fetch(
+        "SELECT DISTINCT current_version FROM instances WHERE channel = $1", channel
+    )
+    return [r["current_version"] for r in rows if _below(r["current_version"], target)]
+
+
 def _below(current: str, target: semver.Version) -> bool:
     try:
         return semver.Version.parse(current) < target

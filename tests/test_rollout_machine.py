@@ -529,6 +529,33 @@ def test_an_abort_while_a_batch_is_written_cancels_it_once_written() -> None:
     assert run.job("c").id in ended.jobs
 
 
+def test_a_batch_reserved_while_its_ids_are_read_runs_and_a_pause_meanwhile_stands() -> None:
+    run = started()
+    run.report("a", "succeeded")
+    run.report("b", "succeeded")
+    run.tick()
+    run.machine.advance("ops")
+    reserved = run.machine.reserve_release(2, "ops")
+    assert status_moves(reserved) == [("awaiting_advance", "running")]
+    assert run.machine.refusal("advance") is not None  # no second release meanwhile
+    run.machine.pause("ops", "freeze")
+    run.begin(2, "ops")  # the ids are read
+    run.machine.end_release()
+    assert (run.machine.status, run.machine.state.current_batch) == ("paused", 2)
+    assert run.machine.handed_out() == {}  # withheld while paused
+
+
+def test_a_reserved_batch_abandoned_releases_nothing() -> None:
+    run = started()
+    run.report("a", "succeeded")
+    run.report("b", "succeeded")
+    run.tick()
+    run.machine.advance("ops")
+    run.machine.reserve_release(2, "ops")
+    run.machine.abandon_release()
+    assert not run.machine.releasing and run.machine.state.current_batch == 1
+
+
 def test_a_cancel_request_aborts_and_cancels_running_jobs_too() -> None:
     run = started()
     run.report("a", "in_progress", "pull")

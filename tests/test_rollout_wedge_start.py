@@ -1,5 +1,6 @@
-"""Issue 8, part 3: a rollout that cannot get to batch 1 ends, saying why; abort works before
-batch 1. Real API over HTTP, dev server, real worker, real PostgreSQL."""
+"""Issue 8, part 3: abort works before batch 1; issue 11: a fleet whose target list would not
+fit in a Temporal payload starts all the same. Real API over HTTP, dev server, real worker,
+real PostgreSQL."""
 
 import asyncio
 
@@ -9,14 +10,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from benchmarks.targets_100k import seed_fleet
 from server.settings import ApiSettings
 from store import jobs, rollouts
 from store.rollouts import Rollout
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create, finish_batch
 from workflows import client as rollout_client
+from workflows.rollout_models import MAX_BATCH_SIZE
 
-FLEET_TOO_LARGE = 100_000  # 39-character ids: 4.2 MB as one list, over Temporal's 2 MiB
+FLEET = 100_000  # 39-character ids: 4.2 MB as one list, over Temporal's 2 MiB payload limit
 
 
 async def final_row(db: asyncpg.Connection, rollout_id: str) -> Rollout:
@@ -27,34 +30,31 @@ async def final_row(db: asyncpg.Connection, rollout_id: str) -> Rollout:
     return await eventually(closed)
 
 
-async def test_targets_too_large_for_temporal_end_the_rollout_saying_why(
+async def test_a_fleet_too_large_for_one_payload_starts_at_the_largest_batch(
     dev_worker: Worker,
     dev_admin: httpx.AsyncClient,
     dev_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
+    """The targets are snapshotted in PostgreSQL, not carried: 100,000 of them start like 3."""
     release_id = await seed_release(db, dev_settings)
-    await db.execute(
-        "INSERT INTO instances (instance_id, channel, current_version)"
-        " SELECT 'host-' || lpad(i::text, 34, '0'), 'stable', '1.3.0'"
-        " FROM generate_series(1, $1) AS i",
-        FLEET_TOO_LARGE,
-    )
-    created = await create(dev_admin, release_id, batchSize=100)
+    await seed_fleet(db, FLEET)
+    too_large = await create(dev_admin, release_id, batchSize=MAX_BATCH_SIZE + 1)
+    assert too_large.status_code == 422 and "batchSize" in too_large.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM rollouts") == 0
+
+    created = await create(dev_admin, release_id, batchSize=MAX_BATCH_SIZE)
     assert created.status_code == 201, created.text
     body = created.json()
-    assert body["status"] == "aborted"
-    assert "could not start: 100000 target instances" in body["details"]
+    assert (body["status"], body["targetCount"]) == ("running", FLEET)
+    assert body["totalBatches"] == FLEET // MAX_BATCH_SIZE
+    batch_1 = await jobs.for_rollout(db, body["id"])
+    assert len(batch_1) == MAX_BATCH_SIZE
+    assert batch_1[0].instance_id == "host-" + "1".zfill(34)
+    aborted = await dev_admin.post(f"/api/rollouts/{body['id']}/abort")
+    assert aborted.status_code == 200, aborted.text
     row = await final_row(db, body["id"])
-    assert row.status == "aborted" and "exceed the 1048576 bytes" in row.details
-    assert await jobs.for_rollout(db, body["id"]) == []
-    refused = await dev_admin.post(f"/api/rollouts/{body['id']}/abort")
-    assert refused.status_code == 409  # already ended
-
-    await db.execute("DELETE FROM instances WHERE instance_id > 'host-' || lpad('3', 34, '0')")
-    again = await create(dev_admin, release_id, batchSize=100)
-    assert again.status_code == 201, again.text
-    assert (again.json()["status"], again.json()["targetCount"]) == ("running", 3)
+    assert (row.status, row.target_count) == ("aborted", FLEET)
 
 
 async def test_abort_before_batch_1_while_targets_load(
@@ -82,7 +82,7 @@ async def test_abort_before_batch_1_while_targets_load(
                 return None  # the row is written just before the workflow starts
             raise
         pending = [p.activity_type.name for p in described.raw_description.pending_activities]
-        return rows[0].id if pending == ["load_targets"] else None
+        return rows[0].id if pending == ["snapshot_targets"] else None
 
     rollout_id = await eventually(loading)
     aborted = await dev_admin.post(f"/api/rollouts/{rollout_id}/abort", json={"reason": "wrong"})

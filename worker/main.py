@@ -34,6 +34,8 @@ def build_worker(client: Client, settings: Settings, activities: RolloutActiviti
         task_queue=settings.temporal_task_queue,
         workflows=[RolloutWorkflow],
         activities=[
+            activities.snapshot_targets,
+            activities.batch_targets,
             activities.load_targets,
             activities.record_progress,
             activities.reported_steps,

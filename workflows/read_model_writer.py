@@ -135,16 +135,9 @@ class ReadModelWriter:
         )
 
     def _progress(self, machine: RolloutMachine) -> RolloutProgress:
-        state = machine.state
         return RolloutProgress(
+            **machine.snapshot().model_dump(),
             id=self._rollout_id,
             revision=self._revision,
-            status=state.status,
-            paused_reason=state.paused_reason,
-            current_batch=state.current_batch,
-            total_batches=machine.total_batches,
-            target_count=machine.target_count or 0,
-            details=machine.details(),
-            finished_at=state.finished_at,
             workflow_closed=self._closing,
         )

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         ActionResult,
         AdvanceInput,
         AuditEvent,
+        BatchTargetsInput,
         Handouts,
         HandoutsQuery,
         JobForInstanceQuery,
@@ -50,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         RolloutResult,
         RolloutState,
         RolloutView,
+        SnapshotTargetsInput,
         WaitStartedInput,
     )
     from workflows.search_attributes import RELEASE_VERSION, ROLLOUT_CHANNEL, ROLLOUT_STATUS
@@ -66,6 +68,8 @@ PATCH_ABORT_BEFORE_BATCH_1 = "abort-before-batch-1"
 PATCH_TARGETS_TOO_LARGE = "targets-too-large-ends-rollout"
 PATCH_CANCEL_IS_ABORT = "cancel-is-abort"
 PATCH_TIMED_OUT_AT_REPORTED_STEP = "timed-out-at-reported-step"
+# Targets snapshotted in PostgreSQL, read a batch at a time: nothing carried grows with the fleet.
+PATCH_TARGETS_IN_POSTGRES = "targets-in-postgres"
 PATCH_UNREACHABLE_STATUS = "unreachable-status"
 # A look-up that only improves a message must not hold the rollout up for long.
 LOOKUP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
@@ -127,7 +131,7 @@ class RolloutWorkflow:
 
     async def _run(self) -> RolloutResult:
         machine = self._machine
-        if self._state.targets is None:
+        if self._state.targets is None and self._state.target_count is None:
             await self._start()
         while True:
             self._changed = False
@@ -151,6 +155,32 @@ class RolloutWorkflow:
         return RolloutResult(status=machine.status, counts=machine.counts())
 
     async def _start(self) -> None:
+        if workflow.patched(PATCH_TARGETS_IN_POSTGRES):
+            snapshot = await workflow.execute_activity_method(
+                RolloutActivities.snapshot_targets,
+                SnapshotTargetsInput(
+                    rollout_id=self._spec.id, channel=self._spec.channel, version=self._spec.version
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+            )
+            self._state.target_count = snapshot.target_count
+        elif not await self._load_targets():
+            return
+        abort_stands = self._machine.status == "aborted" and workflow.patched(
+            PATCH_ABORT_BEFORE_BATCH_1
+        )
+        started = self._apply(
+            self._machine.targets_loaded(
+                self._target_count() or 0, workflow.now(), abort_stands=abort_stands
+            )
+        )
+        if started.release is not None:
+            await self._release_batch(started.release, WORKFLOW_ACTOR)
+
+    async def _load_targets(self) -> bool:
+        """Runs started before targets-in-postgres: the whole list in state. False when the
+        rollout ended because the list is too large to carry."""
         try:
             result = await workflow.execute_activity_method(
                 RolloutActivities.load_targets,
@@ -170,18 +200,9 @@ class RolloutWorkflow:
             self._apply(
                 self._machine.cannot_start(f"could not start: {cause.message}", workflow.now())
             )
-            return
+            return False
         self._state.targets = result.instance_ids
-        abort_stands = self._machine.status == "aborted" and workflow.patched(
-            PATCH_ABORT_BEFORE_BATCH_1
-        )
-        started = self._apply(
-            self._machine.targets_loaded(
-                self._target_count() or 0, workflow.now(), abort_stands=abort_stands
-            )
-        )
-        if started.release is not None:
-            await self._release_batch(started.release, WORKFLOW_ACTOR)
+        return True
 
     async def _end_cancelled(self) -> None:
         """A cancel request (Web UI, `temporal workflow cancel`) is an abort: open jobs are
@@ -236,14 +257,38 @@ class RolloutWorkflow:
     # --- targets and batches: the machine is told counts and each batch's instance ids --------
 
     def _target_count(self) -> int | None:
-        return None if self._state.targets is None else len(self._state.targets)
+        """None until the targets are known."""
+        if self._state.targets is not None:  # a run started before targets-in-postgres
+            return len(self._state.targets)
+        return self._state.target_count
 
     async def _release_batch(self, number: int, actor: str) -> Effects:
-        size = self._spec.batch_size
-        instance_ids = (self._state.targets or [])[(number - 1) * size : number * size]
+        start = (number - 1) * self._spec.batch_size
+        if self._state.targets is not None:  # a run started before targets-in-postgres
+            instance_ids = self._state.targets[start : start + self._spec.batch_size]
+        else:
+            # Releasing (and running) while the ids are read: no second advance starts
+            # meanwhile, and a pause or abort taken in meanwhile stands.
+            self._apply(self._machine.reserve_release(number, actor))
+            instance_ids = await self._batch_targets(start)
         return await self._write_release(
             self._machine.begin_release(number, instance_ids, actor, workflow.now(), _new_id)
         )
+
+    async def _batch_targets(self, start: int) -> list[str]:
+        try:
+            result = await workflow.execute_activity_method(
+                RolloutActivities.batch_targets,
+                BatchTargetsInput(
+                    rollout_id=self._spec.id, start=start, limit=self._spec.batch_size
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+            )
+        except CANCELLATION:
+            self._machine.abandon_release()  # the cancel request ends the rollout
+            raise
+        return result.instance_ids
 
     async def _write_release(self, begun: Effects) -> Effects:
         """Released jobs are handed out only once their rows are written. A cancel request
@@ -399,15 +444,7 @@ class RolloutWorkflow:
     def view(self) -> RolloutView:
         machine, state = self._machine, self._state
         return RolloutView(
-            status=state.status,
-            paused_reason=state.paused_reason,
-            current_batch=state.current_batch,
-            total_batches=machine.total_batches,
-            target_count=machine.target_count or 0,
-            details=machine.details(),
-            note=state.note,
-            jobs=list(machine.jobs.values()),
-            finished_at=state.finished_at,
+            **machine.snapshot().model_dump(), note=state.note, jobs=list(machine.jobs.values())
         )
 
     @workflow.query(name="job_for_instance")

@@ -25,7 +25,7 @@ from contract.wire import (
     TERMINAL_JOB_STATUSES,
     RolloutStatus,
 )
-from store.rollouts import RolloutSpec
+from store.rollouts import RolloutSnapshot, RolloutSpec
 from workflows import rollout_text
 from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
@@ -143,6 +143,19 @@ class RolloutMachine:
     @property
     def total_batches(self) -> int:
         return -(-(self.target_count or 0) // self.spec.batch_size)
+
+    def snapshot(self) -> RolloutSnapshot:
+        """Where the rollout stands, as its view and its read-model writes both say it."""
+        state = self.state
+        return RolloutSnapshot(
+            status=state.status,
+            paused_reason=state.paused_reason,
+            current_batch=state.current_batch,
+            total_batches=self.total_batches,
+            target_count=self.target_count or 0,
+            details=self.details(),
+            finished_at=state.finished_at,
+        )
 
     def latest_jobs(self) -> list[JobState]:
         return [job for job in self.jobs.values() if not job.superseded]
@@ -270,13 +283,27 @@ class RolloutMachine:
         new_id: Callable[[], str],
     ) -> Effects:
         """Batch `batch` is released: its jobs are created, to be written before handed out."""
+        reserved = self._release is not None and self._release.batch == batch
         new_jobs = [
             self._new_job(instance_id, batch, 1, now, new_id) for instance_id in instance_ids
         ]
         self._release = _Release(new_jobs=new_jobs, actor=actor, batch=batch)
         fx = Effects(new_jobs=new_jobs)
+        if not reserved:  # else a pause or abort taken in while its ids were read stands
+            self._set_status(fx, "running", actor)
+        return fx
+
+    def reserve_release(self, batch: int, actor: str) -> Effects:
+        """Batch `batch` is being released while its instance ids are read (from the targets
+        snapshot): the rollout runs, and no other release starts meanwhile."""
+        self._release = _Release(new_jobs=[], actor=actor, batch=batch)
+        fx = Effects()
         self._set_status(fx, "running", actor)
         return fx
+
+    def abandon_release(self) -> None:
+        """The reserved batch's ids were never read (the run is being cancelled)."""
+        self._release = None
 
     def begin_retry(self, actor: str, now: datetime, new_id: Callable[[], str]) -> Effects:
         """The current batch's failed, rolled-back and timed-out jobs run again, as new jobs."""

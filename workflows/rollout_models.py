@@ -21,6 +21,12 @@ UNREACHABLE = "unreachable"
 RETRYABLE_JOB_STATUSES: frozenset[str] = frozenset(
     {"failed", "rolled_back", "timed_out", UNREACHABLE}
 )
+# The largest batch a rollout may have (the API refuses more). A run carries its current batch:
+# about 210 bytes a job in its state (continue-as-new input, view query) and 250 in the handouts
+# query, so 1,000 jobs stay near 0.25 MB, a tenth of Temporal's 2 MiB payload limit; and a
+# workflow task's work grows with the batch (2,000 tripped the SDK's 2 s deadlock detector on a
+# loaded 2-core machine). docs/performance.md, benchmarks/targets_100k.py.
+MAX_BATCH_SIZE = 1_000
 
 
 # --- state -----------------------------------------------------------------------------------
@@ -43,7 +49,10 @@ class RolloutState(BaseModel):
     status: RolloutStatus = "running"
     paused_reason: str | None = None
     paused_for_failures: bool = False
-    targets: list[str] | None = None  # None until the targets activity answered
+    # Runs started before targets-in-postgres carry the whole list; later ones only its length
+    # (the targets are in PostgreSQL, read a batch at a time). Both None until they are known.
+    targets: list[str] | None = None
+    target_count: int | None = None
     current_batch: int = 0
     jobs: list[JobState] = Field(default_factory=list)  # the current batch, every attempt
     past_counts: dict[str, int] = Field(default_factory=dict)  # earlier batches, latest attempts
@@ -162,6 +171,27 @@ class Handouts(BaseModel):
 # --- activities --------------------------------------------------------------------------------
 
 
+class SnapshotTargetsInput(BaseModel):
+    rollout_id: str
+    channel: str
+    version: str
+
+
+class SnapshotTargetsResult(BaseModel):
+    target_count: int
+
+
+class BatchTargetsInput(BaseModel):
+    rollout_id: str
+    start: int  # targets before this batch
+    limit: int  # the batch size
+
+
+class BatchTargetsResult(BaseModel):
+    instance_ids: list[str]
+
+
+# Only for runs started before targets-in-postgres, which load the whole list.
 class LoadTargetsInput(BaseModel):
     channel: str
     version: str

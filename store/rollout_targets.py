@@ -1,0 +1,58 @@
+"""rollout_targets: the instances a rollout updates, fixed when it starts, in batch order.
+
+The snapshot is taken once per rollout: a retried activity finds it and answers from it, so a
+host that registers meanwhile cannot shift the batches already counted by the workflow.
+"""
+
+from collections.abc import Sequence
+
+import asyncpg
+
+# Serialises snapshot attempts of one rollout (a timed-out attempt may still be running when its
+# retry starts); the key space is shared with store.migrate's lock, hence the distinct prefix.
+_LOCK_PREFIX = "rollout_targets:"
+
+
+async def snapshot(
+    conn: asyncpg.Connection, rollout_id: str, *, channel: str, versions: Sequence[str]
+) -> int:
+    """Store the instances on `channel` at one of `versions` as the rollout's targets, in
+    instance-id order, unless it has them already; returns how many targets the rollout has.
+    Runs in one transaction on `conn`; the ids never leave PostgreSQL."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _LOCK_PREFIX + rollout_id
+        )
+        taken = await count(conn, rollout_id)
+        if taken:
+            return taken
+        status = await conn.execute(
+            "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
+            " SELECT $1, row_number() OVER (ORDER BY instance_id), instance_id FROM instances"
+            " WHERE channel = $2 AND current_version = ANY($3::text[])",
+            rollout_id,
+            channel,
+            list(versions),
+        )
+        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
+
+
+async def count(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> int:
+    """Positions run 1..n without gaps, so the last one is the count (read off the index)."""
+    return await conn.fetchval(
+        "SELECT coalesce(max(position), 0) FROM rollout_targets WHERE rollout_id = $1", rollout_id
+    )
+
+
+async def slice_of(
+    conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str, *, start: int, limit: int
+) -> list[str]:
+    """Instance ids at positions start+1 .. start+limit (a batch), in order."""
+    rows = await conn.fetch(
+        "SELECT instance_id FROM rollout_targets"
+        " WHERE rollout_id = $1 AND position > $2 AND position <= $2 + $3 ORDER BY position",
+        rollout_id,
+        start,
+        limit,
+    )
+    return [r["instance_id"] for r in rows]
