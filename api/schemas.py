@@ -92,8 +92,9 @@ class RolloutOut(RolloutSummaryOut):
     batches: list[BatchOut]
     counts: dict[str, int]  # the latest attempt of each target, per job status
     stale: bool  # true when the workflow did not answer: this is the last stored view
-    # The current batch's failed, rolled-back, rollback-failed and timed-out jobs (each host by
-    # its newest attempt): the step each failed at and its output (docs/protocol.md).
+    # The current batch's failed, rolled-back, rollback-failed, timed-out and unreachable jobs
+    # (each host by its newest attempt): the step each failed at and its output
+    # (docs/protocol.md); an unreachable job has none.
     failures: list[JobFailureOut]
 
     @classmethod

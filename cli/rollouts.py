@@ -29,7 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--batch-size", type=int, required=True)
     create.add_argument("--auto-advance", action="store_true")
     create.add_argument("--bake-seconds", type=int)
-    create.add_argument("--max-failures", type=int)
+    create.add_argument("--max-failures", type=int, help="failed jobs tolerated (default 0)")
+    create.add_argument(
+        "--max-unreachable",
+        type=int,
+        help="hosts that never start their job by its deadline tolerated (default 0)",
+    )
     create.add_argument("--job-timeout-seconds", type=int)
     listing = actions.add_parser("list")
     listing.add_argument("--channel")
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         optional = {
             "bakeSeconds": args.bake_seconds,
             "maxFailures": args.max_failures,
+            "maxUnreachable": args.max_unreachable,
             "jobTimeoutSeconds": args.job_timeout_seconds,
         }
         body.update({k: v for k, v in optional.items() if v is not None})

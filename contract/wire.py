@@ -35,10 +35,19 @@ JobStatus = Literal[
     "rollback_failed",
     "timed_out",
     "cancelled",
+    "unreachable",  # an extension (docs/protocol.md): admin-side only, agents never see it
 ]
 OPEN_JOB_STATUSES: frozenset[str] = frozenset({"pending", "in_progress"})
 TERMINAL_JOB_STATUSES: frozenset[str] = frozenset(
-    {"succeeded", "failed", "rolled_back", "rollback_failed", "timed_out", "cancelled"}
+    {
+        "succeeded",
+        "failed",
+        "rolled_back",
+        "rollback_failed",
+        "timed_out",
+        "cancelled",
+        "unreachable",
+    }
 )
 
 # Rollout `status` (PROTOCOL §4). The set of finished ones is also spelled in SQL

@@ -52,6 +52,8 @@ class NewRollout(BaseModel):
     auto_advance: bool = False
     bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
     max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
+    # Hosts that never started their job by its deadline; 0, like maxFailures: docs/protocol.md.
+    max_unreachable: int = Field(default=0, ge=0, le=MAX_FLEET)
     job_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
 
 

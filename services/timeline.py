@@ -22,9 +22,10 @@ from store.job_reports import StoredReport
 
 StepOutcome = Literal["succeeded", "failed", "rolled_back", "timed_out", "cancelled", "running"]
 # The job statuses a rollout's failure reasons explain (PROTOCOL §4: what `retry` releases again,
-# and a rollback that failed).
+# and a rollback that failed). An unreachable job is no application failure (it counts against
+# maxUnreachable), but it is why a rollout pauses and what a retry runs again.
 FAILED_JOB_STATUSES: frozenset[str] = frozenset(
-    {"failed", "rolled_back", "rollback_failed", "timed_out"}
+    {"failed", "rolled_back", "rollback_failed", "timed_out", "unreachable"}
 )
 _FAILED_OUTCOMES = frozenset({"failed", "timed_out", "cancelled"})
 # The outcome of a last step left open, by the job's status: still running, or settled with no
@@ -35,6 +36,8 @@ _OPEN_STEP_OUTCOME: Mapping[str, StepOutcome] = {
     "succeeded": "succeeded",
     "rolled_back": "rolled_back",
     "timed_out": "timed_out",
+    # Settled unreachable just before its agent's first report landed: its deadline had passed.
+    "unreachable": "timed_out",
     "cancelled": "cancelled",
 }
 

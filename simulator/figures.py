@@ -15,7 +15,15 @@ from pydantic import BaseModel
 LAGGING_P50_MS = 20.0
 
 TERMINAL_JOB_STATUSES = frozenset(
-    {"succeeded", "failed", "rolled_back", "rollback_failed", "timed_out", "cancelled"}
+    {
+        "succeeded",
+        "failed",
+        "rolled_back",
+        "rollback_failed",
+        "timed_out",
+        "cancelled",
+        "unreachable",
+    }
 )
 
 

@@ -9,9 +9,9 @@ from contract.wire import RolloutStatus
 
 _COLUMNS = (
     "id, workflow_id, manifest_id, version, channel, batch_size, auto_advance, bake_seconds,"
-    " max_failures, job_timeout_seconds, created_by, status, paused_reason, current_batch,"
-    " total_batches, target_count, details, revision, workflow_closed, created_at, updated_at,"
-    " finished_at"
+    " max_failures, max_unreachable, job_timeout_seconds, created_by, status, paused_reason,"
+    " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
+    " updated_at, finished_at"
 )
 # contract.wire.FINISHED_ROLLOUT_STATUSES in SQL (and in the partial unique index of 0003).
 _FINISHED_SQL = "('completed', 'aborted')"
@@ -29,6 +29,7 @@ class RolloutSpec(BaseModel):
     auto_advance: bool = False
     bake_seconds: int = Field(default=0, ge=0)
     max_failures: int = Field(default=0, ge=0)
+    max_unreachable: int = Field(default=0, ge=0)
     job_timeout_seconds: int = Field(default=3600, ge=1)
     created_by: str
 
@@ -88,8 +89,8 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
     several concurrent inserts on a channel through."""
     row = await conn.fetchrow(
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
-        " auto_advance, bake_seconds, max_failures, job_timeout_seconds, created_by, status)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'running')"
+        " auto_advance, bake_seconds, max_failures, max_unreachable, job_timeout_seconds,"
+        " created_by, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running')"
         f" ON CONFLICT (channel) WHERE status NOT IN {_FINISHED_SQL} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
@@ -101,6 +102,7 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
         spec.auto_advance,
         spec.bake_seconds,
         spec.max_failures,
+        spec.max_unreachable,
         spec.job_timeout_seconds,
         spec.created_by,
     )

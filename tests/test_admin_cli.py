@@ -110,10 +110,13 @@ async def test_operator_flow_from_manifest_to_completed_rollout(
         "--batch-size",
         "1",
         "--auto-advance",
+        "--max-unreachable",
+        "1",
         "--json",
     )
     assert code == 0, err
     rollout = json.loads(out)
+    assert (rollout["maxFailures"], rollout["maxUnreachable"]) == (0, 1)
 
     watch = await start_cli(plane, settings, "rollouts", "watch", rollout["id"])
     assert watch.stdout is not None

@@ -124,16 +124,16 @@ async def test_agent_killed_during_migrate_rolls_back_when_it_returns(
     assert host.steps()[-1] == "rollback 1.4.0"
 
 
-async def test_a_host_that_never_polls_times_out(
+async def test_a_host_that_never_polls_is_unreachable_within_its_limit(
     plane: LiveServer, admin: httpx.AsyncClient, dev_settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
     await instances.record_poll(
         db, instance_id="ghost", channel="stable", current_version="1.0.0", agent_version=None
     )
     release_id = await seed_release(db, dev_settings, version="1.4.0")
-    rollout = await start_rollout(admin, release_id, jobTimeoutSeconds=2, maxFailures=1)
+    rollout = await start_rollout(admin, release_id, jobTimeoutSeconds=2, maxUnreachable=1)
     settled = await rollout_where(
-        admin, rollout["id"], lambda r: job_of(r, "ghost")["status"] == "timed_out"
+        admin, rollout["id"], lambda r: job_of(r, "ghost")["status"] == "unreachable"
     )
     assert settled["status"] == "completed"
 

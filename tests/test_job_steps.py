@@ -149,3 +149,25 @@ async def test_a_retried_report_the_workflow_already_took_sets_the_step(
     assert "web-1 failed at smoke" in paused["pausedReason"]
     contradicting = await agent_reports(admin, job_id, "succeeded", "health")
     assert contradicting.status_code == 409, contradicting.text
+
+
+async def test_a_job_never_started_ends_unreachable_and_refuses_a_late_report(
+    admin: httpx.AsyncClient,
+    time_skipping_env: WorkflowEnvironment,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """Issue 14: no report by its deadline and none in the read model: the host never started
+    it. A report arriving after that is refused as one for a timed-out job is."""
+    rollout_id, job_id = await started_job(admin, db, ts_settings)
+    await skip_time(time_skipping_env, TIMEOUT + 1)
+    paused = await rollout_where(admin, rollout_id, lambda r: r["status"] == "paused")
+    assert (only_job(paused)["status"], only_job(paused)["step"]) == ("unreachable", None)
+    assert paused["pausedReason"] == "1 host unreachable (max 0): web-1"
+    (failure,) = paused["failures"]
+    assert (failure["status"], failure["step"]) == ("unreachable", None)
+    late = await agent_reports(admin, job_id, "in_progress", "preflight")
+    assert late.status_code == 409, late.text
+    assert f"job {job_id} is already unreachable" in late.json()["detail"]
+    stored = await db.fetchrow("SELECT status, step FROM update_jobs WHERE id = $1", job_id)
+    assert (stored["status"], stored["step"]) == ("unreachable", None)

@@ -170,8 +170,9 @@ def test_failing_jobs_counts_each_host_by_its_newest_attempt() -> None:
         facts("web-4", 1, "failed"),
         facts("web-5", 1, "in_progress"),
         facts("web-6", 1, "cancelled"),
+        facts("web-7", 1, "unreachable"),  # not a failure, but why a rollout pauses
     ]
-    assert [j.id for j in failing_jobs(batch)] == ["web-2-2", "web-3-1", "web-4-1"]
+    assert [j.id for j in failing_jobs(batch)] == ["web-2-2", "web-3-1", "web-4-1", "web-7-1"]
 
 
 def test_a_failure_names_the_failed_step_not_the_rollback() -> None:

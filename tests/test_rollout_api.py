@@ -69,6 +69,7 @@ async def test_create_advance_refusals_and_completion(
     assert [j["instanceId"] for j in rollout["batches"][0]["jobs"]] == ["web-1", "web-2"]
     assert rollout["batches"][1]["jobs"] == []
     assert rollout["counts"] == {"pending": 2}
+    assert (rollout["maxFailures"], rollout["maxUnreachable"]) == (0, 0)  # the defaults
 
     refused = await dev_admin.post(f"/api/rollouts/{rollout['id']}/advance")
     assert refused.status_code == 409
@@ -113,9 +114,10 @@ async def test_create_advance_refusals_and_completion(
         ({"manifestId": "no-such-release"}, "manifestId: no release"),
         ({"channel": "stable"}, "channel: release 2.0.0 is for channel beta"),
         ({"channel": "beta", "batchSize": 0}, "batchSize: Input should be greater than"),
+        ({"channel": "beta", "maxUnreachable": -1}, "maxUnreachable: Input should be greater"),
         ({"channel": "beta", "colour": "red"}, "colour: Extra inputs are not permitted"),
     ],
-    ids=["unknown release", "channel mismatch", "batch of zero", "unknown field"],
+    ids=["unknown release", "channel mismatch", "batch of zero", "negative limit", "unknown field"],
 )
 async def test_bad_creates_are_refused_and_change_nothing(
     dev_worker: Worker,

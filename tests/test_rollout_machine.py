@@ -44,7 +44,7 @@ from workflows.rollout_models import (
     JobState,
     RolloutState,
 )
-from workflows.rollout_text import failure_reason
+from workflows.rollout_text import failure_reason, unreachable_reason
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 TIMEOUT = 100  # job_timeout_seconds
@@ -109,7 +109,7 @@ class Run:
     def tick(self, seconds: float = 0) -> Effects:
         """What the run loop does on waking: time out overdue jobs, then settle."""
         self.now += timedelta(seconds=seconds)
-        timed_out = self.machine.time_out(self.machine.overdue(self.now), {})
+        timed_out = self.machine.time_out(self.machine.overdue(self.now), {}, unreachable=True)
         settled = self.machine.settle(self.now)
         return Effects(
             events=timed_out.events + settled.events,
@@ -260,13 +260,39 @@ def test_overdue_jobs_time_out_at_their_reported_step() -> None:
     overdue = run.machine.overdue(run.now)
     assert {j.instance_id for j in overdue} == {"a", "b", "c"}
     run.report("b", "succeeded")  # settled while the steps were looked up
-    fx = run.machine.time_out(overdue, {run.job("a").id: "migrate"})
+    fx = run.machine.time_out(overdue, {run.job("a").id: "migrate"}, unreachable=True)
     assert (run.job("a").status, run.job("a").step) == ("timed_out", "migrate")
-    assert (run.job("c").status, run.job("c").step) == ("timed_out", None)  # never started
-    assert actions(fx) == ["rollout.jobs_timed_out"]
-    assert fx.events[0].detail == {"count": 2, "instances": ["a", "c"]}
+    assert (run.job("c").status, run.job("c").step) == ("unreachable", None)  # never started
+    assert actions(fx) == ["rollout.jobs_timed_out", "rollout.jobs_unreachable"]
+    assert fx.events[0].detail == {"count": 1, "instances": ["a"]}
+    assert fx.events[1].detail == {"count": 1, "instances": ["c"]}
     assert run.job("b").status == "succeeded"
     assert run.machine.next_wake() is None
+
+
+def test_a_pending_job_whose_agent_reported_a_step_started_and_times_out_there() -> None:
+    """The read model heard of a step the workflow did not (its in_progress signal is still on
+    its way): the host was reachable, the job stalled."""
+    run = started("ab", max_failures=5)
+    run.now += timedelta(seconds=TIMEOUT)
+    fx = run.machine.time_out(
+        run.machine.overdue(run.now), {run.job("a").id: "preflight"}, unreachable=True
+    )
+    assert (run.job("a").status, run.job("a").step) == ("timed_out", "preflight")
+    assert (run.job("b").status, run.job("b").step) == ("unreachable", None)
+    assert fx.jobs == {run.job("a").id, run.job("b").id}
+
+
+def test_runs_from_before_the_unreachable_status_time_every_overdue_job_out() -> None:
+    run = started("ab", max_failures=5)
+    run.report("a", "in_progress", "pull")
+    run.now += timedelta(seconds=TIMEOUT)
+    fx = run.machine.time_out(run.machine.overdue(run.now), {}, unreachable=False)
+    assert [(j.status, j.step) for j in run.machine.latest_jobs()] == [
+        ("timed_out", "pull"),
+        ("timed_out", None),
+    ]
+    assert actions(fx) == ["rollout.jobs_timed_out"]
 
 
 def test_while_paused_pending_jobs_are_withheld_and_their_time_restarts_on_resume() -> None:
@@ -339,6 +365,79 @@ def test_failures_over_the_limit_pause_and_a_resume_accepts_them() -> None:
     assert run.machine.state.paused_reason == (
         "2 jobs failed (max 0, 1 accepted): a failed at migrate; c rolled_back at smoke"
     )
+
+
+# --- unreachable hosts (issue 14) ----------------------------------------------------------------
+
+
+def unreachable_batch(**options: object) -> Run:
+    """Batch 1 of a, b, c: c succeeds, a and b never start and their deadline passes."""
+    run = started("abcdef", batch_size=3, **options)
+    run.report("c", "succeeded")
+    run.tick(TIMEOUT)
+    return run
+
+
+def test_unreachable_hosts_pause_under_their_own_limit_not_max_failures() -> None:
+    run = unreachable_batch(max_failures=0, max_unreachable=1)
+    state = run.machine.state
+    reason = "2 hosts unreachable (max 1): a, b"
+    assert (run.machine.status, state.paused_reason) == ("paused", reason)
+    assert state.paused_for_unreachable and not state.paused_for_failures
+    assert run.machine.counts() == {"succeeded": 1, "unreachable": 2}
+    assert run.machine.details() == f"batch 1/2 · 1 succeeded · 2 unreachable · paused: {reason}"
+
+
+def test_unreachable_hosts_within_their_limit_let_the_batch_settle() -> None:
+    run = unreachable_batch(max_failures=0, max_unreachable=2)
+    assert run.machine.status == "awaiting_advance"
+
+
+def test_a_resume_accepts_the_unreachable_hosts_counted_so_far() -> None:
+    run = unreachable_batch()
+    run.machine.resume("ops", run.now)
+    assert run.machine.state.accepted_unreachable == 2
+    assert status_moves(run.tick()) == [("running", "awaiting_advance")]
+    run.machine.advance("ops")
+    run.release(2)
+    run.report("d", "succeeded")
+    run.report("e", "in_progress", "pull")  # e started: it times out, a failure
+    fx = run.tick(TIMEOUT)
+    assert run.machine.state.paused_reason == "1 job failed (max 0): e timed_out at pull"
+    assert status_moves(fx) == [("running", "paused")]
+    run.machine.resume("ops", run.now)
+    # f is unreachable too, beyond the two accepted; the failure accepted does not count.
+    assert status_moves(run.tick()) == [("running", "paused")]
+    assert run.machine.state.paused_reason == "3 hosts unreachable (max 0, 2 accepted): f, a, b"
+
+
+def test_failures_pause_first_and_unreachable_hosts_after_their_resume() -> None:
+    run = started("abc", batch_size=3)
+    run.report("a", "failed", "migrate")
+    run.tick(TIMEOUT)  # b and c never started
+    assert run.machine.state.paused_reason == "1 job failed (max 0): a failed at migrate"
+    run.machine.resume("ops", run.now)
+    assert status_moves(run.tick()) == [("running", "paused")]
+    assert run.machine.state.paused_reason == "2 hosts unreachable (max 0): b, c"
+    assert run.machine.state.accepted_failures == 1
+
+
+def test_a_retry_runs_unreachable_jobs_again_and_ends_their_pause() -> None:
+    run = unreachable_batch()
+    ended = run.retry()
+    assert status_moves(ended) == [("paused", "running")]
+    assert ended.events[-1].detail == {"instances": ["a", "b"]}
+    assert [(run.job(h).attempt, run.job(h).status) for h in "ab"] == [(2, "pending")] * 2
+    assert not run.machine.state.paused_for_unreachable
+    assert run.machine.counts() == {"succeeded": 1, "pending": 2}
+
+
+def test_a_late_report_for_an_unreachable_job_changes_nothing() -> None:
+    run = unreachable_batch()
+    a = run.job("a")
+    assert run.report("a", "in_progress", "preflight") == Effects()
+    assert run.report("a", "succeeded") == Effects()
+    assert (a.status, a.step) == ("unreachable", None)
 
 
 def test_an_operator_pause_says_who_when_no_reason_is_given() -> None:
@@ -534,7 +633,9 @@ def test_advance_refusals_say_what_to_do() -> None:
 def test_resume_and_retry_refusals() -> None:
     run = started()
     assert refused(run, "resume") == "rollout is not paused (it is running)"
-    assert refused(run, "retry") == "batch 1 has no failed, rolled-back or timed-out job to retry"
+    assert refused(run, "retry") == (
+        "batch 1 has no failed, rolled-back, timed-out or unreachable job to retry"
+    )
     run.report("a", "rollback_failed")
     assert refused(run, "retry").startswith("batch 1 has no failed")
 
@@ -545,6 +646,11 @@ def test_text() -> None:
     assert failure_reason(12, [job], notes, 3, 3) == (
         "12 jobs failed (max 3): web-1 failed; " + "; ".join(notes[:9]) + "; and 2 more"
     )
+    names = [f"web-{n}" for n in range(1, 11)]
+    assert unreachable_reason(12, names, 0, 2) == (
+        "12 hosts unreachable (max 0, 2 accepted): " + ", ".join(names) + ", and 2 more"
+    )
+    assert unreachable_reason(1, ["web-1"], 0, 0) == "1 host unreachable (max 0): web-1"
 
 
 # --- random sequences --------------------------------------------------------------------------
@@ -567,12 +673,25 @@ OPERATIONS = st.one_of(
 )
 
 
+def kinds(counts: dict[str, int]) -> tuple[int, int]:
+    """(failed, unreachable) jobs in `counts`: what maxFailures and maxUnreachable count."""
+    failed = sum(n for status, n in counts.items() if status in FAILED_JOB_STATUSES)
+    return failed, counts.get("unreachable", 0)
+
+
 class Checked:
     """Drives one machine like the workflow does, checking every transition and, after each
     operation, what must always hold."""
 
-    def __init__(self, hosts: int, batch_size: int, max_failures: int, auto_advance: bool) -> None:
-        options = {"batch_size": batch_size, "max_failures": max_failures}
+    def __init__(
+        self, hosts: int, batch_size: int, limits: tuple[int, int], auto_advance: bool
+    ) -> None:
+        max_failures, max_unreachable = limits
+        options = {
+            "batch_size": batch_size,
+            "max_failures": max_failures,
+            "max_unreachable": max_unreachable,
+        }
         self.run = Run([f"host-{n}" for n in range(hosts)], auto_advance=auto_advance, **options)
         self.all_jobs: dict[str, JobState] = {}
         self.release_jobs: list[JobState] = []  # of the release begun last
@@ -604,6 +723,14 @@ class Checked:
         assert [frm for frm, _ in moves] == path[:-1] and path[-1] == machine.status
         for frm, to in moves:
             assert to in ROLLOUT_GRAPH[frm], f"{frm} -> {to} is not in the graph"
+        if moves and moves[-1][1] == "paused":
+            # A pause for a limit names the count of that kind alone.
+            failed, unreachable = kinds(machine.counts())
+            reason = machine.state.paused_reason or ""
+            if machine.state.paused_for_failures:
+                assert reason.startswith(f"{failed} job"), reason
+            if machine.state.paused_for_unreachable:
+                assert reason.startswith(f"{unreachable} host"), reason
         for job in fx.new_jobs:
             self.all_jobs[job.id] = job
         if fx.new_jobs:
@@ -628,7 +755,8 @@ class Checked:
     def loop(self) -> None:
         """The run loop's turn after anything happened."""
         run = self.run
-        self.step(lambda: run.machine.time_out(run.machine.overdue(run.now), {}))
+        overdue = run.machine.overdue(run.now)
+        self.step(lambda: run.machine.time_out(overdue, {}, unreachable=True))
         self.step(lambda: run.machine.settle(run.now))
         if (batch := run.machine.due_release(run.now)) is not None:
             self.step(lambda: run.begin(batch))
@@ -679,9 +807,17 @@ class Checked:
         # Counts add up to the targets released, all of them once completed.
         released = min(machine.state.current_batch * machine.spec.batch_size, len(self.run.targets))
         assert sum(machine.counts().values()) == released
+        counts = machine.counts()
         if machine.status == "completed":
             assert released == len(self.run.targets)
-            assert set(machine.counts()) <= {"succeeded"} | FAILED_JOB_STATUSES
+            assert set(counts) <= {"succeeded", "unreachable"} | FAILED_JOB_STATUSES
+        # Each limit counts its own kind: a rollout over either one does not run on.
+        state, spec = machine.state, machine.spec
+        failed, unreachable = kinds(counts)
+        if machine.status in ("running", "awaiting_advance") and not machine.releasing:
+            assert failed <= max(spec.max_failures, state.accepted_failures)
+            assert unreachable <= max(spec.max_unreachable, state.accepted_unreachable)
+        assert not (state.paused_for_failures and state.paused_for_unreachable)
         # Planned statuses are declared, not reached.
         assert machine.status not in PLANNED_STATUSES
         assert not {j.status for j in machine.jobs.values()} & PLANNED_STATUSES
@@ -697,7 +833,7 @@ class Checked:
 @given(
     hosts=st.integers(0, 7),
     batch_size=st.integers(1, 3),
-    max_failures=st.integers(0, 2),
+    limits=st.tuples(st.integers(0, 2), st.integers(0, 2)),  # maxFailures, maxUnreachable
     auto_advance=st.booleans(),
     abort_while_loading=st.booleans(),
     operations=st.lists(OPERATIONS, max_size=30),
@@ -705,12 +841,12 @@ class Checked:
 def test_random_sequences_keep_the_invariants(
     hosts: int,
     batch_size: int,
-    max_failures: int,
+    limits: tuple[int, int],
     auto_advance: bool,
     abort_while_loading: bool,
     operations: list[tuple],
 ) -> None:
-    checked = Checked(hosts, batch_size, max_failures, auto_advance)
+    checked = Checked(hosts, batch_size, limits, auto_advance)
     checked.load(abort_while_loading)
     for operation in operations:
         checked.apply(operation)

@@ -69,6 +69,7 @@ SCENARIOS = {
     "targets_in_postgres",
     "cancel_request",
     "timed_out_at_reported_step",
+    "unreachable",
 }
 # How a scenario's last run ends, when not by completing.
 LAST_RUN_ENDS = {"cancel_request": "canceled"}
@@ -347,15 +348,15 @@ async def test_timeout_retry_abort_while_paused_replays(
     ts_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    """Timed-out jobs pause the rollout, a retry runs them again, a rollback pauses it again
-    and an abort while paused cancels what has not started."""
+    """A timed-out job (and an unreachable one) pause the rollout, a retry runs them again, a
+    rollback pauses it again and an abort while paused cancels what has not started."""
     client = time_skipping_env.client
     spec = await start(client, db, ts_settings, ["a", "b"], batch_size=2, job_timeout_seconds=300)
     a, _ = (await view(client, spec)).jobs
     await report(client, spec, a, "in_progress", "pull")
     await skip_time(time_skipping_env, 301)
     paused = await settles_to(client, spec, "paused")
-    assert {j.status for j in paused.jobs} == {"timed_out"}
+    assert {j.instance_id: j.status for j in paused.jobs} == {"a": "timed_out", "b": "unreachable"}
     assert await act(client, spec, "retry") == "running"
     retried = {j.instance_id: j for j in (await view(client, spec)).jobs if j.attempt == 2}
     assert set(retried) == {"a", "b"}
@@ -478,6 +479,48 @@ async def test_timed_out_at_reported_step_replays(
     assert await act(client, spec, "abort", "stuck host") == "aborted"
     assert (await outcome(client, spec)).counts == {"timed_out": 1}
     await keep(client, spec, "timed_out_at_reported_step")
+
+
+# --- issue 14: a host that never started its job is unreachable, not timed out -----------------
+
+
+async def test_unreachable_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """A stalled job times out within maxFailures while a host that never started ends
+    unreachable and pauses the rollout under maxUnreachable; a retry ends that pause, the host
+    stays away, a resume accepts it and the rollout runs to its end."""
+    client = time_skipping_env.client
+    spec = await start(
+        client,
+        db,
+        ts_settings,
+        ["a", "b", "c"],
+        batch_size=2,
+        job_timeout_seconds=300,
+        max_failures=1,
+    )
+    a, _ = (await view(client, spec)).jobs
+    await report(client, spec, a, "in_progress", "pull")
+    await skip_time(time_skipping_env, 301)
+    paused = await settles_to(client, spec, "paused")
+    assert paused.paused_reason == "1 host unreachable (max 0): b"
+    assert {j.instance_id: j.status for j in paused.jobs} == {"a": "timed_out", "b": "unreachable"}
+    assert await act(client, spec, "retry") == "running"
+    await skip_time(time_skipping_env, 301)  # a's retry and b's both never start
+    again = await settles_to(client, spec, "paused")
+    assert again.paused_reason == "2 hosts unreachable (max 0): a, b"
+    await act(client, spec, "resume")
+    await settles_to(client, spec, "awaiting_advance")
+    await act(client, spec, "advance")
+    (c,) = (await view(client, spec)).jobs
+    await report(client, spec, c, "succeeded")
+    result = await outcome(client, spec)
+    assert (result.status, result.counts) == ("completed", {"unreachable": 2, "succeeded": 1})
+    await keep(client, spec, "unreachable")
 
 
 # --- issue 11: targets snapshotted in PostgreSQL, read a batch at a time -----------------------

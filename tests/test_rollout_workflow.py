@@ -192,7 +192,9 @@ async def test_retry_releases_new_jobs_for_exactly_the_failed_ones(
     client = time_skipping_env.client
     spec = await start(client, db, ts_settings, ["a", "b", "c", "d"], batch_size=4, max_failures=3)
     a, b, c, d = (await view(client, spec)).jobs
-    with pytest.raises(rollout_client.ActionRefused, match="no failed, rolled-back or timed-out"):
+    with pytest.raises(
+        rollout_client.ActionRefused, match="no failed, rolled-back, timed-out or unreachable"
+    ):
         await act(client, spec, "retry")
     await report(client, spec, a, "failed", "pull")
     await report(client, spec, b, "rolled_back", "smoke")
@@ -230,13 +232,21 @@ async def test_jobs_time_out_by_durable_timer_but_not_while_withheld(
     db: asyncpg.Connection,
 ) -> None:
     client = time_skipping_env.client
-    spec = await start(client, db, ts_settings, ["a", "b"], job_timeout_seconds=600, max_failures=5)
+    spec = await start(
+        client,
+        db,
+        ts_settings,
+        ["a", "b"],
+        job_timeout_seconds=600,
+        max_failures=5,
+        max_unreachable=5,
+    )
     a, b = (await view(client, spec)).jobs
     await report(client, spec, a, "in_progress", "migrate")
     await act(client, spec, "pause", "hold")
     await skip_time(time_skipping_env, 601)
     paused = await view(client, spec)
-    # The running job timed out; the withheld pending one did not.
+    # The running job timed out; the withheld pending one did not (nor did it end unreachable).
     assert {j.instance_id: j.status for j in paused.jobs} == {"a": "timed_out", "b": "pending"}
     await act(client, spec, "resume")
     resumed_b = next(j for j in (await view(client, spec)).jobs if j.instance_id == "b")
@@ -245,13 +255,65 @@ async def test_jobs_time_out_by_durable_timer_but_not_while_withheld(
     done = await settles_to(client, spec, "completed")
     assert {j.instance_id: (j.status, j.step) for j in done.jobs} == {
         "a": ("timed_out", "migrate"),
-        "b": ("timed_out", None),
+        "b": ("unreachable", None),  # its host never started it
     }
 
-    async def stored_timeouts() -> bool:
-        return [j.status for j in await jobs.for_rollout(db, spec.id)] == ["timed_out"] * 2
+    async def stored_ends() -> bool:
+        stored = [j.status for j in await jobs.for_rollout(db, spec.id)]
+        return stored == ["timed_out", "unreachable"]
 
-    await eventually(stored_timeouts)
+    await eventually(stored_ends)
+
+
+async def test_hosts_that_never_start_are_unreachable_under_their_own_limit(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """Not application failures: maxFailures 0 is not exceeded, maxUnreachable 1 is."""
+    client = time_skipping_env.client
+    spec = await start(
+        client,
+        db,
+        ts_settings,
+        ["a", "b", "c"],
+        batch_size=3,
+        job_timeout_seconds=300,
+        max_unreachable=1,
+    )
+    *_, c = (await view(client, spec)).jobs
+    await report(client, spec, c, "in_progress", "preflight")
+    await report(client, spec, c, "succeeded")
+    await skip_time(time_skipping_env, 301)
+    paused = await settles_to(client, spec, "paused")
+    assert paused.paused_reason == "2 hosts unreachable (max 1): a, b"
+    assert {j.instance_id: j.status for j in paused.jobs} == {
+        "a": "unreachable",
+        "b": "unreachable",
+        "c": "succeeded",
+    }
+
+    async def stored() -> rollouts.Rollout | None:
+        row = await rollouts.get(db, spec.id)
+        return row if row and row.status == "paused" else None
+
+    row = await eventually(stored)
+    assert row.paused_reason == "2 hosts unreachable (max 1): a, b"
+    events = await audit.for_subject(db, f"rollout:{spec.id}")
+    (unreachable,) = [e for e in events if e.action == "rollout.jobs_unreachable"]
+    assert unreachable.detail == {"count": 2, "instances": ["a", "b"]}
+    assert "rollout.jobs_timed_out" not in [e.action for e in events]
+    # A retry runs them again, as it does timed-out jobs, and ends the pause.
+    assert await act(client, spec, "retry") == "running"
+    retried = sorted((j.instance_id, j.attempt, j.status) for j in (await view(client, spec)).jobs)
+    assert retried == [
+        ("a", 1, "unreachable"),
+        ("a", 2, "pending"),
+        ("b", 1, "unreachable"),
+        ("b", 2, "pending"),
+        ("c", 1, "succeeded"),
+    ]
 
 
 async def test_auto_advance_waits_the_bake_time(

@@ -70,6 +70,7 @@ PATCH_CANCEL_IS_ABORT = "cancel-is-abort"
 PATCH_TIMED_OUT_AT_REPORTED_STEP = "timed-out-at-reported-step"
 # Targets snapshotted in PostgreSQL, read a batch at a time: nothing carried grows with the fleet.
 PATCH_TARGETS_IN_POSTGRES = "targets-in-postgres"
+PATCH_UNREACHABLE_STATUS = "unreachable-status"
 # A look-up that only improves a message must not hold the rollout up for long.
 LOOKUP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 
@@ -306,12 +307,15 @@ class RolloutWorkflow:
 
     async def _expire_overdue_jobs(self) -> None:
         overdue = self._machine.overdue(workflow.now())
+        if not overdue:
+            return
         steps: dict[str, str] = {}
-        if overdue and workflow.patched(PATCH_TIMED_OUT_AT_REPORTED_STEP):
+        if workflow.patched(PATCH_TIMED_OUT_AT_REPORTED_STEP):
             # Looked up before they are settled, so no query sees a job timed out in a rollout
             # not yet paused for it; a report may settle one meanwhile.
             steps = await self._reported_steps(overdue)
-        self._apply(self._machine.time_out(overdue, steps))
+        unreachable = workflow.patched(PATCH_UNREACHABLE_STATUS)
+        self._apply(self._machine.time_out(overdue, steps, unreachable=unreachable))
 
     async def _reported_steps(self, jobs: list[JobState]) -> dict[str, str]:
         """Where each job's agent last said it was: only the acknowledged reports know, as the

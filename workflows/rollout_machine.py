@@ -30,6 +30,7 @@ from workflows import rollout_text
 from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
     RETRYABLE_JOB_STATUSES,
+    UNREACHABLE,
     AuditEvent,
     HandedOutJob,
     JobReportSignal,
@@ -38,13 +39,16 @@ from workflows.rollout_models import (
 )
 
 Action = Literal["advance", "pause", "resume", "retry", "abort"]
+# What pauses a rollout by itself: more failed jobs than maxFailures, or more unreachable hosts
+# than maxUnreachable. A resume accepts what was counted of that kind.
+Limit = Literal["failures", "unreachable"]
 WORKFLOW_ACTOR = "workflow"
 
 # --- the graph -------------------------------------------------------------------------------
 # A rollout is `running` from its start (batch 0 until batch 1 is released). `paused` has a
-# cause, with its own reason: an operator, or the failure threshold (`paused_for_failures`: a
-# resume accepts the failures counted so far); planned, each its own cause: the unreachable
-# threshold (`maxUnreachable`, issue 14) and a gate that has not passed.
+# cause, with its own reason: an operator, the failure threshold (`paused_for_failures`) or the
+# unreachable threshold (`paused_for_unreachable`), a resume accepting what was counted of that
+# kind so far; planned: a gate that has not passed.
 ROLLOUT_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "running": frozenset({"awaiting_advance", "paused", "completed", "aborted", "waiting"}),
@@ -58,20 +62,19 @@ ROLLOUT_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 _REPORTED_ENDS = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed"})
 # A job moves forward only; a retry is a new job (attempt + 1), the old one `superseded`.
+# Past its deadline, a job its host never started ends `unreachable` (the agent is down or cut
+# off: not an application failure), one that started ends `timed_out` at the step it reached.
 JOB_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        # Planned: `unreachable`, a handed-out job whose host never started it by its deadline
-        # (today `timed_out`), counted against its own limit, not against maxFailures.
         "pending": frozenset(
-            {"in_progress", *_REPORTED_ENDS, "timed_out", "cancelled", "unreachable"}
+            {"in_progress", *_REPORTED_ENDS, "timed_out", "cancelled", UNREACHABLE}
         ),
         "in_progress": frozenset({*_REPORTED_ENDS, "timed_out", "cancelled"}),
         **{status: frozenset() for status in TERMINAL_JOB_STATUSES},
-        "unreachable": frozenset(),
     }
 )
 # Declared in the graphs above, reached by no transition yet.
-PLANNED_STATUSES = frozenset({"waiting", "unreachable"})
+PLANNED_STATUSES = frozenset({"waiting"})
 
 
 class RefusedAction(Exception):
@@ -213,7 +216,8 @@ class RolloutMachine:
             return f"rollout is not paused (it is {state.status})"
         if action == "retry" and not self._retryable():
             return (
-                f"batch {state.current_batch} has no failed, rolled-back or timed-out job to retry"
+                f"batch {state.current_batch} has no failed, rolled-back, timed-out or"
+                " unreachable job to retry"
             )
         return None
 
@@ -332,10 +336,9 @@ class RolloutMachine:
             self._event(fx, release.actor, "rollout.batch_released", detail)
         if state.status == "aborted":  # aborted while the rows were being written
             self._cancel_pending(fx)
-        elif release.retried and state.paused_for_failures and self._within_tolerance():
-            # The retried jobs no longer count: a pause for failures is over.
-            state.paused_reason = None
-            state.paused_for_failures = False
+        elif release.retried and self._paused_for_limit() and self._exceeded() is None:
+            # The retried jobs no longer count: a pause for failures (or unreachable hosts) is over.
+            self._clear_pause()
             self._set_status(fx, "running", release.actor)
         if release.batch is not None:
             fx.answer = f"released batch {state.current_batch}/{self.total_batches}"
@@ -369,28 +372,42 @@ class RolloutMachine:
             fx.messages[job.id] = report.message
         return fx
 
-    def time_out(self, overdue: list[JobState], steps: Mapping[str, str]) -> Effects:
+    def time_out(
+        self, overdue: list[JobState], steps: Mapping[str, str], *, unreachable: bool
+    ) -> Effects:
         """Overdue jobs (from `overdue`) end `timed_out` at the step their agent last reported
-        (`steps`, from the read model), unless a report settled them meanwhile."""
+        (`steps`, from the read model), unless a report settled them meanwhile. With
+        `unreachable` (runs from before it time every one out), a job that never started (still
+        pending, and no acknowledged report named a step) ends `unreachable` instead."""
         fx = Effects()
         still_timed = {job.id for job in self._timed_jobs()}
-        overdue = [job for job in overdue if job.id in still_timed]
+        ends: dict[str, list[JobState]] = {"timed_out": [], UNREACHABLE: []}
         for job in overdue:
-            self._settle_job(fx, job, "timed_out", steps.get(job.id, job.step))
-        if overdue:
-            names = [job.instance_id for job in overdue[: rollout_text.REASON_NAMES]]
-            detail = {"count": len(overdue), "instances": names}
-            self._event(fx, WORKFLOW_ACTOR, "rollout.jobs_timed_out", detail)
+            if job.id not in still_timed:
+                continue
+            step = steps.get(job.id, job.step)
+            never_started = job.status == "pending" and step is None
+            status = UNREACHABLE if unreachable and never_started else "timed_out"
+            self._settle_job(fx, job, status, step)
+            ends[status].append(job)
+        for status, action in (
+            ("timed_out", "rollout.jobs_timed_out"),
+            (UNREACHABLE, "rollout.jobs_unreachable"),
+        ):
+            if ended := ends[status]:
+                names = [job.instance_id for job in ended[: rollout_text.REASON_NAMES]]
+                self._event(fx, WORKFLOW_ACTOR, action, {"count": len(ended), "instances": names})
         return fx
 
     def settle(self, now: datetime) -> Effects:
-        """Derive the rollout status from its jobs: failures pause, a settled batch waits."""
+        """Derive the rollout status from its jobs: failures or unreachable hosts over their
+        limit pause (failures first), a settled batch waits."""
         fx = Effects()
         state = self.state
         if self.releasing or self.finished or state.current_batch == 0:
             return fx
-        if not self._within_tolerance() and state.status != "paused":
-            self._pause(fx, WORKFLOW_ACTOR, self._failure_reason(), for_failures=True)
+        if state.status != "paused" and (exceeded := self._exceeded()) is not None:
+            self._pause(fx, WORKFLOW_ACTOR, self._limit_reason(exceeded), limit=exceeded)
             return fx
         if state.status != "running" or self.open_by_instance:
             return fx
@@ -426,8 +443,9 @@ class RolloutMachine:
         state = self.state
         if state.paused_for_failures:
             state.accepted_failures = self._failure_count()
-        state.paused_reason = None
-        state.paused_for_failures = False
+        if state.paused_for_unreachable:
+            state.accepted_unreachable = self._unreachable_count()
+        self._clear_pause()
         # Pending jobs were withheld: their time starts again now.
         for job in self.latest_jobs():
             if job.status == "pending":
@@ -480,22 +498,29 @@ class RolloutMachine:
 
     def _finish(self, fx: Effects, status: RolloutStatus, now: datetime) -> None:
         self.state.finished_at = now
-        self.state.paused_reason = None
-        self.state.paused_for_failures = False
+        self._clear_pause()
         self._set_status(fx, status, WORKFLOW_ACTOR)
 
     def _pause(
-        self, fx: Effects, actor: str, reason: str | None, *, for_failures: bool = False
+        self, fx: Effects, actor: str, reason: str | None, *, limit: Limit | None = None
     ) -> None:
         self.state.paused_reason = reason or f"paused by {actor}"
-        self.state.paused_for_failures = for_failures
+        self.state.paused_for_failures = limit == "failures"
+        self.state.paused_for_unreachable = limit == "unreachable"
         self._set_status(fx, "paused", actor, self.state.paused_reason)
         fx.wake = True
 
-    def _abort(self, fx: Effects, actor: str, reason: str | None, now: datetime) -> None:
-        self._cancel_pending(fx)
+    def _clear_pause(self) -> None:
         self.state.paused_reason = None
         self.state.paused_for_failures = False
+        self.state.paused_for_unreachable = False
+
+    def _paused_for_limit(self) -> bool:
+        return self.state.paused_for_failures or self.state.paused_for_unreachable
+
+    def _abort(self, fx: Effects, actor: str, reason: str | None, now: datetime) -> None:
+        self._cancel_pending(fx)
+        self._clear_pause()
         self.state.finished_at = now
         self._set_status(fx, "aborted", actor, reason)
         fx.wake = True
@@ -526,6 +551,10 @@ class RolloutMachine:
                 state.past_failures += 1
                 if len(state.past_failure_notes) < rollout_text.REASON_NAMES:
                     state.past_failure_notes.append(rollout_text.failure_note(job))
+            elif job.status == UNREACHABLE:
+                state.past_unreachable += 1
+                if len(state.past_unreachable_names) < rollout_text.REASON_NAMES:
+                    state.past_unreachable_names.append(job.instance_id)
         self.jobs = {}
         self.open_by_instance = {}
 
@@ -568,17 +597,35 @@ class RolloutMachine:
     def _failure_count(self) -> int:
         return self.state.past_failures + len(self._current_failures())
 
-    def _tolerated_failures(self) -> int:
-        return max(self.spec.max_failures, self.state.accepted_failures)
+    def _current_unreachable(self) -> list[JobState]:
+        return [job for job in self.latest_jobs() if job.status == UNREACHABLE]
 
-    def _within_tolerance(self) -> bool:
-        return self._failure_count() <= self._tolerated_failures()
+    def _unreachable_count(self) -> int:
+        return self.state.past_unreachable + len(self._current_unreachable())
 
-    def _failure_reason(self) -> str:
-        return rollout_text.failure_reason(
-            self._failure_count(),
-            self._current_failures(),
-            self.state.past_failure_notes,
-            self.spec.max_failures,
-            self.state.accepted_failures,
+    def _exceeded(self) -> Limit | None:
+        """The first limit the rollout is over, counting what a resume accepted as tolerated."""
+        state, spec = self.state, self.spec
+        if self._failure_count() > max(spec.max_failures, state.accepted_failures):
+            return "failures"
+        if self._unreachable_count() > max(spec.max_unreachable, state.accepted_unreachable):
+            return "unreachable"
+        return None
+
+    def _limit_reason(self, limit: Limit) -> str:
+        state, spec = self.state, self.spec
+        if limit == "failures":
+            return rollout_text.failure_reason(
+                self._failure_count(),
+                self._current_failures(),
+                state.past_failure_notes,
+                spec.max_failures,
+                state.accepted_failures,
+            )
+        names = [job.instance_id for job in self._current_unreachable()]
+        return rollout_text.unreachable_reason(
+            self._unreachable_count(),
+            names + state.past_unreachable_names,
+            spec.max_unreachable,
+            state.accepted_unreachable,
         )

@@ -16,7 +16,11 @@ from store.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec
 FAILED_JOB_STATUSES: frozenset[str] = frozenset(
     {"failed", "rolled_back", "rollback_failed", "timed_out"}
 )
-RETRYABLE_JOB_STATUSES: frozenset[str] = frozenset({"failed", "rolled_back", "timed_out"})
+# Its host never started it by its deadline: counted against maxUnreachable, not maxFailures.
+UNREACHABLE = "unreachable"
+RETRYABLE_JOB_STATUSES: frozenset[str] = frozenset(
+    {"failed", "rolled_back", "timed_out", UNREACHABLE}
+)
 # The largest batch a rollout may have (the API refuses more). A run carries its current batch:
 # about 210 bytes a job in its state (continue-as-new input, view query) and 250 in the handouts
 # query, so 1,000 jobs stay near 0.25 MB, a tenth of Temporal's 2 MiB payload limit; and a
@@ -55,6 +59,11 @@ class RolloutState(BaseModel):
     past_failures: int = 0  # failed jobs of earlier batches (accepted, or the rollout had paused)
     past_failure_notes: list[str] = Field(default_factory=list)  # the first few, "web-7 failed"
     accepted_failures: int = 0
+    # Unreachable hosts, counted against maxUnreachable like failures against maxFailures.
+    paused_for_unreachable: bool = False
+    past_unreachable: int = 0
+    past_unreachable_names: list[str] = Field(default_factory=list)  # the first few
+    accepted_unreachable: int = 0
     settled_at: datetime | None = None
     finished_at: datetime | None = None
     note: str | None = None

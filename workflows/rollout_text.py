@@ -1,6 +1,6 @@
 """The words a rollout shows people: its one-line details (Web UI, read model, views) and the
-reason it gives when failures pause it. Plain functions, so the state machine and the workflow
-say things the same way."""
+reason it gives when failures or unreachable hosts pause it. Plain functions, so the state
+machine and the workflow say things the same way."""
 
 from collections.abc import Iterable, Mapping
 
@@ -17,6 +17,7 @@ STATUS_WORDS = (
     ("rolled_back", "rolled back"),
     ("rollback_failed", "rollback failed"),
     ("timed_out", "timed out"),
+    ("unreachable", "unreachable"),
     ("cancelled", "cancelled"),
 )
 
@@ -37,11 +38,24 @@ def failure_reason(
     notes = ([failure_note(job) for job in current] + past_notes)[:REASON_NAMES]
     if failures > len(notes):
         notes.append(f"and {failures - len(notes)} more")
-    limit = f"max {max_failures}"
-    if accepted_failures > max_failures:
-        limit += f", {accepted_failures} accepted"
     noun = "job" if failures == 1 else "jobs"
-    return f"{failures} {noun} failed ({limit}): " + "; ".join(notes)
+    return f"{failures} {noun} failed ({_limit(max_failures, accepted_failures)}): " + "; ".join(
+        notes
+    )
+
+
+def unreachable_reason(count: int, names: list[str], max_unreachable: int, accepted: int) -> str:
+    """'2 hosts unreachable (max 0): web-3, web-8'."""
+    shown = names[:REASON_NAMES]
+    if count > len(shown):
+        shown.append(f"and {count - len(shown)} more")
+    noun = "host" if count == 1 else "hosts"
+    return f"{count} {noun} unreachable ({_limit(max_unreachable, accepted)}): " + ", ".join(shown)
+
+
+def _limit(maximum: int, accepted: int) -> str:
+    """'max 0', or 'max 0, 2 accepted' once a resume accepted more than the maximum."""
+    return f"max {maximum}" + (f", {accepted} accepted" if accepted > maximum else "")
 
 
 def details(
