@@ -128,14 +128,10 @@ class RolloutActivities:
             await jobs.upsert_many(conn, input.jobs)
             applied = input.progress is None or await rollouts.record_progress(conn, input.progress)
             if applied:
-                for event in input.events + ([note] if note else []):
-                    await audit.record(
-                        conn,
-                        actor=event.actor,
-                        action=event.action,
-                        subject=f"rollout:{_rollout_id(input)}",
-                        detail=event.detail,
-                    )
+                events = input.events + ([note] if note else [])
+                await audit.record_many(
+                    conn, f"rollout:{_rollout_id(input)}", [e.model_dump() for e in events]
+                )
             # Held polls of every API process look again once this commits (api.dispatch).
             await polls.announce(conn, _rollout_id(input))
             return RecordProgressResult(applied=applied)

@@ -2,8 +2,9 @@
 and what makes a report durable. api/routers/agent.py only verifies and answers.
 
 A report answered 2xx is stored: the job's row and the append-only job_reports move together
-in one transaction, after the workflow heard of it (if it needs to). Anything that fails before
-then leaves nothing behind, so the agent's retry is the first report again.
+in one statement (one round trip: the report path is on every batch's critical path), after the
+workflow heard of it (if it needs to). Anything that fails before then leaves nothing behind,
+so the agent's retry is the first report again.
 """
 
 import asyncpg
@@ -12,7 +13,7 @@ from temporalio.client import Client
 
 from contract.wire import TERMINAL_JOB_STATUSES, JobStatus, ReportRequest
 from services.errors import Conflict, Forbidden, NotFound
-from store import job_reports, jobs
+from store import jobs
 from store.jobs import Job
 from workflows import client as rollout_client
 from workflows.client import RolloutGone
@@ -45,11 +46,9 @@ async def accept(pool: asyncpg.Pool, temporal: Client, report: ReportRequest) ->
     # report agreeing with a settled status (a retry the workflow heard of) still sets the step.
     if not settled and (report.status != "in_progress" or job.status == "pending"):
         await _signal_workflow(temporal, report, job.rollout_id)
-    async with pool.acquire() as conn, conn.transaction():
-        status = await jobs.apply_report(conn, report)
-        if status != report.status:
-            raise _contradiction(report, status)  # settled meanwhile; rolls the report back
-        await job_reports.append(conn, report)
+    status = await jobs.apply_report(pool, report)
+    if status != report.status:
+        raise _contradiction(report, status)  # settled meanwhile; nothing was stored
     return Accepted(job=job, status=report.status, duplicate=False)
 
 

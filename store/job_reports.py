@@ -1,4 +1,5 @@
-"""job_reports: every agent report as received (append-only)."""
+"""job_reports: every agent report as received (append-only). Appended together with the
+job's move, in one statement, by store.jobs.apply_report."""
 
 from collections.abc import Sequence
 from datetime import datetime
@@ -6,7 +7,7 @@ from datetime import datetime
 import asyncpg
 from pydantic import BaseModel
 
-from contract.wire import ReportRequest, ReportStatus, Step
+from contract.wire import ReportStatus, Step
 
 
 class StoredReport(BaseModel):
@@ -17,19 +18,6 @@ class StoredReport(BaseModel):
     step: Step | None
     message: str | None
     received_at: datetime
-
-
-async def append(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest) -> None:
-    await conn.execute(
-        "INSERT INTO job_reports (job_id, instance_id, status, step, message, nonce)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        report.jobId,
-        report.instanceId,
-        report.status,
-        report.step,
-        report.message,
-        report.nonce,
-    )
 
 
 async def for_jobs(

@@ -84,25 +84,40 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | Non
     return _job(row) if row else None
 
 
-async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest) -> str:
-    """Move the job forward by an agent's report; returns its status afterwards.
+# The report moves the job and is appended to job_reports in one statement (one round trip, one
+# commit): a report is stored by both or by neither. Appended only when the row took the report.
+_APPLY_REPORT = """
+WITH moved AS (
+    UPDATE update_jobs SET status = $2, step = COALESCE($3, step),
+        message = COALESCE($4, message), updated_at = now()
+    WHERE id = $1 AND (status = 'pending' OR status = $2
+        OR (status = 'in_progress' AND $2 <> 'pending'))
+    RETURNING status
+), appended AS (
+    INSERT INTO job_reports (job_id, instance_id, status, step, message, nonce)
+    SELECT $1, $5, $2, $3, $4, $6 FROM moved
+)
+SELECT COALESCE((SELECT status FROM moved), (SELECT status FROM update_jobs WHERE id = $1))
+"""
 
-    A report never moves a settled job: the returned status then differs from the report's.
-    One agreeing with a status the workflow wrote first still sets the step it ended on.
+
+async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest) -> str:
+    """Move the job forward by an agent's report and append the report to job_reports; returns
+    the job's status afterwards.
+
+    A report never moves a settled job: the returned status then differs from the report's,
+    and nothing was written. One agreeing with a status the workflow wrote first still sets
+    the step it ended on.
     """
     status = await conn.fetchval(
-        "UPDATE update_jobs SET status = $2, step = COALESCE($3, step),"
-        " message = COALESCE($4, message), updated_at = now()"
-        " WHERE id = $1 AND (status = 'pending' OR status = $2"
-        " OR (status = 'in_progress' AND $2 <> 'pending'))"
-        " RETURNING status",
+        _APPLY_REPORT,
         report.jobId,
         report.status,
         report.step,
         report.message,
+        report.instanceId,
+        report.nonce,
     )
-    if status is None:
-        status = await conn.fetchval("SELECT status FROM update_jobs WHERE id = $1", report.jobId)
     return str(status)
 
 
