@@ -207,6 +207,8 @@ class Dispatcher:
             task.cancel()
 
     async def _listen_forever(self) -> None:
+        """A PostgreSQL outage is logged once, as an ERROR, by api/database_outage.py; the
+        listener's own losses and retries are INFO and DEBUG lines, not more of the same."""
         delay = RECONNECT_BACKOFF[0]
         while True:
             try:
@@ -214,16 +216,16 @@ class Dispatcher:
                     self.dsn, server_settings={"application_name": LISTENER_APPLICATION_NAME}
                 )
             except _CONNECTION_ERRORS as exc:
-                log.warning("dispatch listener: cannot connect (%s); retry in %.1f s", exc, delay)
+                log.debug("dispatch listener: cannot connect (%s); retry in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_BACKOFF[1])
                 continue
             delay = RECONNECT_BACKOFF[0]
             try:
                 await self._listen(conn)
-                log.warning("dispatch listener: connection lost; reconnecting")
+                log.info("dispatch listener: connection lost; reconnecting")
             except _CONNECTION_ERRORS as exc:
-                log.warning("dispatch listener: connection lost (%s); reconnecting", exc)
+                log.info("dispatch listener: connection lost (%s); reconnecting", exc)
             finally:
                 self.listening.clear()
                 conn.terminate()
