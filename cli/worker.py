@@ -2,6 +2,9 @@
 
 import argparse
 import asyncio
+import logging
+import os
+import sys
 
 from cli.errors import fail, settings_or_exit
 
@@ -25,4 +28,9 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(run_worker(settings))
     except (OSError, RuntimeError) as exc:
         fail(f"rollout worker: {exc}")
-    return 0
+    # Stopped cleanly: leave without interpreter finalization, during which the Temporal SDK's
+    # native threads were seen to abort the process (PyGILState_Release) after a clean stop.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
