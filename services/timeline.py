@@ -19,14 +19,13 @@ from pydantic import BaseModel
 
 from contract.wire import JobStatus, Step
 from store.job_reports import StoredReport
+from workflows.rollout_models import FAILED_JOB_STATUSES, UNREACHABLE
 
 StepOutcome = Literal["succeeded", "failed", "rolled_back", "timed_out", "cancelled", "running"]
 # The job statuses a rollout's failure reasons explain (PROTOCOL §4: what `retry` releases again,
 # and a rollback that failed). An unreachable job is no application failure (it counts against
 # maxUnreachable), but it is why a rollout pauses and what a retry runs again.
-FAILED_JOB_STATUSES: frozenset[str] = frozenset(
-    {"failed", "rolled_back", "rollback_failed", "timed_out", "unreachable"}
-)
+EXPLAINED_JOB_STATUSES: frozenset[str] = FAILED_JOB_STATUSES | {UNREACHABLE}
 _FAILED_OUTCOMES = frozenset({"failed", "timed_out", "cancelled"})
 # The outcome of a last step left open, by the job's status: still running, or settled with no
 # final report stored (timed out, cancelled, or an end the workflow heard of first).
@@ -160,7 +159,7 @@ def failing_jobs(jobs: Iterable[JobFacts]) -> list[JobFacts]:
         seen = newest.get(job.instance_id)
         if seen is None or job.attempt > seen.attempt:
             newest[job.instance_id] = job
-    return [job for job in newest.values() if job.status in FAILED_JOB_STATUSES]
+    return [job for job in newest.values() if job.status in EXPLAINED_JOB_STATUSES]
 
 
 def job_failure(job: JobFacts, reports: Sequence[StoredReport]) -> JobFailure:

@@ -11,20 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from contract.wire import TERMINAL_JOB_STATUSES
+
 # A simulator loop this late at the median is no longer a neutral client.
 LAGGING_P50_MS = 20.0
-
-TERMINAL_JOB_STATUSES = frozenset(
-    {
-        "succeeded",
-        "failed",
-        "rolled_back",
-        "rollback_failed",
-        "timed_out",
-        "cancelled",
-        "unreachable",
-    }
-)
 
 
 class Latency(BaseModel):
