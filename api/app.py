@@ -20,6 +20,7 @@ from api.errors import install_error_handlers
 from api.handouts import HandoutCache
 from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
+from api.poll_batcher import PollBatcher
 from api.refusals import install_refusal_handlers
 from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
 from server.settings import ApiSettings
@@ -41,6 +42,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
         app.state.handouts = HandoutCache()
+        app.state.polls = PollBatcher(app.state.pool)
         app.state.dispatch = Dispatcher(
             settings.database_url,
             app.state.pool,

@@ -1,17 +1,39 @@
 """A poll's single statement (store.polls): the nonce claimed in the shared table, the instance
-recorded only for a fresh nonce, `last_seen_at` coalesced, and the open job found."""
+recorded only for a fresh nonce, `last_seen_at` coalesced, and the open job found; and polls
+that arrive together recorded by one statement (api.poll_batcher), each with its own outcome."""
 
+import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from prometheus_client import REGISTRY
 
+from api.poll_batcher import MAX_IN_FLIGHT, PollBatcher
 from contract.wire import JobStatus
 from server.settings import ApiSettings
 from store import jobs, polls, rollouts
 from store.jobs import JobWrite
+from store.pool import open_pool
 from store.rollouts import RolloutSpec
 from tests.fixtures_temporal import seed_release
+
+
+def _polled(
+    instance_id: str = "web-1",
+    *,
+    nonce: str | None = None,
+    version: str = "1.0.0",
+    channel: str = "stable",
+) -> polls.Poll:
+    return polls.Poll(
+        instance_id=instance_id,
+        nonce=nonce or secrets.token_hex(16),
+        nonce_expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        channel=channel,
+        current_version=version,
+        agent_version="0.1.0",
+    )
 
 
 async def _poll(
@@ -22,15 +44,10 @@ async def _poll(
     version: str = "1.0.0",
     channel: str = "stable",
 ) -> polls.PollOutcome:
-    return await polls.record(
-        conn,
-        instance_id=instance_id,
-        nonce=nonce or secrets.token_hex(16),
-        nonce_expires_at=datetime.now(UTC) + timedelta(minutes=5),
-        channel=channel,
-        current_version=version,
-        agent_version="0.1.0",
+    [outcome] = await polls.record_many(
+        conn, [_polled(instance_id, nonce=nonce, version=version, channel=channel)]
     )
+    return outcome
 
 
 async def _instance(conn: asyncpg.Connection, instance_id: str = "web-1") -> asyncpg.Record:
@@ -94,9 +111,10 @@ async def _job(conn: asyncpg.Connection, job_id: str, instance_id: str, status: 
     )
 
 
-async def test_the_open_job_is_found_and_settled_ones_are_not(
-    db: asyncpg.Connection, settings: ApiSettings
+async def _open_rollout_with_job(
+    db: asyncpg.Connection, settings: ApiSettings, instance_id: str
 ) -> None:
+    """Rollout r1, with a pending job for `instance_id`."""
     release_id = await seed_release(db, settings)
     spec = RolloutSpec(
         id="r1",
@@ -107,7 +125,13 @@ async def test_the_open_job_is_found_and_settled_ones_are_not(
         created_by="admin",
     )
     await rollouts.insert(db, spec)
-    await _job(db, "j-pending", "web-1", "pending")
+    await _job(db, "j-pending", instance_id, "pending")
+
+
+async def test_the_open_job_is_found_and_settled_ones_are_not(
+    db: asyncpg.Connection, settings: ApiSettings
+) -> None:
+    await _open_rollout_with_job(db, settings, "web-1")
     await _job(db, "j-running", "web-2", "in_progress")
     await _job(db, "j-done", "web-3", "succeeded")
 
@@ -115,3 +139,55 @@ async def test_the_open_job_is_found_and_settled_ones_are_not(
     assert (await _poll(db, "web-2")).open_rollout_id == "r1"
     assert (await _poll(db, "web-3")).open_rollout_id is None
     assert (await _poll(db, "web-4")).open_rollout_id is None
+
+
+async def test_one_statement_gives_each_poll_its_own_outcome_in_order(
+    db: asyncpg.Connection, settings: ApiSettings
+) -> None:
+    await _open_rollout_with_job(db, settings, "web-2")
+    claimed_before = _polled("web-3")
+    await polls.record_many(db, [claimed_before])
+    twice = secrets.token_hex(16)
+    batch = [
+        _polled("web-9", version="1.0.0"),
+        _polled("web-2"),
+        _polled("web-1", nonce=twice, version="1.1.0"),
+        claimed_before,  # a replay of a nonce claimed by an earlier statement
+        _polled("web-1", nonce=twice, version="6.6.6"),  # the same nonce again: a replay
+        _polled("web-9", version="1.2.0"),  # the same instance, another nonce: its own poll
+    ]
+
+    outcomes = await polls.record_many(db, batch)
+
+    assert [o.fresh for o in outcomes] == [True, True, True, False, False, True]
+    assert [o.open_rollout_id for o in outcomes[:3]] == [None, "r1", None]
+    assert (await _instance(db, "web-1"))["current_version"] == "1.1.0"
+    assert (await _instance(db, "web-9"))["current_version"] == "1.2.0"  # the later of the two
+    stored = await db.fetchval("SELECT count(*) FROM agent_nonces")
+    assert stored == 5  # web-3's once, web-1's once, and web-2's and web-9's two
+
+
+async def test_polls_arriving_together_share_statements_and_each_gets_its_answer(
+    database_url: str, db: asyncpg.Connection, settings: ApiSettings
+) -> None:
+    await _open_rollout_with_job(db, settings, "web-7")
+    replayed = _polled("web-0")
+    await polls.record_many(db, [replayed])
+    statements = _sample("rollout_poll_batch_size_count")
+    pool = await open_pool(database_url)
+    try:
+        batcher = PollBatcher(pool)
+        many = [_polled(f"web-{k}") for k in range(1, 101)] + [replayed]
+        outcomes = await asyncio.gather(*(batcher.record(p) for p in many))
+    finally:
+        await pool.close()
+
+    assert [o.fresh for o in outcomes] == [True] * 100 + [False]
+    assert [k for k, o in enumerate(outcomes, 1) if o.open_rollout_id == "r1"] == [7]
+    assert await db.fetchval("SELECT count(*) FROM instances") == 101
+    # 101 polls in at most MAX_IN_FLIGHT + 1 statements: the first, and what waited for it.
+    assert _sample("rollout_poll_batch_size_count") - statements <= MAX_IN_FLIGHT + 1
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0

@@ -4,7 +4,8 @@ Reports are accepted by services.reports; its refusals and a Temporal outage are
 signed, by api.refusals.
 
 An idle poll (no open job for the instance) is answered from PostgreSQL alone, in one round
-trip (store.polls): fleets poll far faster than Temporal answers queries. Only an instance with
+trip (store.polls) shared with the polls that arrive with it (api.poll_batcher): fleets poll
+far faster than Temporal answers queries. Only an instance with
 an open job costs a query. The routes take the bare request and read the process's pool and
 clients from app state: no dependency solving on the hottest path (see api.agent_auth).
 """
@@ -52,14 +53,15 @@ async def next_job(request: Request) -> Response:
     poll = call.body
     state = request.app.state
     with state.dispatch.hold(request, call) as hold:
-        outcome = await polls.record(
-            state.pool,
-            instance_id=poll.instanceId,
-            nonce=poll.nonce,
-            nonce_expires_at=call.nonce_expires_at,
-            channel=poll.channel,
-            current_version=poll.currentVersion,
-            agent_version=poll.agentVersion,
+        outcome = await state.polls.record(
+            polls.Poll(
+                instance_id=poll.instanceId,
+                nonce=poll.nonce,
+                nonce_expires_at=call.nonce_expires_at,
+                channel=poll.channel,
+                current_version=poll.currentVersion,
+                agent_version=poll.agentVersion,
+            )
         )
         if not outcome.fresh:
             raise call.replayed()
