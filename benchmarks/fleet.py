@@ -4,10 +4,12 @@ free ports: PostgreSQL, Temporal dev server, worker, API as separate processes).
     .venv/bin/python -m benchmarks.fleet --agents 1000 --batch-size 100 --poll-interval 1
 
 The fleet (spread over `--processes` simulator processes) registers by polling, a signed release
-is uploaded, a rollout with autoAdvance runs to `completed`, and then are printed: the
+is uploaded, a rollout with autoAdvance (or, with `--advance`, advanced batch by batch through
+the API) runs to `completed`, and then are printed: the
 simulator's figures (polls/s, p50/p99 poll and report latency, each process's loop lag, flagged
 when it lagged), the time of each phase of each batch (benchmarks/batch_phases.py) and the API
-process's peak RSS. Not a test: numbers depend on the machine.
+process's peak RSS, and with `--advance` the time from each advance to the first handout of its
+batch. Not a test: numbers depend on the machine.
 """
 
 import argparse
@@ -51,6 +53,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--step-seconds", type=float, default=0.2)
     p.add_argument("--bake-seconds", type=int, default=0)
     p.add_argument(
+        "--advance",
+        action="store_true",
+        help="advance each batch through the API (no autoAdvance) and time advance → handout",
+    )
+    p.add_argument(
         "--processes", type=int, help="simulator processes (default: one per 200 agents, ≤ cores)"
     )
     p.add_argument("--json", action="store_true")
@@ -86,12 +93,14 @@ async def upload_release(admin: httpx.AsyncClient, signing_secret: str) -> str:
 
 async def wait_for(
     admin: httpx.AsyncClient, path: str, done: Callable[[Any], bool], seconds: float
-) -> None:
-    """Polls an admin GET every second until `done(json)`; there is no event to await."""
+) -> Any:
+    """Polls an admin GET every second until `done(json)`, and returns that json; there is no
+    event to await."""
     async with asyncio.timeout(seconds):
         while True:
-            if done((await admin.get(path)).json()):
-                return
+            answer = (await admin.get(path)).json()
+            if done(answer):
+                return answer
             await asyncio.sleep(1)
 
 
@@ -107,6 +116,14 @@ class BenchmarkResult(BaseModel):
     figures: Figures
     phases: list[RolloutPhases]
     api_peak_rss_mb: float
+    # With --advance: batch number → ms from sending its advance to the fleet's first handout.
+    advance_to_handout_ms: dict[int, float]
+
+
+class FleetRun(BaseModel):
+    figures: Figures
+    # With --advance: batch number → when its advance was sent (epoch seconds).
+    advanced_at: dict[int, float]
 
 
 async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult:
@@ -132,7 +149,8 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
         async with httpx.AsyncClient(
             base_url=url, headers={"x-cp-admin-token": admin_token}, timeout=60
         ) as admin:
-            figures = await run_fleet(args, url, admin, secrets)
+            run = await run_fleet(args, url, admin, secrets)
+        figures = run.figures
         # The high-water mark covers the whole run, as long as the API was never restarted.
         peak_rss = procstat.peak_rss_mb(api_pid(stack.pid))
         conn = await connect(f"postgresql://postgres@127.0.0.1:{postgres_port}/{DEV_DATABASE}")
@@ -143,7 +161,12 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
             ]
         finally:
             await conn.close()
-        return BenchmarkResult(figures=figures, phases=phases, api_peak_rss_mb=peak_rss)
+        return BenchmarkResult(
+            figures=figures,
+            phases=phases,
+            api_peak_rss_mb=peak_rss,
+            advance_to_handout_ms=advance_to_handout_ms(figures, run.advanced_at),
+        )
     finally:
         if stack.returncode is None:
             stack.send_signal(signal.SIGINT)
@@ -152,7 +175,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
 
 async def run_fleet(
     args: argparse.Namespace, url: str, admin: httpx.AsyncClient, secrets: dict[str, str]
-) -> Figures:
+) -> FleetRun:
     options = SimulationOptions(
         control_plane_url=url,
         agents=args.agents,
@@ -173,15 +196,38 @@ async def run_fleet(
         "manifestId": release_id,
         "channel": "stable",
         "batchSize": args.batch_size,
-        "autoAdvance": True,
+        "autoAdvance": not args.advance,
         "bakeSeconds": args.bake_seconds,
     }
     created = await admin.post("/api/rollouts", json=body)
     created.raise_for_status()
     rollout_path = f"/api/rollouts/{created.json()['id']}"
-    await wait_for(admin, rollout_path, lambda r: r["status"] in ("completed", "paused"), 1800)
+    advanced_at: dict[int, float] = {}
+    finished = ("completed", "paused", "aborted")
+
+    def to_advance_or_finished(r: dict[str, Any]) -> bool:
+        awaiting = r["status"] == "awaiting_advance" and r["currentBatch"] + 1 not in advanced_at
+        return r["status"] in finished or (args.advance and awaiting)
+
+    while True:
+        rollout = await wait_for(admin, rollout_path, to_advance_or_finished, 1800)
+        if rollout["status"] in finished:
+            break
+        advanced_at[rollout["currentBatch"] + 1] = time.time()
+        (await admin.post(f"{rollout_path}/advance")).raise_for_status()
     stop.set()
-    return await fleet
+    return FleetRun(figures=await fleet, advanced_at=advanced_at)
+
+
+def advance_to_handout_ms(figures: Figures, advanced_at: dict[int, float]) -> dict[int, float]:
+    """Per advanced batch, from sending the advance to the first poll that got one of its jobs
+    (both clocks are this host's)."""
+    handed = {b.number: b.first_handout_at for r in figures.rollouts for b in r.batches}
+    return {
+        number: (handed_at.timestamp() - sent) * 1000
+        for number, sent in advanced_at.items()
+        if (handed_at := handed.get(number)) is not None
+    }
 
 
 def main() -> None:
@@ -203,6 +249,9 @@ def main() -> None:
     for phases in result.phases:
         print(render_phases(phases))
     print(f"API peak RSS {result.api_peak_rss_mb:.1f} MB")
+    if result.advance_to_handout_ms:
+        each = ", ".join(f"{ms:.0f}" for ms in result.advance_to_handout_ms.values())
+        print(f"advance → first handout, batch 2 on (ms): {each}")
 
 
 if __name__ == "__main__":
