@@ -73,11 +73,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_agent_error_handler(app)
     install_refusal_handlers(app)
     install_database_outage_handler(app, outage)
+    # Routes are matched in order: the fleet's polls and reports, by far the most requests,
+    # are tried first.
+    app.include_router(agent.router)
     install_offline_docs(app)
     app.include_router(system.router)
     app.include_router(releases.router)
     app.include_router(instances.router)
-    app.include_router(agent.router)
     app.include_router(metrics.router)
     app.include_router(rollouts.router)
     app.include_router(jobs.router)
