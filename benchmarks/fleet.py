@@ -136,6 +136,9 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
         "ROLLOUT_POSTGRES_PORT": str(postgres_port),
         "ROLLOUT_TEMPORAL_PORT": str(free_port()),
         "ROLLOUT_TEMPORAL_UI_PORT": str(free_port()),
+        # As an operator of this fleet would set it: every idle agent's poll held, none
+        # turned into a poll a second (docs/configuration.md: mind `ulimit -n`).
+        "LONG_POLL_MAX_HELD": str(max(500, args.agents + 100)),
     }
     url = f"http://127.0.0.1:{api_port}"
     with (data_dir / "stack.log").open("wb") as log:
