@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist). Each starts its own PostgreSQL and Temporal dev server; 3 on
+# 2 cores was slower than 2 and made timing-sensitive tests fail.
+TEST_PROCESSES ?= 2
 
 .PHONY: dev test lint venv clean
 
@@ -20,7 +23,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
