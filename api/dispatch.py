@@ -68,9 +68,24 @@ class Hold:
     _woken: asyncio.Event = field(default_factory=asyncio.Event)
     _deadline: float = 0.0
     _over: bool = False
+    _rechecks: int = 0
 
     def wake(self) -> None:
         self._woken.set()
+
+    def recheck_soon(self) -> float | None:
+        """Wakes this poll again after the next of RECHECK_DELAYS_SECONDS, and returns the loop
+        time it was asked at (None once they are spent: the poll then waits for notices only).
+
+        For a poll woken by its job's row while the workflow does not hand that job out yet: the
+        workflow takes in the write that woke it a moment after its commit, and no notice says
+        when."""
+        if self._rechecks >= len(RECHECK_DELAYS_SECONDS):
+            return None
+        loop = asyncio.get_running_loop()
+        loop.call_later(RECHECK_DELAYS_SECONDS[self._rechecks], self._woken.set)
+        self._rechecks += 1
+        return loop.time()
 
     def end(self) -> None:
         """The process stops: answer now, with what the poll has."""
@@ -104,6 +119,11 @@ class Hold:
         """Returns when the client goes away (its body was read in full before the hold)."""
         while (await self.request.receive())["type"] != "http.disconnect":
             pass
+
+
+# Pauses before a woken poll whose job the workflow did not hand out yet asks again (about 0.8 s
+# in all; the next notice of that rollout comes later than that only when the job is withheld).
+RECHECK_DELAYS_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 
 class Dispatcher:

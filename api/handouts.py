@@ -31,11 +31,16 @@ class HandoutCache:
         self.ttl = ttl
         self._entries: dict[str, _Entry] = {}
 
-    async def handouts(self, temporal: Client, rollout_id: str) -> Handouts:
-        """Raises what workflows.client raises (RolloutUnavailable, RolloutGone); not cached."""
+    async def handouts(
+        self, temporal: Client, rollout_id: str, *, asked_after: float | None = None
+    ) -> Handouts:
+        """Raises what workflows.client raises (RolloutUnavailable, RolloutGone); not cached.
+        With `asked_after` (loop time), an answer asked earlier than that is not reused: polls
+        re-checking together share one new query."""
         now = asyncio.get_running_loop().time()
         entry = self._entries.get(rollout_id)
-        if entry is None or now - entry.asked_at >= self.ttl:
+        too_old = entry is not None and asked_after is not None and entry.asked_at < asked_after
+        if entry is None or too_old or now - entry.asked_at >= self.ttl:
             self._forget_stale(now)
             entry = _Entry(now, asyncio.ensure_future(self._ask(temporal, rollout_id)))
             self._entries[rollout_id] = entry

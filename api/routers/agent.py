@@ -66,21 +66,27 @@ async def next_job(request: Request) -> Response:
         if not outcome.fresh:
             raise call.replayed()
         counted, job = await _job_for(state, call, outcome.open_rollout_id)
+        asked_after = None
         while job is None and await hold.woken():  # a held poll (api.dispatch) looks again
             rollout_id = await polls.open_rollout(state.pool, poll.instanceId)
-            counted, job = await _job_for(state, call, rollout_id)
+            counted, job = await _job_for(state, call, rollout_id, asked_after)
+            if rollout_id is not None and job is None:
+                asked_after = hold.recheck_soon()
     counted.inc()
     return state.dispatch.advertised(call.answer({"job": job}))
 
 
 async def _job_for(
-    state: State, call: Verified[PollRequest], open_rollout_id: str | None
+    state: State,
+    call: Verified[PollRequest],
+    open_rollout_id: str | None,
+    asked_after: float | None = None,
 ) -> tuple[Counter, dict[str, Any] | None]:
     """The job document the poll's instance gets now, or None; and the outcome to count."""
     if open_rollout_id is None:
         return _IDLE_POLLS, None
     handed = await _job_the_workflow_hands_out(
-        state.handouts, state.temporal, call, open_rollout_id
+        state.handouts, state.temporal, call, open_rollout_id, asked_after
     )
     release = await releases.get(state.pool, handed.release_id) if handed else None
     if handed is None or release is None:
@@ -103,10 +109,14 @@ async def _job_for(
 
 
 async def _job_the_workflow_hands_out(
-    handouts: HandoutCache, temporal: Client, call: Verified[PollRequest], rollout_id: str
+    handouts: HandoutCache,
+    temporal: Client,
+    call: Verified[PollRequest],
+    rollout_id: str,
+    asked_after: float | None,
 ) -> HandedOutJob | None:
     try:
-        answer = await handouts.handouts(temporal, rollout_id)
+        answer = await handouts.handouts(temporal, rollout_id, asked_after=asked_after)
     except RolloutGone:
         return None  # the rollout's history is gone: nothing to hand out
     except RolloutUnavailable:
