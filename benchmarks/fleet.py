@@ -116,14 +116,18 @@ class BenchmarkResult(BaseModel):
     figures: Figures
     phases: list[RolloutPhases]
     api_peak_rss_mb: float
-    # With --advance: batch number → ms from sending its advance to the fleet's first handout.
+    # With --advance: batch number → ms from sending its advance to the fleet's first handout,
+    # and to the advance's answer (the update returns once the batch is written).
     advance_to_handout_ms: dict[int, float]
+    advance_answered_ms: dict[int, float]
 
 
 class FleetRun(BaseModel):
     figures: Figures
-    # With --advance: batch number → when its advance was sent (epoch seconds).
+    # With --advance: batch number → when its advance was sent (epoch seconds), and how long
+    # its answer took (ms).
     advanced_at: dict[int, float]
+    advance_answered_ms: dict[int, float]
 
 
 async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult:
@@ -169,6 +173,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
             phases=phases,
             api_peak_rss_mb=peak_rss,
             advance_to_handout_ms=advance_to_handout_ms(figures, run.advanced_at),
+            advance_answered_ms=run.advance_answered_ms,
         )
     finally:
         if stack.returncode is None:
@@ -206,6 +211,7 @@ async def run_fleet(
     created.raise_for_status()
     rollout_path = f"/api/rollouts/{created.json()['id']}"
     advanced_at: dict[int, float] = {}
+    answered_ms: dict[int, float] = {}
     finished = ("completed", "paused", "aborted")
 
     def to_advance_or_finished(r: dict[str, Any]) -> bool:
@@ -216,10 +222,12 @@ async def run_fleet(
         rollout = await wait_for(admin, rollout_path, to_advance_or_finished, 1800)
         if rollout["status"] in finished:
             break
-        advanced_at[rollout["currentBatch"] + 1] = time.time()
+        number = rollout["currentBatch"] + 1
+        advanced_at[number] = time.time()
         (await admin.post(f"{rollout_path}/advance")).raise_for_status()
+        answered_ms[number] = (time.time() - advanced_at[number]) * 1000
     stop.set()
-    return FleetRun(figures=await fleet, advanced_at=advanced_at)
+    return FleetRun(figures=await fleet, advanced_at=advanced_at, advance_answered_ms=answered_ms)
 
 
 def advance_to_handout_ms(figures: Figures, advanced_at: dict[int, float]) -> dict[int, float]:
@@ -255,6 +263,8 @@ def main() -> None:
     if result.advance_to_handout_ms:
         each = ", ".join(f"{ms:.0f}" for ms in result.advance_to_handout_ms.values())
         print(f"advance → first handout, batch 2 on (ms): {each}")
+        each = ", ".join(f"{ms:.0f}" for ms in result.advance_answered_ms.values())
+        print(f"advance → its answer, batch 2 on (ms): {each}")
 
 
 if __name__ == "__main__":
