@@ -5,15 +5,17 @@ from typing import Any
 
 SETTLED_OK = {"succeeded"}
 FAILED = {"failed", "rolled_back", "rollback_failed", "timed_out"}
+UNREACHABLE = "unreachable"  # never polled for its job: counted apart from the failures
 BAR_WIDTH = 20
 
 
-def bar(done: int, failed: int, total: int) -> str:
+def bar(done: int, failed: int, unreachable: int, total: int) -> str:
+    """`#` succeeded, `x` failed, `?` unreachable, `-` still to go."""
     if total == 0:
         return "[" + " " * BAR_WIDTH + "]"
-    ok_cells = round(BAR_WIDTH * done / total)
-    bad_cells = round(BAR_WIDTH * failed / total)
-    return "[" + "#" * ok_cells + "x" * bad_cells + "-" * (BAR_WIDTH - ok_cells - bad_cells) + "]"
+    cells = [round(BAR_WIDTH * n / total) for n in (done, failed, unreachable)]
+    drawn = "".join(mark * n for mark, n in zip("#x?", cells, strict=True))
+    return "[" + drawn + "-" * (BAR_WIDTH - sum(cells)) + "]"
 
 
 def latest_attempts(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,10 +34,11 @@ def batch_line(batch: dict[str, Any]) -> str:
     done = sum(counts[s] for s in SETTLED_OK)
     failed = sum(counts[s] for s in FAILED)
     if not jobs:
-        return f"  batch {batch['number']:>3}  {bar(0, 0, 0)}  not released"
+        return f"  batch {batch['number']:>3}  {bar(0, 0, 0, 0)}  not released"
     others = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in SETTLED_OK)
     summary = f"{done}/{len(jobs)} succeeded" + (f", {others}" if others else "")
-    return f"  batch {batch['number']:>3}  {bar(done, failed, len(jobs))}  {summary}"
+    drawn = bar(done, failed, counts[UNREACHABLE], len(jobs))
+    return f"  batch {batch['number']:>3}  {drawn}  {summary}"
 
 
 def failure_line(failure: dict[str, Any]) -> str:

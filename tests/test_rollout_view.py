@@ -32,6 +32,24 @@ def test_a_retried_host_counts_once_by_its_newest_attempt() -> None:
     assert lines[2].endswith("not released")
 
 
+def test_unreachable_hosts_have_their_own_cell_apart_from_failures() -> None:
+    jobs = [
+        {"instanceId": f"web-{n}", "attempt": 1, "status": status}
+        for n, status in enumerate(["succeeded"] * 2 + ["rolled_back", "unreachable"])
+    ]
+    rollout = {
+        "id": "r1",
+        "status": "paused",
+        "currentBatch": 1,
+        "totalBatches": 1,
+        "batches": [{"number": 1, "jobs": jobs}],
+        "pausedReason": "1 host unreachable (max 0): web-3",
+    }
+    line = render(rollout).splitlines()[1]
+    assert "[" + "#" * 10 + "x" * 5 + "?" * 5 + "]" in line
+    assert line.endswith("2/4 succeeded, 1 rolled_back, 1 unreachable")
+
+
 def test_failed_jobs_say_where_they_stopped_and_how_to_see_their_output() -> None:
     rollout = {
         "id": "r1",
