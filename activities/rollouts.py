@@ -11,6 +11,7 @@ from temporalio.common import MetricCounter
 from temporalio.exceptions import ApplicationError
 
 from contract.text import storable, storable_or_none
+from contract.wire import FINISHED_ROLLOUT_STATUSES
 from store import audit, instances, jobs, polls, rollout_targets, rollouts
 from workflows.rollout_models import (
     AuditEvent,
@@ -132,6 +133,8 @@ class RolloutActivities:
                 await audit.record_many(
                     conn, f"rollout:{_rollout_id(input)}", [e.model_dump() for e in events]
                 )
+            if applied and input.progress and input.progress.status in FINISHED_ROLLOUT_STATUSES:
+                await rollout_targets.drop(conn, input.progress.id)
             # Held polls of every API process look again once this commits (api.dispatch).
             await polls.announce(conn, _rollout_id(input))
             return RecordProgressResult(applied=applied)

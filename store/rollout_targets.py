@@ -1,7 +1,9 @@
 """rollout_targets: the instances a rollout updates, fixed when it starts, in batch order.
 
 The snapshot is taken once per rollout: a retried activity finds it and answers from it, so a
-host that registers meanwhile cannot shift the batches already counted by the workflow.
+host that registers meanwhile cannot shift the batches already counted by the workflow. It is
+dropped in the write that records the rollout finished: nothing reads it after that, and a
+rollout of 100,000 hosts would otherwise keep 100,000 rows for good.
 """
 
 from collections.abc import Sequence
@@ -56,3 +58,8 @@ async def slice_of(
         limit,
     )
     return [r["instance_id"] for r in rows]
+
+
+async def drop(conn: asyncpg.Connection, rollout_id: str) -> None:
+    """The finished rollout's targets: its jobs and audit keep what happened to each host."""
+    await conn.execute("DELETE FROM rollout_targets WHERE rollout_id = $1", rollout_id)

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from server.settings import ApiSettings
-from store import audit, jobs, rollouts
+from store import audit, jobs, rollout_targets, rollouts
 from store.rollouts import Rollout
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create
@@ -78,6 +78,7 @@ async def test_terminated_workflow_is_recorded_as_ended_and_frees_the_channel(
     row = await ended(db, rollout_id)
     assert row.status == "aborted" and row.details.endswith("workflow terminated in Temporal")
     assert [j.status for j in await jobs.for_rollout(db, rollout_id)] == ["cancelled"] * 2
+    assert await rollout_targets.count(db, rollout_id) == 0  # nothing reads them any more
     entries = [e for e in await audit.for_subject(db, f"rollout:{rollout_id}")]
     closing = [e for e in entries if e.action == "rollout.workflow_closed"]
     assert [(e.actor, e.detail) for e in closing] == [

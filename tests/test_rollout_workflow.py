@@ -10,7 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from server.settings import ApiSettings
-from store import audit, jobs, rollouts
+from store import audit, jobs, rollout_targets, rollouts
 from store.rollouts import RolloutSpec
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, skip_time
 from workflows import client as rollout_client
@@ -123,6 +123,7 @@ async def test_batches_move_to_completed_by_advance(
 
     row = await eventually(row_final)
     assert (row.status, row.current_batch, row.total_batches) == ("completed", 3, 3)
+    assert await rollout_targets.count(db, spec.id) == 0  # dropped by the finishing write
     stored = await jobs.for_rollout(db, spec.id)
     assert [(j.instance_id, j.batch, j.status) for j in stored] == [
         ("web-1", 1, "succeeded"),

@@ -14,7 +14,7 @@ import asyncpg
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from store import audit, jobs, rollouts
+from store import audit, jobs, rollout_targets, rollouts
 
 # How each way of closing is recorded. Completed and continued-as-new are not ends from
 # outside (describing the id without a run id gives the latest run; a reset is a new run).
@@ -51,6 +51,7 @@ async def _record_end(pool: asyncpg.Pool, rollout_id: str, how: str) -> bool:
         if not await rollouts.end_closed_workflow(conn, rollout_id, how):
             return False
         cancelled = await jobs.cancel_open(conn, rollout_id)
+        await rollout_targets.drop(conn, rollout_id)
         await audit.record(
             conn,
             actor=ACTOR,
