@@ -203,6 +203,7 @@ async def drive(
             await rollout_client.report_job(client, spec.id, signal, timeout=TIMEOUT)
 
     targets = (await _view(client, spec)).target_count
+    rows = await rollout_targets.count(conn, spec.id)  # before the abort drops them
     batch_seconds = []
     for number in range(1, batches + 1):
         began = time.perf_counter()
@@ -219,7 +220,6 @@ async def drive(
     await handle.execute_update("abort", AbortInput(actor="benchmark", reason="measured"))
     await handle.result()
     chain = await fetch_chain(client, handle.id)
-    rows = await rollout_targets.count(conn, spec.id)
     figures = Figures(
         targets=targets,
         batch_size=batch_size,
