@@ -5,9 +5,9 @@ signed, by api.refusals.
 
 An idle poll (no open job for the instance) is answered from PostgreSQL alone, in one round
 trip (store.polls) shared with the polls that arrive with it (api.poll_batcher): fleets poll
-far faster than Temporal answers queries. Only an instance with
-an open job costs a query. The routes take the bare request and read the process's pool and
-clients from app state: no dependency solving on the hottest path (see api.agent_auth).
+far faster than Temporal answers queries. Only an instance with an open job costs a query. The
+routes take the bare request and read the process's pool and clients from app state: no
+dependency solving on the hottest path (see api.agent_auth).
 """
 
 import logging
