@@ -16,9 +16,11 @@ continue_at_boundary and cancel_request on the dev server) and writes tests/hist
 the old files too (under another scenario name) when the change must stay compatible with
 rollouts already running. Add `-k <test>` to record one scenario only.
 
-Histories from before targets-in-postgres (every scenario but targets_in_postgres) carry the
-whole target list in workflow state; targets_too_large is kept for replay only, as new rollouts
-no longer carry a list that can be too large and so can no longer record it.
+Histories from before targets-in-postgres carry the whole target list in workflow state;
+targets_too_large is kept for replay only, as new rollouts no longer carry a list that can be
+too large and so can no longer record it. targets_in_postgres is kept for replay only too: it
+releases through regular activities, from before release-in-one-workflow-task, whose scenario
+(release_in_one_task) records the same three batches.
 """
 
 import asyncio
@@ -67,6 +69,7 @@ SCENARIOS = {
     "abort_before_first_batch",
     "targets_too_large",
     "targets_in_postgres",
+    "release_in_one_task",
     "cancel_request",
     "timed_out_at_reported_step",
     "unreachable",
@@ -523,22 +526,41 @@ async def test_unreachable_run_replays(
     await keep(client, spec, "unreachable")
 
 
-# --- issue 11: targets snapshotted in PostgreSQL, read a batch at a time -----------------------
+# --- issue 11: targets snapshotted in PostgreSQL, read a batch at a time; issue 13: a release ---
+# --- reads and writes its batch as local activities, in the workflow task that started it ------
 
 
-async def test_targets_in_postgres_run_replays(
+def local_activities(run: WorkflowHistory) -> Counter[str]:
+    """Local activities a run recorded (as markers), by activity type."""
+    payloads = pydantic_data_converter.payload_converter
+    types: Counter[str] = Counter()
+    for event in run.events:
+        marker = event.marker_recorded_event_attributes
+        if event.HasField("marker_recorded_event_attributes") and "data" in marker.details:
+            (data,) = payloads.from_payloads(marker.details["data"].payloads, [dict])
+            types[data["activity_type"]] += 1
+    return types
+
+
+async def test_release_in_one_task_run_replays(
     time_skipping_env: WorkflowEnvironment,
     ts_worker: Worker,
     ts_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    """Three batches, each read from the snapshot when released; the run carries no list."""
+    """Three batches, each read from the snapshot when released, and a retry: every release
+    reads and writes as local activities; the run carries no target list."""
     client = time_skipping_env.client
     spec = await start(client, db, ts_settings, ["e", "c", "a", "d", "b"], batch_size=2)
     released: list[list[str]] = []
     for number in (1, 2, 3):
         batch = (await view(client, spec)).jobs
         released.append(sorted(job.instance_id for job in batch))
+        if number == 1:
+            await report(client, spec, batch[0], "rolled_back", "smoke")
+            await settles_to(client, spec, "paused")
+            await act(client, spec, "retry")
+            batch = [j for j in (await view(client, spec)).jobs if j.status == "pending"]
         for job in batch:
             await report(client, spec, job, "succeeded")
         if number < 3:
@@ -546,11 +568,14 @@ async def test_targets_in_postgres_run_replays(
             await act(client, spec, "advance")
     assert released == [["a", "b"], ["c", "d"], ["e"]]
     assert (await outcome(client, spec)).counts == {"succeeded": 5}
-    (run,) = await keep(client, spec, "targets_in_postgres")
+    (run,) = await keep(client, spec, "release_in_one_task")
     scheduled = Counter(
         e.activity_task_scheduled_event_attributes.activity_type.name
         for e in run.events
         if e.HasField("activity_task_scheduled_event_attributes")
     )
-    assert (scheduled["snapshot_targets"], scheduled["batch_targets"]) == (1, 3)
+    assert (scheduled["snapshot_targets"], scheduled["batch_targets"]) == (1, 0)
     assert "load_targets" not in scheduled
+    local = local_activities(run)
+    assert local["batch_targets"] == 3
+    assert local["record_progress"] == 4  # three releases and the retry
