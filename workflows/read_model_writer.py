@@ -76,23 +76,13 @@ class ReadModelWriter:
         state.unwritten_messages = dict(self._messages)
         state.unwritten_events = list(self._events)
 
-    async def write(
-        self,
-        machine: RolloutMachine,
-        new_jobs: list[JobState] | None = None,
-        *,
-        local: bool = False,
-    ) -> None:
+    async def write(self, machine: RolloutMachine, new_jobs: list[JobState] | None = None) -> None:
         """Write what changed to PostgreSQL, one writer at a time.
 
         A release (`new_jobs`) writes every change, as the batch it closes is folded away
         after. Otherwise at most JOBS_PER_WRITE changed jobs per call: the run loop gets back
         quickly to its continue-as-new check while reports pour in; the rest follows next turn.
-        `local` writes through local activities, in the workflow task that asked.
         """
-        execute = (
-            workflow.execute_local_activity_method if local else workflow.execute_activity_method
-        )
         async with self._lock:
             if not self.unwritten and not new_jobs:
                 return
@@ -111,7 +101,7 @@ class ReadModelWriter:
             try:
                 for index, chunk in enumerate(chunks):
                     last = index == len(chunks) - 1
-                    await execute(
+                    await workflow.execute_activity_method(
                         RolloutActivities.record_progress,
                         RecordProgressInput(
                             progress=progress if last else None,

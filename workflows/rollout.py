@@ -71,9 +71,12 @@ PATCH_TIMED_OUT_AT_REPORTED_STEP = "timed-out-at-reported-step"
 # Targets snapshotted in PostgreSQL, read a batch at a time: nothing carried grows with the fleet.
 PATCH_TARGETS_IN_POSTGRES = "targets-in-postgres"
 PATCH_UNREACHABLE_STATUS = "unreachable-status"
-# A release reads its batch and writes its jobs as local activities, within the workflow task
-# that started it: advance -> handout no longer waits on two activity round trips (issue 13).
-PATCH_RELEASE_IN_ONE_TASK = "release-in-one-workflow-task"
+# A release reads its batch's ids as a local activity, in the workflow task that started it:
+# advance -> handout waits on one activity round trip (the jobs' write), not two (issue 13).
+PATCH_BATCH_READ_LOCALLY = "batch-targets-local-activity"
+# The read is one indexed range: longer than this is an outage, retried after a durable timer
+# (threshold 0), so queries and updates are answered between attempts.
+BATCH_READ_TIMEOUT = timedelta(seconds=5)
 # A look-up that only improves a message must not hold the rollout up for long.
 LOOKUP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 
@@ -267,44 +270,49 @@ class RolloutWorkflow:
 
     async def _release_batch(self, number: int, actor: str) -> Effects:
         start = (number - 1) * self._spec.batch_size
-        local = workflow.patched(PATCH_RELEASE_IN_ONE_TASK)
         if self._state.targets is not None:  # a run started before targets-in-postgres
             instance_ids = self._state.targets[start : start + self._spec.batch_size]
         else:
             # Releasing (and running) while the ids are read: no second advance starts
             # meanwhile, and a pause or abort taken in meanwhile stands.
             self._apply(self._machine.reserve_release(number, actor))
-            instance_ids = await self._batch_targets(start, local=local)
+            instance_ids = await self._batch_targets(start)
         return await self._write_release(
-            self._machine.begin_release(number, instance_ids, actor, workflow.now(), _new_id),
-            local=local,
+            self._machine.begin_release(number, instance_ids, actor, workflow.now(), _new_id)
         )
 
-    async def _batch_targets(self, start: int, *, local: bool) -> list[str]:
-        execute = (
-            workflow.execute_local_activity_method if local else workflow.execute_activity_method
+    async def _batch_targets(self, start: int) -> list[str]:
+        input = BatchTargetsInput(
+            rollout_id=self._spec.id, start=start, limit=self._spec.batch_size
         )
         try:
-            result = await execute(
-                RolloutActivities.batch_targets,
-                BatchTargetsInput(
-                    rollout_id=self._spec.id, start=start, limit=self._spec.batch_size
-                ),
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=ACTIVITY_RETRY,
-            )
+            if workflow.patched(PATCH_BATCH_READ_LOCALLY):
+                result = await workflow.execute_local_activity_method(
+                    RolloutActivities.batch_targets,
+                    input,
+                    start_to_close_timeout=BATCH_READ_TIMEOUT,
+                    retry_policy=ACTIVITY_RETRY,
+                    local_retry_threshold=timedelta(0),
+                )
+            else:
+                result = await workflow.execute_activity_method(
+                    RolloutActivities.batch_targets,
+                    input,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    retry_policy=ACTIVITY_RETRY,
+                )
         except CANCELLATION:
             self._machine.abandon_release()  # the cancel request ends the rollout
             raise
         return result.instance_ids
 
-    async def _write_release(self, begun: Effects, *, local: bool) -> Effects:
+    async def _write_release(self, begun: Effects) -> Effects:
         """Released jobs are handed out only once their rows are written. A cancel request
         mid-write ends the release first: the rows may be written, so the jobs must be known,
         to be cancelled too."""
         self._apply(begun)
         try:
-            await self._writer.write(self._machine, begun.new_jobs, local=local)
+            await self._writer.write(self._machine, begun.new_jobs)
         except CANCELLATION as err:
             if is_cancelled_exception(err):
                 self._apply(self._machine.end_release())
@@ -402,8 +410,7 @@ class RolloutWorkflow:
     @_admin_action("retry")
     async def retry(self, input: RetryInput) -> ActionResult:
         begun = self._machine.begin_retry(input.actor, workflow.now(), _new_id)
-        local = workflow.patched(PATCH_RELEASE_IN_ONE_TASK)
-        return self._answer(await self._write_release(begun, local=local))
+        return self._answer(await self._write_release(begun))
 
     @_admin_action("abort")
     async def abort(self, input: AbortInput) -> ActionResult:
