@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 _SignalHandler = Callable[[int, FrameType | None], Any]
 
 
+# Longer than agents keep idle connections (agent.daemon CONNECTION_LIFETIME, 4 s), so the
+# server never closes a connection an agent is about to reuse.
+KEEP_ALIVE_SECONDS = 30
+
+
 def _process_count(text: str) -> int:
     count = int(text)
     if count < 1:
@@ -132,6 +137,6 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_config=None,
-            timeout_keep_alive=30,  # longer than agents keep idle connections (4 s)
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
     return 0

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from cli.api import KEEP_ALIVE_SECONDS
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from server.settings import ApiSettings
@@ -112,7 +113,14 @@ class LiveServer:
     def __init__(self, app: object, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                lifespan="on",
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,  # as `rollout api` serves agents
+            )
         )
         self.task: asyncio.Task[None] | None = None
 
