@@ -18,6 +18,7 @@ from api.dispatch import Dispatcher
 from api.docs_ui import install_offline_docs
 from api.edge import EdgeGate
 from api.errors import install_error_handlers
+from api.fast_lane import FastLane
 from api.handouts import HandoutCache
 from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
@@ -74,14 +75,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # (/metrics) and logs are ours, so it stays off.
         telemetry=NO_FASTAPI_TELEMETRY,
     )
+    # Innermost: polls and reports are answered past FastAPI's routing, inside gate and timer.
+    app.add_middleware(FastLane, fastapi=app, routes=agent.FAST_ROUTES)
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
     app.add_middleware(RequestTimer)  # outermost: times the gate's refusals too
     install_error_handlers(app)
     install_agent_error_handler(app)
     install_refusal_handlers(app)
     install_database_outage_handler(app, outage)
-    # Routes are matched in order: the fleet's polls and reports, by far the most requests,
-    # are tried first.
+    # Polls and reports are served by the fast lane; their routes still give the OpenAPI
+    # document (and a 405 to any other method).
     app.include_router(agent.router)
     install_offline_docs(app)
     app.include_router(system.router)
