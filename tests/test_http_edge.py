@@ -264,6 +264,19 @@ async def test_openapi_tells_the_errors_and_agent_bodies_as_answered(
     assert [p["name"] for p in report["parameters"]] == ["x-agent-signature"]
 
 
+@pytest.mark.parametrize("path", ["/api/updates/next", "/api/updates/report"])
+async def test_agent_paths_answer_other_methods_405_naming_post(
+    edge: httpx.AsyncClient, path: str
+) -> None:
+    """POST on the agent paths is served in front of FastAPI's routing (api.fast_lane); any other
+    method still reaches the router and is told which one the path takes."""
+    for method in ("GET", "PUT", "DELETE"):
+        answer = await edge.request(method, path)
+        assert answer.status_code == 405, (method, answer.text)
+        assert answer.headers["allow"] == "POST"
+        assert "detail" in answer.json()
+
+
 async def test_temporal_unavailable_is_a_signed_503_with_retry_after(
     settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
