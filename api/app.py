@@ -19,7 +19,6 @@ from api.docs_ui import install_offline_docs
 from api.edge import EdgeGate
 from api.errors import install_error_handlers
 from api.fast_lane import FastLane
-from api.handouts import HandoutCache
 from api.http_metrics import RequestTimer
 from api.nonce_janitor import sweep_forever
 from api.poll_batcher import PollBatcher
@@ -45,12 +44,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
-        app.state.handouts = HandoutCache()
         app.state.polls = PollBatcher(app.state.pool)
         app.state.dispatch = Dispatcher(
             settings.database_url,
             app.state.pool,
-            app.state.handouts,
             max_seconds=settings.long_poll_max_seconds,
             max_held=settings.long_poll_max_held,
         )

@@ -11,7 +11,6 @@ import asyncpg
 from fastapi import Depends, Header, HTTPException, Path, Request, status
 from temporalio.client import Client
 
-from api.handouts import HandoutCache
 from contract.wire import ID_PATTERN
 from server.settings import ApiSettings
 
@@ -30,14 +29,9 @@ async def get_temporal(request: Request) -> Client:
     return request.app.state.temporal
 
 
-async def get_handout_cache(request: Request) -> HandoutCache:
-    return request.app.state.handouts
-
-
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
-HandoutCacheDep = Annotated[HandoutCache, Depends(get_handout_cache)]
 
 
 def admin_token_problem(settings: ApiSettings, presented: bytes | None) -> str | None:

@@ -4,9 +4,9 @@ soon as a job for its instance may exist, whichever API process the job was rele
 Whatever changes what a rollout hands out is written to the read model by the worker
 (activities/rollouts.py), which sends a PostgreSQL notice in the same transaction
 (store.polls.announce). Each API process LISTENs on ONE connection of its own, outside the pool,
-and on a notice for a rollout: forgets that rollout's cached handouts (so a pause or abort
-through another process is seen at once), finds in one query which held polls have an open job
-in it, and wakes those to check again. A held poll holds no pool connection while it waits.
+and on a notice for a rollout finds in one query which held polls have an open job in it, and
+wakes those to look again: the read model they look in is what the notice announced. A held
+poll holds no pool connection while it waits.
 
 Holds are bounded per process (`LONG_POLL_MAX_HELD`): past the bound a poll is answered at
 once, as a plain poll. When the listening connection is lost (a PostgreSQL restart) it is
@@ -27,7 +27,6 @@ from fastapi.responses import Response
 from prometheus_client import Counter, Gauge
 
 from api.agent_auth import AgentError, Verified
-from api.handouts import HandoutCache
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import PollRequest
 from store import polls
@@ -68,24 +67,9 @@ class Hold:
     _woken: asyncio.Event = field(default_factory=asyncio.Event)
     _deadline: float = 0.0
     _over: bool = False
-    _rechecks: int = 0
 
     def wake(self) -> None:
         self._woken.set()
-
-    def recheck_soon(self) -> float | None:
-        """Wakes this poll again after the next of RECHECK_DELAYS_SECONDS, and returns the loop
-        time it was asked at (None once they are spent: the poll then waits for notices only).
-
-        For a poll woken by its job's row while the workflow does not hand that job out yet: the
-        workflow takes in the write that woke it a moment after its commit, and no notice says
-        when."""
-        if self._rechecks >= len(RECHECK_DELAYS_SECONDS):
-            return None
-        loop = asyncio.get_running_loop()
-        loop.call_later(RECHECK_DELAYS_SECONDS[self._rechecks], self._woken.set)
-        self._rechecks += 1
-        return loop.time()
 
     def end(self) -> None:
         """The process stops: answer now, with what the poll has."""
@@ -121,11 +105,6 @@ class Hold:
             pass
 
 
-# Pauses before a woken poll whose job the workflow did not hand out yet asks again (about 0.8 s
-# in all; the next notice of that rollout comes later than that only when the job is withheld).
-RECHECK_DELAYS_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.4)
-
-
 class Dispatcher:
     """The waiters of one API process and its listening connection."""
 
@@ -133,14 +112,12 @@ class Dispatcher:
         self,
         dsn: str,
         pool: asyncpg.Pool,
-        handouts: HandoutCache,
         *,
         max_seconds: int,
         max_held: int,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
-        self.handouts = handouts
         self.max_seconds = max_seconds
         self.max_held = max_held
         self._held: dict[str, set[Hold]] = {}
@@ -266,7 +243,6 @@ class Dispatcher:
             await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_SECONDS)
 
     def _noticed(self, _conn: object, _pid: int, _channel: str, rollout_id: str) -> None:
-        self.handouts.forget(rollout_id)  # before any woken poll asks the workflow again
         self._recheck(rollout_id)
 
     def _recheck(self, rollout_id: str | None) -> None:

@@ -32,10 +32,6 @@ REQUEST_SECONDS = Histogram(
     "HTTP request latency by route template and method",
     ["route", "method", "status"],
 )
-HANDOUT_QUERIES = Counter(
-    "rollout_handout_queries_total",
-    "Workflow queries made to answer agent polls (one serves a whole batch's polls)",
-)
 
 
 async def fleet_gauges(pool: asyncpg.Pool) -> list[Metric]:

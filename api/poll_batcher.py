@@ -18,7 +18,7 @@ from prometheus_client import Histogram
 from store import polls
 
 # Statements in flight at once; polls arriving meanwhile wait for the next one. Leaves most
-# of the pool (api settings: db_pool_max_size) to reports, handouts and admin requests.
+# of the pool (api settings: db_pool_max_size) to reports, manifests and admin requests.
 MAX_IN_FLIGHT = 2
 # The most polls in one statement.
 MAX_BATCH = 256

@@ -8,7 +8,6 @@ rather than an error.
 import contextlib
 import uuid
 from collections import Counter
-from typing import Protocol
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -31,12 +30,6 @@ LIVE_VIEW_TIMEOUT = 3.0
 # Starting waits until batch 1 is handed out; actions until the workflow accepted them.
 START_TIMEOUT = 30.0
 ACTION_TIMEOUT = 15.0
-
-
-class Handouts(Protocol):
-    """What polls are answered from (api.handouts.HandoutCache): forgotten after an action."""
-
-    def forget(self, rollout_id: str) -> None: ...
 
 
 # Bounds of the integer fields (docs/protocol.md): a fleet is at most this many instances.
@@ -140,14 +133,15 @@ async def view(pool: asyncpg.Pool, temporal: Client, rollout_id: str) -> Rollout
 async def act(
     pool: asyncpg.Pool,
     temporal: Client,
-    handouts: Handouts,
     rollout_id: str,
     action: Action,
     *,
     actor: str,
     reason: str | None = None,
 ) -> RolloutDetail:
-    """Run an admin action through the workflow; Conflict when it does not apply now."""
+    """Run an admin action through the workflow; Conflict when it does not apply now. The
+    workflow answers once the read model shows the action, so polls through every API process
+    see it from then on."""
     row = await _stored(pool, rollout_id)
     if row.workflow_closed:
         raise Conflict(f"rollout is {row.status}; {action} does not apply to a finished rollout")
@@ -166,8 +160,6 @@ async def act(
             f"the rollout engine did not answer in time; {action} may not have been applied"
             f" (check GET /api/rollouts/{rollout_id}): {exc}"
         ) from None
-    finally:
-        handouts.forget(rollout_id)  # polls see a pause (or a retry's new jobs) at once
     return await view(pool, temporal, rollout_id)
 
 

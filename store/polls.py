@@ -21,16 +21,27 @@ LAST_SEEN_RESOLUTION_SECONDS = 10
 DISPATCH_CHANNEL = "rollout_dispatch"
 
 
-def _open_rollout_of(instance_id: str) -> str:
-    """The rollout of the instance's newest open job, as a subquery over an SQL expression."""
+def _handout_of(instance_id: str) -> str:
+    """The instance's newest open job and whether it is handed out now, as a subquery over an
+    SQL expression.
+
+    The read model decides (issue 12): the worker writes a batch's rows only once the workflow
+    released it, and a pause or abort only once the workflow took it (their answers wait for
+    that write), so the rows say what the workflow hands out without asking it, which it
+    answers slowly while it takes in a batch's reports. A job past its deadline is not handed
+    out: the workflow times it out."""
     return f"""
-SELECT rollout_id FROM update_jobs
-    WHERE instance_id = {instance_id} AND status IN ('pending', 'in_progress')
-    ORDER BY created_at DESC, id LIMIT 1
+SELECT j.id AS job_id, j.rollout_id, r.manifest_id AS release_id, j.deadline,
+        r.status NOT IN ('paused', 'completed', 'aborted') AND NOT r.workflow_closed
+            AND j.deadline > now() AS handed_out
+    FROM (SELECT id, rollout_id, deadline FROM update_jobs
+            WHERE instance_id = {instance_id} AND status IN ('pending', 'in_progress')
+            ORDER BY created_at DESC, id LIMIT 1) j
+        JOIN rollouts r ON r.id = j.rollout_id
 """
 
 
-_OPEN_ROLLOUT = _open_rollout_of("$1")
+_HANDOUT = _handout_of("$1")
 
 # Data-modifying CTEs run exactly once, whether or not the final SELECT reads them. An instance
 # is recorded only from a poll whose nonce is fresh: a replayed request changes nothing. The
@@ -59,9 +70,9 @@ WITH polled AS (
             IS DISTINCT FROM (EXCLUDED.channel, EXCLUDED.current_version, EXCLUDED.agent_version)
         OR i.last_seen_at < now() - interval '{LAST_SEEN_RESOLUTION_SECONDS} seconds'
 )
-SELECT c.nonce IS NOT NULL AS fresh,
-    ({_open_rollout_of("p.instance_id")}) AS open_rollout_id
+SELECT c.nonce IS NOT NULL AS fresh, h.*
     FROM polled p LEFT JOIN claimed c USING (instance_id, nonce)
+        LEFT JOIN LATERAL ({_handout_of("p.instance_id")}) h ON c.nonce IS NOT NULL
     ORDER BY p.n
 """
 
@@ -79,11 +90,43 @@ class Poll:
 
 
 @dataclass(frozen=True)
+class Handout:
+    """A job the instance may run now (PROTOCOL §5)."""
+
+    job_id: str
+    rollout_id: str
+    release_id: str
+    deadline: datetime
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the instance may run now: `handout`, or None; `withheld` when it has an open job that
+    is not handed out (its rollout paused or finished, or the job past its deadline)."""
+
+    handout: Handout | None = None
+    withheld: bool = False
+
+
+@dataclass(frozen=True)
 class PollOutcome:
     # False: the nonce was already used by this instance, and nothing was written.
     fresh: bool
-    # The rollout of the instance's newest pending or in-progress job, if any.
-    open_rollout_id: str | None
+    found: Found = Found()
+
+
+def _found(row: asyncpg.Record | None) -> Found:
+    if row is None or row["job_id"] is None:
+        return Found()
+    if not row["handed_out"]:
+        return Found(withheld=True)
+    handout = Handout(
+        job_id=row["job_id"],
+        rollout_id=row["rollout_id"],
+        release_id=row["release_id"],
+        deadline=row["deadline"],
+    )
+    return Found(handout=handout)
 
 
 async def record_many(
@@ -109,16 +152,15 @@ async def record_many(
         [p.agent_version for p in polls],
         unique,
     )
-    outcomes = [PollOutcome(fresh=False, open_rollout_id=None)] * len(many)
+    outcomes = [PollOutcome(fresh=False)] * len(many)
     for k, row in zip(unique, rows, strict=True):
-        outcomes[k] = PollOutcome(fresh=row["fresh"], open_rollout_id=row["open_rollout_id"])
+        outcomes[k] = PollOutcome(fresh=row["fresh"], found=_found(row))
     return outcomes
 
 
-async def open_rollout(conn: asyncpg.Connection | asyncpg.Pool, instance_id: str) -> str | None:
-    """What `record` finds, for a held poll re-checking after its nonce was claimed."""
-    rollout_id: str | None = await conn.fetchval(_OPEN_ROLLOUT, instance_id)
-    return rollout_id
+async def find(conn: asyncpg.Connection | asyncpg.Pool, instance_id: str) -> Found:
+    """What `record_many` finds, for a held poll looking again after its nonce was claimed."""
+    return _found(await conn.fetchrow(_HANDOUT, instance_id))
 
 
 async def with_open_jobs(

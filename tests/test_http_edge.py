@@ -17,7 +17,14 @@ from server.settings import ApiSettings
 from store import jobs, rollouts
 from store.jobs import JobWrite
 from store.rollouts import RolloutSpec
-from tests.agent_requests import assert_signed_by, hmac_hex, now_iso, poll_body, post_signed
+from tests.agent_requests import (
+    assert_signed_by,
+    body_for,
+    hmac_hex,
+    now_iso,
+    poll_body,
+    post_signed,
+)
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import seed_release
 from tests.manifests import hand_signed
@@ -280,7 +287,8 @@ async def test_agent_paths_answer_other_methods_405_naming_post(
 async def test_temporal_unavailable_is_a_signed_503_with_retry_after(
     settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
-    """An instance with an open job polls while nothing answers at the Temporal address."""
+    """An instance reports on its open job while nothing answers at the Temporal address: the
+    workflow must hear of the job starting, so the report is refused, signed, and retried."""
     release_id = await seed_release(db, settings)
     spec = RolloutSpec(
         id="r1",
@@ -312,8 +320,8 @@ async def test_temporal_unavailable_is_a_signed_503_with_retry_after(
         LiveServer(create_app(configured), free_port()) as server,
         httpx.AsyncClient(base_url=server.url, timeout=30) as client,
     ):
-        body = poll_body("web-1")
-        answer = await post_signed(client, "/api/updates/next", body, LISTED_SECRET)
+        body = body_for("web-1", jobId="j1", status="in_progress", step="preflight", message=None)
+        answer = await post_signed(client, "/api/updates/report", body, LISTED_SECRET)
     assert answer.status_code == 503, answer.text
     assert int(answer.headers["retry-after"]) > 0
     assert "Temporal" in assert_signed_by(answer, LISTED_SECRET, body["nonce"])["detail"]

@@ -19,7 +19,6 @@ from starlette.requests import Request
 from api.agent_auth import Verified
 from api.app import create_app
 from api.dispatch import LISTENER_APPLICATION_NAME, Dispatcher
-from api.handouts import HandoutCache
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import PollRequest
 from devstack.ports import free_port
@@ -195,7 +194,7 @@ async def _open_job(db: asyncpg.Connection, settings: ApiSettings, instance_id: 
 @pytest.fixture
 async def dispatcher(database_url: str) -> AsyncIterator[Dispatcher]:
     pool = await open_pool(database_url)
-    dispatcher = Dispatcher(database_url, pool, HandoutCache(), max_seconds=25, max_held=10)
+    dispatcher = Dispatcher(database_url, pool, max_seconds=25, max_held=10)
     await dispatcher.start()
     await asyncio.wait_for(dispatcher.listening.wait(), 20)
     try:

@@ -1,6 +1,7 @@
 """A poll's single statement (store.polls): the nonce claimed in the shared table, the instance
-recorded only for a fresh nonce, `last_seen_at` coalesced, and the open job found; and polls
-that arrive together recorded by one statement (api.poll_batcher), each with its own outcome."""
+recorded only for a fresh nonce, `last_seen_at` coalesced, and the open job found, handed out
+only while its rollout hands it out; and polls that arrive together recorded by one statement
+(api.poll_batcher), each with its own outcome."""
 
 import asyncio
 import secrets
@@ -61,7 +62,7 @@ async def _instance(conn: asyncpg.Connection, instance_id: str = "web-1") -> asy
 
 async def test_a_replayed_nonce_is_refused_and_records_nothing(db: asyncpg.Connection) -> None:
     nonce = secrets.token_hex(16)
-    assert await _poll(db, nonce=nonce, version="1.0.0") == polls.PollOutcome(True, None)
+    assert await _poll(db, nonce=nonce, version="1.0.0") == polls.PollOutcome(fresh=True)
 
     replay = await _poll(db, nonce=nonce, version="9.9.9", channel="beta")
 
@@ -94,7 +95,19 @@ async def test_last_seen_is_coalesced_until_the_resolution_passes_or_something_c
     assert (await _instance(db))["last_seen_at"] > older
 
 
-async def _job(conn: asyncpg.Connection, job_id: str, instance_id: str, status: JobStatus) -> None:
+def _rollout_of(outcome: polls.PollOutcome) -> str | None:
+    """The rollout whose job the poll was handed."""
+    handout = outcome.found.handout
+    return handout.rollout_id if handout else None
+
+
+async def _job(
+    conn: asyncpg.Connection,
+    job_id: str,
+    instance_id: str,
+    status: JobStatus,
+    deadline: datetime | None = None,
+) -> None:
     await jobs.upsert_many(
         conn,
         [
@@ -105,7 +118,7 @@ async def _job(conn: asyncpg.Connection, job_id: str, instance_id: str, status: 
                 batch=1,
                 attempt=1,
                 status=status,
-                deadline=datetime.now(UTC) + timedelta(hours=1),
+                deadline=deadline or datetime.now(UTC) + timedelta(hours=1),
             )
         ],
     )
@@ -135,10 +148,37 @@ async def test_the_open_job_is_found_and_settled_ones_are_not(
     await _job(db, "j-running", "web-2", "in_progress")
     await _job(db, "j-done", "web-3", "succeeded")
 
-    assert (await _poll(db, "web-1")).open_rollout_id == "r1"
-    assert (await _poll(db, "web-2")).open_rollout_id == "r1"
-    assert (await _poll(db, "web-3")).open_rollout_id is None
-    assert (await _poll(db, "web-4")).open_rollout_id is None
+    handed = await _poll(db, "web-1")
+    assert handed.found.handout is not None
+    assert handed.found.handout.job_id == "j-pending"
+    assert handed.found.handout.release_id == await db.fetchval(
+        "SELECT manifest_id FROM rollouts WHERE id = 'r1'"
+    )
+    assert _rollout_of(await _poll(db, "web-2")) == "r1"
+    for settled_or_none in ("web-3", "web-4"):
+        assert (await _poll(db, settled_or_none)).found == polls.Found()
+
+
+async def test_an_open_job_is_withheld_while_paused_after_its_deadline_and_once_finished(
+    db: asyncpg.Connection, settings: ApiSettings
+) -> None:
+    """What the workflow's `handouts` says, read from the rows it wrote (issue 12)."""
+    await _open_rollout_with_job(db, settings, "web-1")
+    await _job(db, "j-overdue", "web-2", "pending", datetime.now(UTC) - timedelta(seconds=1))
+    assert _rollout_of(await _poll(db, "web-1")) == "r1"
+    assert (await _poll(db, "web-2")).found == polls.Found(withheld=True)
+
+    for status in ("paused", "completed", "aborted"):
+        await db.execute("UPDATE rollouts SET status = $1 WHERE id = 'r1'", status)
+        assert (await _poll(db, "web-1")).found == polls.Found(withheld=True), status
+        assert (await polls.find(db, "web-1")) == polls.Found(withheld=True), status
+
+    await db.execute("UPDATE rollouts SET status = 'running' WHERE id = 'r1'")
+    found = await polls.find(db, "web-1")  # a held poll's look, as its first
+    assert found.handout is not None and found.handout.job_id == "j-pending"
+    assert _rollout_of(await _poll(db, "web-1")) == "r1"
+    await db.execute("UPDATE rollouts SET workflow_closed = true WHERE id = 'r1'")
+    assert (await _poll(db, "web-1")).found == polls.Found(withheld=True)
 
 
 async def test_one_statement_gives_each_poll_its_own_outcome_in_order(
@@ -160,7 +200,8 @@ async def test_one_statement_gives_each_poll_its_own_outcome_in_order(
     outcomes = await polls.record_many(db, batch)
 
     assert [o.fresh for o in outcomes] == [True, True, True, False, False, True]
-    assert [o.open_rollout_id for o in outcomes[:3]] == [None, "r1", None]
+    assert [_rollout_of(o) for o in outcomes[:3]] == [None, "r1", None]
+    assert [o.found for o in outcomes[3:5]] == [polls.Found()] * 2  # replays: nothing looked up
     assert (await _instance(db, "web-1"))["current_version"] == "1.1.0"
     assert (await _instance(db, "web-9"))["current_version"] == "1.2.0"  # the later of the two
     stored = await db.fetchval("SELECT count(*) FROM agent_nonces")
@@ -183,7 +224,7 @@ async def test_polls_arriving_together_share_statements_and_each_gets_its_answer
         await pool.close()
 
     assert [o.fresh for o in outcomes] == [True] * 100 + [False]
-    assert [k for k, o in enumerate(outcomes, 1) if o.open_rollout_id == "r1"] == [7]
+    assert [k for k, o in enumerate(outcomes, 1) if _rollout_of(o) == "r1"] == [7]
     assert await db.fetchval("SELECT count(*) FROM instances") == 101
     # 101 polls in at most MAX_IN_FLIGHT + 1 statements: the first, and what waited for it.
     assert _sample("rollout_poll_batch_size_count") - statements <= MAX_IN_FLIGHT + 1

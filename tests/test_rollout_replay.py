@@ -73,6 +73,7 @@ SCENARIOS = {
     "cancel_request",
     "timed_out_at_reported_step",
     "unreachable",
+    "answer_when_written",
 }
 # How a scenario's last run ends, when not by completing.
 LAST_RUN_ENDS = {"cancel_request": "canceled"}
@@ -579,3 +580,44 @@ async def test_batch_read_locally_run_replays(
     assert "load_targets" not in scheduled
     assert local_activities(run) == {"batch_targets": 3}
     assert scheduled["record_progress"] > 0
+
+
+async def test_answer_when_written_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """Every admin action is answered once the read model shows it (issue 12): agents' polls are
+    answered from the rows, so an answered pause or abort withholds jobs on every API process."""
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b", "c"], batch_size=1)
+
+    async def stored() -> tuple[str, dict[str, str]]:
+        """The rollout's status and its jobs' (by instance, latest attempt) in PostgreSQL."""
+        rows = await db.fetch(
+            "SELECT instance_id, status FROM update_jobs WHERE rollout_id = $1"
+            " ORDER BY batch, attempt",
+            spec.id,
+        )
+        status = await db.fetchval("SELECT status FROM rollouts WHERE id = $1", spec.id)
+        return status, {r["instance_id"]: r["status"] for r in rows}
+
+    (a,) = (await view(client, spec)).jobs
+    assert await act(client, spec, "pause", "change freeze") == "paused"
+    assert await stored() == ("paused", {"a": "pending"})
+    assert await act(client, spec, "resume") == "running"
+    assert (await stored())[0] == "running"
+    await report(client, spec, a, "rolled_back", "smoke")
+    await settles_to(client, spec, "paused")
+    assert await act(client, spec, "retry") == "running"
+    assert await stored() == ("running", {"a": "pending"})  # the new attempt's row
+    (retried,) = [j for j in (await view(client, spec)).jobs if j.status == "pending"]
+    await report(client, spec, retried, "succeeded")
+    await settles_to(client, spec, "awaiting_advance")
+    assert await act(client, spec, "advance") == "running"
+    assert await stored() == ("running", {"a": "succeeded", "b": "pending"})
+    assert await act(client, spec, "abort", "bad build") == "aborted"
+    assert await stored() == ("aborted", {"a": "succeeded", "b": "cancelled"})
+    assert (await outcome(client, spec)).counts == {"succeeded": 1, "cancelled": 1}
+    await keep(client, spec, "answer_when_written")

@@ -1,7 +1,7 @@
 """Two `rollout api` processes (as behind a load balancer) and two `rollout worker` processes on
 one PostgreSQL and one Temporal: agents polling either API get every job exactly once, and an
-admin action through one API reaches polls through the other within the handout cache's TTL,
-and a poll held by one is answered when a job is released through the other."""
+admin action through one API is in effect for polls through the other once it is answered, and
+a poll held by one is answered when a job is released through the other."""
 
 import asyncio
 import json
@@ -16,7 +16,6 @@ import pytest
 from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
-from api.handouts import TTL_SECONDS
 from contract.long_poll import POLL_WAIT_HEADER
 from devstack.ports import free_port
 from server.settings import ApiSettings
@@ -145,20 +144,6 @@ def poller(api: httpx.AsyncClient, instance_id: str) -> Poll:
     return poll
 
 
-async def first_poll_that_changes(poll: Poll, acknowledged_at: float, handed: bool) -> float:
-    """Polls until the answer flips to `handed`; every poll sent more than the TTL after the
-    action was acknowledged must already see it. Returns how long after the ack it flipped."""
-    async with asyncio.timeout(10):
-        while True:
-            sent_at = time.monotonic()
-            if (await poll() is not None) == handed:
-                return sent_at - acknowledged_at
-            assert sent_at - acknowledged_at < TTL_SECONDS, (
-                f"a poll sent {sent_at - acknowledged_at:.3f} s after the action still got the"
-                f" old answer (bound {TTL_SECONDS} s)"
-            )
-
-
 async def test_pause_and_resume_through_one_api_reach_polls_through_the_other(
     two_of_each: TwoOfEach, dev_settings: ApiSettings, db: asyncpg.Connection
 ) -> None:
@@ -175,18 +160,16 @@ async def test_pause_and_resume_through_one_api_reach_polls_through_the_other(
     assert job["rolloutId"] == rollout_id
     assert (await via_a() or {}).get("id") == job["id"]  # both APIs hand out the same job
 
-    # Each action follows a poll through the other API, so that API holds a fresh answer and
-    # the test sees its cache expire rather than a cold start.
+    # An action is answered once the read model shows it, and polls through either API are
+    # answered from the read model: the first poll after the answer sees it.
     assert await via_b() is not None
     paused = await a.post(f"/api/rollouts/{rollout_id}/pause", json={"reason": "test"})
     assert paused.status_code == 200, paused.text
-    await first_poll_that_changes(via_b, time.monotonic(), handed=False)
     assert await via_b() is None
 
     assert await via_a() is None
     resumed = await b.post(f"/api/rollouts/{rollout_id}/resume")
     assert resumed.status_code == 200, resumed.text
-    await first_poll_that_changes(via_a, time.monotonic(), handed=True)
     assert (await via_a() or {}).get("id") == job["id"]  # the same job: nothing was reissued
 
 

@@ -51,6 +51,11 @@ class ReadModelWriter:
         self._revision = state.revision
         self._closing = False
         self._lock = asyncio.Lock()
+        # Changes recorded in this run, how many of them are in PostgreSQL, and the most an
+        # action waits for (`caught_up`).
+        self._recorded = 0
+        self._written = 0
+        self._awaited = 0
 
     def record(self, fx: Effects) -> None:
         """Remember what changed, to write it with the next write."""
@@ -59,6 +64,8 @@ class ReadModelWriter:
         self._dirty |= fx.jobs
         for job_id, message in fx.messages.items():
             self._messages[job_id] = message[:MESSAGE_LIMIT]
+        if fx.events or fx.jobs:
+            self._recorded += 1
 
     def close(self) -> None:
         """The run is ending: the rollout's row says so with the next write."""
@@ -68,6 +75,24 @@ class ReadModelWriter:
     @property
     def unwritten(self) -> bool:
         return bool(self._dirty or self._events or self._row_dirty)
+
+    @property
+    def awaited(self) -> bool:
+        """An action waits for a write (`caught_up`): the run loop must write, even while it
+        waits for handlers to finish."""
+        return self._awaited > self._written
+
+    async def caught_up(self, timeout: timedelta) -> bool:
+        """Whether everything recorded so far reached PostgreSQL within `timeout` (a durable
+        timer): an admin action is answered when the read model, which answers agents' polls,
+        shows it (issue 12), or, should PostgreSQL not take the write, after `timeout`."""
+        target = self._recorded
+        self._awaited = max(self._awaited, target)
+        try:
+            await workflow.wait_condition(lambda: self._written >= target, timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def carry(self, state: RolloutState) -> None:
         """Into the state the next run starts from (continue-as-new)."""
@@ -85,11 +110,13 @@ class ReadModelWriter:
         """
         async with self._lock:
             if not self.unwritten and not new_jobs:
+                self._written = self._recorded
                 return
             batch = sorted(self._dirty)
             if new_jobs is None:
                 batch = batch[:JOBS_PER_WRITE]
             self._dirty.difference_update(batch)
+            covers = self._written if self._dirty else self._recorded
             dirty = [machine.jobs[job_id] for job_id in batch if job_id in machine.jobs]
             writes = [self._job_write(job) for job in dirty + (new_jobs or [])]
             events, self._events = self._events, []
@@ -111,6 +138,7 @@ class ReadModelWriter:
                         start_to_close_timeout=ACTIVITY_TIMEOUT,
                         retry_policy=ACTIVITY_RETRY,
                     )
+                self._written = max(self._written, covers)
             except CANCELLATION as err:
                 if not is_cancelled_exception(err):
                     raise

@@ -74,6 +74,12 @@ PATCH_UNREACHABLE_STATUS = "unreachable-status"
 # A release reads its batch's ids as a local activity, in the workflow task that started it:
 # advance -> handout waits on one activity round trip (the jobs' write), not two (issue 13).
 PATCH_BATCH_READ_LOCALLY = "batch-targets-local-activity"
+# An admin action is answered once the read model shows it: agents' polls are answered from the
+# read model, so an acknowledged pause or abort is in effect on every API process (issue 12).
+PATCH_ANSWER_WHEN_WRITTEN = "answer-actions-when-written"
+# ... unless PostgreSQL does not take that write (a lock, an outage): an abort must still be
+# answered then; it is in effect for polls once written.
+ANSWER_WRITE_WAIT = timedelta(seconds=5)
 # The read is one indexed range: longer than this is an outage, retried after a durable timer
 # (threshold 0), so queries and updates are answered between attempts.
 BATCH_READ_TIMEOUT = timedelta(seconds=5)
@@ -90,13 +96,21 @@ AdminUpdate = workflow.UpdateMethodMultiParam[
 def _admin_action(action: Action) -> Callable[[Handler[In]], AdminUpdate[In]]:
     """An admin action is an Update named `action`: its validator refuses at once what the state
     machine says does not apply now, and its handler asks again first (a replay runs handlers
-    without their validators)."""
+    without their validators). It is answered once the read model shows what it did."""
 
     def decorate(handler: Handler[In]) -> AdminUpdate[In]:
         @functools.wraps(handler)
         async def checked(self: "RolloutWorkflow", input: In) -> ActionResult:
             self._ensure_allowed(action)
-            return await handler(self, input)
+            result = await handler(self, input)
+            if workflow.patched(PATCH_ANSWER_WHEN_WRITTEN):
+                self._changed = True  # the run loop writes it now
+                if not await self._writer.caught_up(ANSWER_WRITE_WAIT):
+                    self._log_line(
+                        f"{action} answered before PostgreSQL took its write"
+                        f" ({ANSWER_WRITE_WAIT.total_seconds():g} s): polls see it once written"
+                    )
+            return result
 
         @functools.wraps(handler)  # Temporal wants the handler's parameters
         def validate(self: "RolloutWorkflow", input: In) -> None:
@@ -239,10 +253,14 @@ class RolloutWorkflow:
 
     async def _let_handlers_finish(self) -> None:
         """Before continue-as-new: no update may be cut off; reports keep arriving meanwhile,
-        so what they changed after the last write is carried, not waited for."""
+        so what they changed after the last write is carried, not waited for. An update that
+        waits for a write (`caught_up`) gets it meanwhile."""
         while True:
             await workflow.wait_condition(
-                lambda: workflow.all_handlers_finished() and not self._machine.releasing
+                lambda: (
+                    (workflow.all_handlers_finished() and not self._machine.releasing)
+                    or self._writer.awaited
+                )
             )
             await self._writer.write(self._machine)
             if workflow.all_handlers_finished() and not self._machine.releasing:

@@ -1,35 +1,33 @@
-"""Agent endpoints (PROTOCOL §5): polls and reports, translated into workflow queries/signals.
+"""Agent endpoints (PROTOCOL §5): polls answered from the read model, reports signalled to the
+workflow.
 
 Reports are accepted by services.reports; its refusals and a Temporal outage are answered,
 signed, by api.refusals.
 
-An idle poll (no open job for the instance) is answered from PostgreSQL alone, in one round
-trip (store.polls) shared with the polls that arrive with it (api.poll_batcher): fleets poll
-far faster than Temporal answers queries. Only an instance with an open job costs a query. The
-routes take the bare request and read the process's pool and clients from app state: no
-dependency solving on the hottest path (see api.agent_auth).
+A poll is answered from PostgreSQL alone, in one round trip (store.polls) shared with the polls
+that arrive with it (api.poll_batcher), plus the release's manifest when a job is handed out:
+fleets poll far faster than Temporal answers queries, and the read model already says what the
+workflow hands out (store.polls explains why that holds). The routes take the bare request and
+read the process's pool and clients from app state: no dependency solving on the hottest path
+(see api.agent_auth).
 """
 
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from prometheus_client import Counter
-from starlette.datastructures import State
-from temporalio.client import Client
 
 from api.agent_auth import Verified, authenticated, verified
-from api.handouts import HandoutCache
 from api.metrics import POLLS, REPORTS
 from api.responses import SignedErrorOut, agent_errors, signed_body
 from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse
 from services import reports
 from services.errors import Conflict, Forbidden, NotFound, ServiceError
 from store import polls, releases
-from workflows.client import RolloutGone, RolloutUnavailable
-from workflows.rollout_models import HandedOutJob
+from workflows.client import RolloutUnavailable
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/updates", tags=["agents"], responses=agent_errors())
@@ -41,7 +39,10 @@ _REFUSAL_OUTCOMES: dict[type[Exception], str] = {
     Conflict: "conflict",
     RolloutUnavailable: "unavailable",
 }
-_IDLE_POLLS = POLLS.labels(outcome="idle")  # the label looked up once, not per poll
+# Labels looked up once, not per poll.
+_IDLE_POLLS = POLLS.labels(outcome="idle")
+_WITHHELD = POLLS.labels(outcome="withheld")
+_HANDED_OUT = POLLS.labels(outcome="job")
 
 
 @router.post(
@@ -66,64 +67,36 @@ async def next_job(request: Request) -> Response:
         )
         if not outcome.fresh:
             raise call.replayed()
-        counted, job = await _job_for(state, call, outcome.open_rollout_id)
-        asked_after = None
-        while job is None and await hold.woken():  # a held poll (api.dispatch) looks again
-            rollout_id = await polls.open_rollout(state.pool, poll.instanceId)
-            counted, job = await _job_for(state, call, rollout_id, asked_after)
-            if rollout_id is not None and job is None:
-                asked_after = hold.recheck_soon()
-    counted.inc()
+        found = outcome.found
+        while found.handout is None and await hold.woken():  # a held poll (api.dispatch)
+            found = await polls.find(state.pool, poll.instanceId)
+        job = await _job_document(state.pool, call, found.handout) if found.handout else None
+    if job is not None:
+        _HANDED_OUT.inc()
+    else:
+        (_WITHHELD if found.withheld else _IDLE_POLLS).inc()
     return state.dispatch.advertised(call.answer({"job": job}))
 
 
-async def _job_for(
-    state: State,
-    call: Verified[PollRequest],
-    open_rollout_id: str | None,
-    asked_after: float | None = None,
-) -> tuple[Counter, dict[str, Any] | None]:
-    """The job document the poll's instance gets now, or None; and the outcome to count."""
-    if open_rollout_id is None:
-        return _IDLE_POLLS, None
-    handed = await _job_the_workflow_hands_out(
-        state.handouts, state.temporal, call, open_rollout_id, asked_after
-    )
-    release = await releases.get(state.pool, handed.release_id) if handed else None
-    if handed is None or release is None:
-        return POLLS.labels(outcome="withheld"), None
+async def _job_document(
+    pool: asyncpg.Pool, call: Verified[PollRequest], handout: polls.Handout
+) -> dict[str, Any]:
+    release = await releases.get(pool, handout.release_id)
+    assert release is not None  # rollouts.manifest_id references it, and releases stay
     log.info(
         "job handed out",
         extra={
             "instance_id": call.body.instanceId,
-            "job_id": handed.id,
-            "rollout_id": handed.rollout_id,
+            "job_id": handout.job_id,
+            "rollout_id": handout.rollout_id,
         },
     )
-    job = {
-        "id": handed.id,
-        "rolloutId": handed.rollout_id,
+    return {
+        "id": handout.job_id,
+        "rolloutId": handout.rollout_id,
         "manifest": release.manifest().as_document(),
-        "deadline": handed.deadline,
+        "deadline": handout.deadline.isoformat().replace("+00:00", "Z"),
     }
-    return POLLS.labels(outcome="job"), job
-
-
-async def _job_the_workflow_hands_out(
-    handouts: HandoutCache,
-    temporal: Client,
-    call: Verified[PollRequest],
-    rollout_id: str,
-    asked_after: float | None,
-) -> HandedOutJob | None:
-    try:
-        answer = await handouts.handouts(temporal, rollout_id, asked_after=asked_after)
-    except RolloutGone:
-        return None  # the rollout's history is gone: nothing to hand out
-    except RolloutUnavailable:
-        POLLS.labels(outcome="unavailable").inc()
-        raise  # answered, signed, by api.refusals
-    return answer.jobs.get(call.body.instanceId)
 
 
 @router.post(

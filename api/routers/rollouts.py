@@ -6,7 +6,7 @@ in api.refusals. A view the workflow did not answer for is the stored one, `"sta
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import AdminActor, HandoutCacheDep, IdPath, PoolDep, SettingsDep, TemporalDep
+from api.deps import AdminActor, IdPath, PoolDep, SettingsDep, TemporalDep
 from api.responses import admin_errors, conflict, not_found
 from api.schemas import ActionBody, CreateRollout, RolloutOut, RolloutSummaryOut
 from contract.manifest import Channel
@@ -65,13 +65,11 @@ async def act_on_rollout(
     actor: AdminActor,
     pool: PoolDep,
     temporal: TemporalDep,
-    handouts: HandoutCacheDep,
     body: ActionBody | None = None,
 ) -> RolloutOut:
     detail = await rollout_service.act(
         pool,
         temporal,
-        handouts,
         rollout_id,
         action,
         actor=actor,
