@@ -112,10 +112,28 @@ def api_pid(stack_pid: int) -> int:
     raise RuntimeError("the stack has no API process")
 
 
+def cpu_by_part(stack_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by each part of the stack and by the simulator (this process
+    and its shard processes, the stack's subtree left out)."""
+    parts: dict[str, float] = {}
+    for pid in procstat.child_pids(stack_pid):
+        line = procstat.command_line(pid)
+        name = line[3] if line[2:3] == ["cli.main"] else Path(line[0]).name
+        name = "temporal" if name.startswith("temporal") else name
+        parts[name] = parts.get(name, 0.0) + procstat.tree_cpu_seconds(pid)
+    me = os.getpid()
+    shards = [p for p in procstat.child_pids(me) if p != stack_pid]
+    parts["simulator"] = procstat.cpu_seconds(me) + sum(map(procstat.tree_cpu_seconds, shards))
+    return parts
+
+
 class BenchmarkResult(BaseModel):
     figures: Figures
     phases: list[RolloutPhases]
     api_peak_rss_mb: float
+    # CPU seconds each part used from the rollout's creation to its end (api, worker, temporal,
+    # postgres, simulator): on a machine the run saturates, the figure that compares runs.
+    rollout_cpu_seconds: dict[str, float]
     # With --advance: batch number → ms from sending its advance to the fleet's first handout,
     # and to the advance's answer (the update returns once the batch is written).
     advance_to_handout_ms: dict[int, float]
@@ -124,6 +142,7 @@ class BenchmarkResult(BaseModel):
 
 class FleetRun(BaseModel):
     figures: Figures
+    rollout_cpu_seconds: dict[str, float]
     # With --advance: batch number → when its advance was sent (epoch seconds), and how long
     # its answer took (ms).
     advanced_at: dict[int, float]
@@ -156,7 +175,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
         async with httpx.AsyncClient(
             base_url=url, headers={"x-cp-admin-token": admin_token}, timeout=60
         ) as admin:
-            run = await run_fleet(args, url, admin, secrets)
+            run = await run_fleet(args, url, admin, secrets, stack.pid)
         figures = run.figures
         # The high-water mark covers the whole run, as long as the API was never restarted.
         peak_rss = procstat.peak_rss_mb(api_pid(stack.pid))
@@ -172,6 +191,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
             figures=figures,
             phases=phases,
             api_peak_rss_mb=peak_rss,
+            rollout_cpu_seconds=run.rollout_cpu_seconds,
             advance_to_handout_ms=advance_to_handout_ms(figures, run.advanced_at),
             advance_answered_ms=run.advance_answered_ms,
         )
@@ -182,7 +202,11 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
 
 
 async def run_fleet(
-    args: argparse.Namespace, url: str, admin: httpx.AsyncClient, secrets: dict[str, str]
+    args: argparse.Namespace,
+    url: str,
+    admin: httpx.AsyncClient,
+    secrets: dict[str, str],
+    stack_pid: int,
 ) -> FleetRun:
     options = SimulationOptions(
         control_plane_url=url,
@@ -207,6 +231,7 @@ async def run_fleet(
         "autoAdvance": not args.advance,
         "bakeSeconds": args.bake_seconds,
     }
+    cpu_before = cpu_by_part(stack_pid)
     created = await admin.post("/api/rollouts", json=body)
     created.raise_for_status()
     rollout_path = f"/api/rollouts/{created.json()['id']}"
@@ -226,8 +251,16 @@ async def run_fleet(
         advanced_at[number] = time.time()
         (await admin.post(f"{rollout_path}/advance")).raise_for_status()
         answered_ms[number] = (time.time() - advanced_at[number]) * 1000
+    cpu_after = cpu_by_part(stack_pid)
     stop.set()
-    return FleetRun(figures=await fleet, advanced_at=advanced_at, advance_answered_ms=answered_ms)
+    return FleetRun(
+        figures=await fleet,
+        rollout_cpu_seconds={
+            part: round(cpu_after[part] - cpu_before.get(part, 0.0), 2) for part in cpu_after
+        },
+        advanced_at=advanced_at,
+        advance_answered_ms=answered_ms,
+    )
 
 
 def advance_to_handout_ms(figures: Figures, advanced_at: dict[int, float]) -> dict[int, float]:
@@ -260,6 +293,10 @@ def main() -> None:
     for phases in result.phases:
         print(render_phases(phases))
     print(f"API peak RSS {result.api_peak_rss_mb:.1f} MB")
+    cpu = result.rollout_cpu_seconds
+    each = ", ".join(f"{part} {seconds:.1f}" for part, seconds in sorted(cpu.items()))
+    total = sum(cpu.values())
+    print(f"CPU seconds from the rollout's creation to its end: {each}; total {total:.1f}")
     if result.advance_to_handout_ms:
         each = ", ".join(f"{ms:.0f}" for ms in result.advance_to_handout_ms.values())
         print(f"advance → first handout, batch 2 on (ms): {each}")

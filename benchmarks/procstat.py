@@ -46,3 +46,16 @@ def child_pids(parent: int) -> list[int]:
 
 def command_line(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of the process, of its children it has reaped, and of its living descendants:
+    a PostgreSQL server with its backends, a supervisor with what it runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0  # gone meanwhile
+    fields = stat.rpartition(")")[2].split()
+    # utime, stime, cutime, cstime: fields 14-17 (1-based in proc(5)).
+    own = sum(int(f) for f in fields[11:15]) / _TICKS
+    return own + sum(tree_cpu_seconds(child) for child in child_pids(pid))
