@@ -51,8 +51,9 @@ class ReadModelWriter:
         self._revision = state.revision
         self._closing = False
         self._lock = asyncio.Lock()
-        # Changes recorded in this run, how many of them are in PostgreSQL, and the most an
-        # action waits for (`caught_up`).
+        # Changes with audit events (status changes, admin actions) recorded in this run, how
+        # many of them the rollout's row in PostgreSQL shows, and the most an action waits for
+        # (`caught_up`). Job rows may follow in later writes (JOBS_PER_WRITE).
         self._recorded = 0
         self._written = 0
         self._awaited = 0
@@ -64,7 +65,7 @@ class ReadModelWriter:
         self._dirty |= fx.jobs
         for job_id, message in fx.messages.items():
             self._messages[job_id] = message[:MESSAGE_LIMIT]
-        if fx.events or fx.jobs:
+        if fx.events:  # every status change and admin action has its audit event
             self._recorded += 1
 
     def close(self) -> None:
@@ -83,9 +84,10 @@ class ReadModelWriter:
         return self._awaited > self._written
 
     async def caught_up(self, timeout: timedelta) -> bool:
-        """Whether everything recorded so far reached PostgreSQL within `timeout` (a durable
-        timer): an admin action is answered when the read model, which answers agents' polls,
-        shows it (issue 12), or, should PostgreSQL not take the write, after `timeout`."""
+        """Whether the rollout's row in PostgreSQL shows every change recorded so far, within
+        `timeout` (a durable timer): an admin action is answered when the read model, which
+        answers agents' polls, shows it (issue 12), or, should PostgreSQL not take the write,
+        after `timeout`."""
         target = self._recorded
         self._awaited = max(self._awaited, target)
         try:
@@ -116,36 +118,46 @@ class ReadModelWriter:
             if new_jobs is None:
                 batch = batch[:JOBS_PER_WRITE]
             self._dirty.difference_update(batch)
-            covers = self._written if self._dirty else self._recorded
             dirty = [machine.jobs[job_id] for job_id in batch if job_id in machine.jobs]
             writes = [self._job_write(job) for job in dirty + (new_jobs or [])]
             events, self._events = self._events, []
+            covers = self._recorded  # every status change so far goes with this write's row
             self._row_dirty = False
             self._revision += 1
             progress = self._progress(machine)
             chunks = [writes[i : i + JOBS_PER_WRITE] for i in range(0, len(writes), JOBS_PER_WRITE)]
             chunks = chunks or [[]]
+            # The rollout's row and its events go with the first chunk: a pause or abort commits
+            # with the first of a large release's job rows, never after them, so polls (answered
+            # from the rows) never see those jobs without it. A closing write's row goes last: a
+            # row marked closed is final, every job row written.
+            row_chunk = len(chunks) - 1 if self._closing else 0
+            row_sent = False
             try:
                 for index, chunk in enumerate(chunks):
-                    last = index == len(chunks) - 1
+                    carries_row = index == row_chunk
                     await workflow.execute_activity_method(
                         RolloutActivities.record_progress,
                         RecordProgressInput(
-                            progress=progress if last else None,
+                            progress=progress if carries_row else None,
                             jobs=chunk,
-                            events=events if last else [],
+                            events=events if carries_row else [],
                         ),
                         start_to_close_timeout=ACTIVITY_TIMEOUT,
                         retry_policy=ACTIVITY_RETRY,
                     )
-                self._written = max(self._written, covers)
+                    if carries_row:
+                        row_sent = True
+                        self._written = max(self._written, covers)
             except CANCELLATION as err:
                 if not is_cancelled_exception(err):
                     raise
                 # The run was asked to cancel mid-write: what this write carried is written
-                # again by the final write (job rows and the revision gate make that safe).
+                # again by the final write (job rows and the revision gate make that safe;
+                # events already written are not written twice).
                 self._dirty.update(batch)
-                self._events = events + self._events
+                if not row_sent:
+                    self._events = events + self._events
                 self._row_dirty = True
                 raise
 
