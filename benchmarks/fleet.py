@@ -132,7 +132,8 @@ class BenchmarkResult(BaseModel):
     phases: list[RolloutPhases]
     api_peak_rss_mb: float
     # CPU seconds each part used from the rollout's creation to its end (api, worker, temporal,
-    # postgres, simulator): on a machine the run saturates, the figure that compares runs.
+    # postgres, simulator): where the work goes. They drift with a VM's speed too, so compare
+    # runs alternated back to back.
     rollout_cpu_seconds: dict[str, float]
     # With --advance: batch number → ms from sending its advance to the fleet's first handout,
     # and to the advance's answer (the update returns once the batch is written).

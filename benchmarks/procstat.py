@@ -6,12 +6,17 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
+def _cpu_ticks(pid: int, *, with_reaped_children: bool) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rpartition(")")[2].split()
-    # After the command: state is field 3, utime field 14, stime field 15 (1-based in proc(5)).
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    # After the command: state is field 3, utime 14, stime 15, cutime 16, cstime 17 (1-based in
+    # proc(5)).
+    return sum(int(f) for f in fields[11 : 15 if with_reaped_children else 13])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    return _cpu_ticks(pid, with_reaped_children=False) / _TICKS
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -52,10 +57,7 @@ def tree_cpu_seconds(pid: int) -> float:
     """CPU time of the process, of its children it has reaped, and of its living descendants:
     a PostgreSQL server with its backends, a supervisor with what it runs."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        own = _cpu_ticks(pid, with_reaped_children=True) / _TICKS
     except OSError:
         return 0.0  # gone meanwhile
-    fields = stat.rpartition(")")[2].split()
-    # utime, stime, cutime, cstime: fields 14-17 (1-based in proc(5)).
-    own = sum(int(f) for f in fields[11:15]) / _TICKS
     return own + sum(tree_cpu_seconds(child) for child in child_pids(pid))

@@ -1,6 +1,7 @@
 """The wire contract's names and agent models (PROTOCOL §4-§5): statuses, steps and the agent
 requests, shared by the API, the workflow and the agent so all read one contract."""
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -112,7 +113,12 @@ class JobAssignment(BaseModel):
     id: str
     rolloutId: str
     manifest: ReleaseManifest
-    deadline: str
+    deadline: str  # wire_deadline
+
+
+def wire_deadline(deadline: datetime) -> str:
+    """A job's deadline as handed out (PROTOCOL §5): ISO 8601 in UTC, with a `Z`."""
+    return deadline.isoformat().replace("+00:00", "Z")
 
 
 class PollResponse(BaseModel):

@@ -24,6 +24,7 @@ from contract.wire import (
     OPEN_JOB_STATUSES,
     TERMINAL_JOB_STATUSES,
     RolloutStatus,
+    wire_deadline,
 )
 from store.rollouts import RolloutSnapshot, RolloutSpec
 from workflows import rollout_text
@@ -188,7 +189,7 @@ class RolloutMachine:
                 id=job_id,
                 rollout_id=self.spec.id,
                 release_id=self.spec.manifest_id,
-                deadline=self.jobs[job_id].deadline.isoformat().replace("+00:00", "Z"),
+                deadline=wire_deadline(self.jobs[job_id].deadline),
             )
             for instance_id, job_id in self.open_by_instance.items()
         }

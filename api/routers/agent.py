@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from api.agent_auth import Verified, authenticated, verified
 from api.metrics import POLLS, REPORTS
 from api.responses import SignedErrorOut, agent_errors, signed_body
-from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse
+from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse, wire_deadline
 from services import reports
 from services.errors import Conflict, Forbidden, NotFound, ServiceError
 from store import polls, releases
@@ -95,7 +95,7 @@ async def _job_document(
         "id": handout.job_id,
         "rolloutId": handout.rollout_id,
         "manifest": release.manifest().as_document(),
-        "deadline": handout.deadline.isoformat().replace("+00:00", "Z"),
+        "deadline": wire_deadline(handout.deadline),
     }
 
 
