@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.job import JobRunner
 from agent.journal import Journal, Report
 from agent.logs import instance_log
+from agent.network import agent_transport
 from agent.reports import ReportSender
 from agent.steps import ShellExecutor, StepExecutor
 from agent.timing import jittered, retry_delay, sleep_unless_stopped
@@ -82,7 +83,7 @@ class Agent:
         async with httpx.AsyncClient(
             base_url=self.config.control_plane_url,
             timeout=self.config.request_timeout_seconds,
-            transport=self.transport,
+            transport=self.transport or agent_transport(CONNECTION_LIFETIME),
             limits=CONNECTION_LIFETIME,
         ) as http:
 

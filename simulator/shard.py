@@ -12,12 +12,12 @@ import ssl
 import time
 from collections import Counter
 
-import httpx
 from pydantic import BaseModel
 
 from agent.config import AgentConfig
 from agent.daemon import CONNECTION_LIFETIME, Agent
 from agent.journal import Journal
+from agent.network import http_transport
 from agent.timing import sleep_unless_stopped
 from simulator.figures import percentile
 from simulator.observer import FleetObserver, ObservingTransport
@@ -78,9 +78,7 @@ def _agent(
         random.Random(f"{options.seed}/{instance_id}") if seeded else random.Random(),
     )
     journal = Journal.open(None, options.version)
-    transport = ObservingTransport(
-        httpx.AsyncHTTPTransport(verify=tls, limits=CONNECTION_LIFETIME), observer
-    )
+    transport = ObservingTransport(http_transport(verify=tls, limits=CONNECTION_LIFETIME), observer)
     return Agent(config, executor=steps, journal=journal, transport=transport)
 
 
