@@ -397,7 +397,7 @@ def test_a_resume_accepts_the_unreachable_hosts_counted_so_far() -> None:
     run = unreachable_batch()
     run.machine.resume("ops", run.now)
     assert run.machine.state.accepted_unreachable == 2
-    assert status_moves(run.tick()) == [("running", "awaiting_advance")]
+    assert status_moves(run.tick()) == [("running", "completed")]
     run.machine.advance("ops")
     run.release(2)
     run.report("d", "succeeded")
@@ -455,7 +455,7 @@ def test_a_batch_awaiting_advance_may_be_paused_and_resumed() -> None:
     run.tick()
     assert status_moves(run.machine.pause("ops", "freeze")) == [("awaiting_advance", "paused")]
     assert status_moves(run.machine.resume("ops", run.now)) == [("paused", "running")]
-    assert status_moves(run.tick()) == [("running", "awaiting_advance")]
+    assert status_moves(run.tick()) == [("running", "completed")]
     assert status_moves(run.machine.abort("ops", None, run.now)) == [
         ("awaiting_advance", "aborted")
     ]
@@ -484,7 +484,7 @@ def test_a_retry_from_a_settled_batch_runs_it_again() -> None:
     run = started(max_failures=1)
     run.report("a", "failed")
     run.report("b", "succeeded")
-    assert status_moves(run.tick()) == [("running", "awaiting_advance")]
+    assert status_moves(run.tick()) == [("running", "completed")]
     begun = run.machine.begin_retry("ops", run.now, run.new_id)
     assert status_moves(begun) == [("awaiting_advance", "running")]
 
@@ -527,6 +527,29 @@ def test_an_abort_while_a_batch_is_written_cancels_it_once_written() -> None:
     ended = run.machine.end_release()
     assert run.job("c").status == "cancelled" and run.machine.done
     assert run.job("c").id in ended.jobs
+
+
+def test_reports_on_a_batch_still_being_written_count_once_the_workflow_takes_them() -> None:
+    """Polls hand a job out once its row is written, before the workflow hears the write end:
+    its agent's reports then arrive first (issue 12)."""
+    run = Run(list("ab"), batch_size=2)
+    run.machine.targets_loaded(2, run.now, abort_stands=True)
+    a, b = run.begin(1).new_jobs
+    machine = run.machine
+    assert machine.being_written(a.id) and not machine.being_written("job-other")
+
+    def signal(job: JobState, status: ReportStatus) -> JobReportSignal:
+        return JobReportSignal(job_id=job.id, instance_id=job.instance_id, status=status)
+
+    # From a run before the patch: ignored, as they always were.
+    assert machine.report(signal(a, "in_progress")) == Effects()
+    assert machine.report(signal(a, "succeeded"), while_written=True).jobs == {a.id}
+    assert machine.report(signal(b, "in_progress"), while_written=True).jobs == {b.id}
+    machine.end_release()
+    assert (run.job("a").status, run.job("b").status) == ("succeeded", "in_progress")
+    assert set(machine.handed_out()) == {"b"}  # the settled job is not open again
+    run.report("b", "succeeded")
+    assert status_moves(run.tick()) == [("running", "completed")]
 
 
 def test_a_batch_reserved_while_its_ids_are_read_runs_and_a_pause_meanwhile_stands() -> None:

@@ -30,9 +30,11 @@ import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Final
 
 import asyncpg
 import pytest
+from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import is_cancelled_exception
@@ -40,11 +42,21 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+from activities.rollouts import RolloutActivities
 from server.settings import ApiSettings
 from store import jobs
 from store.rollouts import RolloutSpec, rollout_workflow_id
 from tests.fixtures_temporal import eventually, fetch_chain, seed_instances, skip_time
-from tests.test_rollout_workflow import act, outcome, report, settles_to, start, view
+from tests.test_rollout_workflow import (
+    TIMEOUT,
+    act,
+    outcome,
+    report,
+    settles_to,
+    start,
+    view,
+)
+from worker.main import build_worker
 from workflows import client as rollout_client
 from workflows.rollout import SIGNAL_BUDGET, RolloutWorkflow
 from workflows.rollout_models import (
@@ -52,6 +64,8 @@ from workflows.rollout_models import (
     JobReportSignal,
     JobState,
     PauseInput,
+    RecordProgressInput,
+    RecordProgressResult,
     RolloutInput,
     RolloutState,
 )
@@ -74,6 +88,7 @@ SCENARIOS = {
     "timed_out_at_reported_step",
     "unreachable",
     "answer_when_written",
+    "report_while_written",
 }
 # How a scenario's last run ends, when not by completing.
 LAST_RUN_ENDS = {"cancel_request": "canceled"}
@@ -621,3 +636,59 @@ async def test_answer_when_written_run_replays(
     assert await stored() == ("aborted", {"a": "succeeded", "b": "cancelled"})
     assert (await outcome(client, spec)).counts == {"succeeded": 1, "cancelled": 1}
     await keep(client, spec, "answer_when_written")
+
+
+SIGNALED: Final = "workflow_execution_signaled_event_attributes"
+TASK_COMPLETED: Final = "workflow_task_completed_event_attributes"
+
+
+class HeldReleaseWrite(RolloutActivities):
+    """Writes as usual, but the first release's write, once committed, is not reported done
+    until the test says so: its rows are in PostgreSQL (polls hand its jobs out) while the
+    workflow still waits on the write, as when a workflow task fails or waits in between."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.committed = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    @activity.defn(name="record_progress")
+    async def record_progress(self, input: RecordProgressInput) -> RecordProgressResult:
+        result = await super().record_progress(input)
+        if input.jobs and not self.committed.is_set():
+            self.committed.set()
+            await self.go_on.wait()
+        return result
+
+
+async def test_report_while_written_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_settings: ApiSettings,
+    worker_pool: asyncpg.Pool,
+    db: asyncpg.Connection,
+) -> None:
+    """A job whose agent starts and finishes it before the workflow has seen its release's
+    write end is not lost: it settles, and the rollout completes (issue 12)."""
+    client = time_skipping_env.client
+    activities = HeldReleaseWrite(worker_pool)
+    async with build_worker(client, ts_settings, activities):
+        starting = asyncio.create_task(start(client, db, ts_settings, ["a"], batch_size=1))
+        await asyncio.wait_for(activities.committed.wait(), TIMEOUT)
+        (row,) = await jobs.for_rollout(db, await db.fetchval("SELECT id FROM rollouts"))
+        for status in ("in_progress", "succeeded"):
+            signal = JobReportSignal(job_id=row.id, instance_id="a", status=status, step="health")
+            await rollout_client.report_job(client, row.rollout_id, signal, timeout=TIMEOUT)
+        handle = client.get_workflow_handle(rollout_workflow_id(row.rollout_id))
+
+        async def reports_taken_in() -> bool:
+            """A workflow task ended after the last report arrived: the write is still held."""
+            events = (await handle.fetch_history()).events
+            last = max(n for n, e in enumerate(events) if e.HasField(SIGNALED))
+            return any(e.HasField(TASK_COMPLETED) for e in events[last + 1 :])
+
+        await eventually(reports_taken_in)
+        activities.go_on.set()
+        spec = await starting
+        result = await outcome(client, spec)
+        assert (result.status, result.counts) == ("completed", {"succeeded": 1})
+        await keep(client, spec, "report_while_written")

@@ -77,6 +77,10 @@ PATCH_BATCH_READ_LOCALLY = "batch-targets-local-activity"
 # An admin action is answered once the read model shows it: agents' polls are answered from the
 # read model, so an acknowledged pause or abort is in effect on every API process (issue 12).
 PATCH_ANSWER_WHEN_WRITTEN = "answer-actions-when-written"
+# ... and so an agent can report on a job before the workflow has seen its release's write end
+# (a workflow task that failed or waited in between): such a report was ignored, and a job that
+# finished meanwhile stayed pending until its deadline.
+PATCH_REPORTS_WHILE_WRITTEN = "reports-while-written"
 # ... unless PostgreSQL does not take that write (a lock, an outage): an abort must still be
 # answered then; it is in effect for polls once written.
 ANSWER_WRITE_WAIT = timedelta(seconds=5)
@@ -456,7 +460,11 @@ class RolloutWorkflow:
     def job_report(self, report: JobReportSignal) -> None:
         """Idempotent: unknown job, another instance's job or a settled job change nothing."""
         self._signals += 1
-        self._apply(self._machine.report(report))
+        machine = self._machine
+        while_written = machine.being_written(report.job_id) and workflow.patched(
+            PATCH_REPORTS_WHILE_WRITTEN
+        )
+        self._apply(machine.report(report, while_written=while_written))
 
     @workflow.signal(name="pause")
     def pause_signal(self, input: PauseInput | None = None) -> None:

@@ -354,10 +354,23 @@ class RolloutMachine:
 
     # --- reports and time ---------------------------------------------------------------------
 
-    def report(self, report: JobReportSignal) -> Effects:
-        """Idempotent: unknown job, another instance's job or a settled job change nothing."""
+    def being_written(self, job_id: str) -> bool:
+        """Whether `job_id` is one of the jobs the current release is writing: polls hand a job
+        out once its row is in PostgreSQL, so its reports may come before the release ends."""
+        return self._job_being_written(job_id) is not None
+
+    def _job_being_written(self, job_id: str) -> JobState | None:
+        release = self._release
+        new_jobs = release.new_jobs if release is not None else []
+        return next((job for job in new_jobs if job.id == job_id), None)
+
+    def report(self, report: JobReportSignal, *, while_written: bool = False) -> Effects:
+        """Idempotent: unknown job, another instance's job or a settled job change nothing.
+        `while_written`: a job still being written counts as known (`being_written`)."""
         fx = Effects()
         job = self.jobs.get(report.job_id)
+        if job is None and while_written:
+            job = self._job_being_written(report.job_id)
         if job is None or job.instance_id != report.instance_id:
             return fx
         if job.status in TERMINAL_JOB_STATUSES:
@@ -542,7 +555,8 @@ class RolloutMachine:
     def _add_jobs(self, fx: Effects, new_jobs: list[JobState]) -> None:
         for job in new_jobs:
             self.jobs[job.id] = job
-            self.open_by_instance[job.instance_id] = job.id
+            if job.status not in TERMINAL_JOB_STATUSES:  # else settled while being written
+                self.open_by_instance[job.instance_id] = job.id
         fx.wake = True
 
     def _archive_current_batch(self) -> None:
