@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def app_from_environment() -> "FastAPI":
     """uvicorn's app factory, called once in every API process."""
     from api.app import create_app
+    from contract.heap import collect_less
     from contract.logs import configure_logging
     from server.settings import ApiSettings
 
@@ -66,6 +67,7 @@ def app_from_environment() -> "FastAPI":
     configure_logging(settings.log_format)
     app = create_app(settings)
     _answer_held_polls_on_signal(app)
+    collect_less()
     return app
 
 

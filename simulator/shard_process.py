@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from pydantic import BaseModel
 
+from contract.heap import collect_less
 from contract.logs import configure_logging
 from simulator.options import SimulationOptions
 from simulator.shard import Shard, ShardResult, ShardSnapshot
@@ -105,6 +106,7 @@ async def _serve(out: BinaryIO) -> None:
         out.flush()
 
     await shard.start()
+    collect_less()
     try:
         while True:
             command = (await reader.readline()).split()
