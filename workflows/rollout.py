@@ -77,13 +77,13 @@ PATCH_BATCH_READ_LOCALLY = "batch-targets-local-activity"
 # An admin action is answered once the read model shows it: agents' polls are answered from the
 # read model, so an acknowledged pause or abort is in effect on every API process (issue 12).
 PATCH_ANSWER_WHEN_WRITTEN = "answer-actions-when-written"
-# ... and so an agent can report on a job before the workflow has seen its release's write end
-# (a workflow task that failed or waited in between): such a report was ignored, and a job that
-# finished meanwhile stayed pending until its deadline.
-PATCH_REPORTS_WHILE_WRITTEN = "reports-while-written"
 # ... unless PostgreSQL does not take that write (a lock, an outage): an abort must still be
 # answered then; it is in effect for polls once written.
 ANSWER_WRITE_WAIT = timedelta(seconds=5)
+# Polls hand a job out once its row is written, so its agent can report before the workflow has
+# seen the release's write end (a workflow task that failed or waited in between): such a report
+# was ignored, and a job that finished meanwhile stayed pending until its deadline.
+PATCH_REPORTS_WHILE_WRITTEN = "reports-while-written"
 # The read is one indexed range: longer than this is an outage, retried after a durable timer
 # (threshold 0), so queries and updates are answered between attempts.
 BATCH_READ_TIMEOUT = timedelta(seconds=5)
