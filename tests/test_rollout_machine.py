@@ -397,7 +397,7 @@ def test_a_resume_accepts_the_unreachable_hosts_counted_so_far() -> None:
     run = unreachable_batch()
     run.machine.resume("ops", run.now)
     assert run.machine.state.accepted_unreachable == 2
-    assert status_moves(run.tick()) == [("running", "completed")]
+    assert status_moves(run.tick()) == [("running", "awaiting_advance")]
     run.machine.advance("ops")
     run.release(2)
     run.report("d", "succeeded")
@@ -455,7 +455,7 @@ def test_a_batch_awaiting_advance_may_be_paused_and_resumed() -> None:
     run.tick()
     assert status_moves(run.machine.pause("ops", "freeze")) == [("awaiting_advance", "paused")]
     assert status_moves(run.machine.resume("ops", run.now)) == [("paused", "running")]
-    assert status_moves(run.tick()) == [("running", "completed")]
+    assert status_moves(run.tick()) == [("running", "awaiting_advance")]
     assert status_moves(run.machine.abort("ops", None, run.now)) == [
         ("awaiting_advance", "aborted")
     ]
@@ -484,7 +484,7 @@ def test_a_retry_from_a_settled_batch_runs_it_again() -> None:
     run = started(max_failures=1)
     run.report("a", "failed")
     run.report("b", "succeeded")
-    assert status_moves(run.tick()) == [("running", "completed")]
+    assert status_moves(run.tick()) == [("running", "awaiting_advance")]
     begun = run.machine.begin_retry("ops", run.now, run.new_id)
     assert status_moves(begun) == [("awaiting_advance", "running")]
 
