@@ -1,9 +1,10 @@
 """httpcore's sockets on asyncio's own streams, for every agent request.
 
 httpcore drives asyncio through anyio, which wraps each socket read and write in a cancel scope
-and an extra pass of the event loop: about a third of an agent's CPU per request on a keep-alive
-connection (`benchmarks/agent_http.py`, docs/performance.md). The agent runs on asyncio only,
-so it talks to it directly; timeouts and errors map to the same httpcore (so httpx) exceptions.
+and an extra pass of the event loop: a fifth to a third of an agent's CPU per request on a
+keep-alive connection (`benchmarks/agent_http.py`, docs/performance.md). The agent runs on
+asyncio only, so it talks to it directly; timeouts and errors map to the same httpcore (so
+httpx) exceptions.
 """
 
 import asyncio
