@@ -10,7 +10,7 @@ from activities.rollouts import RolloutActivities
 from server.settings import ApiSettings
 from store import rollout_targets, rollouts
 from store.rollouts import RolloutSpec
-from tests.fixtures_temporal import seed_instances, seed_release
+from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from workflows.rollout_models import BatchTargetsInput, SnapshotTargetsInput
 
 
@@ -84,3 +84,43 @@ async def test_no_targets_is_a_snapshot_of_none(
     )
     assert result.target_count == 0
     assert await rollout_targets.slice_of(db, spec.id, start=0, limit=10) == []
+
+
+async def test_a_snapshot_stored_while_the_rollout_ends_is_dropped_with_it(
+    db: asyncpg.Connection, worker_pool: asyncpg.Pool, settings: ApiSettings
+) -> None:
+    """An abort while the targets are being stored: the end's write waits for the snapshot and
+    drops it, and an attempt still running after the end stores nothing."""
+    spec = await new_rollout(db, settings)
+    await seed_instances(db, ["a", "b"])
+    async with worker_pool.acquire() as storing, worker_pool.acquire() as ending:
+        stored = storing.transaction()
+        await stored.start()
+        taken = await rollout_targets.snapshot(
+            storing, spec.id, channel="stable", versions=["1.3.0"]
+        )
+        assert taken == 2
+
+        async def end() -> None:
+            async with ending.transaction():
+                await ending.execute(
+                    "UPDATE rollouts SET status = 'aborted' WHERE id = $1", spec.id
+                )
+                await rollout_targets.drop(ending, spec.id)
+
+        dropping = asyncio.create_task(end())
+
+        async def waits_for_the_snapshot() -> bool:
+            return await db.fetchval(
+                "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+
+        await eventually(waits_for_the_snapshot)
+        await stored.commit()
+        await dropping
+    assert await rollout_targets.count(db, spec.id) == 0
+    async with worker_pool.acquire() as late:
+        assert (
+            await rollout_targets.snapshot(late, spec.id, channel="stable", versions=["1.3.0"]) == 0
+        )
+    assert await rollout_targets.count(db, spec.id) == 0
