@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -57,10 +58,17 @@ class AgentError(Exception):
         self.nonce = nonce
 
 
-def signed_response(payload: dict[str, Any], secret: str | None, status: int = 200) -> Response:
+def signed_response(
+    payload: dict[str, Any],
+    secret: str | None,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     body = canonical(payload)
-    headers = {RESPONSE_SIGNATURE_HEADER: sign(secret, body)} if secret is not None else {}
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    all_headers = dict(headers or {})
+    if secret is not None:
+        all_headers[RESPONSE_SIGNATURE_HEADER] = sign(secret, body)
+    return Response(body, status_code=status, media_type="application/json", headers=all_headers)
 
 
 def secret_for(settings: ApiSettings, instance_id: str) -> str | None:
@@ -107,8 +115,10 @@ class Verified(Generic[T]):
     # Past this moment the request is stale anyway, so its nonce need not be kept longer.
     nonce_expires_at: datetime
 
-    def answer(self, payload: dict[str, Any], status: int = 200) -> Response:
-        return signed_response({**payload, "nonce": self.body.nonce}, self.secret, status)
+    def answer(
+        self, payload: dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> Response:
+        return signed_response({**payload, "nonce": self.body.nonce}, self.secret, status, headers)
 
     def replayed(self) -> AgentError:
         return _refuse(

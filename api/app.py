@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
-from api.access_log import routine_polls_unlogged
 from api.agent_auth import install_agent_error_handler
 from api.database_outage import (
     DatabaseOutage,
@@ -54,7 +53,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         await app.state.dispatch.start()
         janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))
         try:
-            with pool_reconnects_noted_as(outage), routine_polls_unlogged():
+            with pool_reconnects_noted_as(outage):
                 yield
         finally:
             janitor.cancel()
@@ -75,7 +74,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # Innermost: polls and reports are answered past FastAPI's routing, inside gate and timer.
     app.add_middleware(FastLane, fastapi=app, routes=agent.FAST_ROUTES)
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
-    app.add_middleware(RequestTimer)  # outermost: times the gate's refusals too
+    app.add_middleware(RequestTimer)  # outermost: times and logs the gate's refusals too
     install_error_handlers(app)
     install_agent_error_handler(app)
     install_refusal_handlers(app)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from fastapi import Request
-from fastapi.responses import Response
 from prometheus_client import Counter, Gauge
 
 from api.agent_auth import AgentError, Verified
@@ -120,6 +119,10 @@ class Dispatcher:
         self.pool = pool
         self.max_seconds = max_seconds
         self.max_held = max_held
+        # On every poll answered 200: whether, and how long, this API holds polls.
+        self.advertisement: dict[str, str] = (
+            {LONG_POLL_HEADER: str(max_seconds)} if max_seconds and max_held else {}
+        )
         self._held: dict[str, set[Hold]] = {}
         self._count = 0
         self._stopping = False
@@ -159,12 +162,6 @@ class Dispatcher:
             waiting.discard(hold)
             if not waiting:
                 del self._held[instance_id]
-
-    def advertised(self, response: Response) -> Response:
-        """Every poll answered 200 says whether, and how long, this API holds polls."""
-        if self.max_seconds and self.max_held:
-            response.headers[LONG_POLL_HEADER] = str(self.max_seconds)
-        return response
 
     def _seconds_asked(self, request: Request, call: Verified[PollRequest]) -> int:
         value = request.headers.get(POLL_WAIT_HEADER)

@@ -1,9 +1,11 @@
-"""ASGI middleware timing every request by its route template (not its raw path: bounded labels)."""
+"""ASGI middleware timing every request by its route template (not its raw path: bounded labels),
+and writing its access line (api.access_log)."""
 
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import access_log
 from api.metrics import REQUEST_SECONDS
 
 
@@ -17,18 +19,24 @@ class RequestTimer:
             return
         started = time.perf_counter()
         status = 500
+        answered = False  # a client gone before its answer gets no access line, as in uvicorn
 
         async def send_and_note_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note_status)
+        except Exception:
+            answered = True  # Starlette's outermost middleware answers 500
+            raise
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             REQUEST_SECONDS.labels(
                 route=template, method=scope["method"], status=str(status)
             ).observe(time.perf_counter() - started)
+            if answered:
+                access_log.note(scope, status)

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         fail(f"rollout api: refusing to start: {exc}")
     configure_logging(settings.log_format)
     # log_config=None: uvicorn's own lines go through our handler (JSON when LOG_FORMAT=json).
+    # access_log=False: the app writes the access lines, without one per routine poll.
     with _metrics_gathered(args.workers):
         uvicorn.run(
             "cli.api:app_from_environment",
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_config=None,
+            access_log=False,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
     return 0

@@ -118,6 +118,7 @@ class LiveServer:
                 host="127.0.0.1",
                 port=port,
                 log_level="warning",
+                access_log=False,  # as `rollout api`: the app writes the access lines
                 lifespan="on",
                 timeout_keep_alive=KEEP_ALIVE_SECONDS,  # as `rollout api` serves agents
             )

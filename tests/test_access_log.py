@@ -1,4 +1,4 @@
-"""uvicorn's access log keeps every request but the routine poll, which /metrics counts instead."""
+"""The access log keeps every request but the routine poll, which /metrics counts instead."""
 
 import logging
 import secrets
@@ -9,6 +9,7 @@ import httpx
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
+from api.access_log import ACCESS_LOGGER
 from api.app import create_app
 from devstack.ports import free_port
 from server.settings import ApiSettings
@@ -33,8 +34,7 @@ class _Lines(logging.Handler):
 
 @contextmanager
 def _access_lines() -> Iterator[list[str]]:
-    """Entered once the server runs: uvicorn's logging set-up replaces the logger's handlers."""
-    access = logging.getLogger("uvicorn.access")
+    access = logging.getLogger(ACCESS_LOGGER)
     level = access.level
     lines = _Lines()
     access.addHandler(lines)

@@ -127,6 +127,11 @@ async def test_json_logs_carry_context_and_never_a_secret(
     refused = [e for e in entries if "bad signature" in e["msg"]]
     assert refused and refused[0]["instance_id"] == "web-7" and refused[0]["level"] == "warning"
     assert any(e["logger"].startswith("uvicorn") for e in entries)
+    # One access line for the refused poll, the app's: uvicorn's own access log is off.
+    poll_lines = [e for e in entries if "/api/updates/next" in e["msg"]]
+    assert [(e["logger"], e["msg"].split(" - ", 1)[1]) for e in poll_lines] == [
+        ("api.access", '"POST /api/updates/next HTTP/1.1" 401')
+    ]
     for secret in (admin_token, FLEET_TOKEN, env["CONTROL_PLANE_RELEASE_SIGNING_SECRET"]):
         assert secret not in stderr.decode()
 

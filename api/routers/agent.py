@@ -75,7 +75,7 @@ async def next_job(request: Request) -> Response:
         _HANDED_OUT.inc()
     else:
         (_WITHHELD if found.withheld else _IDLE_POLLS).inc()
-    return state.dispatch.advertised(call.answer({"job": job}))
+    return call.answer({"job": job}, headers=state.dispatch.advertisement)
 
 
 async def _job_document(
