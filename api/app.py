@@ -25,7 +25,9 @@ from api.refusals import install_refusal_handlers
 from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
 from server.settings import ApiSettings
 from server.temporal_client import connect_temporal
+from services import reports
 from store.pool import open_pool
+from workflows.report_signals import ReportSignals
 
 NO_FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
@@ -44,6 +46,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
         app.state.polls = PollBatcher(app.state.pool)
+        app.state.report_signals = ReportSignals(
+            app.state.temporal, timeout=reports.TEMPORAL_TIMEOUT_SECONDS
+        )
         app.state.dispatch = Dispatcher(
             settings.database_url,
             app.state.pool,

@@ -9,17 +9,17 @@ so the agent's retry is the first report again.
 
 import asyncpg
 from pydantic import BaseModel
-from temporalio.client import Client
 
 from contract.wire import TERMINAL_JOB_STATUSES, JobStatus, ReportRequest
 from services.errors import Conflict, Forbidden, NotFound
 from store import jobs
 from store.jobs import Job
-from workflows import client as rollout_client
 from workflows.client import RolloutGone
+from workflows.report_signals import ReportSignals
 from workflows.rollout_models import JobReportSignal
 
-# Agents retry on 503, so answering fast beats waiting out a slow Temporal.
+# Agents retry on 503, so answering fast beats waiting out a slow Temporal. A report queued
+# behind a signal in flight to its rollout (workflows.report_signals) may wait twice this.
 TEMPORAL_TIMEOUT_SECONDS = 5.0
 
 
@@ -29,7 +29,7 @@ class Accepted(BaseModel):
     duplicate: bool  # the same report again: nothing changed
 
 
-async def accept(pool: asyncpg.Pool, temporal: Client, report: ReportRequest) -> Accepted:
+async def accept(pool: asyncpg.Pool, signals: ReportSignals, report: ReportRequest) -> Accepted:
     """Raises NotFound, Forbidden, Conflict (contradicts a settled status) or, when the
     workflow must hear of it and cannot, RolloutUnavailable."""
     job = await jobs.get(pool, report.jobId)
@@ -45,7 +45,7 @@ async def accept(pool: asyncpg.Pool, temporal: Client, report: ReportRequest) ->
     # Only what changes the workflow's decisions is signalled: a job starting or ending. A
     # report agreeing with a settled status (a retry the workflow heard of) still sets the step.
     if not settled and (report.status != "in_progress" or job.status == "pending"):
-        await _signal_workflow(temporal, report, job.rollout_id)
+        await _signal_workflow(signals, report, job.rollout_id)
     status = await jobs.apply_report(pool, report)
     if status != report.status:
         raise _contradiction(report, status)  # settled meanwhile; nothing was stored
@@ -58,7 +58,7 @@ def _contradiction(report: ReportRequest, settled_status: str) -> Conflict:
     )
 
 
-async def _signal_workflow(temporal: Client, report: ReportRequest, rollout_id: str) -> None:
+async def _signal_workflow(signals: ReportSignals, report: ReportRequest, rollout_id: str) -> None:
     signal = JobReportSignal(
         job_id=report.jobId,
         instance_id=report.instanceId,
@@ -67,8 +67,6 @@ async def _signal_workflow(temporal: Client, report: ReportRequest, rollout_id: 
         message=report.message,
     )
     try:
-        await rollout_client.report_job(
-            temporal, rollout_id, signal, timeout=TEMPORAL_TIMEOUT_SECONDS
-        )
+        await signals.deliver(rollout_id, signal)
     except RolloutGone:
         return  # a finished rollout takes no more decisions; the read model still records it

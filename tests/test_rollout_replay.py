@@ -89,6 +89,7 @@ SCENARIOS = {
     "unreachable",
     "answer_when_written",
     "report_while_written",
+    "reports_in_one_signal",
 }
 # How a scenario's last run ends, when not by completing.
 LAST_RUN_ENDS = {"cancel_request": "canceled"}
@@ -692,3 +693,32 @@ async def test_report_while_written_run_replays(
         result = await outcome(client, spec)
         assert (result.status, result.counts) == ("completed", {"succeeded": 1})
         await keep(client, spec, "report_while_written")
+
+
+async def test_reports_in_one_signal_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """Reports that reach an API process together arrive as one `job_report_batch` signal, taken in
+    order: starts, ends, and a repeat that changes nothing."""
+    client = time_skipping_env.client
+    spec = await start(client, db, ts_settings, ["a", "b", "c"], batch_size=3)
+    a, b, c = (await view(client, spec)).jobs
+
+    def signal(job: JobState, status: str) -> JobReportSignal:
+        return JobReportSignal(job_id=job.id, instance_id=job.instance_id, status=status)  # type: ignore[arg-type]
+
+    together = [
+        signal(a, "in_progress"),
+        signal(b, "in_progress"),
+        signal(a, "succeeded"),
+        signal(b, "succeeded"),
+        signal(a, "succeeded"),
+    ]
+    await rollout_client.report_jobs(client, spec.id, together, timeout=TIMEOUT)
+    await rollout_client.report_jobs(client, spec.id, [signal(c, "succeeded")], timeout=TIMEOUT)
+    result = await outcome(client, spec)
+    assert (result.status, result.counts) == ("completed", {"succeeded": 3})
+    await keep(client, spec, "reports_in_one_signal")

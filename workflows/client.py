@@ -5,7 +5,7 @@ worker is down, instead of hanging. Temporal's errors become the two a caller ac
 """
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ from workflows.rollout_models import (
     Handouts,
     HandoutsQuery,
     JobForInstanceQuery,
+    JobReportBatchSignal,
     JobReportSignal,
     PauseInput,
     ResumeInput,
@@ -166,6 +167,20 @@ async def report_job(
     handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
     await _bounded(
         handle.signal(RolloutWorkflow.job_report, report, rpc_timeout=timedelta(seconds=timeout)),
+        timeout,
+    )
+
+
+async def report_jobs(
+    client: Client, rollout_id: str, reports: Sequence[JobReportSignal], *, timeout: float
+) -> None:
+    """Deliver several reports to one rollout in one signal (the workflow takes them in order)."""
+    handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
+    batch = JobReportBatchSignal(reports=list(reports))
+    await _bounded(
+        handle.signal(
+            RolloutWorkflow.job_report_batch, batch, rpc_timeout=timedelta(seconds=timeout)
+        ),
         timeout,
     )
 

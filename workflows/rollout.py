@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         HandoutsQuery,
         JobForInstanceQuery,
         JobForInstanceResult,
+        JobReportBatchSignal,
         JobReportSignal,
         JobState,
         LoadTargetsInput,
@@ -460,6 +461,16 @@ class RolloutWorkflow:
     def job_report(self, report: JobReportSignal) -> None:
         """Idempotent: unknown job, another instance's job or a settled job change nothing."""
         self._signals += 1
+        self._take_report(report)
+
+    @workflow.signal(name="job_report_batch")
+    def job_report_batch(self, batch: JobReportBatchSignal) -> None:
+        """`job_report` for each, in order: how the API delivers reports that arrive together."""
+        self._signals += 1
+        for report in batch.reports:
+            self._take_report(report)
+
+    def _take_report(self, report: JobReportSignal) -> None:
         machine = self._machine
         while_written = machine.being_written(report.job_id) and workflow.patched(
             PATCH_REPORTS_WHILE_WRITTEN

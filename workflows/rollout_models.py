@@ -95,6 +95,13 @@ class JobReportSignal(BaseModel):
     message: str | None = None
 
 
+class JobReportBatchSignal(BaseModel):
+    """Reports that reached one API process together, in one signal: one history event and one
+    server write for many (workflows.report_signals)."""
+
+    reports: list[JobReportSignal]
+
+
 # --- updates (admin actions); pause and resume are signals too --------------------------------
 
 

@@ -113,7 +113,8 @@ async def report(request: Request) -> Response:
     call = await verified(request, ReportRequest)
     r = call.body
     try:
-        accepted = await reports.accept(request.app.state.pool, request.app.state.temporal, r)
+        state = request.app.state
+        accepted = await reports.accept(state.pool, state.report_signals, r)
     except (ServiceError, RolloutUnavailable) as exc:
         REPORTS.labels(outcome=_REFUSAL_OUTCOMES.get(type(exc), "refused")).inc()
         raise  # answered, signed, by api.refusals
