@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 from prometheus_client import Histogram
 
+from contract.batches import answer_all
 from store import polls
 
 # Statements in flight at once; polls arriving meanwhile wait for the next one. Leaves most
@@ -65,19 +66,9 @@ class PollBatcher:
     ) -> None:
         BATCH_SIZE.observe(len(batch))
         try:
-            outcomes = await polls.record_many(self._pool, [poll for poll, _ in batch])
-        except Exception as exc:  # every poll of the batch gets the statement's failure
-            for _, outcome in batch:
-                if not outcome.done():
-                    outcome.set_exception(exc)
-        except asyncio.CancelledError:
-            for _, outcome in batch:
-                outcome.cancel()
-            raise
-        else:
-            for (_, outcome), result in zip(batch, outcomes, strict=True):
-                if not outcome.done():
-                    outcome.set_result(result)
+            # every poll of the batch gets its outcome, or the statement's failure
+            recorded = polls.record_many(self._pool, [poll for poll, _ in batch])
+            await answer_all([outcome for _, outcome in batch], recorded)
         finally:
             self._in_flight -= 1
             self._schedule_flush()

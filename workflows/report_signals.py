@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from prometheus_client import Histogram
 from temporalio.client import Client
 
+from contract.batches import answer_all
 from workflows import client as rollout_client
 from workflows.rollout_models import JobReportSignal
 
@@ -69,19 +70,12 @@ class ReportSignals:
 
     async def _signal(self, rollout_id: str, batch: Sequence[_Waiting]) -> None:
         BATCH_SIZE.observe(len(batch))
-        try:
+        reports = [report for report, _ in batch]
+
+        async def signal() -> list[None]:
             await rollout_client.report_jobs(
-                self._temporal, rollout_id, [report for report, _ in batch], timeout=self._timeout
+                self._temporal, rollout_id, reports, timeout=self._timeout
             )
-        except Exception as exc:  # every report of the batch gets the signal's failure
-            for _, delivered in batch:
-                if not delivered.done():
-                    delivered.set_exception(exc)
-        except asyncio.CancelledError:
-            for _, delivered in batch:
-                delivered.cancel()
-            raise
-        else:
-            for _, delivered in batch:
-                if not delivered.done():
-                    delivered.set_result(None)
+            return [None] * len(reports)
+
+        await answer_all([delivered for _, delivered in batch], signal())
