@@ -5,6 +5,7 @@ dies is restarted (see devstack/processes.py); Ctrl-C or SIGTERM stops them all,
 """
 
 import asyncio
+import shlex
 import signal
 import sys
 import time
@@ -141,7 +142,8 @@ async def run_stack(config: DevSettings, stop: asyncio.Event, serving: asyncio.E
         dev_secrets.publish_url(secrets_file, config.api_url)
         say(f"API docs:        {config.api_url}/docs")
         say(f"Temporal Web UI: {temporal.ui_url}")
-        say(f"dev secrets:     {secrets_file}  (source it to use the CLI, simulator and curl)")
+        # The file's real place (ROLLOUT_DATA_DIR moves it), as a command to copy.
+        say(f"dev secrets:     source {shlex.quote(str(secrets_file))}  (CLI, simulator, curl)")
         say("Ctrl-C stops everything")
         serving.set()
         await stop.wait()
