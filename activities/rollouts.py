@@ -8,7 +8,6 @@ from typing import Any
 import asyncpg
 from temporalio import activity
 from temporalio.common import MetricCounter
-from temporalio.exceptions import ApplicationError
 
 from contract.text import storable, storable_or_none
 from contract.wire import FINISHED_ROLLOUT_STATUSES
@@ -17,8 +16,6 @@ from workflows.rollout_models import (
     AuditEvent,
     BatchTargetsInput,
     BatchTargetsResult,
-    LoadTargetsInput,
-    LoadTargetsResult,
     RecordProgressInput,
     RecordProgressResult,
     ReportedStepsInput,
@@ -27,10 +24,6 @@ from workflows.rollout_models import (
     SnapshotTargetsResult,
 )
 
-# For runs started before targets-in-postgres, which load the whole list: Temporal refuses
-# payloads over 2 MiB, and that list is carried again in every continue-as-new input.
-TARGETS_PAYLOAD_LIMIT = 1024 * 1024
-TARGETS_TOO_LARGE = "TargetsTooLarge"
 STORABLE_NOTE = "unstorable characters in text were replaced with U+FFFD"
 # The SDK's adapter adds the activity and its workflow (rollout-<id>) to every line; each line
 # also passes `rollout_id` as extra, a field of its own in JSON logs (contract.logs).
@@ -66,28 +59,11 @@ class RolloutActivities:
 
     @activity.defn(name="batch_targets")
     async def batch_targets(self, input: BatchTargetsInput) -> BatchTargetsResult:
-        """One batch's instance ids, read from the snapshot when the batch is released."""
+        """One batch's instance ids, read from the snapshot when the batch starts."""
         ids = await rollout_targets.slice_of(
             self.pool, input.rollout_id, start=input.start, limit=input.limit
         )
         return BatchTargetsResult(instance_ids=ids)
-
-    @activity.defn(name="load_targets")
-    async def load_targets(self, input: LoadTargetsInput) -> LoadTargetsResult:
-        """For runs started before targets-in-postgres (still registered so they can finish
-        loading). Refuses for good (not retried) when the list would not fit in a Temporal payload:
-        retrying cannot make it smaller, and the workflow ends the rollout saying why."""
-        ids = await instances.targets_below(self.pool, channel=input.channel, version=input.version)
-        result = LoadTargetsResult(instance_ids=ids)
-        size = len(result.model_dump_json(by_alias=True))
-        if size > TARGETS_PAYLOAD_LIMIT:
-            raise ApplicationError(
-                f"{len(ids)} target instances ({size} bytes as a list) exceed the"
-                f" {TARGETS_PAYLOAD_LIMIT} bytes a rollout can carry; use a smaller channel",
-                type=TARGETS_TOO_LARGE,
-                non_retryable=True,
-            )
-        return result
 
     @activity.defn(name="reported_steps")
     async def reported_steps(self, input: ReportedStepsInput) -> ReportedStepsResult:

@@ -52,19 +52,6 @@ async def list_all(
     return [Instance(**dict(r)) for r in rows]
 
 
-async def targets_below(
-    conn: asyncpg.Connection | asyncpg.Pool, *, channel: str, version: str
-) -> list[str]:
-    """Instance ids on `channel` whose version is lower than `version` (semver), sorted by id."""
-    target = parse_version(version)
-    rows = await conn.fetch(
-        "SELECT instance_id, current_version FROM instances WHERE channel = $1"
-        " ORDER BY instance_id",
-        channel,
-    )
-    return [r["instance_id"] for r in rows if _below(r["current_version"], target)]
-
-
 async def versions_below(
     conn: asyncpg.Connection | asyncpg.Pool, *, channel: str, version: str
 ) -> list[str]:

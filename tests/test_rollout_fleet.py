@@ -21,7 +21,7 @@ from workflows.rollout import RolloutWorkflow
 from workflows.rollout_models import MAX_BATCH_SIZE, JobReportSignal, RolloutView
 
 FLEET_SIZE = 10_000
-BATCH_SIZE = MAX_BATCH_SIZE  # 1,000: 2,000 signals a batch, 20,000 in all
+BATCH_SIZE = MAX_BATCH_SIZE  # one batch of 10,000: 20,000 signals, carried across runs
 # Reports arrive in waves, as from a fleet (a flood beyond what one workflow task takes in
 # would meet Temporal's refusal of the 10,001st signal, and the agents' retries).
 WAVE = 1_000

@@ -37,6 +37,7 @@ from workflows.rollout_machine import (
     Effects,
     RefusedAction,
     RolloutMachine,
+    Wake,
 )
 from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
@@ -78,20 +79,20 @@ class Run:
         self.new_id = id_factory()
         self.now = T0
 
-    def load(self, *, abort_stands: bool = True) -> Effects:
-        fx = self.machine.targets_loaded(len(self.targets), self.now, abort_stands=abort_stands)
-        if fx.release is not None:
-            self.release(fx.release)
+    def load(self) -> Effects:
+        fx = self.machine.targets_loaded(len(self.targets), self.now)
+        if fx.start_batch is not None:
+            self.release(fx.start_batch)
         return fx
 
     def begin(self, batch: int, actor: str = "workflow") -> Effects:
         size = self.machine.spec.batch_size
         ids = self.targets[(batch - 1) * size : batch * size]
-        return self.machine.begin_release(batch, ids, actor, self.now, self.new_id)
+        return self.machine.begin_batch(batch, ids, actor, self.now, self.new_id)
 
     def release(self, batch: int, actor: str = "workflow") -> Effects:
         self.begin(batch, actor)
-        return self.machine.end_release()
+        return self.machine.end_handout()
 
     def job(self, instance_id: str) -> JobState:
         (job,) = [j for j in self.machine.latest_jobs() if j.instance_id == instance_id]
@@ -109,7 +110,7 @@ class Run:
     def tick(self, seconds: float = 0) -> Effects:
         """What the run loop does on waking: time out overdue jobs, then settle."""
         self.now += timedelta(seconds=seconds)
-        timed_out = self.machine.time_out(self.machine.overdue(self.now), {}, unreachable=True)
+        timed_out = self.machine.time_out(self.machine.overdue(self.now), {})
         settled = self.machine.settle(self.now)
         return Effects(
             events=timed_out.events + settled.events,
@@ -119,7 +120,7 @@ class Run:
 
     def retry(self, actor: str = "ops") -> Effects:
         self.machine.begin_retry(actor, self.now, self.new_id)
-        return self.machine.end_release()
+        return self.machine.end_handout()
 
 
 def started(targets: str = "abc", **options: object) -> Run:
@@ -167,13 +168,13 @@ def test_the_machine_is_plain_python() -> None:
 
 def test_loaded_targets_start_the_rollout_and_release_batch_1() -> None:
     run = Run(list("abc"))
-    fx = run.machine.targets_loaded(3, T0, abort_stands=True)
-    assert (fx.release, actions(fx)) == (1, ["rollout.started"])
+    fx = run.machine.targets_loaded(3, T0)
+    assert (fx.start_batch, actions(fx)) == (1, ["rollout.started"])
     assert fx.events[0].detail == {"targets": 3, "batches": 2}
     begun = run.begin(1)
     assert [j.instance_id for j in begun.new_jobs] == ["a", "b"]
-    assert run.machine.releasing and run.machine.jobs == {}  # not handed out before written
-    ended = run.machine.end_release()
+    assert run.machine.handing_out and run.machine.jobs == {}  # not handed out before written
+    ended = run.machine.end_handout()
     assert ended.wake and ended.answer == "released batch 1/2"
     assert actions(ended) == ["rollout.batch_released"]
     assert set(run.machine.handed_out()) == {"a", "b"}
@@ -185,7 +186,7 @@ def test_loaded_targets_start_the_rollout_and_release_batch_1() -> None:
 def test_no_target_completes_the_rollout_at_once() -> None:
     run = Run([])
     fx = run.load()
-    assert fx.release is None and status_moves(fx) == [("running", "completed")]
+    assert fx.start_batch is None and status_moves(fx) == [("running", "completed")]
     assert (
         run.machine.state.note == "no instance on channel stable is below 1.4.0: nothing to update"
     )
@@ -197,23 +198,9 @@ def test_an_abort_while_targets_load_stands() -> None:
     assert run.machine.refusal("abort") is None
     assert status_moves(run.machine.abort("ops", "wrong", T0)) == [("running", "aborted")]
     fx = run.load()
-    assert fx.events == [] and fx.release is None
+    assert fx.events == [] and fx.start_batch is None
     assert run.machine.state.note == "aborted before batch 1 was released"
     assert (run.machine.target_count, run.machine.state.current_batch) == (2, 0)
-
-
-def test_runs_from_before_that_rule_released_batch_1_after_an_abort() -> None:
-    run = Run(list("ab"))
-    run.machine.abort("ops", None, T0)
-    assert run.machine.targets_loaded(2, T0, abort_stands=False).release == 1
-
-
-def test_targets_that_cannot_load_abort_saying_why() -> None:
-    run = Run([])
-    fx = run.machine.cannot_start("could not start: too many", T0)
-    assert status_moves(fx) == [("running", "aborted")]
-    assert run.machine.state.note == "could not start: too many"
-    assert run.machine.target_count == 0 and run.machine.done
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -254,13 +241,15 @@ def test_reports_for_settled_unknown_or_another_hosts_job_change_nothing() -> No
 def test_overdue_jobs_time_out_at_their_reported_step() -> None:
     run = started("abc", max_failures=5, batch_size=3)
     run.report("a", "in_progress", "pull")
-    assert run.machine.next_wake() == T0 + timedelta(seconds=TIMEOUT)
+    assert run.machine.next_wake() == Wake(
+        T0 + timedelta(seconds=TIMEOUT), "job deadline in batch 1"
+    )
     assert run.machine.overdue(T0 + timedelta(seconds=TIMEOUT - 1)) == []
     run.now += timedelta(seconds=TIMEOUT)
     overdue = run.machine.overdue(run.now)
     assert {j.instance_id for j in overdue} == {"a", "b", "c"}
     run.report("b", "succeeded")  # settled while the steps were looked up
-    fx = run.machine.time_out(overdue, {run.job("a").id: "migrate"}, unreachable=True)
+    fx = run.machine.time_out(overdue, {run.job("a").id: "migrate"})
     assert (run.job("a").status, run.job("a").step) == ("timed_out", "migrate")
     assert (run.job("c").status, run.job("c").step) == ("unreachable", None)  # never started
     assert actions(fx) == ["rollout.jobs_timed_out", "rollout.jobs_unreachable"]
@@ -275,24 +264,10 @@ def test_a_pending_job_whose_agent_reported_a_step_started_and_times_out_there()
     its way): the host was reachable, the job stalled."""
     run = started("ab", max_failures=5)
     run.now += timedelta(seconds=TIMEOUT)
-    fx = run.machine.time_out(
-        run.machine.overdue(run.now), {run.job("a").id: "preflight"}, unreachable=True
-    )
+    fx = run.machine.time_out(run.machine.overdue(run.now), {run.job("a").id: "preflight"})
     assert (run.job("a").status, run.job("a").step) == ("timed_out", "preflight")
     assert (run.job("b").status, run.job("b").step) == ("unreachable", None)
     assert fx.jobs == {run.job("a").id, run.job("b").id}
-
-
-def test_runs_from_before_the_unreachable_status_time_every_overdue_job_out() -> None:
-    run = started("ab", max_failures=5)
-    run.report("a", "in_progress", "pull")
-    run.now += timedelta(seconds=TIMEOUT)
-    fx = run.machine.time_out(run.machine.overdue(run.now), {}, unreachable=False)
-    assert [(j.status, j.step) for j in run.machine.latest_jobs()] == [
-        ("timed_out", "pull"),
-        ("timed_out", None),
-    ]
-    assert actions(fx) == ["rollout.jobs_timed_out"]
 
 
 def test_while_paused_pending_jobs_are_withheld_and_their_time_restarts_on_resume() -> None:
@@ -320,10 +295,10 @@ def test_a_settled_batch_awaits_advance_then_the_last_one_completes() -> None:
     assert status_moves(fx) == [("running", "awaiting_advance")]
     assert run.machine.state.settled_at == T0 + timedelta(seconds=5)
     advanced = run.machine.advance("ops")
-    assert (advanced.release, actions(advanced)) == (2, ["rollout.advance"])
+    assert (advanced.start_batch, actions(advanced)) == (2, ["rollout.advance"])
     begun = run.begin(2, "ops")
     assert status_moves(begun) == [("awaiting_advance", "running")]
-    ended = run.machine.end_release()
+    ended = run.machine.end_handout()
     assert ended.answer == "released batch 2/2"
     assert run.machine.counts() == {"succeeded": 2, "pending": 1}
     assert run.machine.jobs.keys() == {run.job("c").id}  # earlier batches folded into counts
@@ -339,11 +314,13 @@ def test_auto_advance_releases_the_next_batch_when_the_bake_is_over() -> None:
     run.report("a", "succeeded")
     run.report("b", "succeeded")
     run.tick()
-    assert run.machine.next_wake() == T0 + timedelta(seconds=60)
-    assert run.machine.due_release(T0 + timedelta(seconds=59)) is None
-    assert run.machine.due_release(T0 + timedelta(seconds=60)) == 2
+    assert run.machine.next_wake() == Wake(
+        T0 + timedelta(seconds=60), "bake after batch 1, then batch 2"
+    )
+    assert run.machine.due_batch(T0 + timedelta(seconds=59)) is None
+    assert run.machine.due_batch(T0 + timedelta(seconds=60)) == 2
     run.machine.pause("ops", None)
-    assert run.machine.due_release(T0 + timedelta(seconds=60)) is None
+    assert run.machine.due_batch(T0 + timedelta(seconds=60)) is None
 
 
 def test_failures_over_the_limit_pause_and_a_resume_accepts_them() -> None:
@@ -470,7 +447,7 @@ def test_a_retry_runs_failed_jobs_again_and_ends_a_failure_pause() -> None:
     begun = run.machine.begin_retry("ops", run.now, run.new_id)
     assert begun.events == []  # still paused while the rows are written
     assert run.machine.refusal("retry") == "a batch is being released; try again in a moment"
-    ended = run.machine.end_release()
+    ended = run.machine.end_handout()
     assert status_moves(ended) == [("paused", "running")]
     assert actions(ended)[-1] == "rollout.retry"
     assert ended.events[-1].detail == {"instances": ["a"]}
@@ -524,28 +501,27 @@ def test_an_abort_while_a_batch_is_written_cancels_it_once_written() -> None:
     run.begin(2, "ops")
     assert run.machine.settle(run.now) == Effects()  # nothing settles mid-release
     run.machine.abort("ops", None, run.now)
-    ended = run.machine.end_release()
+    ended = run.machine.end_handout()
     assert run.job("c").status == "cancelled" and run.machine.done
     assert run.job("c").id in ended.jobs
 
 
 def test_reports_on_a_batch_still_being_written_count_once_the_workflow_takes_them() -> None:
     """Polls hand a job out once its row is written, before the workflow hears the write end:
-    its agent's reports then arrive first (issue 12)."""
+    its agent's reports may then arrive first."""
     run = Run(list("ab"), batch_size=2)
-    run.machine.targets_loaded(2, run.now, abort_stands=True)
+    run.machine.targets_loaded(2, run.now)
     a, b = run.begin(1).new_jobs
     machine = run.machine
-    assert machine.being_written(a.id) and not machine.being_written("job-other")
 
     def signal(job: JobState, status: ReportStatus) -> JobReportSignal:
         return JobReportSignal(job_id=job.id, instance_id=job.instance_id, status=status)
 
-    # From a run before the patch: ignored, as they always were.
-    assert machine.report(signal(a, "in_progress")) == Effects()
-    assert machine.report(signal(a, "succeeded"), while_written=True).jobs == {a.id}
-    assert machine.report(signal(b, "in_progress"), while_written=True).jobs == {b.id}
-    machine.end_release()
+    other = JobReportSignal(job_id="job-other", instance_id="a", status="succeeded")
+    assert machine.report(other) == Effects()  # not a job of this hand-out
+    assert machine.report(signal(a, "succeeded")).jobs == {a.id}
+    assert machine.report(signal(b, "in_progress")).jobs == {b.id}
+    machine.end_handout()
     assert (run.job("a").status, run.job("b").status) == ("succeeded", "in_progress")
     assert set(machine.handed_out()) == {"b"}  # the settled job is not open again
     run.report("b", "succeeded")
@@ -558,12 +534,12 @@ def test_a_batch_reserved_while_its_ids_are_read_runs_and_a_pause_meanwhile_stan
     run.report("b", "succeeded")
     run.tick()
     run.machine.advance("ops")
-    reserved = run.machine.reserve_release(2, "ops")
+    reserved = run.machine.reserve_batch(2, "ops")
     assert status_moves(reserved) == [("awaiting_advance", "running")]
     assert run.machine.refusal("advance") is not None  # no second release meanwhile
     run.machine.pause("ops", "freeze")
     run.begin(2, "ops")  # the ids are read
-    run.machine.end_release()
+    run.machine.end_handout()
     assert (run.machine.status, run.machine.state.current_batch) == ("paused", 2)
     assert run.machine.handed_out() == {}  # withheld while paused
 
@@ -574,9 +550,9 @@ def test_a_reserved_batch_abandoned_releases_nothing() -> None:
     run.report("b", "succeeded")
     run.tick()
     run.machine.advance("ops")
-    run.machine.reserve_release(2, "ops")
-    run.machine.abandon_release()
-    assert not run.machine.releasing and run.machine.state.current_batch == 1
+    run.machine.reserve_batch(2, "ops")
+    run.machine.abandon_batch()
+    assert not run.machine.handing_out and run.machine.state.current_batch == 1
 
 
 def test_a_cancel_request_aborts_and_cancels_running_jobs_too() -> None:
@@ -723,8 +699,8 @@ class Checked:
         if abort_while_loading:
             self.step(lambda: self.run.machine.abort("ops", None, T0))
         loaded = self.run.machine.targets_loaded
-        fx = self.step(lambda: loaded(len(self.run.targets), T0, abort_stands=True), says_why=True)
-        if fx.release is not None:
+        fx = self.step(lambda: loaded(len(self.run.targets), T0), says_why=True)
+        if fx.start_batch is not None:
             self.step(lambda: self.run.begin(1))
         self.holds()
 
@@ -732,15 +708,15 @@ class Checked:
         """Run one change, checking the transition. Two things may follow the end: the note
         explaining an abort that came while the targets loaded (`says_why`), and a release
         whose rows were being written when the rollout ended: its batch counts as released,
-        and its jobs end cancelled."""
+        and its jobs that no report reached end cancelled."""
         machine = self.run.machine
         before_status = machine.status
         before_jobs = {job.id: job.status for job in self.all_jobs.values()}
         finished_before = machine.state.model_dump() if machine.finished else None
-        settled_before = finished_before if machine.done and not machine.releasing else None
-        releasing = machine.releasing
+        settled_before = finished_before if machine.done and not machine.handing_out else None
+        handing_out = machine.handing_out
         fx = change()
-        ended_release = [] if machine.releasing or not releasing else self.release_jobs
+        ended_release = [] if machine.handing_out or not handing_out else self.release_jobs
         moves = status_moves(fx)
         path = [before_status] + [to for _, to in moves]
         assert [frm for frm, _ in moves] == path[:-1] and path[-1] == machine.status
@@ -769,7 +745,8 @@ class Checked:
             kept += [] if ended_release else ["current_batch"]
             for key in kept:
                 assert after[key] == finished_before[key], f"{key} changed after the end"
-            assert all(job.status == "cancelled" for job in ended_release)
+            # Reports may reach jobs being written: those run on, the rest are cancelled.
+            assert all(job.status != "pending" for job in ended_release)
         if settled_before is not None and not says_why:
             assert fx.events == [] and fx.jobs == set()
             assert machine.state.model_dump() == settled_before
@@ -779,9 +756,9 @@ class Checked:
         """The run loop's turn after anything happened."""
         run = self.run
         overdue = run.machine.overdue(run.now)
-        self.step(lambda: run.machine.time_out(overdue, {}, unreachable=True))
+        self.step(lambda: run.machine.time_out(overdue, {}))
         self.step(lambda: run.machine.settle(run.now))
-        if (batch := run.machine.due_release(run.now)) is not None:
+        if (batch := run.machine.due_batch(run.now)) is not None:
             self.step(lambda: run.begin(batch))
 
     def apply(self, operation: tuple) -> None:
@@ -798,14 +775,14 @@ class Checked:
             case ("time", seconds):
                 run.now += timedelta(seconds=seconds)
             case ("written",):
-                if not machine.releasing:
+                if not machine.handing_out:
                     return
-                self.step(machine.end_release)
+                self.step(machine.end_handout)
             case ("admin", action) if machine.refusal(action) is not None:
                 refused(run, action)
                 return
             case ("admin", "advance"):
-                batch = self.step(lambda: machine.advance("ops")).release
+                batch = self.step(lambda: machine.advance("ops")).start_batch
                 assert batch == machine.state.current_batch + 1
                 self.step(lambda: run.begin(batch, "ops"))
             case ("admin", "retry"):
@@ -831,13 +808,22 @@ class Checked:
         released = min(machine.state.current_batch * machine.spec.batch_size, len(self.run.targets))
         assert sum(machine.counts().values()) == released
         counts = machine.counts()
+        # The counts kept as jobs move are those of a recount.
+        recount = Counter(machine.state.past_counts)
+        recount.update(job.status for job in machine.latest_jobs())
+        assert counts == {status: n for status, n in recount.items() if n}
+        # The next wake is never after a deadline that runs.
+        deadlines = [job.deadline for job in open_jobs if job.status == "in_progress"]
+        deadlines += [] if machine.status == "paused" else [j.deadline for j in open_jobs]
+        wake = machine.next_wake()
+        assert not deadlines or (wake is not None and wake.at <= min(deadlines))
         if machine.status == "completed":
             assert released == len(self.run.targets)
             assert set(counts) <= {"succeeded", "unreachable"} | FAILED_JOB_STATUSES
         # Each limit counts its own kind: a rollout over either one does not run on.
         state, spec = machine.state, machine.spec
         failed, unreachable = kinds(counts)
-        if machine.status in ("running", "awaiting_advance") and not machine.releasing:
+        if machine.status in ("running", "awaiting_advance") and not machine.handing_out:
             assert failed <= max(spec.max_failures, state.accepted_failures)
             assert unreachable <= max(spec.max_unreachable, state.accepted_unreachable)
         assert not (state.paused_for_failures and state.paused_for_unreachable)

@@ -7,20 +7,15 @@ Files in tests/histories, one per run of workflow `rollout-<scenario>`:
   every such file, and every run of it is replayed, not just the first;
 - `.json.gz` is the same, gzip-compressed, for a run over about 1 MB.
 
-Re-record after an intended, compatible change (or to add scenarios):
+Until the first tagged release a change to the workflow re-records the histories it affects
+(docs/temporal.md, "Changing the workflow"):
     ROLLOUT_RECORD_HISTORIES=1 TEMPORAL_DEBUG=1 .venv/bin/pytest tests/test_rollout_replay.py
 (TEMPORAL_DEBUG turns off the SDK's 2 s deadlock detection, which a workflow task of hundreds
 of signals can trip on a loaded machine; it changes nothing in the histories.)
 which runs the scenarios below (on the time-skipping server; continue_mid_batch,
-continue_at_boundary and cancel_request on the dev server) and writes tests/histories/. Keep
-the old files too (under another scenario name) when the change must stay compatible with
-rollouts already running. Add `-k <test>` to record one scenario only.
-
-Histories from before targets-in-postgres carry the whole target list in workflow state;
-targets_too_large is kept for replay only, as new rollouts no longer carry a list that can be
-too large and so can no longer record it. targets_in_postgres is kept for replay only too: it
-reads each batch through a regular activity, from before batch-targets-local-activity, whose
-scenario (batch_read_locally) records the same three batches.
+continue_at_boundary and cancel_request on the dev server) and writes tests/histories/. Add
+`-k <test>` to record one scenario only. From the first tagged release on, old histories are
+kept (under another scenario name) so that rollouts already running stay replayable.
 """
 
 import asyncio
@@ -81,8 +76,6 @@ SCENARIOS = {
     "timeout_retry_abort",
     "poison_text",
     "abort_before_first_batch",
-    "targets_too_large",
-    "targets_in_postgres",
     "batch_read_locally",
     "cancel_request",
     "timed_out_at_reported_step",
@@ -390,7 +383,7 @@ async def test_timeout_retry_abort_while_paused_replays(
     await keep(client, spec, "timeout_retry_abort")
 
 
-# --- issue 8: the paths that keep a rollout from being wedged ----------------------------------
+# --- the paths that keep a rollout from being wedged --------------------------------------------
 
 
 async def test_poison_text_run_replays(
@@ -476,7 +469,7 @@ async def loading_targets(client: Client, pool: asyncpg.Pool) -> str | None:
     return workflow_id if pending == ["snapshot_targets"] else None
 
 
-# --- issue 10: a job's step comes from the acknowledged reports ---------------------------------
+# --- a job's step comes from the acknowledged reports -------------------------------------------
 
 
 async def test_timed_out_at_reported_step_replays(
@@ -501,7 +494,7 @@ async def test_timed_out_at_reported_step_replays(
     await keep(client, spec, "timed_out_at_reported_step")
 
 
-# --- issue 14: a host that never started its job is unreachable, not timed out -----------------
+# --- a host that never started its job is unreachable, not timed out ---------------------------
 
 
 async def test_unreachable_run_replays(
@@ -543,8 +536,7 @@ async def test_unreachable_run_replays(
     await keep(client, spec, "unreachable")
 
 
-# --- issue 11: targets snapshotted in PostgreSQL, read a batch at a time; issue 13: each batch --
-# --- is read as a local activity, in the workflow task that releases it ------------------------
+# --- targets snapshotted in PostgreSQL; each batch read as a local activity when it starts ----
 
 
 def local_activities(run: WorkflowHistory) -> Counter[str]:
@@ -593,7 +585,6 @@ async def test_batch_read_locally_run_replays(
         if e.HasField("activity_task_scheduled_event_attributes")
     )
     assert (scheduled["snapshot_targets"], scheduled["batch_targets"]) == (1, 0)
-    assert "load_targets" not in scheduled
     assert local_activities(run) == {"batch_targets": 3}
     assert scheduled["record_progress"] > 0
 
@@ -604,7 +595,7 @@ async def test_answer_when_written_run_replays(
     ts_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    """Every admin action is answered once the read model shows it (issue 12): agents' polls are
+    """Every admin action is answered once the read model shows it: agents' polls are
     answered from the rows, so an answered pause or abort withholds jobs on every API process."""
     client = time_skipping_env.client
     spec = await start(client, db, ts_settings, ["a", "b", "c"], batch_size=1)
@@ -669,7 +660,7 @@ async def test_report_while_written_run_replays(
     db: asyncpg.Connection,
 ) -> None:
     """A job whose agent starts and finishes it before the workflow has seen its release's
-    write end is not lost: it settles, and the rollout completes (issue 12)."""
+    write end is not lost: it settles, and the rollout completes."""
     client = time_skipping_env.client
     activities = HeldReleaseWrite(worker_pool)
     async with build_worker(client, ts_settings, activities):

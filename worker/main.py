@@ -36,7 +36,6 @@ def build_worker(client: Client, settings: Settings, activities: RolloutActiviti
         activities=[
             activities.snapshot_targets,
             activities.batch_targets,
-            activities.load_targets,
             activities.record_progress,
             activities.reported_steps,
         ],

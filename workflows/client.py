@@ -29,8 +29,6 @@ from workflows.rollout_models import (
     ActionResult,
     AdvanceInput,
     HandedOutJob,
-    Handouts,
-    HandoutsQuery,
     JobForInstanceQuery,
     JobReportBatchSignal,
     JobReportSignal,
@@ -198,13 +196,3 @@ async def job_for_instance(
         timeout,
     )
     return result.job
-
-
-async def handouts(client: Client, rollout_id: str, *, timeout: float) -> Handouts:
-    handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
-    return await _bounded(
-        handle.query(
-            RolloutWorkflow.handouts, HandoutsQuery(), rpc_timeout=timedelta(seconds=timeout)
-        ),
-        timeout,
-    )

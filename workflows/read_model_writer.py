@@ -74,6 +74,11 @@ class ReadModelWriter:
         self._row_dirty = True
 
     @property
+    def unwritten_jobs(self) -> set[str]:
+        """Ids of jobs whose change the read model does not show yet."""
+        return self._dirty
+
+    @property
     def unwritten(self) -> bool:
         return bool(self._dirty or self._events or self._row_dirty)
 
@@ -83,15 +88,18 @@ class ReadModelWriter:
         waits for handlers to finish."""
         return self._awaited > self._written
 
-    async def caught_up(self, timeout: timedelta) -> bool:
+    async def caught_up(self, timeout: timedelta, purpose: str) -> bool:
         """Whether the rollout's row in PostgreSQL shows every change recorded so far, within
-        `timeout` (a durable timer): an admin action is answered when the read model, which
-        answers agents' polls, shows it (issue 12), or, should PostgreSQL not take the write,
-        after `timeout`."""
+        `timeout` (a durable timer, summarised with `purpose`): an admin action is answered when
+        the read model, which answers agents' polls, shows it, or, should PostgreSQL not take
+        the write, after `timeout`."""
         target = self._recorded
         self._awaited = max(self._awaited, target)
+        summary = f"{purpose} once written, at most {timeout.total_seconds():g} s"
         try:
-            await workflow.wait_condition(lambda: self._written >= target, timeout=timeout)
+            await workflow.wait_condition(
+                lambda: self._written >= target, timeout=timeout, timeout_summary=summary
+            )
         except TimeoutError:
             return False
         return True
@@ -136,6 +144,7 @@ class ReadModelWriter:
             try:
                 for index, chunk in enumerate(chunks):
                     carries_row = index == row_chunk
+                    summary = _summary(progress, chunk, carries_row, bool(new_jobs))
                     await workflow.execute_activity_method(
                         RolloutActivities.record_progress,
                         RecordProgressInput(
@@ -145,6 +154,7 @@ class ReadModelWriter:
                         ),
                         start_to_close_timeout=ACTIVITY_TIMEOUT,
                         retry_policy=ACTIVITY_RETRY,
+                        summary=summary,
                     )
                     if carries_row:
                         row_sent = True
@@ -181,3 +191,15 @@ class ReadModelWriter:
             revision=self._revision,
             workflow_closed=self._closing,
         )
+
+
+def _summary(progress: RolloutProgress, jobs: list[JobWrite], row: bool, new: bool) -> str:
+    """What a write is, for its activity's line in the Web UI: 'write batch 2: 500 new jobs,
+    status running'."""
+    batch = jobs[0].batch if jobs else progress.current_batch
+    parts = [f"{len(jobs)} {'new jobs' if new else 'jobs'}"] if jobs else []
+    if row:
+        parts.append(
+            f"status {progress.status}" + (", closing" if progress.workflow_closed else "")
+        )
+    return f"write batch {batch}: " + ", ".join(parts)

@@ -9,11 +9,15 @@ is tested without servers (tests/test_rollout_machine.py), and a replay takes th
 the workflow passes `workflow.now()` and `workflow.uuid4()`.
 
 The machine does not hold the targets: it is told their count, and each batch's instance ids as
-the workflow releases it. Its state is the `RolloutState` carried through continue-as-new (the
-workflow and the read-model writer own that model's `targets`, `revision` and `unwritten_*`).
+the workflow starts it. Its state is the `RolloutState` carried through continue-as-new (the
+read-model writer owns that model's `revision` and `unwritten_*`).
+
+Words: a *release* is a signed manifest; a batch (or a retry) is *handed out*: its jobs are
+created, written to the read model, then given to the hosts that poll.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -32,11 +36,14 @@ from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
     RETRYABLE_JOB_STATUSES,
     UNREACHABLE,
+    ActionResult,
     AuditEvent,
+    CarriedJobs,
     HandedOutJob,
     JobReportSignal,
     JobState,
     RolloutState,
+    RolloutView,
 )
 
 Action = Literal["advance", "pause", "resume", "retry", "abort"]
@@ -44,6 +51,8 @@ Action = Literal["advance", "pause", "resume", "retry", "abort"]
 # than maxUnreachable. A resume accepts what was counted of that kind.
 Limit = Literal["failures", "unreachable"]
 WORKFLOW_ACTOR = "workflow"
+# Jobs a `view` answer lists in full (about 250 bytes each); a larger batch lists its changes.
+VIEW_JOBS = 2_000
 
 # --- the graph -------------------------------------------------------------------------------
 # A rollout is `running` from its start (batch 0 until batch 1 is released). `paused` has a
@@ -90,16 +99,25 @@ class Effects:
     jobs: set[str] = field(default_factory=set)  # ids of jobs whose rows changed
     messages: dict[str, str] = field(default_factory=dict)  # a report's message, by job id
     new_jobs: list[JobState] = field(default_factory=list)  # to write before handing out
-    release: int | None = None  # the batch the workflow must now release
+    start_batch: int | None = None  # the batch the workflow must now start (begin_batch)
     answer: str = ""  # what an admin action answers
     wake: bool = False  # the run loop has something to do
 
 
-@dataclass
-class _Release:
-    """A release whose job rows are being written: jobs are handed out only after."""
+@dataclass(frozen=True)
+class Wake:
+    """When the run loop must wake without an event, and why (its timer's summary)."""
 
-    new_jobs: list[JobState]
+    at: datetime
+    summary: str
+
+
+@dataclass
+class _Handout:
+    """A batch or a retry whose job rows are being written: its jobs are handed out only after.
+    Reports may reach its jobs meanwhile (polls hand a job out once its row is written)."""
+
+    new_jobs: dict[str, JobState]  # by id
     actor: str
     batch: int | None = None  # None for a retry
     retried: list[JobState] = field(default_factory=list)
@@ -114,11 +132,18 @@ class RolloutMachine:
         self.spec = spec
         self.state = state
         self.target_count = target_count  # None until the targets are loaded
-        self.jobs: dict[str, JobState] = {job.id: job for job in state.jobs}
+        self.jobs: dict[str, JobState] = {job.id: job for job in state.carried_jobs.unpack()}
+        state.carried_jobs = CarriedJobs()  # the machine's jobs are the truth from here on
         self.open_by_instance = {
             job.instance_id: job.id for job in self.jobs.values() if job.status in OPEN_JOB_STATUSES
         }
-        self._release: _Release | None = None
+        self._handout: _Handout | None = None
+        # Kept as jobs move, so a workflow task's work grows with the reports it takes in, not
+        # with the batch: the current batch's latest jobs by status, and a time no timed job's
+        # deadline is before (None: no timed job), made exact whenever it is reached.
+        self._counts: Counter[str] = Counter(job.status for job in self.latest_jobs())
+        self._earliest: datetime | None = None
+        self._find_earliest()
 
     # --- where it stands ----------------------------------------------------------------------
 
@@ -131,8 +156,8 @@ class RolloutMachine:
         return self.state.status in FINISHED_ROLLOUT_STATUSES
 
     @property
-    def releasing(self) -> bool:
-        return self._release is not None
+    def handing_out(self) -> bool:
+        return self._handout is not None
 
     @property
     def done(self) -> bool:
@@ -158,14 +183,36 @@ class RolloutMachine:
             finished_at=state.finished_at,
         )
 
+    def carry(self) -> RolloutState:
+        """The state the next run starts from (continue-as-new), the jobs with it."""
+        self.state.carried_jobs = CarriedJobs.pack(self.jobs.values())
+        return self.state
+
+    def view(self, unwritten: Collection[str]) -> RolloutView:
+        """The live state the `view` query answers: fresher than the read model. A large batch
+        lists only its `unwritten` jobs (the rest are as the read model shows them)."""
+        jobs = list(self.jobs.values())
+        complete = len(jobs) <= VIEW_JOBS
+        if not complete:
+            jobs = [self.jobs[i] for i in sorted(unwritten) if i in self.jobs][:VIEW_JOBS]
+        return RolloutView(
+            **self.snapshot().model_dump(), note=self.state.note, jobs=jobs, jobs_complete=complete
+        )
+
+    def answer(self, message: str) -> ActionResult:
+        """What an admin action (or the start) answers: where the rollout stands, and `message`."""
+        state = self.state
+        return ActionResult(status=state.status, current_batch=state.current_batch, message=message)
+
     def latest_jobs(self) -> list[JobState]:
         return [job for job in self.jobs.values() if not job.superseded]
 
     def counts(self) -> dict[str, int]:
         """Jobs by status, the latest attempt of each released target."""
         counts = dict(self.state.past_counts)
-        for job in self.latest_jobs():
-            counts[job.status] = counts.get(job.status, 0) + 1
+        for status, count in self._counts.items():
+            if count:
+                counts[status] = counts.get(status, 0) + count
         return counts
 
     def details(self) -> str:
@@ -201,7 +248,7 @@ class RolloutMachine:
             return f"rollout is {state.status}; {action} does not apply to a finished rollout"
         # Abort applies at any point: before batch 1 and while a batch is being released.
         if (state.current_batch == 0 and action != "abort") or (
-            self.releasing and action in ("advance", "retry")
+            self.handing_out and action in ("advance", "retry")
         ):
             return "a batch is being released; try again in a moment"
         if action == "advance":
@@ -226,38 +273,45 @@ class RolloutMachine:
 
     # --- time ---------------------------------------------------------------------------------
 
-    def next_wake(self) -> datetime | None:
+    def next_wake(self) -> "Wake | None":
         """When time alone changes something: a job's deadline, or the end of a bake."""
-        times = [job.deadline for job in self._timed_jobs()]
+        state = self.state
+        deadline = self._earliest
         due = self._auto_advance_due_at()
-        if due is not None:
-            times.append(due)
-        return min(times, default=None)
+        if due is not None and (deadline is None or due <= deadline):
+            return Wake(
+                due, f"bake after batch {state.current_batch}, then batch {state.current_batch + 1}"
+            )
+        if deadline is None:
+            return None
+        return Wake(deadline, f"job deadline in batch {state.current_batch}")
 
     def overdue(self, now: datetime) -> list[JobState]:
-        return [job for job in self._timed_jobs() if job.deadline <= now]
+        if self._earliest is None or self._earliest > now:
+            return []
+        return [job for job in self._find_earliest() if job.deadline <= now]
 
-    def due_release(self, now: datetime) -> int | None:
-        """The batch auto-advance releases now that its bake is over, if it is."""
+    def due_batch(self, now: datetime) -> int | None:
+        """The batch auto-advance starts now that its bake is over, if it is."""
         due = self._auto_advance_due_at()
-        if due is None or now < due or self.releasing:
+        if due is None or now < due or self.handing_out:
             return None
         return self.state.current_batch + 1
 
     # --- start --------------------------------------------------------------------------------
 
-    def targets_loaded(self, count: int, now: datetime, *, abort_stands: bool) -> Effects:
-        """The targets are known. An abort that came while they loaded stands (`abort_stands`;
-        runs from before that rule released batch 1 anyway); no target completes the rollout."""
+    def targets_loaded(self, count: int, now: datetime) -> Effects:
+        """The targets are known. An abort that came while they loaded stands; no target
+        completes the rollout."""
         fx = Effects()
         self.target_count = count
-        if abort_stands and self.state.status == "aborted":
+        if self.state.status == "aborted":
             self.state.note = "aborted before batch 1 was released"
             return fx
         detail = {"targets": count, "batches": self.total_batches}
         self._event(fx, WORKFLOW_ACTOR, "rollout.started", detail)
         if count:
-            fx.release = 1
+            fx.start_batch = 1
             return fx
         self.state.note = (
             f"no instance on channel {self.spec.channel} is below {self.spec.version}:"
@@ -266,18 +320,9 @@ class RolloutMachine:
         self._finish(fx, "completed", now)
         return fx
 
-    def cannot_start(self, reason: str, now: datetime) -> Effects:
-        """The rollout ends, saying why, instead of retrying what cannot succeed."""
-        fx = Effects()
-        self.target_count = 0
-        self.state.note = reason
-        if not self.finished:
-            self._abort(fx, WORKFLOW_ACTOR, reason, now)
-        return fx
+    # --- handing out -----------------------------------------------------------------------------
 
-    # --- releases -----------------------------------------------------------------------------
-
-    def begin_release(
+    def begin_batch(
         self,
         batch: int,
         instance_ids: Sequence[str],
@@ -285,28 +330,28 @@ class RolloutMachine:
         now: datetime,
         new_id: Callable[[], str],
     ) -> Effects:
-        """Batch `batch` is released: its jobs are created, to be written before handed out."""
-        reserved = self._release is not None and self._release.batch == batch
+        """Batch `batch` starts: its jobs are created, to be written before handed out."""
+        reserved = self._handout is not None and self._handout.batch == batch
         new_jobs = [
             self._new_job(instance_id, batch, 1, now, new_id) for instance_id in instance_ids
         ]
-        self._release = _Release(new_jobs=new_jobs, actor=actor, batch=batch)
+        self._handout = _Handout(new_jobs=_by_id(new_jobs), actor=actor, batch=batch)
         fx = Effects(new_jobs=new_jobs)
         if not reserved:  # else a pause or abort taken in while its ids were read stands
             self._set_status(fx, "running", actor)
         return fx
 
-    def reserve_release(self, batch: int, actor: str) -> Effects:
-        """Batch `batch` is being released while its instance ids are read (from the targets
-        snapshot): the rollout runs, and no other release starts meanwhile."""
-        self._release = _Release(new_jobs=[], actor=actor, batch=batch)
+    def reserve_batch(self, batch: int, actor: str) -> Effects:
+        """Batch `batch` starts while its instance ids are read (from the targets snapshot):
+        the rollout runs, and no other hand-out starts meanwhile."""
+        self._handout = _Handout(new_jobs={}, actor=actor, batch=batch)
         fx = Effects()
         self._set_status(fx, "running", actor)
         return fx
 
-    def abandon_release(self) -> None:
+    def abandon_batch(self) -> None:
         """The reserved batch's ids were never read (the run is being cancelled)."""
-        self._release = None
+        self._handout = None
 
     def begin_retry(self, actor: str, now: datetime, new_id: Callable[[], str]) -> Effects:
         """The current batch's failed, rolled-back and timed-out jobs run again, as new jobs."""
@@ -315,62 +360,54 @@ class RolloutMachine:
         new_jobs = [
             self._new_job(j.instance_id, j.batch, j.attempt + 1, now, new_id) for j in failed
         ]
-        self._release = _Release(new_jobs=new_jobs, actor=actor, retried=failed)
+        self._handout = _Handout(new_jobs=_by_id(new_jobs), actor=actor, retried=failed)
         fx = Effects(new_jobs=new_jobs)
         if self.state.status != "paused":
             self._set_status(fx, "running", actor)
         return fx
 
-    def end_release(self) -> Effects:
-        """The released jobs' rows are written: they are handed out from now on."""
-        release = self._release
-        assert release is not None, "end_release without begin_release"
-        self._release = None
+    def end_handout(self) -> Effects:
+        """The new jobs' rows are written: they are handed out from now on."""
+        handout = self._handout
+        assert handout is not None, "end_handout without begin_batch or begin_retry"
+        self._handout = None
         fx = Effects()
         state = self.state
-        if release.batch is not None:
+        if handout.batch is not None:
             self._archive_current_batch()
-            state.current_batch = release.batch
-        for job in release.retried:
+            state.current_batch = handout.batch
+        for job in handout.retried:
             job.superseded = True
-        self._add_jobs(fx, release.new_jobs)
-        if release.batch is not None:
-            detail = {"batch": release.batch, "jobs": len(release.new_jobs)}
-            self._event(fx, release.actor, "rollout.batch_released", detail)
+            self._counts[job.status] -= 1
+        self._add_jobs(fx, list(handout.new_jobs.values()))
+        if handout.batch is not None:
+            detail = {"batch": handout.batch, "jobs": len(handout.new_jobs)}
+            self._event(fx, handout.actor, "rollout.batch_released", detail)
         if state.status == "aborted":  # aborted while the rows were being written
             self._cancel_pending(fx)
-        elif release.retried and self._paused_for_limit() and self._exceeded() is None:
+        elif handout.retried and self._paused_for_limit() and self._exceeded() is None:
             # The retried jobs no longer count: a pause for failures (or unreachable hosts) is over.
             self._clear_pause()
-            self._set_status(fx, "running", release.actor)
-        if release.batch is not None:
+            self._set_status(fx, "running", handout.actor)
+        if handout.batch is not None:
             fx.answer = f"released batch {state.current_batch}/{self.total_batches}"
         else:
-            instances = [job.instance_id for job in release.retried]
+            instances = [job.instance_id for job in handout.retried]
             names = {"instances": instances[: rollout_text.REASON_NAMES]}
-            self._event(fx, release.actor, "rollout.retry", names)
+            self._event(fx, handout.actor, "rollout.retry", names)
             fx.answer = f"released {len(instances)} jobs again"
         return fx
 
     # --- reports and time ---------------------------------------------------------------------
 
-    def being_written(self, job_id: str) -> bool:
-        """Whether `job_id` is one of the jobs the current release is writing: polls hand a job
-        out once its row is in PostgreSQL, so its reports may come before the release ends."""
-        return self._job_being_written(job_id) is not None
-
-    def _job_being_written(self, job_id: str) -> JobState | None:
-        release = self._release
-        new_jobs = release.new_jobs if release is not None else []
-        return next((job for job in new_jobs if job.id == job_id), None)
-
-    def report(self, report: JobReportSignal, *, while_written: bool = False) -> Effects:
-        """Idempotent: unknown job, another instance's job or a settled job change nothing.
-        `while_written`: a job still being written counts as known (`being_written`)."""
+    def report(self, report: JobReportSignal) -> Effects:
+        """Idempotent: unknown job, another instance's job or a settled job change nothing. A job
+        still being written counts: polls hand a job out once its row is in PostgreSQL, so its
+        reports may come before the hand-out ends."""
         fx = Effects()
         job = self.jobs.get(report.job_id)
-        if job is None and while_written:
-            job = self._job_being_written(report.job_id)
+        if job is None and self._handout is not None:
+            job = self._handout.new_jobs.get(report.job_id)
         if job is None or job.instance_id != report.instance_id:
             return fx
         if job.status in TERMINAL_JOB_STATUSES:
@@ -378,8 +415,9 @@ class RolloutMachine:
         if report.status == "in_progress":
             if job.status == "in_progress" and (report.step is None or report.step == job.step):
                 return fx
-            job.status = "in_progress"
+            self._move(job, "in_progress")
             job.step = report.step or job.step
+            self._may_end_at(job.deadline)  # a job withheld by a pause runs again
             fx.jobs.add(job.id)
             fx.wake = True
         else:
@@ -388,13 +426,10 @@ class RolloutMachine:
             fx.messages[job.id] = report.message
         return fx
 
-    def time_out(
-        self, overdue: list[JobState], steps: Mapping[str, str], *, unreachable: bool
-    ) -> Effects:
+    def time_out(self, overdue: list[JobState], steps: Mapping[str, str]) -> Effects:
         """Overdue jobs (from `overdue`) end `timed_out` at the step their agent last reported
-        (`steps`, from the read model), unless a report settled them meanwhile. With
-        `unreachable` (runs from before it time every one out), a job that never started (still
-        pending, and no acknowledged report named a step) ends `unreachable` instead."""
+        (`steps`, from the read model), unless a report settled them meanwhile; a job that never
+        started (still pending, and no acknowledged report named a step) ends `unreachable`."""
         fx = Effects()
         still_timed = {job.id for job in self._timed_jobs()}
         ends: dict[str, list[JobState]] = {"timed_out": [], UNREACHABLE: []}
@@ -403,7 +438,7 @@ class RolloutMachine:
                 continue
             step = steps.get(job.id, job.step)
             never_started = job.status == "pending" and step is None
-            status = UNREACHABLE if unreachable and never_started else "timed_out"
+            status = UNREACHABLE if never_started else "timed_out"
             self._settle_job(fx, job, status, step)
             ends[status].append(job)
         for status, action in (
@@ -413,6 +448,7 @@ class RolloutMachine:
             if ended := ends[status]:
                 names = [job.instance_id for job in ended[: rollout_text.REASON_NAMES]]
                 self._event(fx, WORKFLOW_ACTOR, action, {"count": len(ended), "instances": names})
+        self._find_earliest()
         return fx
 
     def settle(self, now: datetime) -> Effects:
@@ -420,7 +456,7 @@ class RolloutMachine:
         limit pause (failures first), a settled batch waits."""
         fx = Effects()
         state = self.state
-        if self.releasing or self.finished or state.current_batch == 0:
+        if self.handing_out or self.finished or state.current_batch == 0:
             return fx
         if state.status != "paused" and (exceeded := self._exceeded()) is not None:
             self._pause(fx, WORKFLOW_ACTOR, self._limit_reason(exceeded), limit=exceeded)
@@ -437,9 +473,9 @@ class RolloutMachine:
     # --- admin actions ------------------------------------------------------------------------
 
     def advance(self, actor: str) -> Effects:
-        """The next batch is due now; the workflow releases it (begin_release)."""
+        """The next batch is due now; the workflow starts it (begin_batch)."""
         self._require("advance")
-        fx = Effects(release=self.state.current_batch + 1)
+        fx = Effects(start_batch=self.state.current_batch + 1)
         self._event(fx, actor, "rollout.advance")
         return fx
 
@@ -466,6 +502,7 @@ class RolloutMachine:
         for job in self.latest_jobs():
             if job.status == "pending":
                 job.deadline = now + timedelta(seconds=self.spec.job_timeout_seconds)
+                self._may_end_at(job.deadline)
                 fx.jobs.add(job.id)
         self._set_status(fx, "running", actor)
         fx.wake = True
@@ -555,8 +592,10 @@ class RolloutMachine:
     def _add_jobs(self, fx: Effects, new_jobs: list[JobState]) -> None:
         for job in new_jobs:
             self.jobs[job.id] = job
+            self._counts[job.status] += 1
             if job.status not in TERMINAL_JOB_STATUSES:  # else settled while being written
                 self.open_by_instance[job.instance_id] = job.id
+                self._may_end_at(job.deadline)
         fx.wake = True
 
     def _archive_current_batch(self) -> None:
@@ -574,9 +613,18 @@ class RolloutMachine:
                     state.past_unreachable_names.append(job.instance_id)
         self.jobs = {}
         self.open_by_instance = {}
+        self._counts = Counter()
+        self._earliest = None
+
+    def _move(self, job: JobState, status: str) -> None:
+        """A job's new status, counted when it is one of the batch's (not one being written)."""
+        if self.jobs.get(job.id) is job and not job.superseded:
+            self._counts[job.status] -= 1
+            self._counts[status] += 1
+        job.status = status  # type: ignore[assignment]
 
     def _settle_job(self, fx: Effects, job: JobState, status: str, step: str | None) -> None:
-        job.status = status  # type: ignore[assignment]
+        self._move(job, status)
         job.step = step  # type: ignore[assignment]
         if self.open_by_instance.get(job.instance_id) == job.id:
             del self.open_by_instance[job.instance_id]
@@ -597,6 +645,16 @@ class RolloutMachine:
             if self.jobs[job_id].status == "in_progress" or not withheld
         ]
 
+    def _may_end_at(self, deadline: datetime) -> None:
+        if self._earliest is None or deadline < self._earliest:
+            self._earliest = deadline
+
+    def _find_earliest(self) -> list[JobState]:
+        """The timed jobs, making `_earliest` exact."""
+        timed = self._timed_jobs()
+        self._earliest = min((job.deadline for job in timed), default=None)
+        return timed
+
     def _auto_advance_due_at(self) -> datetime | None:
         state = self.state
         if not self.spec.auto_advance or state.status != "awaiting_advance":
@@ -612,13 +670,13 @@ class RolloutMachine:
         return [job for job in self.latest_jobs() if job.status in FAILED_JOB_STATUSES]
 
     def _failure_count(self) -> int:
-        return self.state.past_failures + len(self._current_failures())
+        return self.state.past_failures + sum(self._counts[s] for s in FAILED_JOB_STATUSES)
 
     def _current_unreachable(self) -> list[JobState]:
         return [job for job in self.latest_jobs() if job.status == UNREACHABLE]
 
     def _unreachable_count(self) -> int:
-        return self.state.past_unreachable + len(self._current_unreachable())
+        return self.state.past_unreachable + self._counts[UNREACHABLE]
 
     def _exceeded(self) -> Limit | None:
         """The first limit the rollout is over, counting what a resume accepted as tolerated."""
@@ -646,3 +704,7 @@ class RolloutMachine:
             spec.max_unreachable,
             state.accepted_unreachable,
         )
+
+
+def _by_id(jobs: list[JobState]) -> dict[str, JobState]:
+    return {job.id: job for job in jobs}

@@ -4,8 +4,9 @@ Everything crossing Temporal goes through `pydantic_data_converter`, so these ar
 format of workflow histories: add fields with defaults only, or recorded histories break.
 """
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, Field
 
@@ -21,12 +22,11 @@ UNREACHABLE = "unreachable"
 RETRYABLE_JOB_STATUSES: frozenset[str] = frozenset(
     {"failed", "rolled_back", "timed_out", UNREACHABLE}
 )
-# The largest batch a rollout may have (the API refuses more). A run carries its current batch:
-# about 210 bytes a job in its state (continue-as-new input, view query) and 250 in the handouts
-# query, so 1,000 jobs stay near 0.25 MB, a tenth of Temporal's 2 MiB payload limit; and a
-# workflow task's work grows with the batch (2,000 tripped the SDK's 2 s deadlock detector on a
-# loaded 2-core machine). docs/performance.md, benchmarks/targets_100k.py.
-MAX_BATCH_SIZE = 1_000
+# The largest batch a rollout may have (the API refuses more). A workflow task's work grows with
+# the reports it takes in, not with the batch (rollout_machine keeps its counts as jobs move), and
+# the batch is carried by column (CarriedJobs): 10,000 jobs with 128-character instance ids are
+# 1.7 MB of a continue-as-new input, under Temporal's 2 MiB payload limit.
+MAX_BATCH_SIZE = 10_000
 
 
 # --- state -----------------------------------------------------------------------------------
@@ -49,12 +49,11 @@ class RolloutState(BaseModel):
     status: RolloutStatus = "running"
     paused_reason: str | None = None
     paused_for_failures: bool = False
-    # Runs started before targets-in-postgres carry the whole list; later ones only its length
-    # (the targets are in PostgreSQL, read a batch at a time). Both None until they are known.
-    targets: list[str] | None = None
-    target_count: int | None = None
+    # The targets are in PostgreSQL, read a batch at a time: only their number is carried.
+    target_count: int | None = None  # None until they are known
     current_batch: int = 0
-    jobs: list[JobState] = Field(default_factory=list)  # the current batch, every attempt
+    # The current batch, every attempt: set only for continue-as-new, read by the next run.
+    carried_jobs: "CarriedJobs" = Field(default_factory=lambda: CarriedJobs())
     past_counts: dict[str, int] = Field(default_factory=dict)  # earlier batches, latest attempts
     past_failures: int = 0  # failed jobs of earlier batches (accepted, or the rollout had paused)
     past_failure_notes: list[str] = Field(default_factory=list)  # the first few, "web-7 failed"
@@ -72,6 +71,62 @@ class RolloutState(BaseModel):
     unwritten_jobs: list[str] = Field(default_factory=list)
     unwritten_messages: dict[str, str] = Field(default_factory=dict)
     unwritten_events: list["AuditEvent"] = Field(default_factory=list)
+
+
+_STATUSES: tuple[str, ...] = get_args(JobStatus)
+_STEPS: tuple[str | None, ...] = (None, *get_args(Step))
+
+
+def _code(values: tuple[str | None, ...], value: str | None) -> str:
+    return chr(ord("a") + values.index(value))
+
+
+class CarriedJobs(BaseModel):
+    """Jobs by column: about 45 bytes a job plus its instance id, against 175 as JobState
+    objects, so the largest batch fits a continue-as-new input."""
+
+    ids: list[str] = Field(default_factory=list)
+    instance_ids: list[str] = Field(default_factory=list)
+    batches: list[int] = Field(default_factory=list)
+    attempts: list[int] = Field(default_factory=list)
+    statuses: str = ""  # a letter a job: its status's place in JobStatus
+    steps: str = ""  # a letter a job: "a" for none, then Step's order
+    deadlines: list[datetime] = Field(default_factory=list)  # the distinct ones
+    deadline_of: list[int] = Field(default_factory=list)  # a job's place in `deadlines`
+    superseded: list[int] = Field(default_factory=list)  # places of superseded jobs
+
+    @classmethod
+    def pack(cls, jobs: Iterable[JobState]) -> "CarriedJobs":
+        carried = cls()
+        places: dict[datetime, int] = {}
+        for n, job in enumerate(jobs):
+            carried.ids.append(job.id)
+            carried.instance_ids.append(job.instance_id)
+            carried.batches.append(job.batch)
+            carried.attempts.append(job.attempt)
+            carried.statuses += _code(_STATUSES, job.status)
+            carried.steps += _code(_STEPS, job.step)
+            carried.deadline_of.append(places.setdefault(job.deadline, len(places)))
+            if job.superseded:
+                carried.superseded.append(n)
+        carried.deadlines = list(places)
+        return carried
+
+    def unpack(self) -> list[JobState]:
+        superseded = set(self.superseded)
+        return [
+            JobState.model_construct(
+                id=self.ids[n],
+                instance_id=self.instance_ids[n],
+                batch=self.batches[n],
+                attempt=self.attempts[n],
+                status=_STATUSES[ord(self.statuses[n]) - ord("a")],
+                step=_STEPS[ord(self.steps[n]) - ord("a")],
+                deadline=self.deadlines[self.deadline_of[n]],
+                superseded=n in superseded,
+            )
+            for n in range(len(self.ids))
+        ]
 
 
 class RolloutInput(BaseModel):
@@ -146,7 +201,10 @@ class RolloutView(RolloutSnapshot):
     """The live state: the workflow's answer, fresher than the read model."""
 
     note: str | None
-    jobs: list[JobState]  # the current batch
+    jobs: list[JobState]  # the current batch, every attempt; see `jobs_complete`
+    # False for a batch over VIEW_JOBS: then `jobs` holds only the jobs whose change the read
+    # model does not show yet (a whole batch of 10,000 would exceed Temporal's 2 MiB answer).
+    jobs_complete: bool = True
 
 
 class JobForInstanceQuery(BaseModel):
@@ -162,17 +220,6 @@ class HandedOutJob(BaseModel):
 
 class JobForInstanceResult(BaseModel):
     job: HandedOutJob | None
-
-
-class HandoutsQuery(BaseModel):
-    pass
-
-
-class Handouts(BaseModel):
-    """Every job agents may run now, by instance id: empty while paused or finished. One query
-    answers the polls of a whole batch."""
-
-    jobs: dict[str, HandedOutJob]
 
 
 # --- activities --------------------------------------------------------------------------------
@@ -195,16 +242,6 @@ class BatchTargetsInput(BaseModel):
 
 
 class BatchTargetsResult(BaseModel):
-    instance_ids: list[str]
-
-
-# Only for runs started before targets-in-postgres, which load the whole list.
-class LoadTargetsInput(BaseModel):
-    channel: str
-    version: str
-
-
-class LoadTargetsResult(BaseModel):
     instance_ids: list[str]
 
 

@@ -4,7 +4,7 @@ machine and the workflow say things the same way."""
 
 from collections.abc import Iterable, Mapping
 
-from workflows.rollout_models import JobState
+from workflows.rollout_models import AuditEvent, JobState
 
 # Names (and a count) in a pause reason; the rest are in the jobs listing.
 REASON_NAMES = 10
@@ -77,3 +77,12 @@ def details(
     if note:
         parts.append(note)
     return " · ".join(parts)
+
+
+def log_line(event: AuditEvent) -> str:
+    """An audit event as the worker's log says it: 'running -> paused (why)', 'x by ops'."""
+    detail = event.detail
+    if event.action == "rollout.status_changed":
+        reason = f" ({detail['reason']})" if "reason" in detail else ""
+        return f"{detail['from']} -> {detail['to']}{reason}"
+    return f"{event.action} by {event.actor}" + (f" {detail}" if detail else "")

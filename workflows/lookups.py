@@ -1,0 +1,77 @@
+"""What the workflow asks of PostgreSQL besides writing its progress, as activities: the targets
+snapshot taken at start, a batch's hosts read from it, and the steps overdue jobs reached.
+Workflow code, kept apart from the run loop."""
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from activities.rollouts import RolloutActivities
+    from store.rollouts import RolloutSpec
+    from workflows.read_model_writer import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, JOBS_PER_WRITE
+    from workflows.rollout_models import (
+        BatchTargetsInput,
+        JobState,
+        ReportedStepsInput,
+        SnapshotTargetsInput,
+    )
+
+# A batch's ids are one indexed range, read as a local activity in the task that starts the
+# batch (an advance waits on one activity round trip, the jobs' write, not two): longer than
+# this is an outage, retried after a durable timer (threshold 0), so queries and updates are
+# answered between attempts.
+BATCH_READ_TIMEOUT = timedelta(seconds=5)
+# A look-up that only improves a message must not hold the rollout up for long.
+LOOKUP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+
+
+async def snapshot_targets(spec: RolloutSpec) -> int:
+    """Stores the rollout's targets (once) and returns their number: nothing carried grows with
+    the fleet."""
+    result = await workflow.execute_activity_method(
+        RolloutActivities.snapshot_targets,
+        SnapshotTargetsInput(rollout_id=spec.id, channel=spec.channel, version=spec.version),
+        start_to_close_timeout=ACTIVITY_TIMEOUT,
+        retry_policy=ACTIVITY_RETRY,
+        summary=f"snapshot the hosts on {spec.channel} below {spec.version}",
+    )
+    return result.target_count
+
+
+async def batch_hosts(rollout_id: str, number: int, batch_size: int) -> list[str]:
+    """The instance ids of batch `number`, in the snapshot's order."""
+    result = await workflow.execute_local_activity_method(
+        RolloutActivities.batch_targets,
+        BatchTargetsInput(rollout_id=rollout_id, start=(number - 1) * batch_size, limit=batch_size),
+        start_to_close_timeout=BATCH_READ_TIMEOUT,
+        retry_policy=ACTIVITY_RETRY,
+        local_retry_threshold=timedelta(0),
+        summary=f"read the hosts of batch {number}",
+    )
+    return result.instance_ids
+
+
+async def reported_steps(jobs: list[JobState]) -> dict[str, str]:
+    """Where each job's agent last said it was: only the acknowledged reports know, as the
+    workflow hears of a job starting and ending, not of each step. Should the read model not
+    answer, the workflow's own step stands (the job is missing from the answer)."""
+    steps: dict[str, str] = {}
+    for start in range(0, len(jobs), JOBS_PER_WRITE):
+        chunk = jobs[start : start + JOBS_PER_WRITE]
+        try:
+            result = await workflow.execute_activity_method(
+                RolloutActivities.reported_steps,
+                ReportedStepsInput(job_ids=[job.id for job in chunk]),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=LOOKUP_RETRY,
+                summary=f"the steps {len(chunk)} overdue jobs reached",
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            break
+        steps.update(result.steps)
+    return steps
