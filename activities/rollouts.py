@@ -111,8 +111,11 @@ class RolloutActivities:
                 )
             if applied and input.progress and input.progress.status in FINISHED_ROLLOUT_STATUSES:
                 await rollout_targets.drop(conn, input.progress.id)
-            # Held polls of every API process look again once this commits (api.dispatch).
-            await polls.announce(conn, _rollout_id(input))
+            # Only a write with pending jobs can give a held poll a job (a batch or a retry
+            # handed out, a resume handing the withheld ones out again): held polls of every API
+            # process look again once it commits. Progress from reports wakes none of them.
+            if any(job.status == "pending" for job in input.jobs):
+                await polls.announce(conn, _rollout_id(input))
             return RecordProgressResult(applied=applied)
 
 

@@ -312,7 +312,11 @@ async def test_continue_as_new_mid_batch_replays(
     print("continue_mid_batch runs (signals, events):", [shape(run) for run in [first, *rest]])
     carried = carried_state(rest[0])
     assert carried.status == "running"
-    assert {j.instance_id for j in carried.jobs if j.status in ("pending", "in_progress")} == {
+    assert {
+        j.instance_id
+        for j in carried.carried_jobs.unpack()
+        if j.status in ("pending", "in_progress")
+    } == {
         "a",
         "b",
         "c",
@@ -352,7 +356,7 @@ async def test_continue_as_new_at_batch_boundary_replays(
     carried = carried_state(rest[0])
     # Between batches: the wave in flight when the run continued may have left it paused.
     assert carried.current_batch == 1
-    assert [j.status for j in carried.jobs] == ["succeeded", "succeeded"]
+    assert [j.status for j in carried.carried_jobs.unpack()] == ["succeeded", "succeeded"]
 
 
 async def test_timeout_retry_abort_while_paused_replays(
