@@ -30,6 +30,14 @@ _REPORTS = (
     " FROM job_reports r JOIN update_jobs j ON j.id = r.job_id"
     " WHERE j.rollout_id = $1 GROUP BY j.batch"
 )
+# Each batch's slowest job, from its first report to its last: the agents' own work, which no
+# control plane can shorten (a batch takes at least as long as its slowest job).
+_SLOWEST = (
+    "SELECT batch, extract(epoch FROM max(span)) AS seconds FROM ("
+    " SELECT j.batch, max(r.received_at) - min(r.received_at) AS span"
+    " FROM job_reports r JOIN update_jobs j ON j.id = r.job_id"
+    " WHERE j.rollout_id = $1 GROUP BY j.batch, j.id) AS jobs GROUP BY batch"
+)
 _AUDIT = (
     "SELECT at, action, detail FROM audit_log WHERE subject = $1"
     " AND action IN ('rollout.batch_released', 'rollout.status_changed') ORDER BY id"
@@ -46,6 +54,7 @@ class BatchPhases(BaseModel):
     last_terminal_report_at: datetime | None
     settled_at: datetime | None
     next_release_at: datetime | None
+    slowest_job_seconds: float | None = None
 
 
 class RolloutPhases(BaseModel):
@@ -53,6 +62,11 @@ class RolloutPhases(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     batches: list[BatchPhases]
+
+    @property
+    def agents_work_seconds(self) -> float:
+        """The sum of each batch's slowest job: the rollout's wall time with no overhead."""
+        return sum(b.slowest_job_seconds or 0.0 for b in self.batches)
 
 
 def _settled_by_batch(audit: list[asyncpg.Record]) -> dict[int, datetime]:
@@ -78,6 +92,7 @@ async def rollout_phases(
     jobs = await conn.fetch(_JOBS, rollout_id)
     reports = {r["batch"]: r for r in await conn.fetch(_REPORTS, rollout_id, TERMINAL_REPORTS)}
     settled = _settled_by_batch(await conn.fetch(_AUDIT, f"rollout:{rollout_id}"))
+    slowest = {r["batch"]: float(r["seconds"]) for r in await conn.fetch(_SLOWEST, rollout_id)}
     releases = {r["batch"]: r["released_at"] for r in jobs}
     batches = []
     for row in jobs:
@@ -98,6 +113,7 @@ async def rollout_phases(
                 last_terminal_report_at=report["last_terminal_report_at"] if report else None,
                 settled_at=settled_at,
                 next_release_at=next_release,
+                slowest_job_seconds=slowest.get(number),
             )
         )
     return RolloutPhases(

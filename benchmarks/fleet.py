@@ -275,6 +275,27 @@ def advance_to_handout_ms(figures: Figures, advanced_at: dict[int, float]) -> di
     }
 
 
+def control_plane_figures(result: BenchmarkResult) -> str:
+    """The two figures the control plane is judged by: its CPU per job (everything but the
+    simulator) and the rollout's wall time over the agents' own work."""
+    jobs = sum(batch.jobs for phases in result.phases for batch in phases.batches)
+    cpu = sum(s for part, s in result.rollout_cpu_seconds.items() if part != "simulator")
+    lines = [
+        f"control plane: {cpu / max(jobs, 1):.4f} CPU-s per job ({cpu:.1f} CPU-s, {jobs} jobs)"
+    ]
+    for phases in result.phases:
+        if phases.finished_at is None:
+            continue
+        wall = (phases.finished_at - phases.created_at).total_seconds()
+        work = phases.agents_work_seconds
+        over = f"{(wall / work - 1):+.1%}" if work else "-"
+        lines.append(
+            f"rollout {phases.rollout_id}: {wall:.1f} s; agents' own work {work:.1f} s"
+            f" (each batch's slowest job, summed): {over} over it"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
     # As `rollout simulate` without --verbose: the figures count what the agents would log.
@@ -298,6 +319,7 @@ def main() -> None:
     each = ", ".join(f"{part} {seconds:.1f}" for part, seconds in sorted(cpu.items()))
     total = sum(cpu.values())
     print(f"CPU seconds from the rollout's creation to its end: {each}; total {total:.1f}")
+    print(control_plane_figures(result))
     if result.advance_to_handout_ms:
         each = ", ".join(f"{ms:.0f}" for ms in result.advance_to_handout_ms.values())
         print(f"advance → first handout, batch 2 on (ms): {each}")
