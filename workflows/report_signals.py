@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from prometheus_client import Histogram
 from temporalio.client import Client
 
-from contract.batches import answer_all
+from runtime.batches import answer_all
 from workflows import client as rollout_client
 from workflows.rollout_models import JobReportSignal
 
