@@ -24,10 +24,10 @@ from api.poll_batcher import PollBatcher
 from api.refusals import install_refusal_handlers
 from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
 from server.settings import ApiSettings
-from server.temporal_client import connect_temporal
 from services import reports
 from store.pool import open_pool
-from workflows.report_signals import ReportSignals
+from temporal_client.connect import connect_temporal
+from temporal_client.report_signals import ReportSignals
 
 NO_FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 

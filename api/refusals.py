@@ -13,7 +13,7 @@ from api.agent_auth import reply_context, signed_response
 from api.errors import RETRY_AFTER_SECONDS
 from contract.text import storable
 from services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
-from workflows.client import RolloutUnavailable
+from temporal_client.rollouts import RolloutUnavailable
 
 STATUS: dict[type[ServiceError], int] = {
     NotFound: 404,

@@ -42,9 +42,9 @@ from store import releases, rollout_targets, rollouts
 from store.migrate import apply_migrations
 from store.pool import connect, open_pool
 from store.rollouts import RolloutSpec, rollout_workflow_id
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import fetch_chain, start_time_skipping_server
 from worker.main import build_worker
-from workflows import client as rollout_client
 from workflows.rollout_models import (
     MAX_BATCH_SIZE,
     AbortInput,

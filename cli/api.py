@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     from runtime.logs import configure_logging
     from server.settings import ApiSettings
-    from server.temporal_client import TemporalConfigError, connect_config
+    from temporal_client.connect import TemporalConfigError, connect_config
 
     # Checked here too, so bad settings stop the start with one line before any process forks.
     settings = settings_or_exit(ApiSettings, "rollout api")

@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     database_url: str = Field(description="PostgreSQL DSN (postgresql://user:pass@host:port/db)")
-    # Temporal connection (server/temporal_client.py): unset values come from the envconfig profile
-    # (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE), else 127.0.0.1:7233 and namespace "default".
+    # Temporal connection (temporal_client/connect.py): unset values come from the envconfig
+    # profile (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE), else 127.0.0.1:7233 and namespace
+    # "default".
     # TLS (TEMPORAL_TLS*) and gRPC metadata are read by the SDK's envconfig itself.
     temporal_address: str | None = None
     temporal_namespace: str | None = None

@@ -20,8 +20,8 @@ from services.timeline import JobFacts, JobFailure, failing_jobs, job_failure
 from store import audit, job_reports, jobs, releases, rollouts
 from store.jobs import Job
 from store.rollouts import ChannelBusy, Rollout, RolloutSnapshot, RolloutSpec
-from workflows import client as rollout_client
-from workflows.client import RolloutGone, RolloutUnavailable
+from temporal_client import rollouts as rollout_client
+from temporal_client.rollouts import RolloutGone, RolloutUnavailable
 from workflows.rollout_machine import Action
 from workflows.rollout_models import MAX_BATCH_SIZE, JobState
 

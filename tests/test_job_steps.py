@@ -18,10 +18,10 @@ from temporalio.worker import Worker
 from api.app import create_app
 from devstack.ports import free_port
 from server.settings import ApiSettings
+from temporal_client import rollouts as rollout_client
 from tests.agent_requests import body_for, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, skip_time
-from workflows import client as rollout_client
 from workflows.rollout_models import JobReportSignal
 
 AGENT_TOKEN = secrets.token_hex(16)

@@ -46,6 +46,7 @@ from activities.rollouts import RolloutActivities
 from server.settings import ApiSettings
 from store import jobs
 from store.rollouts import RolloutSpec, rollout_workflow_id
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, fetch_chain, seed_instances, skip_time
 from tests.test_rollout_workflow import (
     TIMEOUT,
@@ -57,7 +58,6 @@ from tests.test_rollout_workflow import (
     view,
 )
 from worker.main import build_worker
-from workflows import client as rollout_client
 from workflows.rollout import SIGNAL_BUDGET, RolloutWorkflow
 from workflows.rollout_models import (
     AbortInput,

@@ -18,10 +18,10 @@ from devstack.ports import free_port
 from server.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.rollouts import Rollout
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create
 from worker.main import build_worker
-from workflows import client as rollout_client
 from workflows.rollout_models import (
     JobReportSignal,
     PauseInput,

@@ -27,7 +27,7 @@ from contract.wire import PollRequest, PollResponse, ReportRequest, ReportRespon
 from services import reports
 from services.errors import Conflict, Forbidden, NotFound, ServiceError
 from store import polls, releases
-from workflows.client import RolloutUnavailable
+from temporal_client.rollouts import RolloutUnavailable
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/updates", tags=["agents"], responses=agent_errors())

@@ -1,4 +1,4 @@
-"""Client-side calls on rollout workflows, for the API, the CLI and tests: start, view, act.
+"""Calls on rollout workflows, for the API's services, benchmarks and tests: start, view, act.
 
 Every call has a deadline: the API must answer (from its read model) when Temporal or the
 worker is down, instead of hanging. Temporal's errors become the two a caller acts on.
