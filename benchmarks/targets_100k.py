@@ -37,11 +37,11 @@ from activities.rollouts import RolloutActivities
 from contract.manifest import UnsignedManifest
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
+from domain.rollouts import RolloutSpec, rollout_workflow_id
 from server.settings import Settings
 from store import releases, rollout_targets, rollouts
 from store.migrate import apply_migrations
 from store.pool import connect, open_pool
-from store.rollouts import RolloutSpec, rollout_workflow_id
 from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import fetch_chain, start_time_skipping_server
 from worker.main import build_worker

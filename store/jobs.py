@@ -10,28 +10,14 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
-from pydantic import BaseModel
 
-from contract.wire import JobStatus, ReportRequest, Step
+from contract.wire import ReportRequest
+from domain.jobs import JobWrite
 
 _COLUMNS = (
     "id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
     " created_at, updated_at"
 )
-
-
-class JobWrite(BaseModel):
-    """What the workflow knows of a job; the row it describes is created or moved forward."""
-
-    id: str
-    rollout_id: str
-    instance_id: str
-    batch: int
-    attempt: int
-    status: JobStatus
-    step: Step | None = None
-    message: str | None = None
-    deadline: datetime
 
 
 class Job(JobWrite):

@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from store.rollouts import RolloutSpec, rollout_workflow_id
+from domain.rollouts import RolloutSpec, rollout_workflow_id
 from workflows.rollout import RolloutWorkflow
 from workflows.rollout_models import (
     AbortInput,

@@ -13,10 +13,10 @@ from pydantic import SecretStr
 from api.app import create_app
 from contract.manifest import MAX_BREAKING_CHANGES_BYTES
 from devstack.ports import free_port
+from domain.jobs import JobWrite
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import jobs, rollouts
-from store.jobs import JobWrite
-from store.rollouts import RolloutSpec
 from tests.agent_requests import (
     assert_signed_by,
     body_for,

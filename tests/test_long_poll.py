@@ -22,11 +22,11 @@ from api.dispatch import LISTENER_APPLICATION_NAME, Dispatcher
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import PollRequest
 from devstack.ports import free_port
+from domain.jobs import JobWrite
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import jobs, polls, rollouts
-from store.jobs import JobWrite
 from store.pool import open_pool
-from store.rollouts import RolloutSpec
 from tests.agent_requests import assert_signed_by, body_for, hmac_hex, poll_body, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_fleet import rollout_where

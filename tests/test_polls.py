@@ -12,11 +12,11 @@ from prometheus_client import REGISTRY
 
 from api.poll_batcher import MAX_IN_FLIGHT, PollBatcher
 from contract.wire import JobStatus
+from domain.jobs import JobWrite
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import jobs, polls, rollouts
-from store.jobs import JobWrite
 from store.pool import open_pool
-from store.rollouts import RolloutSpec
 from tests.fixtures_temporal import seed_release
 
 

@@ -27,7 +27,7 @@ from contract.wire import (
     RolloutStatus,
     Step,
 )
-from store.rollouts import RolloutSpec
+from domain.rollouts import RolloutSpec
 from workflows import rollout_machine, rollout_text
 from workflows.rollout_machine import (
     JOB_GRAPH,

@@ -43,9 +43,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities.rollouts import RolloutActivities
+from domain.rollouts import RolloutSpec, rollout_workflow_id
 from server.settings import ApiSettings
 from store import jobs
-from store.rollouts import RolloutSpec, rollout_workflow_id
 from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, fetch_chain, seed_instances, skip_time
 from tests.test_rollout_workflow import (

@@ -26,7 +26,7 @@ from contract.wire import (
     RolloutStatus,
     wire_deadline,
 )
-from store.rollouts import RolloutSnapshot, RolloutSpec
+from domain.rollouts import RolloutSnapshot, RolloutSpec
 from workflows import rollout_text
 from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
