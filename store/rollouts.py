@@ -6,6 +6,7 @@ import asyncpg
 
 from contract.wire import RolloutStatus
 from domain.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec, rollout_workflow_id
+from store.statuses import FINISHED_ROLLOUTS
 
 _COLUMNS = (
     "id, workflow_id, manifest_id, version, channel, batch_size, auto_advance, bake_seconds,"
@@ -13,8 +14,6 @@ _COLUMNS = (
     " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
     " updated_at, finished_at"
 )
-# contract.wire.FINISHED_ROLLOUT_STATUSES in SQL (and in the partial unique index of 0003).
-_FINISHED_SQL = "('completed', 'aborted')"
 
 
 class Rollout(RolloutSnapshot, RolloutSpec):
@@ -47,7 +46,7 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
         " auto_advance, bake_seconds, max_failures, max_unreachable, job_timeout_seconds,"
         " created_by, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running')"
-        f" ON CONFLICT (channel) WHERE status NOT IN {_FINISHED_SQL} DO NOTHING"
+        f" ON CONFLICT (channel) WHERE status NOT IN {FINISHED_ROLLOUTS} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
         rollout_workflow_id(spec.id),
@@ -64,7 +63,7 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
     )
     if row is None:
         busy = await conn.fetchval(
-            f"SELECT id FROM rollouts WHERE channel = $1 AND status NOT IN {_FINISHED_SQL}",
+            f"SELECT id FROM rollouts WHERE channel = $1 AND status NOT IN {FINISHED_ROLLOUTS}",
             spec.channel,
         )
         raise ChannelBusy(spec.channel, busy)
@@ -118,7 +117,7 @@ async def end_closed_workflow(conn: asyncpg.Connection, rollout_id: str, how: st
     no late write of the closed run can undo it. False when it was already recorded."""
     status = await conn.execute(
         "UPDATE rollouts SET"
-        f" status = CASE WHEN status IN {_FINISHED_SQL} THEN status ELSE 'aborted' END,"
+        f" status = CASE WHEN status IN {FINISHED_ROLLOUTS} THEN status ELSE 'aborted' END,"
         " paused_reason = NULL, details = concat_ws(' · ', NULLIF(details, ''), $2::text),"
         " finished_at = COALESCE(finished_at, now()), workflow_closed = true,"
         " revision = revision + 1, updated_at = now()"
