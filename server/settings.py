@@ -61,8 +61,9 @@ class ApiSettings(Settings):
         default_factory=dict
     )
     control_plane_agent_token: SecretStr | None = None
-    # Held polls (api/dispatch.py): the longest hold granted (0: none, and none advertised),
-    # and how many one API process holds at once (each keeps a socket open; past it, plain).
+    # Held polls (api/agents/held_polls.py): the longest hold granted (0: none, and none
+    # advertised), and how many one API process holds at once (each keeps a socket open; past
+    # it, plain).
     long_poll_max_seconds: int = Field(default=25, ge=0, le=300)
     long_poll_max_held: int = Field(default=500, ge=0)
 

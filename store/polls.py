@@ -1,5 +1,5 @@
 """An agent poll's database work in one statement: claim the nonce, record the instance, find
-its open job. Also what a held poll (api.dispatch) needs: the notice that wakes it and the
+its open job. Also what a held poll (api.agents.held_polls) needs: the notice that wakes it and the
 re-checks it makes when woken.
 
 Fleets poll all the time and most polls find nothing to do, so an idle poll is one round trip

@@ -1,7 +1,7 @@
 """A poll's single statement (store.polls): the nonce claimed in the shared table, the instance
 recorded only for a fresh nonce, `last_seen_at` coalesced, and the open job found, handed out
 only while its rollout hands it out; and polls that arrive together recorded by one statement
-(api.poll_batcher), each with its own outcome."""
+(api.agents.poll_batcher), each with its own outcome."""
 
 import asyncio
 import secrets
@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from prometheus_client import REGISTRY
 
-from api.poll_batcher import MAX_IN_FLIGHT, PollBatcher
+from api.agents.poll_batcher import MAX_IN_FLIGHT, PollBatcher
 from contract.wire import JobStatus
 from domain.jobs import JobWrite
 from domain.rollouts import RolloutSpec

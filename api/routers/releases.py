@@ -1,13 +1,13 @@
 """Release manifests (PROTOCOL §2): upload, list, show, over HTTP.
 
 The upload is services.releases'; its refusals become 409/422 (and an unknown id a 404) in
-api.refusals.
+api.errors.
 """
 
 from fastapi import APIRouter, Query, Response, status
 
 from api.deps import AdminActor, IdPath, PoolDep, SettingsDep
-from api.responses import admin_errors, conflict, not_found
+from api.openapi import admin_errors, conflict, not_found
 from contract.manifest import Channel, NewRelease
 from services import releases as release_service
 from store import releases

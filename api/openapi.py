@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from api.edge import ADMIN_MAX_BODY_BYTES
+from api.middleware.edge import ADMIN_MAX_BODY_BYTES
 from contract.wire import AGENT_SIGNATURE_HEADER, MAX_BODY_BYTES, AgentRequest
 
 Responses = dict[int | str, dict[str, Any]]
