@@ -16,6 +16,7 @@ from api.middleware.fast_lane import FastLane
 from api.middleware.request_timer import RequestTimer
 from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
 from api.routers.docs import install_offline_docs
+from runtime.build import package_version
 from server.settings import ApiSettings
 from services import reports
 from store.pool import open_pool
@@ -60,7 +61,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     app = FastAPI(
         title="Rollout control plane",
-        version="1",
+        version=package_version() or "unknown",  # the same as /version
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
