@@ -27,11 +27,11 @@ def _handout_of(instance_id: str) -> str:
     """The instance's newest open job and whether it is handed out now, as a subquery over an
     SQL expression.
 
-    The read model decides (issue 12): the worker writes a batch's rows only once the workflow
-    released it, and a pause or abort only once the workflow took it (their answers wait for
-    that write), so the rows say what the workflow hands out without asking it, which it
-    answers slowly while it takes in a batch's reports. A job past its deadline is not handed
-    out: the workflow times it out."""
+    The read model decides, not a query to the workflow: the worker writes a batch's rows only
+    once the workflow released it, and a pause or abort only once the workflow took it (their
+    answers wait for that write), so the rows say what the workflow hands out without asking
+    it, which it answers slowly while it takes in a batch's reports. A job past its deadline is
+    not handed out: the workflow times it out."""
     return f"""
 SELECT j.id AS job_id, j.rollout_id, r.manifest_id AS release_id, j.deadline,
         r.status NOT IN {WITHHOLDING_ROLLOUTS} AND NOT r.workflow_closed

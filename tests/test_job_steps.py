@@ -157,7 +157,7 @@ async def test_a_job_never_started_ends_unreachable_and_refuses_a_late_report(
     ts_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    """Issue 14: no report by its deadline and none in the read model: the host never started
+    """No report by its deadline and none in the read model: the host never started
     it. A report arriving after that is refused as one for a timed-out job is."""
     rollout_id, job_id = await started_job(admin, db, ts_settings)
     await skip_time(time_skipping_env, TIMEOUT + 1)

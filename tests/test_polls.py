@@ -162,7 +162,8 @@ async def test_the_open_job_is_found_and_settled_ones_are_not(
 async def test_an_open_job_is_withheld_while_paused_after_its_deadline_and_once_finished(
     db: asyncpg.Connection, settings: ApiSettings
 ) -> None:
-    """What the workflow's `handouts` says, read from the rows it wrote (issue 12)."""
+    """What the workflow's `handouts` says, read from the rows it wrote: polls never wait on
+    the workflow, which answers queries slowly while it takes in a batch's reports."""
     await _open_rollout_with_job(db, settings, "web-1")
     await _job(db, "j-overdue", "web-2", "pending", datetime.now(UTC) - timedelta(seconds=1))
     assert _rollout_of(await _poll(db, "web-1")) == "r1"

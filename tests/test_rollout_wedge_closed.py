@@ -1,4 +1,4 @@
-"""Issue 8, part 2: a rollout whose workflow was closed from outside (Web UI "Terminate" or
+"""A rollout whose workflow was closed from outside (Web UI "Terminate" or
 "Request Cancellation", `temporal workflow terminate|cancel`) ends in the read model and frees
 its channel. Real API over HTTP, dev server, real worker and reconciler, real PostgreSQL."""
 

@@ -1,6 +1,6 @@
-"""Issue 8, part 3: abort works before batch 1; issue 11: a fleet whose target list would not
-fit in a Temporal payload starts all the same. Real API over HTTP, dev server, real worker,
-real PostgreSQL."""
+"""Nothing holds a rollout before its first batch: abort works before batch 1, and a fleet whose
+target list would not fit in a Temporal payload starts all the same. Real API over HTTP, dev
+server, real worker, real PostgreSQL."""
 
 import asyncio
 
