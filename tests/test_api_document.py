@@ -4,6 +4,7 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from api.app import create_app
 from api.routers import system
@@ -15,8 +16,8 @@ from server.settings import ApiSettings
 def document() -> dict[str, Any]:
     settings = ApiSettings(
         database_url="postgresql://nobody@127.0.0.1:1/none",
-        control_plane_admin_token="a" * 32,
-        control_plane_release_signing_secret="b" * 32,
+        control_plane_admin_token=SecretStr("a" * 32),
+        control_plane_release_signing_secret=SecretStr("b" * 32),
     )
     return create_app(settings).openapi()
 
