@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from contract.logs import LOG_FORMATS
 from contract.manifest import CHANNELS, parse_version
 from contract.secrets import weak_secret_problem
 from contract.wire import COMMAND_STEPS, INSTANCE_ID_PATTERN
+from runtime.logs import LOG_FORMATS
 
 COMMAND_VARS = {step: f"UPDATE_{step.upper()}_CMD" for step in COMMAND_STEPS}
 DEFAULT_STATE_DIR = "/var/lib/rollout-agent"

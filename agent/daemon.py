@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from functools import cache
-from importlib import metadata
 from typing import Any, TypeVar
 
 import httpx
@@ -26,6 +24,7 @@ from agent.timing import jittered, retry_delay, sleep_unless_stopped
 from agent.transport import RequestFailed, Signer, signed_exchange, signed_post
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import PollResponse, ReportResponse
+from runtime.build import package_version
 
 POLL_PATH = "/api/updates/next"
 REPORT_PATH = "/api/updates/report"
@@ -38,14 +37,6 @@ LONG_POLL_SECONDS = 25
 # Reuse a connection only while the server surely keeps it: uvicorn and many proxies close idle
 # ones after 5 s, and a poll sent on a connection closing under it fails with a read error.
 CONNECTION_LIFETIME = httpx.Limits(keepalive_expiry=4.0)
-
-
-@cache
-def _agent_version() -> str | None:
-    try:
-        return metadata.version("rollout-control-plane")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 async def _unless_stopped(request: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
@@ -135,7 +126,7 @@ class Agent:
             fields = {
                 "channel": self.config.channel,
                 "currentVersion": self.journal.state.current_version,
-                "agentVersion": _agent_version(),
+                "agentVersion": package_version(),
             }
             asked, started = hold, loop.time()
             try:

@@ -1,5 +1,5 @@
 """Agent loggers carry their instance id as context (a fleet simulator runs many agents in one
-process): a field in JSON logs, a `[instance_id=...]` suffix in plain ones (contract/logs.py).
+process): a field in JSON logs, a `[instance_id=...]` suffix in plain ones (runtime/logs.py).
 Secrets and signatures are never passed to a logger."""
 
 import logging

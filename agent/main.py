@@ -15,7 +15,7 @@ from agent.journal import STATE_FILE, Journal
 from agent.logs import instance_log
 from agent.state_dir import StateDirInUse, claimed
 from agent.step_lock import end_leftover_step
-from contract.logs import configure_logging
+from runtime.logs import configure_logging
 
 EXIT_CONFIG = 2
 EXIT_STATE_DIR_IN_USE = 3

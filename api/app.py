@@ -7,27 +7,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
-from api.agent_auth import install_agent_error_handler
-from api.database_outage import (
-    DatabaseOutage,
-    install_database_outage_handler,
-    pool_reconnects_noted_as,
-)
-from api.dispatch import Dispatcher
-from api.docs_ui import install_offline_docs
-from api.edge import EdgeGate
-from api.errors import install_error_handlers
-from api.fast_lane import FastLane
-from api.http_metrics import RequestTimer
-from api.nonce_janitor import sweep_forever
-from api.poll_batcher import PollBatcher
-from api.refusals import install_refusal_handlers
+from api.agents.held_polls import Dispatcher
+from api.agents.nonce_janitor import sweep_forever
+from api.agents.poll_batcher import PollBatcher
+from api.errors import DatabaseOutage, install_error_handlers, pool_reconnects_noted_as
+from api.middleware.edge import EdgeGate
+from api.middleware.fast_lane import FastLane
+from api.middleware.request_timer import RequestTimer
 from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
+from api.routers.docs import install_offline_docs
+from runtime.build import package_version
 from server.settings import ApiSettings
-from server.temporal_client import connect_temporal
 from services import reports
 from store.pool import open_pool
-from workflows.report_signals import ReportSignals
+from temporal_client.connect import connect_temporal
+from temporal_client.report_signals import ReportSignals
 
 NO_FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
@@ -67,7 +61,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     app = FastAPI(
         title="Rollout control plane",
-        version="1",
+        version=package_version() or "unknown",  # the same as /version
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -80,10 +74,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(FastLane, fastapi=app, routes=agent.FAST_ROUTES)
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
     app.add_middleware(RequestTimer)  # outermost: times and logs the gate's refusals too
-    install_error_handlers(app)
-    install_agent_error_handler(app)
-    install_refusal_handlers(app)
-    install_database_outage_handler(app, outage)
+    install_error_handlers(app, outage)
     # Polls and reports are served by the fast lane; their routes still give the OpenAPI
     # document (and a 405 to any other method).
     app.include_router(agent.router)

@@ -50,7 +50,7 @@ async def require_admin(
 ) -> str:
     """Admin endpoints need `x-cp-admin-token`; returns the actor name recorded in audit.
 
-    api.edge checks the same before the body is read; this keeps the header in the schema
+    api.middleware.edge checks the same before the body is read; this keeps the header in the schema
     and each route safe on its own.
     """
     presented = None if x_cp_admin_token is None else x_cp_admin_token.encode("latin-1")

@@ -1,14 +1,42 @@
-"""Error mapping: every error is JSON with a human-readable `detail` naming what is wrong."""
+"""Every error the API answers, mapped once: JSON with a `detail` naming what is wrong.
 
+- a malformed request: 422 naming the field (FastAPI's vague 400 for an undecodable body too);
+- an agent's request refused by its checks (api.agents.auth): the status it chose, signed;
+- the services' refusals: 404, 403, 409, 422;
+- Temporal unavailable: 503 with `Retry-After`;
+- PostgreSQL unavailable: 503 with `Retry-After` instead of a traceback per request, and one log
+  line when the outage starts and one when it ends.
+
+An agent's request whose signature was checked (api.agents.replies.remember_reply) gets every
+answer signed with its nonce echoed, errors included, like any other answer to an agent.
+What /openapi.json declares of these answers is api.openapi.
+"""
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from api.agents.replies import AgentError, reply_context, signed_response
 from contract.text import storable
+from services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
+from temporal_client.rollouts import RolloutUnavailable
+
+log = logging.getLogger(__name__)
+
+# How long a client should wait after a 503 (PostgreSQL or Temporal unavailable).
+RETRY_AFTER_SECONDS = 5
+BODY_NOT_JSON = "body: not valid JSON (bad UTF-8, nested too deep, or a huge number)"
+
+# --- malformed requests --------------------------------------------------------------------
 
 
 def _location(error: Any) -> list[str | int]:
@@ -38,11 +66,6 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-# How long a client should wait after a 503 (PostgreSQL or Temporal unavailable).
-RETRY_AFTER_SECONDS = 5
-BODY_NOT_JSON = "body: not valid JSON (bad UTF-8, nested too deep, or a huge number)"
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     """FastAPI answers a body it could not decode with a vague 400; say what is wrong, as 422
     like every other malformed body (agent routes included). Every 503 says when to retry."""
@@ -55,6 +78,126 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-def install_error_handlers(app: FastAPI) -> None:
+# --- agents' requests refused by their checks ----------------------------------------------
+
+
+async def _agent_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AgentError)
+    payload: dict[str, Any] = {"detail": exc.detail}
+    if exc.nonce is not None:
+        payload["nonce"] = exc.nonce
+    response = signed_response(payload, exc.secret, exc.status)
+    if exc.status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+# --- the services' refusals and Temporal unavailable ---------------------------------------
+
+REFUSAL_STATUS: dict[type[ServiceError], int] = {
+    NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    Invalid: 422,
+}
+# Agents retry on 503 and need no more than this; an operator is told what happened.
+AGENT_UNAVAILABLE = "the rollout engine (Temporal) is unavailable; retry later"
+
+
+def _answer(request: Request, detail: str, status: int) -> Response:
+    payload: dict[str, Any] = {"detail": storable(detail)}  # may quote the request
+    secret = None
+    context = reply_context(request)
+    if context is not None:
+        secret, payload["nonce"] = context
+    return signed_response(payload, secret, status)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return _answer(request, str(exc), REFUSAL_STATUS[type(exc)])
+
+
+async def _engine_unavailable(request: Request, exc: Exception) -> Response:
+    detail = AGENT_UNAVAILABLE if reply_context(request) is not None else str(exc)
+    response = _answer(request, detail, 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+# --- PostgreSQL unavailable ----------------------------------------------------------------
+# Every route reads or writes PostgreSQL, so while it is down each request would otherwise end
+# in a traceback. The pool reconnects by itself once the server is back.
+
+DATABASE_UNAVAILABLE = "the database (PostgreSQL) is unavailable; retry later"
+
+# What asyncpg raises when the server is gone, restarting or refusing connections; not what it
+# raises for a bad query, which stays a bug to see.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,  # refused, reset, timed out while connecting
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.OperatorInterventionError,  # 57: admin shutdown, cannot connect now
+    asyncpg.exceptions.ConnectionDoesNotExistError,  # the server closed a pooled connection
+)
+
+
+class DatabaseOutage:
+    """Notes an outage once when it starts and once when a request succeeds again."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def noted(self, exc: Exception) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.error("PostgreSQL is unavailable, answering 503 until it is back: %r", exc)
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("PostgreSQL is reachable again after %.0f s", time.monotonic() - self.since)
+            self.since = None
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    outage: DatabaseOutage = request.app.state.database_outage
+    outage.noted(exc)
+    response = _answer(request, DATABASE_UNAVAILABLE, 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class _ReconnectAttempts(logging.Filter):
+    """asyncpg logs a traceback each time it fails to refill the pool; that is this outage."""
+
+    def __init__(self, outage: DatabaseOutage) -> None:
+        super().__init__()
+        self.outage = outage
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, UNAVAILABLE_ERRORS):
+            self.outage.noted(error)
+            return False
+        return True
+
+
+@contextmanager
+def pool_reconnects_noted_as(outage: DatabaseOutage) -> Iterator[None]:
+    reconnects = _ReconnectAttempts(outage)
+    pool_log = logging.getLogger("asyncpg.pool")
+    pool_log.addFilter(reconnects)
+    try:
+        yield
+    finally:
+        pool_log.removeFilter(reconnects)
+
+
+def install_error_handlers(app: FastAPI, outage: DatabaseOutage) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(AgentError, _agent_error)
+    app.add_exception_handler(ServiceError, _refused)
+    app.add_exception_handler(RolloutUnavailable, _engine_unavailable)
+    app.state.database_outage = outage
+    for error in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error, _database_unavailable)

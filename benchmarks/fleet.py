@@ -32,11 +32,11 @@ from pydantic import BaseModel
 from benchmarks import procstat
 from benchmarks.batch_phases import RolloutPhases, rollout_phases
 from benchmarks.batch_phases import render as render_phases
-from contract.logs import configure_logging
 from contract.manifest import UnsignedManifest
 from devstack import secrets as dev_secrets
 from devstack.ports import free_port
 from devstack.stack import DEV_DATABASE
+from runtime.logs import configure_logging
 from simulator.figures import Figures, render
 from simulator.fleet import simulate
 from simulator.options import SimulationOptions

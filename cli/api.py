@@ -59,8 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def app_from_environment() -> "FastAPI":
     """uvicorn's app factory, called once in every API process."""
     from api.app import create_app
-    from contract.heap import collect_less
-    from contract.logs import configure_logging
+    from runtime.heap import collect_less
+    from runtime.logs import configure_logging
     from server.settings import ApiSettings
 
     settings = settings_or_exit(ApiSettings, "rollout api")
@@ -119,9 +119,9 @@ def _metrics_gathered(workers: int) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from contract.logs import configure_logging
+    from runtime.logs import configure_logging
     from server.settings import ApiSettings
-    from server.temporal_client import TemporalConfigError, connect_config
+    from temporal_client.connect import TemporalConfigError, connect_config
 
     # Checked here too, so bad settings stop the start with one line before any process forks.
     settings = settings_or_exit(ApiSettings, "rollout api")

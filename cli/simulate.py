@@ -15,9 +15,9 @@ from typing import Any
 
 from cli.admin_http import DEFAULT_URL
 from cli.errors import fail
-from contract.logs import configure_logging
 from contract.manifest import parse_version
 from contract.wire import INSTANCE_ID_PATTERN
+from runtime.logs import configure_logging
 from simulator import secrets_file
 from simulator.figures import Figures, render
 from simulator.fleet import SimulationError, simulate

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contract.logs import configure_logging
+    from runtime.logs import configure_logging
     from server.settings import Settings
     from worker.main import run_worker
 

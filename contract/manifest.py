@@ -13,7 +13,7 @@ Channel = Literal["stable", "beta"]
 CHANNELS: tuple[str, ...] = ("stable", "beta")
 SHA_PATTERN = r"^[0-9a-f]{7,40}$"
 SIGNATURE_PATTERN = r"^[0-9a-f]{64}$"
-# For uploads only: releases stored before the limit existed stay readable (see NewRelease).
+# For uploads only (NewRelease): reading a stored release never refuses it, whatever its size.
 MAX_BREAKING_CHANGES_BYTES = 16 * 1024
 
 

@@ -1,8 +1,11 @@
-"""The wire contract's names and agent models (PROTOCOL §4-§5): statuses, steps and the agent
-requests, shared by the API, the workflow and the agent so all read one contract."""
+"""The wire contract's names and agent models (PROTOCOL §4-§5): statuses and the moves a job
+may make, steps and the agent requests, shared by the API, the workflow, the store and the agent
+so all read one contract."""
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,22 +41,38 @@ JobStatus = Literal[
     "cancelled",
     "unreachable",  # an extension (docs/protocol.md): admin-side only, agents never see it
 ]
-OPEN_JOB_STATUSES: frozenset[str] = frozenset({"pending", "in_progress"})
-TERMINAL_JOB_STATUSES: frozenset[str] = frozenset(
+# Every job status, in the order a job goes through them (SQL status lists are written in it).
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+_REPORTED_ENDS = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed"})
+# A job's allowed moves, declared once: the rollout state machine is tested against them
+# (tests/test_rollout_machine.py) and the read model's SQL guards are rendered from them
+# (store/statuses.py). A job moves forward only; a retry is a new job (attempt + 1), the old one
+# superseded. Past its deadline, a job its host never started ends `unreachable` (the agent is
+# down or cut off: not an application failure), one that started ends `timed_out` at the step it
+# reached.
+JOB_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "succeeded",
-        "failed",
-        "rolled_back",
-        "rollback_failed",
-        "timed_out",
-        "cancelled",
-        "unreachable",
+        "pending": frozenset(
+            {"in_progress", *_REPORTED_ENDS, "timed_out", "cancelled", "unreachable"}
+        ),
+        "in_progress": frozenset({*_REPORTED_ENDS, "timed_out", "cancelled"}),
+        "succeeded": frozenset(),
+        "failed": frozenset(),
+        "rolled_back": frozenset(),
+        "rollback_failed": frozenset(),
+        "timed_out": frozenset(),
+        "cancelled": frozenset(),
+        "unreachable": frozenset(),
     }
 )
+# Open: handed out to agents and still moving. Terminal (settled): no move left.
+OPEN_JOB_STATUSES: frozenset[str] = frozenset(s for s, moves in JOB_GRAPH.items() if moves)
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset(s for s, moves in JOB_GRAPH.items() if not moves)
 
-# Rollout `status` (PROTOCOL §4). The set of finished ones is also spelled in SQL
-# (store/rollouts.py, the partial unique index of migration 0003): keep them in step.
+# Rollout `status` (PROTOCOL §4). store/statuses.py renders the finished ones into SQL; the
+# partial unique index of migration 0003 spells them too (tests/test_status_sql.py checks it).
 RolloutStatus = Literal["running", "awaiting_advance", "paused", "completed", "aborted"]
+ROLLOUT_STATUSES: tuple[RolloutStatus, ...] = get_args(RolloutStatus)
 FINISHED_ROLLOUT_STATUSES: frozenset[RolloutStatus] = frozenset({"completed", "aborted"})
 
 

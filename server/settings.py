@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     database_url: str = Field(description="PostgreSQL DSN (postgresql://user:pass@host:port/db)")
-    # Temporal connection (server/temporal_client.py): unset values come from the envconfig profile
-    # (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE), else 127.0.0.1:7233 and namespace "default".
+    # Temporal connection (temporal_client/connect.py): unset values come from the envconfig
+    # profile (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE), else 127.0.0.1:7233 and namespace
+    # "default".
     # TLS (TEMPORAL_TLS*) and gRPC metadata are read by the SDK's envconfig itself.
     temporal_address: str | None = None
     temporal_namespace: str | None = None
@@ -60,8 +61,9 @@ class ApiSettings(Settings):
         default_factory=dict
     )
     control_plane_agent_token: SecretStr | None = None
-    # Held polls (api/dispatch.py): the longest hold granted (0: none, and none advertised),
-    # and how many one API process holds at once (each keeps a socket open; past it, plain).
+    # Held polls (api/agents/held_polls.py): the longest hold granted (0: none, and none
+    # advertised), and how many one API process holds at once (each keeps a socket open; past
+    # it, plain).
     long_poll_max_seconds: int = Field(default=25, ge=0, le=300)
     long_poll_max_held: int = Field(default=500, ge=0)
 

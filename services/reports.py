@@ -14,12 +14,12 @@ from contract.wire import TERMINAL_JOB_STATUSES, JobStatus, ReportRequest
 from services.errors import Conflict, Forbidden, NotFound
 from store import jobs
 from store.jobs import Job
-from workflows.client import RolloutGone
-from workflows.report_signals import ReportSignals
+from temporal_client.report_signals import ReportSignals
+from temporal_client.rollouts import RolloutGone
 from workflows.rollout_models import JobReportSignal
 
 # Agents retry on 503, so answering fast beats waiting out a slow Temporal. A report queued
-# behind a signal in flight to its rollout (workflows.report_signals) may wait twice this.
+# behind a signal in flight to its rollout (temporal_client.report_signals) may wait twice this.
 TEMPORAL_TIMEOUT_SECONDS = 5.0
 
 

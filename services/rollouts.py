@@ -15,13 +15,14 @@ from temporalio.client import Client
 
 from contract.manifest import Channel
 from contract.wire import ID_PATTERN
+from domain.rollouts import RolloutSnapshot, RolloutSpec
 from services.errors import Conflict, Invalid, NotFound
 from services.timeline import JobFacts, JobFailure, failing_jobs, job_failure
 from store import audit, job_reports, jobs, releases, rollouts
 from store.jobs import Job
-from store.rollouts import ChannelBusy, Rollout, RolloutSnapshot, RolloutSpec
-from workflows import client as rollout_client
-from workflows.client import RolloutGone, RolloutUnavailable
+from store.rollouts import ChannelBusy, Rollout
+from temporal_client import rollouts as rollout_client
+from temporal_client.rollouts import RolloutGone, RolloutUnavailable
 from workflows.rollout_machine import Action
 from workflows.rollout_models import MAX_BATCH_SIZE, JobState
 

@@ -15,8 +15,8 @@ from typing import BinaryIO
 
 from pydantic import BaseModel
 
-from contract.heap import collect_less
-from contract.logs import configure_logging
+from runtime.heap import collect_less
+from runtime.logs import configure_logging
 from simulator.options import SimulationOptions
 from simulator.shard import Shard, ShardResult, ShardSnapshot
 

@@ -1,7 +1,8 @@
 """update_jobs: one row per job handed to an instance, written by the rollout workflow.
 
-Writes move forward only (pending → in_progress → a terminal status), so a late or repeated
-write never undoes a newer one, whoever wrote it (the workflow's activity or a report).
+Writes move forward only (pending → in_progress → a terminal status: the guard is rendered
+from contract.wire.JOB_GRAPH by store.statuses), so a late or repeated write never undoes a
+newer one, whoever wrote it (the workflow's activity or a report).
 A job's step is the acknowledged reports' alone: the workflow hears only of a job starting
 and ending, so its step is written only where no report has set one.
 """
@@ -10,28 +11,15 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
-from pydantic import BaseModel
 
-from contract.wire import JobStatus, ReportRequest, Step
+from contract.wire import ReportRequest
+from domain.jobs import JobWrite
+from store.statuses import OPEN_JOBS, job_moves_forward
 
 _COLUMNS = (
     "id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
     " created_at, updated_at"
 )
-
-
-class JobWrite(BaseModel):
-    """What the workflow knows of a job; the row it describes is created or moved forward."""
-
-    id: str
-    rollout_id: str
-    instance_id: str
-    batch: int
-    attempt: int
-    status: JobStatus
-    step: Step | None = None
-    message: str | None = None
-    deadline: datetime
 
 
 class Job(JobWrite):
@@ -55,8 +43,7 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
         " step = COALESCE(j.step, EXCLUDED.step),"
         " message = COALESCE(EXCLUDED.message, j.message),"
         " deadline = EXCLUDED.deadline, updated_at = now()"
-        " WHERE j.status = 'pending'"
-        " OR (j.status = 'in_progress' AND EXCLUDED.status <> 'pending')",
+        f" WHERE {job_moves_forward('j.status', 'EXCLUDED.status')}",
         [j.id for j in jobs],
         [j.rollout_id for j in jobs],
         [j.instance_id for j in jobs],
@@ -73,7 +60,7 @@ async def cancel_open(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) 
     """Cancel the rollout's pending and in-progress jobs (its workflow is gone); their count."""
     status = await conn.execute(
         "UPDATE update_jobs SET status = 'cancelled', updated_at = now()"
-        " WHERE rollout_id = $1 AND status IN ('pending', 'in_progress')",
+        f" WHERE rollout_id = $1 AND status IN {OPEN_JOBS}",
         rollout_id,
     )
     return int(status.split()[-1])
@@ -86,12 +73,11 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | Non
 
 # The report moves the job and is appended to job_reports in one statement (one round trip, one
 # commit): a report is stored by both or by neither. Appended only when the row took the report.
-_APPLY_REPORT = """
+_APPLY_REPORT = f"""
 WITH moved AS (
     UPDATE update_jobs SET status = $2, step = COALESCE($3, step),
         message = COALESCE($4, message), updated_at = now()
-    WHERE id = $1 AND (status = 'pending' OR status = $2
-        OR (status = 'in_progress' AND $2 <> 'pending'))
+    WHERE id = $1 AND (status = $2 OR {job_moves_forward("status", "$2")})
     RETURNING status
 ), appended AS (
     INSERT INTO job_reports (job_id, instance_id, status, step, message, nonce)

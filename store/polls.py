@@ -1,5 +1,5 @@
 """An agent poll's database work in one statement: claim the nonce, record the instance, find
-its open job. Also what a held poll (api.dispatch) needs: the notice that wakes it and the
+its open job. Also what a held poll (api.agents.held_polls) needs: the notice that wakes it and the
 re-checks it makes when woken.
 
 Fleets poll all the time and most polls find nothing to do, so an idle poll is one round trip
@@ -13,6 +13,8 @@ from datetime import datetime
 
 import asyncpg
 
+from store.statuses import OPEN_JOBS, WITHHOLDING_ROLLOUTS
+
 # `last_seen_at` is rewritten at most this often while nothing else about the instance changes:
 # a fleet polling every second would otherwise rewrite every instance row every second.
 LAST_SEEN_RESOLUTION_SECONDS = 10
@@ -25,17 +27,17 @@ def _handout_of(instance_id: str) -> str:
     """The instance's newest open job and whether it is handed out now, as a subquery over an
     SQL expression.
 
-    The read model decides (issue 12): the worker writes a batch's rows only once the workflow
-    released it, and a pause or abort only once the workflow took it (their answers wait for
-    that write), so the rows say what the workflow hands out without asking it, which it
-    answers slowly while it takes in a batch's reports. A job past its deadline is not handed
-    out: the workflow times it out."""
+    The read model decides, not a query to the workflow: the worker writes a batch's rows only
+    once the workflow released it, and a pause or abort only once the workflow took it (their
+    answers wait for that write), so the rows say what the workflow hands out without asking
+    it, which it answers slowly while it takes in a batch's reports. A job past its deadline is
+    not handed out: the workflow times it out."""
     return f"""
 SELECT j.id AS job_id, j.rollout_id, r.manifest_id AS release_id, j.deadline,
-        r.status NOT IN ('paused', 'completed', 'aborted') AND NOT r.workflow_closed
+        r.status NOT IN {WITHHOLDING_ROLLOUTS} AND NOT r.workflow_closed
             AND j.deadline > now() AS handed_out
     FROM (SELECT id, rollout_id, deadline FROM update_jobs
-            WHERE instance_id = {instance_id} AND status IN ('pending', 'in_progress')
+            WHERE instance_id = {instance_id} AND status IN {OPEN_JOBS}
             ORDER BY created_at DESC, id LIMIT 1) j
         JOIN rollouts r ON r.id = j.rollout_id
 """
@@ -170,7 +172,7 @@ async def with_open_jobs(
     the held polls worth waking, found in one query however many are held."""
     rows = await conn.fetch(
         "SELECT DISTINCT instance_id FROM update_jobs"
-        " WHERE instance_id = ANY($1::text[]) AND status IN ('pending', 'in_progress')"
+        f" WHERE instance_id = ANY($1::text[]) AND status IN {OPEN_JOBS}"
         " AND ($2::text IS NULL OR rollout_id = $2)",
         list(instance_ids),
         rollout_id,

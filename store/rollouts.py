@@ -3,9 +3,10 @@
 from datetime import datetime
 
 import asyncpg
-from pydantic import BaseModel, Field
 
 from contract.wire import RolloutStatus
+from domain.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec, rollout_workflow_id
+from store.statuses import FINISHED_ROLLOUTS
 
 _COLUMNS = (
     "id, workflow_id, manifest_id, version, channel, batch_size, auto_advance, bake_seconds,"
@@ -13,52 +14,6 @@ _COLUMNS = (
     " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
     " updated_at, finished_at"
 )
-# contract.wire.FINISHED_ROLLOUT_STATUSES in SQL (and in the partial unique index of 0003).
-_FINISHED_SQL = "('completed', 'aborted')"
-
-
-class RolloutSpec(BaseModel):
-    """What a rollout was asked to do; fixed when it is created. Travels in Temporal history
-    (the workflow's input): field names are fixed."""
-
-    id: str
-    manifest_id: str
-    version: str
-    channel: str
-    batch_size: int = Field(ge=1)
-    auto_advance: bool = False
-    bake_seconds: int = Field(default=0, ge=0)
-    max_failures: int = Field(default=0, ge=0)
-    max_unreachable: int = Field(default=0, ge=0)
-    job_timeout_seconds: int = Field(default=3600, ge=1)
-    created_by: str
-
-
-def rollout_workflow_id(rollout_id: str) -> str:
-    """Each rollout is the Temporal workflow `rollout-<id>`."""
-    return f"rollout-{rollout_id}"
-
-
-class RolloutSnapshot(BaseModel):
-    """Where a rollout stands: declared once for the workflow's view, its writes of the read
-    model, the stored row and the API's answer."""
-
-    status: RolloutStatus
-    paused_reason: str | None
-    current_batch: int
-    total_batches: int
-    target_count: int
-    details: str  # one line, e.g. "batch 2/5 · 7 succeeded · 1 in progress · running"
-    finished_at: datetime | None
-
-
-class RolloutProgress(RolloutSnapshot):
-    """The snapshot as the workflow writes it. Travels in Temporal history (an activity's
-    input): field names are fixed."""
-
-    id: str
-    revision: int
-    workflow_closed: bool = False
 
 
 class Rollout(RolloutSnapshot, RolloutSpec):
@@ -91,7 +46,7 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
         " auto_advance, bake_seconds, max_failures, max_unreachable, job_timeout_seconds,"
         " created_by, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running')"
-        f" ON CONFLICT (channel) WHERE status NOT IN {_FINISHED_SQL} DO NOTHING"
+        f" ON CONFLICT (channel) WHERE status NOT IN {FINISHED_ROLLOUTS} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
         rollout_workflow_id(spec.id),
@@ -108,7 +63,7 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
     )
     if row is None:
         busy = await conn.fetchval(
-            f"SELECT id FROM rollouts WHERE channel = $1 AND status NOT IN {_FINISHED_SQL}",
+            f"SELECT id FROM rollouts WHERE channel = $1 AND status NOT IN {FINISHED_ROLLOUTS}",
             spec.channel,
         )
         raise ChannelBusy(spec.channel, busy)
@@ -162,7 +117,7 @@ async def end_closed_workflow(conn: asyncpg.Connection, rollout_id: str, how: st
     no late write of the closed run can undo it. False when it was already recorded."""
     status = await conn.execute(
         "UPDATE rollouts SET"
-        f" status = CASE WHEN status IN {_FINISHED_SQL} THEN status ELSE 'aborted' END,"
+        f" status = CASE WHEN status IN {FINISHED_ROLLOUTS} THEN status ELSE 'aborted' END,"
         " paused_reason = NULL, details = concat_ws(' · ', NULLIF(details, ''), $2::text),"
         " finished_at = COALESCE(finished_at, now()), workflow_closed = true,"
         " revision = revision + 1, updated_at = now()"

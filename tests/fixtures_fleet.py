@@ -14,10 +14,10 @@ from temporalio.worker import Worker
 
 from api.app import create_app
 from devstack.ports import free_port
+from domain.jobs import JobWrite
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import jobs, rollouts
-from store.jobs import JobWrite
-from store.rollouts import RolloutSpec
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import eventually, seed_release
 

@@ -9,8 +9,8 @@ import httpx
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from api.access_log import ACCESS_LOGGER
 from api.app import create_app
+from api.middleware.access_log import ACCESS_LOGGER
 from devstack.ports import free_port
 from server.settings import ApiSettings
 from tests.agent_requests import poll_body, post_signed

@@ -13,10 +13,10 @@ from pydantic import SecretStr
 from api.app import create_app
 from contract.manifest import MAX_BREAKING_CHANGES_BYTES
 from devstack.ports import free_port
+from domain.jobs import JobWrite
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import jobs, rollouts
-from store.jobs import JobWrite
-from store.rollouts import RolloutSpec
 from tests.agent_requests import (
     assert_signed_by,
     body_for,
@@ -275,8 +275,9 @@ async def test_openapi_tells_the_errors_and_agent_bodies_as_answered(
 async def test_agent_paths_answer_other_methods_405_naming_post(
     edge: httpx.AsyncClient, path: str
 ) -> None:
-    """POST on the agent paths is served in front of FastAPI's routing (api.fast_lane); any other
-    method still reaches the router and is told which one the path takes."""
+    """POST on the agent paths is served in front of FastAPI's routing
+    (api.middleware.fast_lane); any other method still reaches the router and is told which one
+    the path takes."""
     for method in ("GET", "PUT", "DELETE"):
         answer = await edge.request(method, path)
         assert answer.status_code == 405, (method, answer.text)

@@ -18,10 +18,10 @@ from temporalio.worker import Worker
 from api.app import create_app
 from devstack.ports import free_port
 from server.settings import ApiSettings
+from temporal_client import rollouts as rollout_client
 from tests.agent_requests import body_for, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, skip_time
-from workflows import client as rollout_client
 from workflows.rollout_models import JobReportSignal
 
 AGENT_TOKEN = secrets.token_hex(16)
@@ -157,7 +157,7 @@ async def test_a_job_never_started_ends_unreachable_and_refuses_a_late_report(
     ts_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    """Issue 14: no report by its deadline and none in the read model: the host never started
+    """No report by its deadline and none in the read model: the host never started
     it. A report arriving after that is refused as one for a timed-out job is."""
     rollout_id, job_id = await started_job(admin, db, ts_settings)
     await skip_time(time_skipping_env, TIMEOUT + 1)

@@ -1,7 +1,7 @@
-"""Held polls (api.dispatch, docs/protocol.md "Held polls"): asked for with a header, advertised
-with another, bounded per process, dropped when the agent hangs up, woken by the worker's
-PostgreSQL notice (and by the listener coming back after losing its connection), and answered
-with the job well before the hold ends, through the API or a real agent."""
+"""Held polls (api.agents.held_polls, docs/protocol.md "Held polls"): asked for with a header,
+advertised with another, bounded per process, dropped when the agent hangs up, woken by the
+worker's PostgreSQL notice (and by the listener coming back after losing its connection), and
+answered with the job well before the hold ends, through the API or a real agent."""
 
 import asyncio
 import time
@@ -16,17 +16,17 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from api.agent_auth import Verified
+from api.agents.auth import Verified
+from api.agents.held_polls import LISTENER_APPLICATION_NAME, Dispatcher
 from api.app import create_app
-from api.dispatch import LISTENER_APPLICATION_NAME, Dispatcher
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import PollRequest
 from devstack.ports import free_port
+from domain.jobs import JobWrite
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import jobs, polls, rollouts
-from store.jobs import JobWrite
 from store.pool import open_pool
-from store.rollouts import RolloutSpec
 from tests.agent_requests import assert_signed_by, body_for, hmac_hex, poll_body, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_fleet import rollout_where

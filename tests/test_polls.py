@@ -1,7 +1,7 @@
 """A poll's single statement (store.polls): the nonce claimed in the shared table, the instance
 recorded only for a fresh nonce, `last_seen_at` coalesced, and the open job found, handed out
 only while its rollout hands it out; and polls that arrive together recorded by one statement
-(api.poll_batcher), each with its own outcome."""
+(api.agents.poll_batcher), each with its own outcome."""
 
 import asyncio
 import secrets
@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from prometheus_client import REGISTRY
 
-from api.poll_batcher import MAX_IN_FLIGHT, PollBatcher
+from api.agents.poll_batcher import MAX_IN_FLIGHT, PollBatcher
 from contract.wire import JobStatus
+from domain.jobs import JobWrite
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import jobs, polls, rollouts
-from store.jobs import JobWrite
 from store.pool import open_pool
-from store.rollouts import RolloutSpec
 from tests.fixtures_temporal import seed_release
 
 
@@ -162,7 +162,8 @@ async def test_the_open_job_is_found_and_settled_ones_are_not(
 async def test_an_open_job_is_withheld_while_paused_after_its_deadline_and_once_finished(
     db: asyncpg.Connection, settings: ApiSettings
 ) -> None:
-    """What the workflow's `handouts` says, read from the rows it wrote (issue 12)."""
+    """What the workflow's `handouts` says, read from the rows it wrote: polls never wait on
+    the workflow, which answers queries slowly while it takes in a batch's reports."""
     await _open_rollout_with_job(db, settings, "web-1")
     await _job(db, "j-overdue", "web-2", "pending", datetime.now(UTC) - timedelta(seconds=1))
     assert _rollout_of(await _poll(db, "web-1")) == "r1"

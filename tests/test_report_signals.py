@@ -1,5 +1,5 @@
 """Reports that reach an API process together go to their rollout as one signal
-(workflows.report_signals), and each is answered only once that signal was delivered."""
+(temporal_client.report_signals), and each is answered only once that signal was delivered."""
 
 import asyncio
 import uuid
@@ -10,9 +10,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from server.settings import ApiSettings
+from temporal_client.report_signals import ReportSignals
+from temporal_client.rollouts import RolloutGone
 from tests.test_rollout_workflow import TIMEOUT, outcome, start, view
-from workflows.client import RolloutGone
-from workflows.report_signals import ReportSignals
 from workflows.rollout_models import JobReportSignal
 
 

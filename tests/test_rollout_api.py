@@ -12,9 +12,9 @@ from temporalio.worker import Worker
 from activities.rollouts import RolloutActivities
 from server.settings import ApiSettings
 from store import audit
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, venv_binary
 from worker.main import build_worker
-from workflows import client as rollout_client
 from workflows.rollout_models import JobReportSignal
 from workflows.search_attributes import RELEASE_VERSION, ROLLOUT_CHANNEL
 

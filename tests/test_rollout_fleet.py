@@ -11,12 +11,12 @@ from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import instances, rollouts
-from store.rollouts import RolloutSpec
+from temporal_client import rollouts as rollout_client
+from temporal_client.rollouts import RolloutUnavailable
 from tests.fixtures_temporal import eventually, fetch_chain, seed_release
-from workflows import client as rollout_client
-from workflows.client import RolloutUnavailable
 from workflows.rollout import RolloutWorkflow
 from workflows.rollout_models import MAX_BATCH_SIZE, JobReportSignal, RolloutView
 

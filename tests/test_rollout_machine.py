@@ -21,16 +21,16 @@ from hypothesis import strategies as st
 
 from contract.wire import (
     FINISHED_ROLLOUT_STATUSES,
+    JOB_GRAPH,
     OPEN_JOB_STATUSES,
     JobStatus,
     ReportStatus,
     RolloutStatus,
     Step,
 )
-from store.rollouts import RolloutSpec
+from domain.rollouts import RolloutSpec
 from workflows import rollout_machine, rollout_text
 from workflows.rollout_machine import (
-    JOB_GRAPH,
     PLANNED_STATUSES,
     ROLLOUT_GRAPH,
     Action,

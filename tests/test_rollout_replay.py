@@ -38,9 +38,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities.rollouts import RolloutActivities
+from domain.rollouts import RolloutSpec, rollout_workflow_id
 from server.settings import ApiSettings
 from store import jobs
-from store.rollouts import RolloutSpec, rollout_workflow_id
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, fetch_chain, seed_instances, skip_time
 from tests.test_rollout_workflow import (
     TIMEOUT,
@@ -52,7 +53,6 @@ from tests.test_rollout_workflow import (
     view,
 )
 from worker.main import build_worker
-from workflows import client as rollout_client
 from workflows.rollout import SIGNAL_BUDGET, RolloutWorkflow
 from workflows.rollout_models import (
     AbortInput,

@@ -7,9 +7,9 @@ import asyncpg
 from temporalio.testing import ActivityEnvironment
 
 from activities.rollouts import RolloutActivities
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import rollout_targets, rollouts
-from store.rollouts import RolloutSpec
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from workflows.rollout_models import BatchTargetsInput, SnapshotTargetsInput
 

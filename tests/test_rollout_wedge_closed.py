@@ -1,4 +1,4 @@
-"""Issue 8, part 2: a rollout whose workflow was closed from outside (Web UI "Terminate" or
+"""A rollout whose workflow was closed from outside (Web UI "Terminate" or
 "Request Cancellation", `temporal workflow terminate|cancel`) ends in the read model and frees
 its channel. Real API over HTTP, dev server, real worker and reconciler, real PostgreSQL."""
 
@@ -20,10 +20,10 @@ from temporalio.worker import Worker
 from server.settings import ApiSettings
 from store import audit, jobs, rollout_targets, rollouts
 from store.rollouts import Rollout
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create
 from worker.reconciler import reconcile_forever, reconcile_once
-from workflows import client as rollout_client
 from workflows.rollout_models import JobReportSignal
 
 RECONCILE_INTERVAL = 0.2

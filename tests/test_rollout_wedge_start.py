@@ -1,6 +1,6 @@
-"""Issue 8, part 3: abort works before batch 1; issue 11: a fleet whose target list would not
-fit in a Temporal payload starts all the same. Real API over HTTP, dev server, real worker,
-real PostgreSQL."""
+"""Nothing holds a rollout before its first batch: abort works before batch 1, and a fleet whose
+target list would not fit in a Temporal payload starts all the same. Real API over HTTP, dev
+server, real worker, real PostgreSQL."""
 
 import asyncio
 
@@ -14,9 +14,9 @@ from benchmarks.targets_100k import seed_fleet
 from server.settings import ApiSettings
 from store import jobs, rollouts
 from store.rollouts import Rollout
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create, finish_batch
-from workflows import client as rollout_client
 from workflows.rollout_models import MAX_BATCH_SIZE
 
 FLEET = 100_000  # 39-character ids: 4.2 MB as one list, over Temporal's 2 MiB payload limit

@@ -1,6 +1,7 @@
-"""Issue 8, part 1: text PostgreSQL cannot store (NUL) that reached a workflow without the API
-(a signal from the Temporal CLI, or a rollout wedged before the fix) never wedges a rollout.
-Dev server, real workers, real PostgreSQL."""
+"""Text PostgreSQL cannot store (NUL) that reached a workflow without the API (a signal from the
+Temporal CLI) never wedges a rollout: a rollout whose write keeps failing on it goes on as soon
+as a worker that makes text storable takes the write. Dev server, real workers, real
+PostgreSQL."""
 
 import logging
 
@@ -18,10 +19,10 @@ from devstack.ports import free_port
 from server.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.rollouts import Rollout
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create
 from worker.main import build_worker
-from workflows import client as rollout_client
 from workflows.rollout_models import (
     JobReportSignal,
     PauseInput,
@@ -33,8 +34,9 @@ TIMEOUT = 10.0
 METRIC = "rollout_unstorable_text_writes"
 
 
-class PreFixActivities(RolloutActivities):
-    """The read-model write as it was before issue 8: the same data is retried for ever."""
+class WedgingActivities(RolloutActivities):
+    """A read-model write that stores text as given: it fails on NUL, and the same data is
+    retried for ever, the wedge the real activities must get a rollout out of."""
 
     @activity.defn(name="record_progress")
     async def record_progress(self, input: RecordProgressInput) -> RecordProgressResult:
@@ -57,7 +59,7 @@ async def test_a_wedged_rollout_recovers_once_the_fixed_worker_runs(
 ) -> None:
     release_id = await seed_release(db, dev_settings)
     await seed_instances(db, ["a", "b"])
-    old = build_worker(dev_env.client, dev_settings, PreFixActivities(worker_pool))
+    old = build_worker(dev_env.client, dev_settings, WedgingActivities(worker_pool))
     async with old:
         created = await create(dev_admin, release_id, maxFailures=5)
         assert created.status_code == 201, created.text

@@ -9,11 +9,11 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import audit, jobs, rollout_targets, rollouts
-from store.rollouts import RolloutSpec
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release, skip_time
-from workflows import client as rollout_client
 from workflows.rollout import RolloutWorkflow
 from workflows.rollout_models import JobReportSignal, JobState, RolloutResult, RolloutView
 

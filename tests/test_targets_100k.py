@@ -1,4 +1,4 @@
-"""Issue 11's proof: a rollout of 100,000 targets at the largest batch size the API accepts,
+"""A rollout of 100,000 targets at the largest batch size the API accepts,
 on the time-skipping server with a real worker and PostgreSQL. Three batches' jobs are driven
 (every job reports), and every run's history is measured: its largest payload and its size
 stay far below Temporal's limits, and no run carries the target list into the next.

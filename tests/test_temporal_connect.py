@@ -15,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from devstack.ports import free_port
 from server.settings import ApiSettings, Settings
-from server.temporal_client import TemporalConfigError, connect_config, connect_temporal
+from temporal_client.connect import TemporalConfigError, connect_config, connect_temporal
 from tests.control_plane_processes import process_env, worker_process
 from tests.fixtures_temporal import seed_instances, seed_release, server_address
 from tests.tls_terminator import Certificates, TlsTerminator, make_certificates

@@ -1,4 +1,4 @@
-"""Issue 14 end to end: a host whose agent never starts its job is `unreachable`, counted against
+"""End to end: a host whose agent never starts its job is `unreachable`, counted against
 maxUnreachable, not maxFailures; a job whose step stalls is `timed_out` at that step. Real agent
 processes running shell steps, the real API, worker, Temporal dev server and PostgreSQL."""
 

@@ -14,8 +14,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from server.settings import ApiSettings
 from store import audit, jobs
+from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
-from workflows import client as rollout_client
 from workflows.rollout_models import JobReportSignal
 
 FLEET = ["db-1", "db-2", "db-3", "db-4", "db-5", "db-6"]

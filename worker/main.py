@@ -17,8 +17,8 @@ from temporalio.worker import Worker
 
 from activities.rollouts import RolloutActivities
 from server.settings import Settings
-from server.temporal_client import connect_temporal
 from store.pool import open_pool
+from temporal_client.connect import connect_temporal
 from worker.metrics import metrics_runtime
 from worker.reconciler import reconcile_forever
 from workflows.rollout import RolloutWorkflow

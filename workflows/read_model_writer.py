@@ -15,8 +15,8 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.rollouts import RolloutActivities
-    from store.jobs import JobWrite
-    from store.rollouts import RolloutProgress
+    from domain.jobs import JobWrite
+    from domain.rollouts import RolloutProgress
     from workflows.rollout_machine import Effects, RolloutMachine
     from workflows.rollout_models import (
         AuditEvent,

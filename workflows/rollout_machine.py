@@ -30,7 +30,7 @@ from contract.wire import (
     RolloutStatus,
     wire_deadline,
 )
-from store.rollouts import RolloutSnapshot, RolloutSpec
+from domain.rollouts import RolloutSnapshot, RolloutSpec
 from workflows import rollout_text
 from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
@@ -68,19 +68,6 @@ ROLLOUT_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
         "waiting": frozenset({"running", "paused", "aborted"}),
         "completed": frozenset(),
         "aborted": frozenset(),
-    }
-)
-_REPORTED_ENDS = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed"})
-# A job moves forward only; a retry is a new job (attempt + 1), the old one `superseded`.
-# Past its deadline, a job its host never started ends `unreachable` (the agent is down or cut
-# off: not an application failure), one that started ends `timed_out` at the step it reached.
-JOB_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
-    {
-        "pending": frozenset(
-            {"in_progress", *_REPORTED_ENDS, "timed_out", "cancelled", UNREACHABLE}
-        ),
-        "in_progress": frozenset({*_REPORTED_ENDS, "timed_out", "cancelled"}),
-        **{status: frozenset() for status in TERMINAL_JOB_STATUSES},
     }
 )
 # Declared in the graphs above, reached by no transition yet.

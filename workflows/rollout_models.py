@@ -11,8 +11,8 @@ from typing import Any, get_args
 from pydantic import BaseModel, Field
 
 from contract.wire import JobStatus, ReportStatus, RolloutStatus, Step
-from store.jobs import JobWrite
-from store.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec
+from domain.jobs import JobWrite
+from domain.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec
 
 FAILED_JOB_STATUSES: frozenset[str] = frozenset(
     {"failed", "rolled_back", "rollback_failed", "timed_out"}

@@ -1,0 +1,1 @@
+"""The API's routes, one module per resource; /docs and /redoc in docs.py."""

@@ -2,14 +2,14 @@
 workflow.
 
 Reports are accepted by services.reports; its refusals and a Temporal outage are answered,
-signed, by api.refusals.
+signed, by api.errors.
 
 A poll is answered from PostgreSQL alone, in one round trip (store.polls) shared with the polls
-that arrive with it (api.poll_batcher), plus the release's manifest when a job is handed out:
-fleets poll far faster than Temporal answers queries, and the read model already says what the
-workflow hands out (store.polls explains why that holds). The routes take the bare request and
+that arrive with it (api.agents.poll_batcher), plus the release's manifest when a job is handed
+out: fleets poll far faster than Temporal answers queries, and the read model already says what
+the workflow hands out (store.polls explains why that holds). The routes take the bare request and
 read the process's pool and clients from app state: no dependency solving on the hottest path
-(see api.agent_auth).
+(see api.agents.auth).
 """
 
 import logging
@@ -20,14 +20,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from api.agent_auth import Verified, authenticated, verified
+from api.agents.auth import Verified, authenticated, verified
 from api.metrics import POLLS, REPORTS
-from api.responses import SignedErrorOut, agent_errors, signed_body
+from api.openapi import SignedErrorOut, agent_errors, signed_body
 from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse, wire_deadline
 from services import reports
 from services.errors import Conflict, Forbidden, NotFound, ServiceError
 from store import polls, releases
-from workflows.client import RolloutUnavailable
+from temporal_client.rollouts import RolloutUnavailable
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/updates", tags=["agents"], responses=agent_errors())
@@ -68,7 +68,7 @@ async def next_job(request: Request) -> Response:
         if not outcome.fresh:
             raise call.replayed()
         found = outcome.found
-        while found.handout is None and await hold.woken():  # a held poll (api.dispatch)
+        while found.handout is None and await hold.woken():  # a held poll (api.agents.held_polls)
             found = await polls.find(state.pool, poll.instanceId)
         job = await _job_document(state.pool, call, found.handout) if found.handout else None
     if job is not None:
@@ -117,7 +117,7 @@ async def report(request: Request) -> Response:
         accepted = await reports.accept(state.pool, state.report_signals, r)
     except (ServiceError, RolloutUnavailable) as exc:
         REPORTS.labels(outcome=_REFUSAL_OUTCOMES.get(type(exc), "refused")).inc()
-        raise  # answered, signed, by api.refusals
+        raise  # answered, signed, by api.errors
     if accepted.duplicate:
         REPORTS.labels(outcome="duplicate").inc()
     else:
@@ -135,5 +135,5 @@ async def report(request: Request) -> Response:
     return call.answer({"jobId": r.jobId, "status": accepted.status, "accepted": True})
 
 
-# Served by api.fast_lane, in front of FastAPI's routing: the fleet's requests.
+# Served by api.middleware.fast_lane, in front of FastAPI's routing: the fleet's requests.
 FAST_ROUTES = [r for r in router.routes if isinstance(r, APIRoute)]

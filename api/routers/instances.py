@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Query
 
 from api.deps import AdminActor, PoolDep
-from api.responses import admin_errors
+from api.openapi import admin_errors
 from api.schemas import InstanceOut
 from contract.manifest import Channel
 from store import instances

@@ -4,7 +4,7 @@ per-step timeline (docs/protocol.md, project extension)."""
 from fastapi import APIRouter, Query
 
 from api.deps import AdminActor, IdPath, PoolDep
-from api.responses import admin_errors, not_found
+from api.openapi import admin_errors, not_found
 from api.schemas import JobDetailOut, JobOut
 from contract.wire import ID_PATTERN, JobStatus
 from services import jobs as job_service

@@ -1,11 +1,16 @@
-"""Release manifests (PROTOCOL §2): upload, list, show."""
+"""Release manifests (PROTOCOL §2): upload, list, show, over HTTP.
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+The upload is services.releases'; its refusals become 409/422 (and an unknown id a 404) in
+api.errors.
+"""
+
+from fastapi import APIRouter, Query, Response, status
 
 from api.deps import AdminActor, IdPath, PoolDep, SettingsDep
-from api.responses import admin_errors, conflict, not_found
+from api.openapi import admin_errors, conflict, not_found
 from contract.manifest import Channel, NewRelease
-from store import audit, releases
+from services import releases as release_service
+from store import releases
 from store.releases import Release
 
 router = APIRouter(prefix="/api/releases", tags=["releases"], responses=admin_errors())
@@ -27,33 +32,15 @@ async def upload_release(
     pool: PoolDep,
     settings: SettingsDep,
 ) -> Release:
-    if not manifest.has_valid_signature(
-        settings.control_plane_release_signing_secret.get_secret_value()
-    ):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            "signature: does not match the manifest's fields (was a field changed after signing,"
-            " or was it signed with another RELEASE_SIGNING_SECRET?)",
-        )
-    async with pool.acquire() as conn, conn.transaction():
-        outcome = await releases.insert_or_get(conn, manifest)
-        stored = outcome.release
-        if not outcome.created and stored.manifest().as_document() != manifest.as_document():
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"release {manifest.version} on channel {manifest.channel} is already stored"
-                f" (id {stored.id}) with other content",
-            )
-        await audit.record(
-            conn,
-            actor=actor,
-            action="release.created" if outcome.created else "release.reuploaded",
-            subject=f"release:{stored.id}",
-            detail={"version": manifest.version, "channel": manifest.channel, "sha": manifest.sha},
-        )
-    if not outcome.created:
+    uploaded = await release_service.upload(
+        pool,
+        manifest,
+        actor=actor,
+        signing_secret=settings.control_plane_release_signing_secret.get_secret_value(),
+    )
+    if not uploaded.created:
         response.status_code = status.HTTP_200_OK
-    return stored
+    return uploaded.release
 
 
 @router.get("", response_model=list[Release])
@@ -65,7 +52,4 @@ async def list_releases(
 
 @router.get("/{release_id}", response_model=Release, responses=not_found())
 async def get_release(release_id: IdPath, _: AdminActor, pool: PoolDep) -> Release:
-    release = await releases.get(pool, release_id)
-    if release is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"release {release_id} not found")
-    return release
+    return await release_service.get(pool, release_id)

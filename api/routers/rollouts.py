@@ -1,13 +1,13 @@
 """Rollouts (PROTOCOL §4): create, list, show and the admin actions, over HTTP.
 
 The flows are services.rollouts'; their refusals become 404/409/422 and a Temporal outage a 503
-in api.refusals. A view the workflow did not answer for is the stored one, `"stale": true`.
+in api.errors. A view the workflow did not answer for is the stored one, `"stale": true`.
 """
 
 from fastapi import APIRouter, Query, status
 
 from api.deps import AdminActor, IdPath, PoolDep, SettingsDep, TemporalDep
-from api.responses import admin_errors, conflict, not_found
+from api.openapi import admin_errors, conflict, not_found
 from api.schemas import ActionBody, CreateRollout, RolloutOut, RolloutSummaryOut
 from contract.manifest import Channel
 from contract.wire import RolloutStatus

@@ -4,16 +4,13 @@
   dependency is down, so agents keep reaching the API (and hear its own 503s) during an outage.
 - `/health/ready`: PostgreSQL, Temporal and a worker polling the task queue are all there, so
   rollouts can progress. For monitoring, deploy gates and `rollout dev` users.
-- `/health`: PostgreSQL and Temporal, as before `/health/ready` existed.
+- `/health`: PostgreSQL and Temporal only, for monitors that watch the dependencies and not
+  the worker.
 """
 
 import asyncio
-import subprocess
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from functools import cache
-from importlib import metadata
-from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -23,6 +20,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from api.deps import PoolDep, SettingsDep, TemporalDep
+from runtime.build import git_sha, package_version
 
 router = APIRouter(tags=["system"])
 
@@ -112,22 +110,6 @@ async def _worker_polls(temporal: Client, task_queue: str) -> str:
     return "ok"
 
 
-@cache
-def _git_sha() -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=2,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 @router.get("/version")
 async def version() -> dict[str, str | None]:
-    return {"version": metadata.version("rollout-control-plane"), "gitSha": _git_sha()}
+    return {"version": package_version(), "gitSha": git_sha()}

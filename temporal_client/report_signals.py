@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from prometheus_client import Histogram
 from temporalio.client import Client
 
-from contract.batches import answer_all
-from workflows import client as rollout_client
+from runtime.batches import answer_all
+from temporal_client import rollouts as rollout_client
 from workflows.rollout_models import JobReportSignal
 
 # The most reports in one signal: far below Temporal's payload limit (2 MiB) at ~300 bytes each.

@@ -1,12 +1,12 @@
 """ASGI middleware timing every request by its route template (not its raw path: bounded labels),
-and writing its access line (api.access_log)."""
+and writing its access line (api.middleware.access_log)."""
 
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import access_log
 from api.metrics import REQUEST_SECONDS
+from api.middleware import access_log
 
 
 class RequestTimer:

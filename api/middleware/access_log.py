@@ -3,8 +3,8 @@
 Every agent polls every few seconds: one line each would drown the log and cost the API more
 than the poll's own checks. uvicorn's access log cannot skip a request without first building
 its line (a filter sees the finished record), which cost about 8 % of the API's CPU under idle
-polls, so `rollout api` turns it off and the request timer (api.http_metrics) calls `note`
-instead. Answered polls are counted in /metrics (`rollout_agent_polls_total`,
+polls, so `rollout api` turns it off and the request timer (api.middleware.request_timer) calls
+`note` instead. Answered polls are counted in /metrics (`rollout_agent_polls_total`,
 `rollout_http_request_duration_seconds`); a poll that hands out a job is logged by the route;
 refused polls and every other request keep their line, in uvicorn's format.
 """

@@ -1,4 +1,4 @@
-"""Client-side calls on rollout workflows, for the API, the CLI and tests: start, view, act.
+"""Calls on rollout workflows, for the API's services, benchmarks and tests: start, view, act.
 
 Every call has a deadline: the API must answer (from its read model) when Temporal or the
 worker is down, instead of hanging. Temporal's errors become the two a caller acts on.
@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from store.rollouts import RolloutSpec, rollout_workflow_id
+from domain.rollouts import RolloutSpec, rollout_workflow_id
 from workflows.rollout import RolloutWorkflow
 from workflows.rollout_models import (
     AbortInput,

@@ -5,7 +5,7 @@ import logging
 
 import asyncpg
 
-from api.database_outage import UNAVAILABLE_ERRORS, DatabaseOutage
+from api.errors import UNAVAILABLE_ERRORS, DatabaseOutage
 from store import nonces
 
 log = logging.getLogger(__name__)

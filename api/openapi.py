@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from api.edge import ADMIN_MAX_BODY_BYTES
+from api.middleware.edge import ADMIN_MAX_BODY_BYTES
 from contract.wire import AGENT_SIGNATURE_HEADER, MAX_BODY_BYTES, AgentRequest
 
 Responses = dict[int | str, dict[str, Any]]
@@ -86,7 +86,9 @@ def signed_body(model: type[AgentRequest]) -> dict[str, Any]:
                 "name": AGENT_SIGNATURE_HEADER,
                 "in": "header",
                 "required": True,
-                "description": "hmac_sha256(secret, <the exact body bytes>), lowercase hex",
+                # In backticks: /docs and /redoc render Markdown, where `<...>` is an HTML tag.
+                "description": "`hmac_sha256(secret, body)` over the exact body bytes,"
+                " in lowercase hex",
                 "schema": {"type": "string"},
             }
         ],

@@ -25,7 +25,8 @@ import asyncpg
 from fastapi import Request
 from prometheus_client import Counter, Gauge
 
-from api.agent_auth import AgentError, Verified
+from api.agents.auth import Verified
+from api.agents.replies import AgentError
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import PollRequest
 from store import polls
@@ -201,8 +202,8 @@ class Dispatcher:
             task.cancel()
 
     async def _listen_forever(self) -> None:
-        """A PostgreSQL outage is logged once, as an ERROR, by api/database_outage.py; the
-        listener's own losses and retries are INFO and DEBUG lines, not more of the same."""
+        """A PostgreSQL outage is logged once, as an ERROR, by api/errors.py; the listener's
+        own losses and retries are INFO and DEBUG lines, not more of the same."""
         delay = RECONNECT_BACKOFF[0]
         while True:
             try:

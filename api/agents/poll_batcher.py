@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 from prometheus_client import Histogram
 
-from contract.batches import answer_all
+from runtime.batches import answer_all
 from store import polls
 
 # Statements in flight at once; polls arriving meanwhile wait for the next one. Leaves most

@@ -1,10 +1,10 @@
-"""Authentication of agent requests (PROTOCOL §5) and signing of every answer to them.
+"""Authentication of agent requests (PROTOCOL §5); the answers are signed by api.agents.replies.
 
-Order of checks: size (413, in api.edge), JSON shape and instanceId (422), signature (401), the
-full body (422), sentAt window (401), nonce (401). The signature is checked before the body is
-validated in detail, so an unauthenticated caller learns nothing but the documented shape. An
-instance with no secret is answered exactly like one with a wrong signature (signed, with a
-per-process decoy key), so the answers do not tell an outsider which instance ids exist.
+Order of checks: size (413, in api.middleware.edge), JSON shape and instanceId (422), signature
+(401), the full body (422), sentAt window (401), nonce (401). The signature is checked before the
+body is validated in detail, so an unauthenticated caller learns nothing but the documented
+shape. An instance with no secret is answered exactly like one with a wrong signature (signed,
+with a per-process decoy key), so the answers do not tell an outsider which instance ids exist.
 """
 
 import json
@@ -16,20 +16,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from api.errors import BODY_NOT_JSON, RETRY_AFTER_SECONDS, describe_validation_errors
+from api.agents.replies import AgentError, remember_reply, signed_response
+from api.errors import BODY_NOT_JSON, describe_validation_errors
 from api.metrics import AUTH_FAILURES
 from contract.manifest import SIGNATURE_PATTERN, parse_timestamp
-from contract.signing import canonical, sign, verify
-from contract.text import storable
+from contract.signing import verify
 from contract.wire import (
     AGENT_SIGNATURE_HEADER,
     INSTANCE_ID_PATTERN,
     NONCE_PATTERN,
-    RESPONSE_SIGNATURE_HEADER,
     SIGNATURE_WINDOW_SECONDS,
     AgentRequest,
 )
@@ -43,32 +42,6 @@ _SIGNATURE = re.compile(SIGNATURE_PATTERN)
 # Signs refusals to unknown instances; verifies nothing (see `authenticated`).
 _DECOY_SECRET = secrets.token_hex(32)
 _WINDOW = timedelta(seconds=SIGNATURE_WINDOW_SECONDS)
-
-
-class AgentError(Exception):
-    """An error answered to an agent: JSON `detail`, signed when the instance's secret is known."""
-
-    def __init__(
-        self, status: int, detail: str, *, secret: str | None = None, nonce: str | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = storable(detail)  # may quote the request: must stay encodable
-        self.secret = secret
-        self.nonce = nonce
-
-
-def signed_response(
-    payload: dict[str, Any],
-    secret: str | None,
-    status: int = 200,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    body = canonical(payload)
-    all_headers = dict(headers or {})
-    if secret is not None:
-        all_headers[RESPONSE_SIGNATURE_HEADER] = sign(secret, body)
-    return Response(body, status_code=status, media_type="application/json", headers=all_headers)
 
 
 def secret_for(settings: ApiSettings, instance_id: str) -> str | None:
@@ -86,16 +59,6 @@ def _parse(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise AgentError(422, BODY_NOT_JSON) from exc
-
-
-def remember_reply(request: Request, secret: str, nonce: str) -> None:
-    """How to sign an answer to this request, should a later step (the database) fail."""
-    request.state.agent_reply = (secret, nonce)
-
-
-def reply_context(request: Request) -> tuple[str, str] | None:
-    context: tuple[str, str] | None = getattr(request.state, "agent_reply", None)
-    return context
 
 
 def _refuse(reason: str, detail: str, *, secret: str | None, nonce: str | None) -> AgentError:
@@ -137,7 +100,7 @@ async def authenticated(request: Request, model: type[T]) -> Verified[T]:
     hottest path of the API, and dependency solving cost more than the checks.
     """
     settings: ApiSettings = request.app.state.settings
-    raw = await request.body()  # bounded by api.edge
+    raw = await request.body()  # bounded by api.middleware.edge
     document = _parse(raw)
     if not isinstance(document, dict):
         raise AgentError(422, "body: must be a JSON object")
@@ -201,18 +164,3 @@ async def verified(request: Request, model: type[T]) -> Verified[T]:
     if not fresh:
         raise call.replayed()
     return call
-
-
-async def _agent_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AgentError)
-    payload: dict[str, Any] = {"detail": exc.detail}
-    if exc.nonce is not None:
-        payload["nonce"] = exc.nonce
-    response = signed_response(payload, exc.secret, exc.status)
-    if exc.status == 503:
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return response
-
-
-def install_agent_error_handler(app: FastAPI) -> None:
-    app.add_exception_handler(AgentError, _agent_error)

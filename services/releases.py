@@ -1,0 +1,56 @@
+"""Releases: the upload of a signed manifest (check, store once, audit) and finding one, in
+domain terms. api/routers/releases.py maps them to HTTP.
+
+The signature is checked here and only here: a stored release is trusted from then on.
+"""
+
+import asyncpg
+from pydantic import BaseModel
+
+from contract.manifest import NewRelease
+from services.errors import Conflict, Invalid, NotFound
+from store import audit, releases
+from store.releases import Release
+
+BAD_SIGNATURE = (
+    "signature: does not match the manifest's fields (was a field changed after signing,"
+    " or was it signed with another RELEASE_SIGNING_SECRET?)"
+)
+
+
+class Uploaded(BaseModel):
+    release: Release
+    created: bool  # false: the identical manifest was stored before
+
+
+async def upload(
+    pool: asyncpg.Pool, manifest: NewRelease, *, actor: str, signing_secret: str
+) -> Uploaded:
+    """Store the manifest once per (version, channel) and audit the upload. Raises Invalid
+    when the signature does not match, Conflict when that version and channel are stored with
+    other content. Uploading the identical manifest again answers the stored release."""
+    if not manifest.has_valid_signature(signing_secret):
+        raise Invalid(BAD_SIGNATURE)
+    async with pool.acquire() as conn, conn.transaction():
+        outcome = await releases.insert_or_get(conn, manifest)
+        stored = outcome.release
+        if not outcome.created and stored.manifest().as_document() != manifest.as_document():
+            raise Conflict(
+                f"release {manifest.version} on channel {manifest.channel} is already stored"
+                f" (id {stored.id}) with other content"
+            )
+        await audit.record(
+            conn,
+            actor=actor,
+            action="release.created" if outcome.created else "release.reuploaded",
+            subject=f"release:{stored.id}",
+            detail={"version": manifest.version, "channel": manifest.channel, "sha": manifest.sha},
+        )
+    return Uploaded(release=stored, created=outcome.created)
+
+
+async def get(pool: asyncpg.Pool, release_id: str) -> Release:
+    release = await releases.get(pool, release_id)
+    if release is None:
+        raise NotFound(f"release {release_id} not found")
+    return release
