@@ -26,7 +26,7 @@ from workflows.rollout_models import (
 
 STORABLE_NOTE = "unstorable characters in text were replaced with U+FFFD"
 # The SDK's adapter adds the activity and its workflow (rollout-<id>) to every line; each line
-# also passes `rollout_id` as extra, a field of its own in JSON logs (contract.logs).
+# also passes `rollout_id` as extra, a field of its own in JSON logs (runtime.logs).
 log = activity.logger
 
 

@@ -99,9 +99,11 @@ class RolloutOut(RolloutSummaryOut):
 
     @classmethod
     def from_detail(cls, detail: RolloutDetail) -> "RolloutOut":
-        jobs = [JobOut.from_job(job) for job in detail.jobs]
+        by_batch: dict[int, list[JobOut]] = {}
+        for job in detail.jobs:
+            by_batch.setdefault(job.batch, []).append(JobOut.from_job(job))
         batches = [
-            BatchOut(number=n, jobs=[job for job in jobs if job.batch == n])
+            BatchOut(number=n, jobs=by_batch.get(n, []))
             for n in range(1, detail.rollout.total_batches + 1)
         ]
         return cls(

@@ -8,6 +8,7 @@ rather than an error.
 import contextlib
 import uuid
 from collections import Counter
+from typing import Literal
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -49,6 +50,10 @@ class NewRollout(BaseModel):
     # Hosts that never started their job by its deadline; 0, like maxFailures: docs/protocol.md.
     max_unreachable: int = Field(default=0, ge=0, le=MAX_FLEET)
     job_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
+
+
+# Which jobs a rollout's view lists: every batch's (the contract), the current batch's, or none.
+JobsShown = Literal["all", "current", "none"]
 
 
 class RolloutDetail(BaseModel):
@@ -110,22 +115,33 @@ async def create(
     return await view(pool, temporal, spec.id)
 
 
-async def view(pool: asyncpg.Pool, temporal: Client, rollout_id: str) -> RolloutDetail:
+async def view(
+    pool: asyncpg.Pool, temporal: Client, rollout_id: str, *, shown: JobsShown = "all"
+) -> RolloutDetail:
+    """`shown`: which jobs the view lists. Counts and failures are the same whatever it lists;
+    `current` and `none` read only the current batch's rows, so their cost does not grow with
+    the rollout's age."""
     row = await _stored(pool, rollout_id)
     live = None
     if not row.workflow_closed:
         with contextlib.suppress(RolloutUnavailable, RolloutGone):  # then the stored view
             live = await rollout_client.live_view(temporal, row.id, timeout=LIVE_VIEW_TIMEOUT)
-    stored = await jobs.for_rollout(pool, row.id)
     if live is not None:
         row = row.model_copy(update=live.model_dump(include=set(RolloutSnapshot.model_fields)))
     current = {j.id: j for j in live.jobs} if live else {}
-    all_jobs = [_fresher(job, current.get(job.id)) for job in stored]
-    current_batch = [job for job in all_jobs if job.batch == row.current_batch]
+    if shown == "all":
+        stored = await jobs.for_rollout(pool, row.id)
+        counts: Counter[str] = Counter()
+    else:
+        stored = await jobs.for_batch(pool, row.id, row.current_batch)
+        counts = Counter(await jobs.latest_counts_before(pool, row.id, row.current_batch))
+    listed = [_fresher(job, current.get(job.id)) for job in stored]
+    counts.update(_latest_counts(listed))
+    current_batch = [job for job in listed if job.batch == row.current_batch]
     return RolloutDetail(
         rollout=row,
-        jobs=all_jobs,
-        counts=_latest_counts(all_jobs),
+        jobs=[] if shown == "none" else listed,
+        counts=dict(counts),
         stale=live is None and not row.workflow_closed,
         failures=await _failures(pool, current_batch),
     )

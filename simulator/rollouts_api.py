@@ -32,7 +32,8 @@ class RolloutReader:
         return response.json()
 
     async def rollout(self, rollout_id: str) -> dict[str, Any]:
-        return await self._get(f"/api/rollouts/{rollout_id}")
+        """The rollout without its jobs (`jobs()` has them): the same cost at any rollout age."""
+        return await self._get(f"/api/rollouts/{rollout_id}", jobs="none")
 
     async def jobs(self, rollout_id: str) -> list[dict[str, Any]]:
         return await self._get("/api/updates/jobs", rolloutId=rollout_id, limit=JOBS_LIMIT)

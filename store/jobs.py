@@ -43,7 +43,12 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
         " step = COALESCE(j.step, EXCLUDED.step),"
         " message = COALESCE(EXCLUDED.message, j.message),"
         " deadline = EXCLUDED.deadline, updated_at = now()"
-        f" WHERE {job_moves_forward('j.status', 'EXCLUDED.status')}",
+        f" WHERE {job_moves_forward('j.status', 'EXCLUDED.status')}"
+        # A row the agent's report already moved is left alone, not rewritten to the same
+        # values: every rewrite is a new row version in each of the table's indexes.
+        " AND (j.status IS DISTINCT FROM EXCLUDED.status OR j.deadline IS DISTINCT FROM"
+        " EXCLUDED.deadline OR (j.step IS NULL AND EXCLUDED.step IS NOT NULL)"
+        " OR (EXCLUDED.message IS NOT NULL AND EXCLUDED.message IS DISTINCT FROM j.message))",
         [j.id for j in jobs],
         [j.rollout_id for j in jobs],
         [j.instance_id for j in jobs],
@@ -125,6 +130,34 @@ async def for_rollout(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) 
         rollout_id,
     )
     return [_job(r) for r in rows]
+
+
+async def for_batch(
+    conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str, batch: int
+) -> list[Job]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM update_jobs WHERE rollout_id = $1 AND batch = $2"
+        " ORDER BY instance_id, attempt",
+        rollout_id,
+        batch,
+    )
+    return [_job(r) for r in rows]
+
+
+async def latest_counts_before(
+    conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str, batch: int
+) -> dict[str, int]:
+    """Jobs of the batches before `batch` by status, the latest attempt of each instance,
+    counted in PostgreSQL: a view of the current batch does not read earlier ones' rows."""
+    rows = await conn.fetch(
+        "SELECT status, count(*) AS n FROM ("
+        " SELECT DISTINCT ON (instance_id) status FROM update_jobs"
+        " WHERE rollout_id = $1 AND batch < $2 ORDER BY instance_id, attempt DESC"
+        ") AS latest GROUP BY status",
+        rollout_id,
+        batch,
+    )
+    return {r["status"]: r["n"] for r in rows}
 
 
 async def list_filtered(

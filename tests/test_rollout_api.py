@@ -89,6 +89,16 @@ async def test_create_advance_refusals_and_completion(
     advanced = next(a.json() for a in answers if a.status_code == 200)
     assert advanced["currentBatch"] == 2
     assert [j["instanceId"] for j in advanced["batches"][1]["jobs"]] == ["web-3"]
+    # A dashboard's lighter views: the same rollout and counts, fewer jobs listed.
+    path = f"/api/rollouts/{rollout['id']}"
+    full = (await dev_admin.get(path)).json()
+    for shown, listed in (("current", [[], ["web-3"]]), ("none", [[], []])):
+        light = (await dev_admin.get(path, params={"jobs": shown})).json()
+        assert [[j["instanceId"] for j in b["jobs"]] for b in light["batches"]] == listed
+        assert light | {"batches": full["batches"]} == full
+    assert full["counts"] == {"succeeded": 2, "pending": 1}
+    unknown = await dev_admin.get(path, params={"jobs": "some"})
+    assert unknown.status_code == 422 and "jobs" in unknown.json()["detail"]
 
     await finish_batch(dev_env, advanced)
     done = await status_becomes(dev_admin, rollout["id"], "completed")

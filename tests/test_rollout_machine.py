@@ -344,7 +344,7 @@ def test_failures_over_the_limit_pause_and_a_resume_accepts_them() -> None:
     )
 
 
-# --- unreachable hosts (issue 14) ----------------------------------------------------------------
+# --- unreachable hosts ---------------------------------------------------------------------------
 
 
 def unreachable_batch(**options: object) -> Run:
@@ -446,7 +446,7 @@ def test_a_retry_runs_failed_jobs_again_and_ends_a_failure_pause() -> None:
     old = run.job("a")
     begun = run.machine.begin_retry("ops", run.now, run.new_id)
     assert begun.events == []  # still paused while the rows are written
-    assert run.machine.refusal("retry") == "a batch is being released; try again in a moment"
+    assert run.machine.refusal("retry") == "jobs are being handed out; try again in a moment"
     ended = run.machine.end_handout()
     assert status_moves(ended) == [("paused", "running")]
     assert actions(ended)[-1] == "rollout.retry"
@@ -604,7 +604,9 @@ def test_a_finished_rollout_refuses_every_action(action: Action) -> None:
 @pytest.mark.parametrize("action", ["advance", "pause", "resume", "retry"])
 def test_before_batch_1_only_abort_applies(action: Action) -> None:
     run = Run(list("ab"))
-    assert refused(run, action) == "a batch is being released; try again in a moment"
+    assert refused(run, action) == (
+        "the rollout is starting (batch 1 is not handed out yet); try again in a moment"
+    )
     assert run.machine.refusal("abort") is None
 
 
@@ -616,7 +618,7 @@ def test_while_a_batch_is_written_advance_and_retry_wait(action: Action) -> None
     run.tick()
     run.machine.advance("ops")
     run.begin(2)
-    assert refused(run, action) == "a batch is being released; try again in a moment"
+    assert refused(run, action) == "jobs are being handed out; try again in a moment"
     assert run.machine.refusal("pause") is None and run.machine.refusal("abort") is None
 
 

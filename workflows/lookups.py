@@ -10,7 +10,7 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.rollouts import RolloutActivities
-    from store.rollouts import RolloutSpec
+    from domain.rollouts import RolloutSpec
     from workflows.read_model_writer import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, JOBS_PER_WRITE
     from workflows.rollout_models import (
         BatchTargetsInput,

@@ -70,7 +70,7 @@ ROLLOUT_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
         "aborted": frozenset(),
     }
 )
-# Declared in the graphs above, reached by no transition yet.
+# Declared in the graph above, reached by no transition yet.
 PLANNED_STATUSES = frozenset({"waiting"})
 
 
@@ -233,11 +233,11 @@ class RolloutMachine:
         state = self.state
         if self.finished:
             return f"rollout is {state.status}; {action} does not apply to a finished rollout"
-        # Abort applies at any point: before batch 1 and while a batch is being released.
-        if (state.current_batch == 0 and action != "abort") or (
-            self.handing_out and action in ("advance", "retry")
-        ):
-            return "a batch is being released; try again in a moment"
+        # Abort applies at any point: before batch 1 and while jobs are being handed out.
+        if state.current_batch == 0 and action != "abort":
+            return "the rollout is starting (batch 1 is not handed out yet); try again in a moment"
+        if self.handing_out and action in ("advance", "retry"):
+            return "jobs are being handed out; try again in a moment"
         if action == "advance":
             if state.status == "paused":
                 return f"rollout is paused ({state.paused_reason}); resume it first"

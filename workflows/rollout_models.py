@@ -152,7 +152,7 @@ class JobReportSignal(BaseModel):
 
 class JobReportBatchSignal(BaseModel):
     """Reports that reached one API process together, in one signal: one history event and one
-    server write for many (workflows.report_signals)."""
+    server write for many (temporal_client.report_signals)."""
 
     reports: list[JobReportSignal]
 

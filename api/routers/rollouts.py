@@ -12,7 +12,7 @@ from api.schemas import ActionBody, CreateRollout, RolloutOut, RolloutSummaryOut
 from contract.manifest import Channel
 from contract.wire import RolloutStatus
 from services import rollouts as rollout_service
-from services.rollouts import Action
+from services.rollouts import Action, JobsShown
 from store import rollouts
 
 router = APIRouter(prefix="/api/rollouts", tags=["rollouts"], responses=admin_errors())
@@ -51,9 +51,19 @@ async def list_rollouts(
 
 @router.get("/{rollout_id}", response_model=RolloutOut, responses=not_found())
 async def get_rollout(
-    rollout_id: IdPath, _: AdminActor, pool: PoolDep, temporal: TemporalDep
+    rollout_id: IdPath,
+    _: AdminActor,
+    pool: PoolDep,
+    temporal: TemporalDep,
+    jobs: JobsShown = Query(
+        default="all",
+        description="Which jobs `batches` lists: `all` (every batch's), `current` (the current"
+        " batch's only) or `none`. Counts and failures are the same whatever it lists; `current`"
+        " and `none` cost the same at any rollout age, for dashboards that poll.",
+    ),
 ) -> RolloutOut:
-    return RolloutOut.from_detail(await rollout_service.view(pool, temporal, rollout_id))
+    detail = await rollout_service.view(pool, temporal, rollout_id, shown=jobs)
+    return RolloutOut.from_detail(detail)
 
 
 @router.post(
