@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # 2 cores was slower than 2 and made timing-sensitive tests fail.
 TEST_PROCESSES ?= 2
 
-.PHONY: dev test lint venv clean
+.PHONY: dev test test-fast lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -n $(TEST_PROCESSES)
+
+# The tests that start no server and no process (tests/tiers.py), in one process: seconds.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not servers"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

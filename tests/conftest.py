@@ -160,5 +160,11 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-# Fixture modules of other parts of the system (Temporal servers, agent processes).
-pytest_plugins = ["tests.fixtures_temporal", "tests.fixtures_agents", "tests.fixtures_fleet"]
+# Fixture modules of other parts of the system (Temporal servers, agent processes), and the
+# marking of the tests that start servers (tests/tiers.py).
+pytest_plugins = [
+    "tests.fixtures_temporal",
+    "tests.fixtures_agents",
+    "tests.fixtures_fleet",
+    "tests.tiers",
+]

@@ -97,7 +97,7 @@ class FakeControlPlane:
         finals = [r for r in self.reports if r["jobId"] == job_id and r["status"] != "in_progress"]
         return finals[-1] if finals else None
 
-    async def wait_until(self, condition: Callable[[], bool], timeout: float = 15) -> None:
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 60) -> None:
         """Woken by every request the fake answers; fails the test with what was seen so far."""
         try:
             async with asyncio.timeout(timeout):

@@ -130,19 +130,19 @@ class AgentHost:
     def open_gate(self) -> None:
         self.gate.touch()
 
-    async def wait_for_step(self, line: str, timeout: float = 15) -> None:
+    async def wait_for_step(self, line: str, timeout: float = 60) -> None:
         """Poll the steps file (a shell script gives no event to await) until `line` appears."""
         async with asyncio.timeout(timeout):
             while line not in self.steps():
                 await asyncio.sleep(0.02)
 
-    async def wait_blocked(self, step: str, timeout: float = 15) -> None:
+    async def wait_blocked(self, step: str, timeout: float = 60) -> None:
         """Until `step` waits at the gate (no event to await from a shell script either)."""
         async with asyncio.timeout(timeout):
             while not (self.workdir / f"blocked-{step}").exists():
                 await asyncio.sleep(0.02)
 
-    async def wait_exit(self, timeout: float = 15) -> int:
+    async def wait_exit(self, timeout: float = 60) -> int:
         assert self.process is not None
         return await asyncio.wait_for(self.process.wait(), timeout)
 

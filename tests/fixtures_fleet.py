@@ -55,7 +55,7 @@ async def rollout_where(admin: httpx.AsyncClient, rollout_id: str, check: Any) -
         body = (await admin.get(f"/api/rollouts/{rollout_id}")).json()
         return body if check(body) else None
 
-    return await eventually(probe, timeout=60)
+    return await eventually(probe, timeout=120)
 
 
 async def seed_pending_jobs(

@@ -195,7 +195,7 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.05
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 60.0, interval: float = 0.05
 ) -> T:
     """Poll `probe` until it returns something truthy; for effects with no event to await."""
     deadline = time.monotonic() + timeout

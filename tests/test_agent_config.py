@@ -12,6 +12,9 @@ import pytest
 
 from contract.secrets import weak_secret_problem
 
+# Runs `rollout agent` and Python processes (tests/tiers.py).
+pytestmark = pytest.mark.servers
+
 ROLLOUT = str(Path(sys.executable).parent / "rollout")
 SECRET = "s3cret-value-that-must-not-leak"
 _COMPLETE = {

@@ -114,7 +114,7 @@ async def test_a_step_ignoring_sigterm_is_killed_after_the_grace_period(
     await host.wait_blocked("switch")
 
     orphans = await _restart_after_kill(host)
-    await plane.wait_until(lambda: plane.final_report(job_id) is not None, timeout=30)
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None, timeout=90)
 
     assert plane.reports_of(job_id)[-1] == ("rolled_back", "switch")
     assert not alive(orphans)

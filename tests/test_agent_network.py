@@ -16,7 +16,7 @@ Plane = tuple[FakeControlPlane, str]
 ALL_STEPS = ["backup 1.1.0", "pull 1.1.0", "migrate 1.1.0", "smoke 1.1.0", "switch 1.1.0"]
 
 
-async def _log_lines(host: AgentHost, pattern: str, count: int, timeout: float = 15) -> list[str]:
+async def _log_lines(host: AgentHost, pattern: str, count: int, timeout: float = 60) -> list[str]:
     """Poll the agent's log (no event to await) until `count` lines match `pattern`."""
     async with asyncio.timeout(timeout):
         while len(found := re.findall(pattern, host.log())) < count:
@@ -77,7 +77,7 @@ async def test_unacknowledged_final_report_is_sent_after_a_restart(
     plane.unavailable_reports = 10_000
     host = await agent_host(url, plane.secret)
     await host.wait_for_step("switch 1.1.0")
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(60):
         while not host.state()["unacknowledged"]:
             await asyncio.sleep(0.05)
     await host.kill_hard()
@@ -87,7 +87,7 @@ async def test_unacknowledged_final_report_is_sent_after_a_restart(
     await plane.wait_until(lambda: plane.final_report(job_id) is not None)
     assert plane.final_report(job_id)["status"] == "succeeded"
     assert host.steps() == ALL_STEPS
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(60):
         while host.state()["unacknowledged"]:
             await asyncio.sleep(0.05)
 

@@ -14,6 +14,9 @@ from agent.network import AsyncioBackend, agent_transport, http_transport
 from devstack.ports import free_port
 from tests.tls_terminator import make_certificates
 
+# Serves HTTP on loopback sockets (tests/tiers.py).
+pytestmark = pytest.mark.servers
+
 LIMITS = httpx.Limits(keepalive_expiry=4.0)
 
 

@@ -4,6 +4,8 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from agent.logs import instance_log
 from agent.step_lock import STEP_LOCK, end_leftover_step, step_lock
 from tests.fixtures_agents import alive
@@ -11,6 +13,7 @@ from tests.fixtures_agents import alive
 LOG = instance_log(__name__, "host-1")
 
 
+@pytest.mark.servers  # runs shell processes (tests/tiers.py)
 async def test_a_process_that_left_the_step_group_is_found_and_ended(tmp_path: Path) -> None:
     # The agent spawns a step that starts a process in a session of its own, then dies.
     with step_lock(tmp_path) as lock:

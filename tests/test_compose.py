@@ -298,6 +298,7 @@ def test_demo_agent_secret_is_the_one_the_api_accepts_for_it() -> None:
     assert settings.agent_secret_values[agent["AGENT_INSTANCE_ID"]] == agent["AGENT_SECRET"]
 
 
+@pytest.mark.servers  # runs the temporal binary (tests/tiers.py)
 def test_temporal_images_are_pinned_to_the_versions_the_project_tests_with() -> None:
     version = subprocess.run(
         [shutil.which("temporal") or str(ROOT / ".venv/bin/temporal"), "--version"],
@@ -333,6 +334,7 @@ def test_registered_search_attributes_are_exactly_the_workflows_ones() -> None:
     assert registered == {key.name for key in ALL_KEYS}
 
 
+@pytest.mark.servers  # runs sh -n (tests/tiers.py)
 def test_setup_scripts_are_valid_posix_shell() -> None:
     scripts = sorted((ROOT / "deploy").rglob("*.sh"))
     assert len(scripts) >= 3
@@ -370,6 +372,7 @@ def dev_server() -> Iterator[str]:
         process.wait(timeout=30)
 
 
+@pytest.mark.servers  # runs a Temporal dev server and the setup script (tests/tiers.py)
 def test_namespace_setup_registers_namespace_and_attributes_and_can_run_again(
     dev_server: str,
 ) -> None:
@@ -401,6 +404,7 @@ def test_namespace_setup_registers_namespace_and_attributes_and_can_run_again(
     }
 
 
+@pytest.mark.servers  # runs PostgreSQL (tests/tiers.py)
 async def test_postgres_init_gives_each_side_its_own_role_and_database(tmp_path: Path) -> None:
     server = EmbeddedPostgres(tmp_path / "data", free_port(), durable=False)
     server.start()

@@ -8,6 +8,9 @@ import pytest
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres, PostgresStartError
 
+# Starts PostgreSQL (tests/tiers.py).
+pytestmark = pytest.mark.servers
+
 
 def test_a_lock_naming_a_dead_server_is_cleared_and_a_live_servers_is_kept(
     tmp_path: Path,

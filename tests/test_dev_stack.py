@@ -16,6 +16,9 @@ from devstack.secrets import load_or_create
 from tests.fixtures_temporal import eventually
 from tests.manifests import hand_signed
 
+# Runs `rollout dev` (tests/tiers.py).
+pytestmark = pytest.mark.servers
+
 
 def descendants(pid: int) -> set[int]:
     """Every process below `pid`, from /proc (children of children included)."""

@@ -77,18 +77,21 @@ async def test_failed_smoke_rolls_back_and_pauses_the_rollout(
     dev_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    bad = await agent_host(plane.url, FLEET_TOKEN, instance_id="web-1", fail_at="smoke")
+    # web-1 fails only once web-2 has succeeded: its failure pauses the rollout, which withholds
+    # web-2's job if web-2 has not polled for it yet. The test must not hang on which polls first.
+    bad = await agent_host(
+        plane.url, FLEET_TOKEN, instance_id="web-1", fail_at="smoke", block_at="smoke"
+    )
     good = await agent_host(plane.url, FLEET_TOKEN, instance_id="web-2")
     later = await agent_host(plane.url, FLEET_TOKEN, instance_id="web-3")
     await registered(admin, 3)
     release_id = await seed_release(db, dev_settings, version="1.4.0")
     rollout = await start_rollout(admin, release_id)
+    await rollout_where(admin, rollout["id"], lambda r: job_of(r, "web-2")["status"] == "succeeded")
+    await bad.wait_blocked("smoke")
+    bad.open_gate()
 
-    paused = await rollout_where(
-        admin,
-        rollout["id"],
-        lambda r: r["status"] == "paused" and job_of(r, "web-2")["status"] == "succeeded",
-    )
+    paused = await rollout_where(admin, rollout["id"], lambda r: r["status"] == "paused")
     assert "web-1" in paused["pausedReason"]
     assert job_of(paused, "web-1")["status"] == "rolled_back"
     assert bad.steps() == [f"{s} 1.4.0" for s in ["backup", "pull", "migrate", "smoke", "rollback"]]

@@ -35,8 +35,11 @@ async def test_a_rolled_back_job_shows_every_step_with_its_outcome(
     await agent_host(plane.url, FLEET_TOKEN, instance_id="web-1", fail_at="smoke")
     await agent_host(plane.url, FLEET_TOKEN, instance_id="web-2")
     release_id = await seed_release(db, settings)
+    # maxFailures 1: web-1's failure must not pause the rollout, or web-2's job is withheld when
+    # web-2 happens to poll after web-1 failed, and the batch never settles.
     created = await admin.post(
-        "/api/rollouts", json={"manifestId": release_id, "channel": "stable", "batchSize": 2}
+        "/api/rollouts",
+        json={"manifestId": release_id, "channel": "stable", "batchSize": 2, "maxFailures": 1},
     )
     assert created.status_code == 201, created.text
     rollout = await rollout_where(admin, created.json()["id"], settled)

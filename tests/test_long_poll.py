@@ -82,7 +82,7 @@ async def test_a_poll_without_the_header_is_answered_at_once_and_told_holds_exis
     fleet_api: httpx.AsyncClient,
 ) -> None:
     """An agent older than held polls sees the plain protocol, plus a header it ignores."""
-    async with asyncio.timeout(10):  # far below the 25 s a held poll could take
+    async with asyncio.timeout(20):  # below the 25 s a held poll could take
         answer, job = await _poll(fleet_api, "web-1")
     assert answer.status_code == 200 and job is None
     assert answer.headers[LONG_POLL_HEADER] == "25"
@@ -128,7 +128,7 @@ async def test_past_the_bound_a_poll_is_answered_at_once_and_a_hung_up_hold_is_d
         async with httpx.AsyncClient(base_url=http.base_url, timeout=60) as first_client:
             first = asyncio.create_task(_poll(first_client, "web-1", wait="25"))
             await eventually(lambda: _held_polls(held_before + 1))
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(20):  # below the 25 s of a hold
                 answer, job = await _poll(http, "web-2", wait="25")
             assert answer.status_code == 200 and job is None
             assert _sample("rollout_poll_holds_refused_total") == refused_before + 1
@@ -140,7 +140,7 @@ async def test_with_holds_turned_off_nothing_is_offered_or_held(
     fleet_settings: ApiSettings,
 ) -> None:
     async with _serve(fleet_settings.model_copy(update={"long_poll_max_seconds": 0})) as http:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(20):  # below the 25 s of a hold
             answer, job = await _poll(http, "web-1", wait="25")
         assert answer.status_code == 200 and job is None
         assert LONG_POLL_HEADER not in answer.headers
@@ -216,7 +216,7 @@ async def test_a_notice_wakes_the_held_polls_with_a_job_in_that_rollout_only(
         rollout_id = await _open_job(db, settings, "web-1")
         await polls.announce(db, rollout_id)  # as the worker's write does, at its commit
 
-        assert await asyncio.wait_for(woken, 10) is True
+        assert await asyncio.wait_for(woken, 30) is True  # a hold running out is False
         await db.fetchval("SELECT 1")  # a round trip: time for a wrong wake to show
         assert not idle.done()
         idle.cancel()

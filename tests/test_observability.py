@@ -109,12 +109,14 @@ async def test_json_logs_carry_context_and_never_a_secret(
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for _ in range(200):
+            for _ in range(1200):  # up to a minute: a loaded machine starts processes slowly
                 try:
                     await client.get("/version")
                     break
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("`rollout api` did not answer within a minute")
             bad = poll_body("web-7")
             assert (
                 await post_signed(client, "/api/updates/next", bad, admin_token)

@@ -99,10 +99,10 @@ async def test_api_answers_503_while_postgres_is_down_and_recovers_by_itself(
 
 async def _first_success(client: httpx.AsyncClient) -> httpx.Response:
     """Asks as a client honouring Retry-After would, only faster: no 5xx but 503 on the way."""
-    for _ in range(100):
+    for _ in range(600):
         answer = await client.get("/api/releases")
         if answer.status_code == 200:
             return answer
         assert answer.status_code == 503, answer.text
         await asyncio.sleep(0.1)
-    raise AssertionError("the API did not recover within 10 s of PostgreSQL's restart")
+    raise AssertionError("the API did not recover within 60 s of PostgreSQL's restart")

@@ -10,6 +10,9 @@ import pytest
 
 from contract.manifest import ReleaseManifest
 
+# Runs the CLI as a process (tests/tiers.py).
+pytestmark = pytest.mark.servers
+
 SECRET = "cli-release-secret-0123456789"
 GOOD = ["--version", "1.2.3", "--sha", "abc1234", "--channel", "beta"]
 GOOD += ["--migrations-required", "true"]

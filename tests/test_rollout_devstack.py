@@ -3,12 +3,16 @@
 import asyncio
 from pathlib import Path
 
+import pytest
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
 from devstack.ports import free_port
 from devstack.temporal import TemporalDevServer
 from workflows.search_attributes import ALL_KEYS
+
+# Starts a Temporal dev server (tests/tiers.py).
+pytestmark = pytest.mark.servers
 
 
 async def test_dev_server_registers_the_rollout_search_attributes(tmp_path: Path) -> None:

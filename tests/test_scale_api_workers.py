@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from devstack.ports import free_port
 from server.settings import ApiSettings
@@ -34,6 +35,7 @@ async def test_two_api_processes_serve_one_port_and_a_dead_one_is_replaced(
         assert len(replaced) == 3
 
 
+@pytest.mark.servers  # runs `rollout api` (tests/tiers.py)
 def test_workers_must_be_a_positive_count() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "api", "--workers", "0"],

@@ -63,6 +63,7 @@ def test_hand_signed_manifest_verifies() -> None:
     assert ReleaseManifest(**hand_signed(SECRET)).has_valid_signature(SECRET)
 
 
+@pytest.mark.servers  # runs openssl (tests/tiers.py)
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_manifest_signed_with_openssl_verifies() -> None:
     fields = {
@@ -84,6 +85,7 @@ def test_manifest_signed_with_openssl_verifies() -> None:
     assert ReleaseManifest(**fields, signature=signature).has_valid_signature(SECRET)
 
 
+@pytest.mark.servers  # runs the CLI as a process (tests/tiers.py)
 def test_cli_output_verifies(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "m.json"
     subprocess.run(

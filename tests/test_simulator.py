@@ -57,7 +57,7 @@ async def registered(admin: httpx.AsyncClient, count: int) -> list[dict]:
 
 async def rollout_reaching(admin: httpx.AsyncClient, rollout_id: str, status: str) -> dict:
     """Polled gently: each GET queries the workflow, and the worker shares this event loop."""
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(180):
         while True:
             view = (await admin.get(f"/api/rollouts/{rollout_id}")).json()
             if view["status"] == status:
@@ -209,7 +209,7 @@ async def test_failing_smoke_rolls_back_and_the_rollout_pauses_itself(
     run = asyncio.create_task(simulate(options, out=live))
     await registered(admin, 10)
     rollout = await release_and_roll_out(admin, settings, batchSize=5, autoAdvance=True)
-    figures = await asyncio.wait_for(run, 45)
+    figures = await asyncio.wait_for(run, 180)
 
     assert "stopping: no job for 1.5 s" in live.getvalue()
     view = (await admin.get(f"/api/rollouts/{rollout['id']}")).json()
