@@ -22,6 +22,7 @@ def document() -> dict[str, Any]:
     return create_app(settings).openapi()
 
 
+@pytest.mark.servers  # /version runs `git rev-parse` for the commit
 async def test_the_document_and_version_name_the_same_version(document: dict[str, Any]) -> None:
     answer = await system.version()
     assert document["info"]["version"] == answer["version"] == package_version()
