@@ -110,17 +110,24 @@ class DevStack:
     async def answer(self, path: str) -> dict:
         """The first 200 answer of `path` (the stack may be restarting a part meanwhile)."""
 
+        last: list[str] = []
+
         async def probe() -> dict | None:
             if self.process is not None and self.process.returncode is not None:
                 raise AssertionError(f"rollout dev exited: {self.log()}")
             try:
                 async with httpx.AsyncClient(timeout=5) as client:
                     answer = await client.get(f"{self.url}{path}")
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                last[:] = [repr(exc)]
                 return None
+            last[:] = [f"{answer.status_code} {answer.text}"]
             return answer.json() if answer.status_code == 200 else None
 
-        return await eventually(probe, timeout=90, interval=0.2)
+        try:
+            return await eventually(probe, timeout=90, interval=0.2)
+        except AssertionError:
+            raise AssertionError(f"no 200 from {path}: {last}; output:\n{self.log()}") from None
 
     async def healthy(self) -> dict:
         return await self.answer("/health/ready")
