@@ -3,6 +3,7 @@ restart, and nothing left running after Ctrl-C."""
 
 import asyncio
 import os
+import random
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -11,13 +12,27 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.ports import free_port
+from devstack.ports import free_port, port_is_free
 from devstack.secrets import load_or_create
 from tests.fixtures_temporal import eventually
 from tests.manifests import hand_signed
 
 # Runs `rollout dev` (tests/tiers.py).
 pytestmark = pytest.mark.servers
+
+
+def lasting_ports(count: int) -> list[int]:
+    """Free ports that stay free until the stack binds them, and again while a killed part
+    restarts: outside the ephemeral range, which the kernel hands to every outgoing connection on
+    the machine (and `free_port()` to every other test). Taken from that range, a port chosen
+    seconds before the stack binds it was, beside a busy suite, sometimes taken meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: set[int] = set()
+    while len(ports) < count:
+        port = random.randrange(10_000, low) if low > 10_000 else free_port()
+        if port_is_free(port):
+            ports.add(port)
+    return sorted(ports)
 
 
 def descendants(pid: int) -> set[int]:
@@ -58,7 +73,8 @@ class DevStack:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.ports = {name: free_port() for name in ("API", "POSTGRES", "TEMPORAL", "TEMPORAL_UI")}
+        names = ("API", "POSTGRES", "TEMPORAL", "TEMPORAL_UI")
+        self.ports = dict(zip(names, lasting_ports(len(names)), strict=True))
         self.url = f"http://127.0.0.1:{self.ports['API']}"
         self.process: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
@@ -110,17 +126,24 @@ class DevStack:
     async def answer(self, path: str) -> dict:
         """The first 200 answer of `path` (the stack may be restarting a part meanwhile)."""
 
+        last: list[str] = []
+
         async def probe() -> dict | None:
             if self.process is not None and self.process.returncode is not None:
                 raise AssertionError(f"rollout dev exited: {self.log()}")
             try:
                 async with httpx.AsyncClient(timeout=5) as client:
                     answer = await client.get(f"{self.url}{path}")
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                last[:] = [repr(exc)]
                 return None
+            last[:] = [f"{answer.status_code} {answer.text}"]
             return answer.json() if answer.status_code == 200 else None
 
-        return await eventually(probe, timeout=90, interval=0.2)
+        try:
+            return await eventually(probe, timeout=90, interval=0.2)
+        except AssertionError:
+            raise AssertionError(f"no 200 from {path}: {last}; output:\n{self.log()}") from None
 
     async def healthy(self) -> dict:
         return await self.answer("/health/ready")
