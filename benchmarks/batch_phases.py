@@ -64,6 +64,19 @@ class RolloutPhases(BaseModel):
     batches: list[BatchPhases]
 
     @property
+    def control_plane_seconds(self) -> float:
+        """Per batch, release to first handout and last report to the next release (or the
+        end): the time the control plane adds between its agents' work."""
+        total = 0.0
+        for b in self.batches:
+            end = b.next_release_at or self.finished_at
+            if b.first_handout_at is not None:
+                total += (b.first_handout_at - b.released_at).total_seconds()
+            if b.last_terminal_report_at is not None and end is not None:
+                total += (end - b.last_terminal_report_at).total_seconds()
+        return total
+
+    @property
     def agents_work_seconds(self) -> float:
         """The sum of each batch's slowest job: the rollout's wall time with no overhead."""
         return sum(b.slowest_job_seconds or 0.0 for b in self.batches)

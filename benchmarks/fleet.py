@@ -294,7 +294,8 @@ def advance_to_handout_ms(figures: Figures, advanced_at: dict[int, float]) -> di
 
 def control_plane_figures(result: BenchmarkResult) -> str:
     """The two figures the control plane is judged by: its CPU per job (everything but the
-    simulator) and the rollout's wall time over the agents' own work."""
+    simulator), and its own share of the wall time: per batch, release to first handout plus
+    last report to the next release, which is what the control plane adds to its agents' work."""
     jobs = sum(batch.jobs for phases in result.phases for batch in phases.batches)
     cpu = sum(s for part, s in result.rollout_cpu_seconds.items() if part != "simulator")
     lines = [
@@ -304,11 +305,11 @@ def control_plane_figures(result: BenchmarkResult) -> str:
         if phases.finished_at is None:
             continue
         wall = (phases.finished_at - phases.created_at).total_seconds()
-        work = phases.agents_work_seconds
-        over = f"{(wall / work - 1):+.1%}" if work else "-"
+        own = phases.control_plane_seconds
         lines.append(
-            f"rollout {phases.rollout_id}: {wall:.1f} s; agents' own work {work:.1f} s"
-            f" (each batch's slowest job, summed): {over} over it"
+            f"rollout {phases.rollout_id}: {wall:.1f} s, of which the control plane's turnaround"
+            f" {own:.1f} s ({own / wall:.1%}); slowest jobs (first to last report) summed"
+            f" {phases.agents_work_seconds:.1f} s"
         )
     return "\n".join(lines)
 
