@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 
 from api.agents.replies import AgentError, reply_context, signed_response
 from contract.text import storable
-from services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
+from services.errors import Conflict, Forbidden, Invalid, NotFound, Replayed, ServiceError
 from temporal_client.rollouts import RolloutUnavailable
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ REFUSAL_STATUS: dict[type[ServiceError], int] = {
     Forbidden: 403,
     Conflict: 409,
     Invalid: 422,
+    Replayed: 401,
 }
 # Agents retry on 503 and need no more than this; an operator is told what happened.
 AGENT_UNAVAILABLE = "the rollout engine (Temporal) is unavailable; retry later"

@@ -19,3 +19,7 @@ class Conflict(ServiceError):
 
 class Forbidden(ServiceError):
     """The caller may not act on this (403)."""
+
+
+class Replayed(ServiceError):
+    """An agent request's nonce was already used: refused as a failed authentication (401)."""

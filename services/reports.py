@@ -7,11 +7,13 @@ workflow heard of it (if it needs to). Anything that fails before then leaves no
 so the agent's retry is the first report again.
 """
 
+from datetime import datetime
+
 import asyncpg
 from pydantic import BaseModel
 
 from contract.wire import TERMINAL_JOB_STATUSES, JobStatus, ReportRequest
-from services.errors import Conflict, Forbidden, NotFound
+from services.errors import Conflict, Forbidden, NotFound, Replayed
 from store import jobs
 from store.jobs import Job
 from temporal_client.report_signals import ReportSignals
@@ -29,10 +31,25 @@ class Accepted(BaseModel):
     duplicate: bool  # the same report again: nothing changed
 
 
-async def accept(pool: asyncpg.Pool, signals: ReportSignals, report: ReportRequest) -> Accepted:
-    """Raises NotFound, Forbidden, Conflict (contradicts a settled status) or, when the
-    workflow must hear of it and cannot, RolloutUnavailable."""
-    job = await jobs.get(pool, report.jobId)
+async def accept(
+    pool: asyncpg.Pool,
+    signals: ReportSignals,
+    report: ReportRequest,
+    *,
+    nonce_expires_at: datetime,
+) -> Accepted:
+    """Claims the report's nonce (Replayed), then raises NotFound, Forbidden, Conflict
+    (contradicts a settled status) or, when the workflow must hear of it and cannot,
+    RolloutUnavailable."""
+    fresh, job = await jobs.get_claiming_nonce(
+        pool,
+        report.jobId,
+        instance_id=report.instanceId,
+        nonce=report.nonce,
+        expires_at=nonce_expires_at,
+    )
+    if not fresh:
+        raise Replayed(f"nonce {report.nonce} already used")
     if job is None:
         raise NotFound(f"job {report.jobId} not found")
     if job.instance_id != report.instanceId:

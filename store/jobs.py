@@ -9,11 +9,13 @@ and ending, so its step is written only where no report has set one.
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
 from contract.wire import ReportRequest
 from domain.jobs import JobWrite
+from store import nonces
 from store.statuses import OPEN_JOBS, job_moves_forward
 
 _COLUMNS = (
@@ -74,6 +76,33 @@ async def cancel_open(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM update_jobs WHERE id = $1", job_id)
     return _job(row) if row else None
+
+
+class NonceAndJob(NamedTuple):
+    fresh: bool  # False: the nonce was already used by this instance
+    job: Job | None
+
+
+_GET_CLAIMING_NONCE = f"""
+WITH claimed AS ({nonces.CLAIM})
+SELECT EXISTS (SELECT FROM claimed) AS fresh, j.*
+    FROM (VALUES (1)) AS one LEFT JOIN (SELECT {_COLUMNS} FROM update_jobs WHERE id = $4) j ON true
+"""
+
+
+async def get_claiming_nonce(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    job_id: str,
+    *,
+    instance_id: str,
+    nonce: str,
+    expires_at: datetime,
+) -> NonceAndJob:
+    """The job, read by the statement that claims the request's nonce: a report's first round
+    trip does both (the report path is on every batch's critical path)."""
+    row = await conn.fetchrow(_GET_CLAIMING_NONCE, instance_id, nonce, expires_at, job_id)
+    assert row is not None  # the statement always answers one row
+    return NonceAndJob(fresh=row["fresh"], job=_job(row) if row["id"] is not None else None)
 
 
 # The report moves the job and is appended to job_reports in one statement (one round trip, one

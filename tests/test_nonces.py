@@ -4,23 +4,26 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from store import nonces
+from store import jobs, nonces
+
+
+async def _claim(
+    db: asyncpg.Connection, instance_id: str, nonce: str, expires_at: datetime
+) -> bool:
+    """As a report claims its nonce: in the statement that reads its job (here, none)."""
+    fresh, job = await jobs.get_claiming_nonce(
+        db, "no-such-job", instance_id=instance_id, nonce=nonce, expires_at=expires_at
+    )
+    assert job is None
+    return fresh
 
 
 async def test_a_nonce_is_refused_until_it_expires_then_swept(db: asyncpg.Connection) -> None:
     now = datetime.now(UTC)
-    assert await nonces.claim(
-        db, instance_id="web-1", nonce="n" * 16, expires_at=now + timedelta(minutes=5)
-    )
-    assert not await nonces.claim(
-        db, instance_id="web-1", nonce="n" * 16, expires_at=now + timedelta(minutes=5)
-    )
-    assert await nonces.claim(
-        db, instance_id="web-2", nonce="n" * 16, expires_at=now + timedelta(minutes=5)
-    )
-    assert await nonces.claim(
-        db, instance_id="web-1", nonce="o" * 16, expires_at=now - timedelta(seconds=1)
-    )
+    assert await _claim(db, "web-1", "n" * 16, now + timedelta(minutes=5))
+    assert not await _claim(db, "web-1", "n" * 16, now + timedelta(minutes=5))
+    assert await _claim(db, "web-2", "n" * 16, now + timedelta(minutes=5))
+    assert await _claim(db, "web-1", "o" * 16, now - timedelta(seconds=1))
 
     assert await nonces.delete_expired(db) == 1
     remaining = await db.fetch("SELECT instance_id, nonce FROM agent_nonces ORDER BY instance_id")

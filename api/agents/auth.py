@@ -33,7 +33,6 @@ from contract.wire import (
     AgentRequest,
 )
 from server.settings import ApiSettings
-from store import nonces
 
 log = logging.getLogger(__name__)
 _INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
@@ -93,8 +92,8 @@ class Verified(Generic[T]):
 
 
 async def authenticated(request: Request, model: type[T]) -> Verified[T]:
-    """Every check but the nonce's, which the route claims: a poll claims it in the same
-    statement as the rest of its database work (store.polls), anything else with `verified`.
+    """Every check but the nonce's, which the route claims in the same statement as the rest
+    of its database work (store.polls, store.jobs.get_claiming_nonce).
 
     Called by the agent routes themselves rather than as a FastAPI dependency: polls are the
     hottest path of the API, and dependency solving cost more than the checks.
@@ -150,17 +149,3 @@ async def authenticated(request: Request, model: type[T]) -> Verified[T]:
             nonce=body.nonce,
         )
     return Verified(body=body, secret=secret, nonce_expires_at=max(now, sent_at) + _WINDOW)
-
-
-async def verified(request: Request, model: type[T]) -> Verified[T]:
-    """`authenticated`, and the nonce claimed in the table every API process shares."""
-    call = await authenticated(request, model)
-    fresh = await nonces.claim(
-        request.app.state.pool,
-        instance_id=call.body.instanceId,
-        nonce=call.body.nonce,
-        expires_at=call.nonce_expires_at,
-    )
-    if not fresh:
-        raise call.replayed()
-    return call

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 from fastapi import Request
@@ -58,23 +58,38 @@ LISTENER_APPLICATION_NAME = "rollout-dispatch-listener"
 _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Hold:
-    """One poll's permission to wait; `seconds` is 0 for a poll answered at once."""
+    """One poll's permission to wait; `seconds` is 0 for a poll answered at once.
+
+    Ten thousand may be held at once, so a hold is small: one future per wait, one timer, and
+    one task for the whole hold watching for the agent hanging up."""
 
     request: Request
     seconds: int
-    _woken: asyncio.Event = field(default_factory=asyncio.Event)
+    _wakeup: asyncio.Future[bool] | None = None  # while waiting
+    _woken: bool = False  # woken while not waiting (between its look and its wait)
+    _hang_up: asyncio.Task[None] | None = None
     _deadline: float = 0.0
     _over: bool = False
 
     def wake(self) -> None:
-        self._woken.set()
+        self._settle(True)
 
     def end(self) -> None:
         """The process stops: answer now, with what the poll has."""
         self._over = True
-        self._woken.set()
+        self._settle(False)
+
+    def close(self) -> None:
+        if self._hang_up is not None:
+            self._hang_up.cancel()
+
+    def _settle(self, woken: bool) -> None:
+        if self._wakeup is None:
+            self._woken = self._woken or woken
+        elif not self._wakeup.done():
+            self._wakeup.set_result(woken)
 
     async def woken(self) -> bool:
         """Waits until this poll should check again (True) or its hold is over (False): the
@@ -85,24 +100,26 @@ class Hold:
         if not self._deadline:
             self._deadline = loop.time() + self.seconds
         remaining = self._deadline - loop.time()
-        if remaining <= 0:
+        if remaining <= 0 or (self._hang_up is not None and self._hang_up.done()):
             return False
-        woken = asyncio.ensure_future(self._woken.wait())
-        hung_up = asyncio.ensure_future(self._disconnect())
+        if self._woken:
+            self._woken = False
+            return True
+        if self._hang_up is None:
+            self._hang_up = asyncio.ensure_future(self._disconnect())
+        self._wakeup = loop.create_future()
+        timer = loop.call_later(remaining, self._settle, False)
         try:
-            done, _ = await asyncio.wait(
-                {woken, hung_up}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
+            return await self._wakeup and not self._over
         finally:
-            woken.cancel()
-            hung_up.cancel()
-        self._woken.clear()
-        return woken in done and not self._over
+            timer.cancel()
+            self._wakeup = None
 
     async def _disconnect(self) -> None:
         """Returns when the client goes away (its body was read in full before the hold)."""
         while (await self.request.receive())["type"] != "http.disconnect":
             pass
+        self._settle(False)
 
 
 class Dispatcher:
@@ -157,6 +174,7 @@ class Dispatcher:
         try:
             yield hold
         finally:
+            hold.close()
             self._count -= 1
             HELD_POLLS.dec()
             waiting = self._held[instance_id]
