@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import httpx
 
 from cli.errors import fail
+from cli.terminal import terminal_safe
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -37,22 +38,26 @@ class AdminApi:
         self._refused(f"{response.status_code} {response.reason_phrase}: {detail}")
 
     def _refused(self, reason: str) -> NoReturn:
-        print(f"{self.command}: {reason}", file=sys.stderr)
+        # The API's `detail` may quote what a host or a request sent (a reason, an id).
+        print(f"{self.command}: {terminal_safe(reason)}", file=sys.stderr)
         raise SystemExit(1)
 
 
 def print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, sort_keys=True))
+    """Safe for a terminal as it is: ASCII JSON escapes every control and non-ASCII character
+    (cli.terminal)."""
+    print(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=True))
 
 
 CELL_WIDTH = 80
 
 
 def _cell(value: Any) -> str:
-    """One line per row: multi-line messages are folded and long ones cut (see --json)."""
+    """One line per row: multi-line messages are folded and long ones cut (see --json); what a
+    terminal would act on is shown escaped (cli.terminal)."""
     if value is None:
         return "-"
-    text = " ".join(str(value).split())
+    text = " ".join(terminal_safe(str(value), multiline=True).split())
     return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
 
 

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from cli.admin_http import AdminApi, print_json, print_table
+from cli.terminal import terminal_safe
 
 COLUMNS = [
     ("JOB", "id"),
@@ -60,17 +61,16 @@ def _took(step: dict[str, Any]) -> str | None:
     return f"{seconds:.1f}s"
 
 
-def _printable(line: str) -> str:
-    """Step output is the host's: its control characters must not drive the terminal."""
-    return "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in line)
-
-
 def show(job: dict[str, Any]) -> None:
-    """The job, a line per step, then the output of each step that has some."""
+    """The job, a line per step, then the output of each step that has some. Every field is
+    the API's, and the output is the host's: all of it goes through cli.terminal."""
     where = f" at {job['step']}" if job.get("step") else ""
-    print(f"job {job['id']}  {job['status'].upper()}{where}")
-    print(f"  rollout {job['rolloutId']}  batch {job['batch']}  attempt {job['attempt']}")
-    print(f"  instance {job['instanceId']}  deadline {job['deadline']}")
+    head = [
+        f"job {job['id']}  {job['status'].upper()}{where}",
+        f"  rollout {job['rolloutId']}  batch {job['batch']}  attempt {job['attempt']}",
+        f"  instance {job['instanceId']}  deadline {job['deadline']}",
+    ]
+    print("\n".join(terminal_safe(line) for line in head))
     print()
     timeline = job.get("timeline", [])
     if not timeline:
@@ -79,5 +79,6 @@ def show(job: dict[str, Any]) -> None:
     print_table([{**step, "took": _took(step)} for step in timeline], TIMELINE_COLUMNS)
     for step in timeline:
         if step.get("message"):
-            print(f"\n{step['step']} output:")
-            print("\n".join("  " + _printable(line) for line in step["message"].splitlines()))
+            print(terminal_safe(f"\n{step['step']} output:", multiline=True))
+            output = terminal_safe(step["message"], multiline=True)
+            print("\n".join("  " + line for line in output.splitlines()))

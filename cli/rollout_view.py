@@ -3,6 +3,8 @@
 from collections import Counter
 from typing import Any
 
+from cli.terminal import terminal_safe
+
 SETTLED_OK = {"succeeded"}
 FAILED = {"failed", "rolled_back", "rollback_failed", "timed_out"}
 UNREACHABLE = "unreachable"  # never polled for its job: counted apart from the failures
@@ -63,4 +65,6 @@ def render(rollout: dict[str, Any]) -> str:
     lines += [failure_line(f) for f in rollout.get("failures", [])]
     if rollout.get("stale"):
         lines.append("  (stale: the rollout engine did not answer; this is the last stored view)")
-    return "\n".join(lines)
+    # A pause reason is anyone's text, a failure names what a host reported: each line is made
+    # inert as a whole, so an escape or a newline in a field cannot draw over the view.
+    return "\n".join(terminal_safe(line) for line in lines)
