@@ -20,6 +20,10 @@ AGENT_VERSION_PATTERN = r"^[!-~]{1,64}$"
 NONCE_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
 MAX_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 4 * 1024
+# A job stores at most this many `in_progress` reports, then only its final one: an agent
+# reports each step's start once (9 in all), so this is room for restarts, and a bound on what a
+# job's timeline answers (each report's message is up to MAX_MESSAGE_BYTES).
+MAX_PROGRESS_REPORTS_PER_JOB = 32
 SIGNATURE_WINDOW_SECONDS = 300
 AGENT_SIGNATURE_HEADER = "x-agent-signature"
 RESPONSE_SIGNATURE_HEADER = "x-cp-signature"

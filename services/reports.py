@@ -5,6 +5,11 @@ A report answered 2xx is stored: the job's row and the append-only job_reports m
 in one statement (one round trip: the report path is on every batch's critical path), after the
 workflow heard of it (if it needs to). Anything that fails before then leaves nothing behind,
 so the agent's retry is the first report again.
+
+Once a job's final report is stored its outcome and step are settled for good: the same report
+again is a duplicate (200, nothing stored), any other is a contradiction (409). A job stores at
+most MAX_PROGRESS_REPORTS_PER_JOB `in_progress` reports (409 past them; its final report is
+still taken), so no agent can grow a job's timeline without bound.
 """
 
 from datetime import datetime
@@ -12,10 +17,15 @@ from datetime import datetime
 import asyncpg
 from pydantic import BaseModel
 
-from contract.wire import TERMINAL_JOB_STATUSES, JobStatus, ReportRequest
+from contract.wire import (
+    MAX_PROGRESS_REPORTS_PER_JOB,
+    TERMINAL_JOB_STATUSES,
+    JobStatus,
+    ReportRequest,
+)
 from services.errors import Conflict, Forbidden, NotFound, Replayed
 from store import jobs
-from store.jobs import Job
+from store.jobs import Job, ReportedJob
 from temporal_client.report_signals import ReportSignals
 from temporal_client.rollouts import RolloutGone
 from workflows.rollout_models import JobReportSignal
@@ -39,8 +49,8 @@ async def accept(
     nonce_expires_at: datetime,
 ) -> Accepted:
     """Claims the report's nonce (Replayed), then raises NotFound, Forbidden, Conflict
-    (contradicts a settled status) or, when the workflow must hear of it and cannot,
-    RolloutUnavailable."""
+    (contradicts a settled job, or an `in_progress` report past the bound) or, when the workflow
+    must hear of it and cannot, RolloutUnavailable."""
     fresh, job = await jobs.get_claiming_nonce(
         pool,
         report.jobId,
@@ -54,25 +64,55 @@ async def accept(
         raise NotFound(f"job {report.jobId} not found")
     if job.instance_id != report.instanceId:
         raise Forbidden(f"job {report.jobId} belongs to another instance")
-    if (job.status, job.step) == (report.status, report.step):
+    if _is_duplicate(job, report):
         return Accepted(job=job, status=job.status, duplicate=True)
-    settled = job.status in TERMINAL_JOB_STATUSES
-    if settled and job.status != report.status:
-        raise _contradiction(report, job.status)
     # Only what changes the workflow's decisions is signalled: a job starting or ending. A
     # report agreeing with a settled status (a retry the workflow heard of) still sets the step.
-    if not settled and (report.status != "in_progress" or job.status == "pending"):
+    if job.status not in TERMINAL_JOB_STATUSES and (
+        report.status != "in_progress" or job.status == "pending"
+    ):
         await _signal_workflow(signals, report, job.rollout_id)
-    status = await jobs.apply_report(pool, report)
-    if status != report.status:
-        raise _contradiction(report, status)  # settled meanwhile; nothing was stored
-    return Accepted(job=job, status=report.status, duplicate=False)
+    latest = job
+    # A second attempt only when the row changed between the statement's read and its write
+    # (the job settled meanwhile): the next statement reads the change and says why.
+    for _ in range(2):
+        applied = await jobs.apply_report(pool, report)
+        if applied.stored:
+            return Accepted(job=job, status=report.status, duplicate=False)
+        latest = applied.job
+        if _is_duplicate(latest, report):
+            return Accepted(job=job, status=latest.status, duplicate=True)
+    raise _contradiction(report, latest)
 
 
-def _contradiction(report: ReportRequest, settled_status: str) -> Conflict:
-    return Conflict(
-        f"job {report.jobId} is already {settled_status}; a {report.status} report contradicts it"
-    )
+def _is_duplicate(job: ReportedJob, report: ReportRequest) -> bool:
+    """True: the job already says what the report says (nothing to store); False: the job takes
+    the report. Raises Conflict when it never will."""
+    same = (job.status, job.step) == (report.status, report.step)
+    if job.final_reported:
+        if same:
+            return True
+        raise _contradiction(report, job)  # settled by its final report: for good
+    if job.status in TERMINAL_JOB_STATUSES:
+        if job.status != report.status:
+            raise _contradiction(report, job)
+        return False  # its first final report, after the workflow wrote the end: sets the step
+    if report.status == "in_progress":
+        if same:
+            return True
+        if job.reports_stored >= MAX_PROGRESS_REPORTS_PER_JOB:
+            raise Conflict(
+                f"job {report.jobId} has {job.reports_stored} in_progress reports stored, the"
+                f" most one job keeps ({MAX_PROGRESS_REPORTS_PER_JOB}); only its final report is"
+                " taken now"
+            )
+    return False
+
+
+def _contradiction(report: ReportRequest, job: ReportedJob) -> Conflict:
+    settled = f"{job.status} at {job.step}" if job.final_reported and job.step else job.status
+    sent = f"{report.status} report at {report.step}" if report.step else f"{report.status} report"
+    return Conflict(f"job {report.jobId} is already {settled}; a {sent} contradicts it")
 
 
 async def _signal_workflow(signals: ReportSignals, report: ReportRequest, rollout_id: str) -> None:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from contract.wire import ReportRequest
+from contract.wire import MAX_PROGRESS_REPORTS_PER_JOB, ReportRequest
 from domain.jobs import JobWrite
 from store import nonces
 from store.statuses import OPEN_JOBS, job_moves_forward
@@ -78,15 +78,31 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> Job | Non
     return _job(row) if row else None
 
 
+class ReportedJob(Job):
+    """A job with what its reports fixed: how many it stored (bounded), and whether its final
+    one is among them (then its outcome and step never change again)."""
+
+    reports_stored: int
+    final_reported: bool
+
+
+_REPORTED_COLUMNS = f"{_COLUMNS}, reports_stored, final_reported"
+
+
+def _reported_job(row: asyncpg.Record) -> ReportedJob | None:
+    return ReportedJob.model_validate(dict(row)) if row["id"] is not None else None
+
+
 class NonceAndJob(NamedTuple):
     fresh: bool  # False: the nonce was already used by this instance
-    job: Job | None
+    job: ReportedJob | None
 
 
 _GET_CLAIMING_NONCE = f"""
 WITH claimed AS ({nonces.CLAIM})
 SELECT EXISTS (SELECT FROM claimed) AS fresh, j.*
-    FROM (VALUES (1)) AS one LEFT JOIN (SELECT {_COLUMNS} FROM update_jobs WHERE id = $4) j ON true
+    FROM (VALUES (1)) AS one
+        LEFT JOIN (SELECT {_REPORTED_COLUMNS} FROM update_jobs WHERE id = $4) j ON true
 """
 
 
@@ -102,34 +118,42 @@ async def get_claiming_nonce(
     trip does both (the report path is on every batch's critical path)."""
     row = await conn.fetchrow(_GET_CLAIMING_NONCE, instance_id, nonce, expires_at, job_id)
     assert row is not None  # the statement always answers one row
-    return NonceAndJob(fresh=row["fresh"], job=_job(row) if row["id"] is not None else None)
+    return NonceAndJob(fresh=row["fresh"], job=_reported_job(row))
 
 
 # The report moves the job and is appended to job_reports in one statement (one round trip, one
-# commit): a report is stored by both or by neither. Appended only when the row took the report.
+# commit): a report is stored by both or by neither. Taken only by a job its final report has
+# not settled yet (a job the workflow settled first still takes that report, for the step it
+# ended on), and an `in_progress` one only below the bound. The row is read back as it was
+# before the statement: when the report was not taken, it says why.
 _APPLY_REPORT = f"""
 WITH moved AS (
     UPDATE update_jobs SET status = $2, step = COALESCE($3, step),
-        message = COALESCE($4, message), updated_at = now()
-    WHERE id = $1 AND (status = $2 OR {job_moves_forward("status", "$2")})
-    RETURNING status
+        message = COALESCE($4, message), updated_at = now(),
+        reports_stored = reports_stored + 1, final_reported = $2 <> 'in_progress'
+    WHERE id = $1 AND NOT final_reported
+        AND (status = $2 OR {job_moves_forward("status", "$2")})
+        AND ($2 <> 'in_progress' OR reports_stored < {MAX_PROGRESS_REPORTS_PER_JOB})
+    RETURNING 1
 ), appended AS (
     INSERT INTO job_reports (job_id, instance_id, status, step, message, nonce)
     SELECT $1, $5, $2, $3, $4, $6 FROM moved
 )
-SELECT COALESCE((SELECT status FROM moved), (SELECT status FROM update_jobs WHERE id = $1))
+SELECT EXISTS (SELECT FROM moved) AS stored, {_REPORTED_COLUMNS} FROM update_jobs WHERE id = $1
 """
 
 
-async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest) -> str:
-    """Move the job forward by an agent's report and append the report to job_reports; returns
-    the job's status afterwards.
+class Applied(NamedTuple):
+    stored: bool  # the job took the report, and job_reports has it
+    job: ReportedJob  # as it was before: when not stored, why not
 
-    A report never moves a settled job: the returned status then differs from the report's,
-    and nothing was written. One agreeing with a status the workflow wrote first still sets
-    the step it ended on.
-    """
-    status = await conn.fetchval(
+
+async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest) -> Applied:
+    """Move the job forward by an agent's report and append the report to job_reports, or
+    neither: a report never moves a job its final report settled, never changes its step, and
+    past MAX_PROGRESS_REPORTS_PER_JOB an `in_progress` one is not taken. One agreeing with a
+    status the workflow wrote first still sets the step it ended on."""
+    row = await conn.fetchrow(
         _APPLY_REPORT,
         report.jobId,
         report.status,
@@ -138,7 +162,10 @@ async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRe
         report.instanceId,
         report.nonce,
     )
-    return str(status)
+    assert row is not None  # the report's job was read before; jobs are never deleted
+    job = _reported_job(row)
+    assert job is not None
+    return Applied(stored=row["stored"], job=job)
 
 
 async def reported_steps(

@@ -63,3 +63,43 @@ async def test_two_processes_migrating_at_once_do_not_collide(postgres_server: s
         assert sorted(names) == [name for name, _ in migration_files()]
     finally:
         await conn.close()
+
+
+async def test_report_bounds_count_the_reports_jobs_already_stored(postgres_server: str) -> None:
+    """0007 counts each job's stored reports, so a job that already has many takes no more
+    starts, and marks the jobs whose final report is stored."""
+    dsn = await _fresh_database(postgres_server, "migrate_report_bounds")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY)")
+        for name, sql in migration_files():
+            if name < "0007":
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1)", name)
+        await conn.execute(
+            "INSERT INTO releases VALUES ('rel', '1.0.0', 'stable', 'abcdef0', false, null,"
+            " '2026-01-01T00:00:00Z', 'sig');"
+            "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
+            " auto_advance, bake_seconds, max_failures, job_timeout_seconds, status, created_by)"
+            " VALUES ('r', 'rollout-r', 'rel', '1.0.0', 'stable', 1, false, 0, 0, 60, 'running',"
+            " 'admin');"
+            "INSERT INTO update_jobs (id, rollout_id, instance_id, batch, attempt, status,"
+            " deadline) VALUES ('open', 'r', 'a', 1, 1, 'in_progress', now()),"
+            " ('done', 'r', 'b', 1, 1, 'failed', now()),"
+            " ('quiet', 'r', 'c', 1, 1, 'pending', now());"
+            "INSERT INTO job_reports (job_id, instance_id, status, step, nonce) VALUES"
+            " ('open', 'a', 'in_progress', 'pull', 'n1'),"
+            " ('open', 'a', 'in_progress', 'smoke', 'n2'),"
+            " ('done', 'b', 'in_progress', 'pull', 'n3'), ('done', 'b', 'failed', 'pull', 'n4')"
+        )
+        assert (await apply_migrations(conn))[0] == "0007_report_bounds.sql"
+        rows = await conn.fetch(
+            "SELECT id, reports_stored, final_reported FROM update_jobs ORDER BY id"
+        )
+        assert [tuple(r) for r in rows] == [
+            ("done", 2, True),
+            ("open", 2, False),
+            ("quiet", 0, False),
+        ]
+    finally:
+        await conn.close()

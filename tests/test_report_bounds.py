@@ -1,0 +1,81 @@
+"""A settled job's outcome is fixed by its final report, and a job stores a bounded number of
+reports (docs/protocol.md §5 and §7).
+
+The real API over HTTP with signed agent reports, on the time-skipping server with a real
+worker and PostgreSQL (fixtures of tests/test_job_steps.py)."""
+
+import asyncpg
+import httpx
+from temporalio.testing import WorkflowEnvironment
+
+from contract.wire import MAX_PROGRESS_REPORTS_PER_JOB
+from server.settings import ApiSettings
+from tests.test_job_steps import admin, agent_reports, started_job
+
+__all__ = ["admin"]  # the fixture, used by name
+
+
+async def stored(db: asyncpg.Connection, job_id: str) -> tuple[str, str, int]:
+    row = await db.fetchrow("SELECT status, step FROM update_jobs WHERE id = $1", job_id)
+    count = await db.fetchval("SELECT count(*) FROM job_reports WHERE job_id = $1", job_id)
+    return row["status"], row["step"], count
+
+
+async def test_a_settled_job_keeps_its_outcome_and_step(
+    admin: httpx.AsyncClient,
+    time_skipping_env: WorkflowEnvironment,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    _, job_id = await started_job(admin, db, ts_settings)
+    for step in ("preflight", "smoke"):
+        assert (await agent_reports(admin, job_id, "in_progress", step)).status_code == 200
+    final = await agent_reports(admin, job_id, "failed", "smoke")
+    assert final.status_code == 200, final.text
+    assert await stored(db, job_id) == ("failed", "smoke", 3)
+
+    # The same final report again: idempotent, nothing stored.
+    again = await agent_reports(admin, job_id, "failed", "smoke")
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "failed"
+    # The same status at another step, another final status, a start: refused, nothing stored.
+    for status, step in (("failed", "rollback"), ("failed", "health"), ("rolled_back", "smoke")):
+        refused = await agent_reports(admin, job_id, status, step)
+        assert refused.status_code == 409, refused.text
+        assert f"job {job_id} is already failed at smoke" in refused.json()["detail"]
+    late_start = await agent_reports(admin, job_id, "in_progress", "rollback")
+    assert late_start.status_code == 409, late_start.text
+    assert await stored(db, job_id) == ("failed", "smoke", 3)
+    listed = (await admin.get(f"/api/updates/jobs/{job_id}")).json()
+    assert (listed["status"], listed["step"]) == ("failed", "smoke")
+
+
+async def test_a_job_stores_a_bounded_number_of_reports_and_still_takes_its_final_one(
+    admin: httpx.AsyncClient,
+    time_skipping_env: WorkflowEnvironment,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    _, job_id = await started_job(admin, db, ts_settings)
+    # A step's start again is a duplicate (not stored); alternating steps are new reports.
+    steps = ("backup", "pull")
+    for n in range(MAX_PROGRESS_REPORTS_PER_JOB):
+        answer = await agent_reports(admin, job_id, "in_progress", steps[n % 2])
+        assert answer.status_code == 200, answer.text
+    assert await stored(db, job_id) == ("in_progress", "pull", MAX_PROGRESS_REPORTS_PER_JOB)
+
+    over = await agent_reports(admin, job_id, "in_progress", "migrate")
+    assert over.status_code == 409, over.text
+    detail = over.json()["detail"]
+    assert f"({MAX_PROGRESS_REPORTS_PER_JOB})" in detail and "final report" in detail
+    # The duplicate of the last start is still a duplicate, not a refusal.
+    assert (await agent_reports(admin, job_id, "in_progress", "pull")).status_code == 200
+    assert await stored(db, job_id) == ("in_progress", "pull", MAX_PROGRESS_REPORTS_PER_JOB)
+
+    # The job's end is never lost to the bound.
+    final = await agent_reports(admin, job_id, "succeeded", "health")
+    assert final.status_code == 200, final.text
+    assert await stored(db, job_id) == ("succeeded", "health", MAX_PROGRESS_REPORTS_PER_JOB + 1)
+    timeline = (await admin.get(f"/api/updates/jobs/{job_id}")).json()["timeline"]
+    assert len(timeline) == MAX_PROGRESS_REPORTS_PER_JOB + 1  # the last, health, was not started
+    assert (timeline[-1]["step"], timeline[-1]["outcome"]) == ("health", "succeeded")
