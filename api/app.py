@@ -11,6 +11,8 @@ from api.agents.held_polls import Dispatcher
 from api.agents.nonce_janitor import sweep_forever
 from api.agents.poll_batcher import PollBatcher
 from api.errors import DatabaseOutage, install_error_handlers, pool_reconnects_noted_as
+from api.metrics import Scraper
+from api.metrics_listener import MetricsListener
 from api.middleware.edge import EdgeGate
 from api.middleware.fast_lane import FastLane
 from api.middleware.request_timer import RequestTimer
@@ -50,12 +52,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
             max_held=settings.long_poll_max_held,
         )
         await app.state.dispatch.start()
+        app.state.scraper = Scraper(app.state.pool)
+        listener = _metrics_listener(settings, app.state.scraper)
+        if listener is not None:
+            await listener.start()
         janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))
         try:
             with pool_reconnects_noted_as(outage):
                 yield
         finally:
             janitor.cancel()
+            if listener is not None:
+                await listener.stop()
             await app.state.dispatch.stop()
             await app.state.pool.close()
 
@@ -82,7 +90,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(system.router)
     app.include_router(releases.router)
     app.include_router(instances.router)
-    app.include_router(metrics.router)
+    if settings.api_metrics_address is None:
+        app.include_router(metrics.router)
     app.include_router(rollouts.router)
     app.include_router(jobs.router)
     return app
+
+
+def _metrics_listener(settings: ApiSettings, scraper: Scraper) -> MetricsListener | None:
+    """/metrics on API_METRICS_ADDRESS instead of the API's port, when set."""
+    if settings.api_metrics_address is None:
+        return None
+    token = settings.api_metrics_token
+    return MetricsListener(
+        settings.api_metrics_address, scraper, token.get_secret_value() if token else None
+    )

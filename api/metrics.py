@@ -1,4 +1,9 @@
-"""Prometheus metrics of the API, served at /metrics.
+"""Prometheus metrics of the API, served at /metrics (or on API_METRICS_ADDRESS alone).
+
+Every label set is bounded whatever clients send: a request is labelled with its route's
+template (`unmatched` for no route) and its method only when that route serves it (`other`
+otherwise), so odd methods and paths cannot grow the answer. A scrape is one computation per
+process however many scrapers ask at once (`Scraper`).
 
 With several API processes (`rollout api --workers N`) a scrape lands on one of them, so each
 process writes its samples to files in `PROMETHEUS_MULTIPROC_DIR` (prometheus_client's
@@ -8,6 +13,8 @@ the processes, held polls summed over the living ones. The fleet gauges are read
 PostgreSQL at scrape time instead, so they are the same whichever process answers.
 """
 
+import asyncio
+import hmac
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +24,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+from starlette.types import Scope
 
 from store import jobs, rollouts
 
@@ -32,6 +40,36 @@ REQUEST_SECONDS = Histogram(
     "HTTP request latency by route template and method",
     ["route", "method", "status"],
 )
+
+
+UNMATCHED_ROUTE = "unmatched"
+OTHER_METHOD = "other"
+# What a route without its own list of methods (a mount: the docs' static files) serves.
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def request_labels(scope: Scope) -> tuple[str, str]:
+    """(route, method) of a request, from a bounded set: the route's template, or `unmatched`;
+    the method when the route serves it, else `other` (a 405, an unknown path, `FOO /`)."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if route is None or not isinstance(template, str):
+        return UNMATCHED_ROUTE, OTHER_METHOD
+    served = getattr(route, "methods", None) or _READ_METHODS
+    method = scope["method"]
+    return template, method if method in served else OTHER_METHOD
+
+
+def bearer_token_problem(expected: str | None, authorization: bytes | None) -> str | None:
+    """Why `authorization` (the raw header) does not carry `Bearer <expected>`, or None when
+    it does or no token is required (API_METRICS_TOKEN unset). Compared in constant time."""
+    if expected is None:
+        return None
+    if authorization is None:
+        return "missing authorization header (Bearer <API_METRICS_TOKEN>)"
+    if not hmac.compare_digest(authorization, b"Bearer " + expected.encode()):
+        return "invalid metrics token"
+    return None
 
 
 async def fleet_gauges(pool: asyncpg.Pool) -> list[Metric]:
@@ -77,3 +115,24 @@ def _forget_live_gauges_of_dead_processes(directory: str) -> None:
             mark_process_dead(pid, directory)
         except PermissionError:
             pass  # alive, owned by someone else
+
+
+class Scraper:
+    """Makes this process's exposition, once for every scrape that arrives while it is made:
+    ten scrapers at once cost one read of PostgreSQL and one rendering, not ten."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._current: asyncio.Future[bytes] | None = None
+
+    async def text(self) -> bytes:
+        if self._current is None:
+            self._current = asyncio.ensure_future(self._make())
+        # A scraper that hangs up does not cancel the scrape the others wait for.
+        return await asyncio.shield(self._current)
+
+    async def _make(self) -> bytes:
+        try:
+            return exposition(await fleet_gauges(self.pool))
+        finally:
+            self._current = None  # the next scrape reads anew

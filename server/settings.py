@@ -66,6 +66,10 @@ class ApiSettings(Settings):
     # it, plain).
     long_poll_max_seconds: int = Field(default=25, ge=0, le=300)
     long_poll_max_held: int = Field(default=500, ge=0)
+    # /metrics (api/metrics.py): a bearer token it requires, and an `IP:port` where it is served
+    # instead of on the API's port (api/metrics_listener.py). Unset: public, on the API's port.
+    api_metrics_token: SecretStr | None = None
+    api_metrics_address: str | None = Field(default=None, pattern=r"^\S+:\d{1,5}$")
 
     @field_validator("control_plane_admin_token", "control_plane_release_signing_secret")
     @classmethod
@@ -74,10 +78,15 @@ class ApiSettings(Settings):
         assert checked is not None
         return checked
 
-    @field_validator("control_plane_agent_token")
+    @field_validator("control_plane_agent_token", "api_metrics_token")
     @classmethod
-    def _refuse_weak_token(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_secret("CONTROL_PLANE_AGENT_TOKEN", value)
+    def _refuse_weak_token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        return _check_secret(str(info.field_name).upper(), value)
+
+    @field_validator("api_metrics_address", "api_metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("control_plane_agent_secrets", mode="before")
     @classmethod

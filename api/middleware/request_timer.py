@@ -1,11 +1,11 @@
-"""ASGI middleware timing every request by its route template (not its raw path: bounded labels),
-and writing its access line (api.middleware.access_log)."""
+"""ASGI middleware timing every request by its route template and method (bounded labels,
+api.metrics.request_labels), and writing its access line (api.middleware.access_log)."""
 
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.metrics import REQUEST_SECONDS
+from api.metrics import REQUEST_SECONDS, request_labels
 from api.middleware import access_log
 
 
@@ -33,10 +33,9 @@ class RequestTimer:
             answered = True  # Starlette's outermost middleware answers 500
             raise
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            REQUEST_SECONDS.labels(
-                route=template, method=scope["method"], status=str(status)
-            ).observe(time.perf_counter() - started)
+            route, method = request_labels(scope)
+            REQUEST_SECONDS.labels(route=route, method=method, status=str(status)).observe(
+                time.perf_counter() - started
+            )
             if answered:
                 access_log.note(scope, status)
