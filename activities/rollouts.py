@@ -39,10 +39,12 @@ def _unstorable_text_writes() -> MetricCounter:
 
 
 class RolloutActivities:
-    """Holds the worker's pool; its methods are registered as activities."""
+    """Holds the worker's pool; its methods are registered as activities. `stale_after_seconds`:
+    hosts not seen for longer are left out of new rollouts' targets (0: none is)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, stale_after_seconds: int = 0) -> None:
         self.pool = pool
+        self.stale_after_seconds = stale_after_seconds
 
     @activity.defn(name="snapshot_targets")
     async def snapshot_targets(self, input: SnapshotTargetsInput) -> SnapshotTargetsResult:
@@ -53,7 +55,11 @@ class RolloutActivities:
                 conn, channel=input.channel, version=input.version
             )
             count = await rollout_targets.snapshot(
-                conn, input.rollout_id, channel=input.channel, versions=versions
+                conn,
+                input.rollout_id,
+                channel=input.channel,
+                versions=versions,
+                stale_after_seconds=self.stale_after_seconds,
             )
         return SnapshotTargetsResult(target_count=count)
 

@@ -25,12 +25,16 @@ class AdminApi:
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.answer(method, path, **kwargs).json()
+
+    def answer(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The API's successful answer, headers and all; a refusal exits as `call` says."""
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             self._refused(f"cannot reach the control plane at {self.base_url} ({exc})")
         if response.is_success:
-            return response.json()
+            return response
         try:
             detail = response.json().get("detail", response.text)
         except ValueError:

@@ -52,6 +52,14 @@ def failure_line(failure: dict[str, Any]) -> str:
     )
 
 
+def left_out_line(entry: dict[str, Any]) -> str:
+    """Hosts of the channel the rollout did not target when it started, and why."""
+    count, shown = entry["count"], entry.get("instances", [])
+    names = ", ".join(shown) + (", …" if count > len(shown) else "")
+    hosts = "host" if count == 1 else "hosts"
+    return f"  left out: {count} {hosts} {entry['description']}: {names}"
+
+
 def render(rollout: dict[str, Any]) -> str:
     total = rollout.get("totalBatches", len(rollout.get("batches", [])))
     head = (
@@ -62,6 +70,7 @@ def render(rollout: dict[str, Any]) -> str:
     lines += [batch_line(b) for b in rollout.get("batches", [])]
     if rollout.get("pausedReason"):
         lines.append(f"  paused: {rollout['pausedReason']}")
+    lines += [left_out_line(entry) for entry in rollout.get("leftOut", [])]
     lines += [failure_line(f) for f in rollout.get("failures", [])]
     if rollout.get("stale"):
         lines.append("  (stale: the rollout engine did not answer; this is the last stored view)")

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     log_format: str = Field(default="text", pattern="^(text|json)$")
     # Worker only: how often it looks for rollouts whose workflow was closed from outside.
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+    # Hosts whose last poll is older than this are left out of new rollouts' targets, with the
+    # reason in the rollout (store.rollout_targets); 0: never. Read by the worker, which takes
+    # the targets, and the API, which shows it.
+    instance_stale_after_seconds: int = Field(default=7 * 86_400, ge=0, le=365 * 86_400)
 
     @field_validator("worker_metrics_address", mode="before")
     @classmethod
@@ -70,6 +74,8 @@ class ApiSettings(Settings):
     # instead of on the API's port (api/metrics_listener.py). Unset: public, on the API's port.
     api_metrics_token: SecretStr | None = None
     api_metrics_address: str | None = Field(default=None, pattern=r"^\S+:\d{1,5}$")
+    # New instance ids seen with CONTROL_PLANE_AGENT_TOKEN wait for an admin (services/instances).
+    new_instances_need_approval: bool = False
 
     @field_validator("control_plane_admin_token", "control_plane_release_signing_secret")
     @classmethod

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
+from store.instances import MAX_PENDING_INSTANCES
 from store.statuses import OPEN_JOBS, WITHHOLDING_ROLLOUTS
 
 # `last_seen_at` is rewritten at most this often while nothing else about the instance changes:
@@ -48,33 +49,46 @@ _HANDOUT = _handout_of("$1")
 # Data-modifying CTEs run exactly once, whether or not the final SELECT reads them. An instance
 # is recorded only from a poll whose nonce is fresh: a replayed request changes nothing. The
 # polls come sorted by (instance, nonce), so two statements in flight lock rows in one order.
+# A new instance is recorded in the state its poll was admitted as (`active`, or `pending` for
+# an admin's approval, while fewer than MAX_PENDING_INSTANCES wait); a decommissioned one is not
+# recorded at all. Only an `active` instance is handed a job; the state answered is the one the
+# poll left (recorded) or found (the row as it was).
 _POLLS = f"""
 WITH polled AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-            $6::text[], $7::int[])
+            $6::text[], $7::int[], $8::text[])
         WITH ORDINALITY AS p(instance_id, nonce, expires_at, channel, current_version,
-            agent_version, arrived, n)
+            agent_version, arrived, admit_as, n)
 ), claimed AS (
     INSERT INTO agent_nonces (instance_id, nonce, expires_at)
     SELECT instance_id, nonce, expires_at FROM polled ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING instance_id, nonce
 ), recorded AS (
-    INSERT INTO instances AS i (instance_id, channel, current_version, agent_version)
+    INSERT INTO instances AS i (instance_id, channel, current_version, agent_version, state)
     SELECT DISTINCT ON (p.instance_id) p.instance_id, p.channel, p.current_version,
-            p.agent_version
+            p.agent_version, p.admit_as
         FROM polled p JOIN claimed c USING (instance_id, nonce)
+        WHERE p.admit_as = 'active'
+            OR EXISTS (SELECT FROM instances k WHERE k.instance_id = p.instance_id)
+            OR (SELECT count(*) FROM instances WHERE state = 'pending')
+                < {MAX_PENDING_INSTANCES}
         ORDER BY p.instance_id, p.arrived DESC
     ON CONFLICT (instance_id) DO UPDATE SET channel = EXCLUDED.channel,
         current_version = EXCLUDED.current_version, agent_version = EXCLUDED.agent_version,
         last_seen_at = now()
-    WHERE (i.channel, i.current_version, i.agent_version)
+    WHERE i.state <> 'decommissioned' AND (
+        (i.channel, i.current_version, i.agent_version)
             IS DISTINCT FROM (EXCLUDED.channel, EXCLUDED.current_version, EXCLUDED.agent_version)
-        OR i.last_seen_at < now() - interval '{LAST_SEEN_RESOLUTION_SECONDS} seconds'
+        OR i.last_seen_at < now() - interval '{LAST_SEEN_RESOLUTION_SECONDS} seconds')
+    RETURNING instance_id, state
 )
-SELECT c.nonce IS NOT NULL AS fresh, h.*
+SELECT c.nonce IS NOT NULL AS fresh, COALESCE(r.state, k.state) AS state, h.*
     FROM polled p LEFT JOIN claimed c USING (instance_id, nonce)
-        LEFT JOIN LATERAL ({_handout_of("p.instance_id")}) h ON c.nonce IS NOT NULL
+        LEFT JOIN recorded r ON r.instance_id = p.instance_id
+        LEFT JOIN instances k ON k.instance_id = p.instance_id
+        LEFT JOIN LATERAL ({_handout_of("p.instance_id")}) h
+            ON c.nonce IS NOT NULL AND COALESCE(r.state, k.state) = 'active'
     ORDER BY p.n
 """
 
@@ -89,6 +103,8 @@ class Poll:
     channel: str
     current_version: str
     agent_version: str | None
+    # The state a new instance is recorded in: `pending` when an admin must approve it first.
+    admit_as: str = "active"
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,9 @@ class PollOutcome:
     # False: the nonce was already used by this instance, and nothing was written.
     fresh: bool
     found: Found = Found()
+    # The instance's state after the poll (store.instances); None: not recorded (a new id
+    # refused because MAX_PENDING_INSTANCES already wait). Only an `active` one gets a job.
+    state: str | None = "active"
 
 
 def _found(row: asyncpg.Record | None) -> Found:
@@ -153,10 +172,11 @@ async def record_many(
         [p.current_version for p in polls],
         [p.agent_version for p in polls],
         unique,
+        [p.admit_as for p in polls],
     )
     outcomes = [PollOutcome(fresh=False)] * len(many)
     for k, row in zip(unique, rows, strict=True):
-        outcomes[k] = PollOutcome(fresh=row["fresh"], found=_found(row))
+        outcomes[k] = PollOutcome(fresh=row["fresh"], found=_found(row), state=row["state"])
     return outcomes
 
 

@@ -1,5 +1,9 @@
 """rollout_targets: the instances a rollout updates, fixed when it starts, in batch order.
 
+Targets are the `active` instances of the channel below the release's version, seen within
+`stale_after_seconds` (INSTANCE_STALE_AFTER_SECONDS; 0: however long ago). The ones left out are
+counted by reason on the rollout's row (`left_out`, shown in its view) and in its audit.
+
 The snapshot is taken once per rollout: a retried activity finds it and answers from it, so a
 host that registers meanwhile cannot shift the batches already counted by the workflow. It is
 dropped in the write that records the rollout finished: nothing reads it after that, and a
@@ -12,7 +16,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from contract.wire import FINISHED_ROLLOUT_STATUSES
-from store import rollouts
+from store import audit, instances, rollouts
+from store.rollouts import LeftOut
 
 # Serialises snapshot attempts of one rollout (a timed-out attempt may still be running when its
 # retry starts); the key space is shared with store.migrate's lock, hence the distinct prefix.
@@ -20,7 +25,12 @@ _LOCK_PREFIX = "rollout_targets:"
 
 
 async def snapshot(
-    conn: asyncpg.Connection, rollout_id: str, *, channel: str, versions: Sequence[str]
+    conn: asyncpg.Connection,
+    rollout_id: str,
+    *,
+    channel: str,
+    versions: Sequence[str],
+    stale_after_seconds: int = 0,
 ) -> int:
     """Store the instances on `channel` at one of `versions` as the rollout's targets, in
     instance-id order, unless it has them already; returns how many targets the rollout has.
@@ -36,12 +46,59 @@ async def snapshot(
         status = await conn.execute(
             "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
             " SELECT $1, row_number() OVER (ORDER BY instance_id), instance_id FROM instances"
-            " WHERE channel = $2 AND current_version = ANY($3::text[])",
+            " WHERE channel = $2 AND current_version = ANY($3::text[]) AND state = 'active'"
+            " AND ($4::int = 0 OR last_seen_at >= now() - make_interval(secs => $4))",
             rollout_id,
             channel,
             list(versions),
+            stale_after_seconds,
         )
+        excluded = await instances.excluded_from_targets(
+            conn, channel=channel, versions=versions, stale_after_seconds=stale_after_seconds
+        )
+        if excluded:
+            await _record_left_out(conn, rollout_id, excluded, stale_after_seconds)
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
+
+
+def _words(reason: str, stale_after_seconds: int) -> str:
+    if reason == "not_seen":
+        days, rest = divmod(stale_after_seconds, 86_400)
+        if days and not rest:
+            span = f"{days} day" + ("" if days == 1 else "s")
+        else:
+            span = f"{stale_after_seconds} s"
+        return f"not seen for over {span} (INSTANCE_STALE_AFTER_SECONDS)"
+    if reason == "pending":
+        return "awaiting an admin's approval"
+    return "decommissioned"
+
+
+async def _record_left_out(
+    conn: asyncpg.Connection,
+    rollout_id: str,
+    excluded: Sequence[instances.Excluded],
+    stale_after_seconds: int,
+) -> None:
+    left_out = [
+        LeftOut.model_validate(
+            {
+                "reason": e.reason,
+                "description": _words(e.reason, stale_after_seconds),
+                "count": e.total,
+                "instances": e.first,
+            }
+        )
+        for e in excluded
+    ]
+    await rollouts.set_left_out(conn, rollout_id, left_out)
+    await audit.record(
+        conn,
+        actor="worker",
+        action="rollout.targets_left_out",
+        subject=f"rollout:{rollout_id}",
+        detail={"leftOut": [entry.model_dump() for entry in left_out]},
+    )
 
 
 async def count(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> int:

@@ -1,8 +1,10 @@
 """rollouts: the read model of each rollout workflow, and the one-unfinished-per-channel rule."""
 
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
+from pydantic import BaseModel
 
 from contract.wire import RolloutStatus
 from domain.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec, rollout_workflow_id
@@ -12,8 +14,18 @@ _COLUMNS = (
     "id, workflow_id, manifest_id, version, channel, batch_size, auto_advance, bake_seconds,"
     " max_failures, max_unreachable, job_timeout_seconds, created_by, status, paused_reason,"
     " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
-    " updated_at, finished_at"
+    " updated_at, finished_at, left_out"
 )
+
+
+class LeftOut(BaseModel):
+    """Hosts of the channel below the release's version that the rollout did not take as
+    targets when it started, for one reason (store.rollout_targets)."""
+
+    reason: Literal["not_seen", "pending", "decommissioned"]
+    description: str  # the reason in words: "not seen for over 7 days"
+    count: int
+    instances: list[str]  # the first few ids, in id order
 
 
 class Rollout(RolloutSnapshot, RolloutSpec):
@@ -24,6 +36,7 @@ class Rollout(RolloutSnapshot, RolloutSpec):
     workflow_closed: bool
     created_at: datetime
     updated_at: datetime
+    left_out: list[LeftOut] = []
 
 
 class ChannelBusy(Exception):
@@ -126,6 +139,16 @@ async def end_closed_workflow(conn: asyncpg.Connection, rollout_id: str, how: st
         how,
     )
     return status == "UPDATE 1"
+
+
+async def set_left_out(
+    conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str, left_out: list[LeftOut]
+) -> None:
+    await conn.execute(
+        "UPDATE rollouts SET left_out = $2 WHERE id = $1",
+        rollout_id,
+        [entry.model_dump() for entry in left_out],
+    )
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> Rollout | None:

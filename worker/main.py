@@ -51,7 +51,10 @@ async def run_worker(settings: Settings) -> None:
     )
     try:
         client = await connect_temporal(settings, runtime=metrics_runtime(settings))
-        worker = build_worker(client, settings, RolloutActivities(pool))
+        activities = RolloutActivities(
+            pool, stale_after_seconds=settings.instance_stale_after_seconds
+        )
+        worker = build_worker(client, settings, activities)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

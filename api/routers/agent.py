@@ -21,10 +21,11 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from api.agents.auth import Verified, authenticated
+from api.agents.replies import AgentError
 from api.metrics import POLLS, REPORTS
 from api.openapi import SignedErrorOut, agent_errors, signed_body
 from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse, wire_deadline
-from services import reports
+from services import instances, reports
 from services.errors import Conflict, Forbidden, NotFound, Replayed, ServiceError
 from store import polls, releases
 from temporal_client.rollouts import RolloutUnavailable
@@ -43,6 +44,7 @@ _REFUSAL_OUTCOMES: dict[type[Exception], str] = {
 _IDLE_POLLS = POLLS.labels(outcome="idle")
 _WITHHELD = POLLS.labels(outcome="withheld")
 _HANDED_OUT = POLLS.labels(outcome="job")
+_NOT_ADMITTED = POLLS.labels(outcome="not_admitted")
 _ACCEPTED_REPORTS = REPORTS.labels(outcome="accepted")
 _DUPLICATE_REPORTS = REPORTS.labels(outcome="duplicate")
 
@@ -65,10 +67,15 @@ async def next_job(request: Request) -> Response:
                 channel=poll.channel,
                 current_version=poll.currentVersion,
                 agent_version=poll.agentVersion,
+                admit_as=instances.admitted_as(state.settings, poll.instanceId),
             )
         )
         if not outcome.fresh:
             raise call.replayed()
+        refusal = instances.poll_refusal(poll.instanceId, outcome.state)
+        if refusal is not None:  # pending, decommissioned, or past the pending bound
+            _NOT_ADMITTED.inc()
+            raise AgentError(403, refusal, secret=call.secret, nonce=poll.nonce)
         found = outcome.found
         while found.handout is None and await hold.woken():  # a held poll (api.agents.held_polls)
             found = await polls.find(state.pool, poll.instanceId)
