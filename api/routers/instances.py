@@ -30,12 +30,14 @@ async def list_instances(
     response: Response,
     channel: Channel | None = Query(default=None),
     state: Literal["active", "pending", "decommissioned"] | None = Query(default=None),
-    version: str | None = Query(default=None, max_length=128, description="current version"),
+    version: str | None = Query(
+        default=None, pattern=r"^[0-9A-Za-z.+-]{1,128}$", description="current version"
+    ),
     not_seen_for_seconds: int | None = Query(
         default=None,
         alias="notSeenForSeconds",
         ge=0,
-        le=100 * 365 * 86_400,
+        le=10 * 366 * 86_400,  # an int4 in SQL
         description="only instances whose last poll is older than this",
     ),
     limit: int = Query(default=500, ge=1, le=MAX_PAGE),
