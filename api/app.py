@@ -81,7 +81,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # Innermost: polls and reports are answered past FastAPI's routing, inside gate and timer.
     app.add_middleware(FastLane, fastapi=app, routes=agent.FAST_ROUTES)
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
-    app.add_middleware(RequestTimer)  # outermost: times and logs the gate's refusals too
+    # Outermost: times and logs the gate's refusals too.
+    app.add_middleware(RequestTimer, secrets=_secrets(settings))
     install_error_handlers(app, outage)
     # Polls and reports are served by the fast lane; their routes still give the OpenAPI
     # document (and a 405 to any other method).
@@ -105,3 +106,14 @@ def _metrics_listener(settings: ApiSettings, scraper: Scraper) -> MetricsListene
     return MetricsListener(
         settings.api_metrics_address, scraper, token.get_secret_value() if token else None
     )
+
+
+def _secrets(settings: ApiSettings) -> frozenset[str]:
+    """The values a client might send by mistake where they get logged (a query string)."""
+    held = (
+        settings.control_plane_admin_token,
+        settings.control_plane_release_signing_secret,
+        settings.control_plane_agent_token,
+        settings.api_metrics_token,
+    )
+    return frozenset(s.get_secret_value() for s in held if s is not None and s.get_secret_value())

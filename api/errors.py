@@ -24,6 +24,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from api.agents.replies import AgentError, reply_context, signed_response
 from contract.text import storable
@@ -72,10 +73,40 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
         return JSONResponse(status_code=422, content={"detail": BODY_NOT_JSON})
+    if exc.status_code == 405:
+        exc = _method_not_allowed(request)
     response = await http_exception_handler(request, exc)
     if exc.status_code == 503:
         response.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return response
+
+
+# The methods a 405 may name: those the API serves anywhere.
+_SERVED_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _method_not_allowed(request: Request) -> HTTPException:
+    """Starlette's 405 names the methods of the first route on the path only (`POST` on
+    /api/rollouts, which GET serves too): name every method some route of the path serves,
+    found by asking the app's routes as its router would."""
+    probe = {
+        "type": "http",
+        "path": request.scope["path"],
+        "root_path": request.scope.get("root_path", ""),
+        "headers": [],
+    }
+    allowed = [
+        method
+        for method in _SERVED_METHODS
+        if any(
+            route.matches({**probe, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    listed = ", ".join(allowed)
+    return HTTPException(
+        405, f"method {request.method} not allowed here; allowed: {listed}", {"Allow": listed}
+    )
 
 
 # --- agents' requests refused by their checks ----------------------------------------------

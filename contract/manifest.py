@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import semver
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from contract.signing import canonical, sign, verify
 from contract.text import unstorable
@@ -15,6 +15,23 @@ SHA_PATTERN = r"^[0-9a-f]{7,40}$"
 SIGNATURE_PATTERN = r"^[0-9a-f]{64}$"
 # For uploads only (NewRelease): reading a stored release never refuses it, whatever its size.
 MAX_BREAKING_CHANGES_BYTES = 16 * 1024
+# Semantic Versioning 2.0 as semver.org writes it: for the OpenAPI document (what clients and
+# fuzzers generate from); parse_version is what checks a value.
+SEMVER_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+# How `version` and timestamps are declared in the schema (docs/protocol.md §2).
+VERSION_SCHEMA: dict[str, JsonValue] = {
+    "format": "semver",
+    "pattern": SEMVER_PATTERN,
+    "examples": ["1.4.0", "2.0.0-rc.1"],
+}
+TIMESTAMP_SCHEMA: dict[str, JsonValue] = {
+    "format": "date-time",
+    "examples": ["2026-05-01T12:00:00Z"],
+}
 
 
 def parse_version(value: str) -> semver.Version:
@@ -41,12 +58,12 @@ class UnsignedManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    version: str
+    version: str = Field(json_schema_extra=VERSION_SCHEMA)
     sha: str = Field(pattern=SHA_PATTERN)
     channel: Channel
     migrations_required: bool
     breaking_changes: str | None
-    released_at: str
+    released_at: str = Field(json_schema_extra=TIMESTAMP_SCHEMA)
 
     @field_validator("version")
     @classmethod

@@ -9,7 +9,14 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contract.manifest import Channel, ReleaseManifest, parse_timestamp, parse_version
+from contract.manifest import (
+    TIMESTAMP_SCHEMA,
+    VERSION_SCHEMA,
+    Channel,
+    ReleaseManifest,
+    parse_timestamp,
+    parse_version,
+)
 from contract.text import storable
 
 # Every identifier (instances, jobs, rollouts, releases): checked before it reaches SQL.
@@ -86,7 +93,7 @@ class AgentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     instanceId: str = Field(pattern=INSTANCE_ID_PATTERN)
-    sentAt: str
+    sentAt: str = Field(json_schema_extra=TIMESTAMP_SCHEMA)
     nonce: str = Field(pattern=NONCE_PATTERN)
 
     @field_validator("sentAt")
@@ -100,7 +107,7 @@ class AgentRequest(BaseModel):
 
 class PollRequest(AgentRequest):
     channel: Channel
-    currentVersion: str
+    currentVersion: str = Field(json_schema_extra=VERSION_SCHEMA)
     agentVersion: str | None = Field(default=None, pattern=AGENT_VERSION_PATTERN)
 
     @field_validator("currentVersion")

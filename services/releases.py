@@ -4,10 +4,12 @@ domain terms. api/routers/releases.py maps them to HTTP.
 The signature is checked here and only here: a stored release is trusted from then on.
 """
 
+from datetime import UTC, datetime, timedelta
+
 import asyncpg
 from pydantic import BaseModel
 
-from contract.manifest import NewRelease
+from contract.manifest import NewRelease, parse_timestamp
 from services.errors import Conflict, Invalid, NotFound
 from store import audit, releases
 from store.releases import Release
@@ -16,6 +18,12 @@ BAD_SIGNATURE = (
     "signature: does not match the manifest's fields (was a field changed after signing,"
     " or was it signed with another RELEASE_SIGNING_SECRET?)"
 )
+
+
+# A manifest is made when its release is (`released_at` defaults to now); one dated further
+# ahead than this is a mistake or an attempt to sort first, not a clock a little fast.
+MAX_RELEASED_AT_AHEAD_HOURS = 24
+MAX_RELEASED_AT_AHEAD = timedelta(hours=MAX_RELEASED_AT_AHEAD_HOURS)
 
 
 class Uploaded(BaseModel):
@@ -27,11 +35,28 @@ async def upload(
     pool: asyncpg.Pool, manifest: NewRelease, *, actor: str, signing_secret: str
 ) -> Uploaded:
     """Store the manifest once per (version, channel) and audit the upload. Raises Invalid
-    when the signature does not match, Conflict when that version and channel are stored with
-    other content. Uploading the identical manifest again answers the stored release."""
+    when the signature does not match or `released_at` is too far ahead, Conflict when that
+    version and channel are stored with other content, or another version of the same
+    precedence is (`1.2.3+abc` and `1.2.3+def`). Uploading the identical manifest again answers
+    the stored release."""
     if not manifest.has_valid_signature(signing_secret):
         raise Invalid(BAD_SIGNATURE)
+    ahead = parse_timestamp(manifest.released_at) - datetime.now(UTC)
+    if ahead > MAX_RELEASED_AT_AHEAD:
+        raise Invalid(
+            f"released_at: {manifest.released_at} is {ahead.total_seconds() / 86_400:.1f} days"
+            f" ahead of the server's clock; at most {MAX_RELEASED_AT_AHEAD_HOURS} hours ahead"
+            " is accepted"
+        )
     async with pool.acquire() as conn, conn.transaction():
+        twin = await releases.of_equal_precedence(conn, manifest)
+        if twin is not None:
+            raise Conflict(
+                f"release {manifest.version}: channel {manifest.channel} already has"
+                f" {twin.version} (id {twin.id}), of the same precedence (build metadata is"
+                " ignored when versions are compared, so no host could tell which is newer);"
+                " give this build a version of its own"
+            )
         outcome = await releases.insert_or_get(conn, manifest)
         stored = outcome.release
         if not outcome.created and stored.manifest().as_document() != manifest.as_document():

@@ -74,7 +74,8 @@ async def create(
     cannot start it, undo the insert and raise RolloutUnavailable: nothing was created."""
     release = await releases.get(pool, new.manifest_id)
     if release is None:
-        raise Invalid(f"manifestId: no release with id {new.manifest_id}")
+        # The body is well formed; what it names does not exist: 404, as GET /api/releases/{id}.
+        raise NotFound(f"manifestId: no release with id {new.manifest_id}")
     if release.channel != new.channel:
         raise Invalid(
             f"channel: release {release.version} is for channel {release.channel},"

@@ -57,6 +57,26 @@ async def insert_or_get(
     return InsertOutcome(release=_release(existing), created=False)
 
 
+async def of_equal_precedence(conn: asyncpg.Connection, m: ReleaseManifest) -> Release | None:
+    """A release stored on the manifest's channel whose version differs from the manifest's
+    only in build metadata (`1.2.3+abc`, `1.2.3`; semver ignores it when comparing), if any.
+    Takes a lock, held until the caller's transaction ends, so that two such uploads at once
+    are checked one after the other."""
+    core = m.version.split("+", 1)[0]
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        f"release_precedence:{m.channel}:{core}",
+    )
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM releases WHERE channel = $1"
+        " AND split_part(version, '+', 1) = $2 AND version <> $3 ORDER BY created_at, id LIMIT 1",
+        m.channel,
+        core,
+        m.version,
+    )
+    return _release(row) if row else None
+
+
 async def get(conn: asyncpg.Connection | asyncpg.Pool, release_id: str) -> Release | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM releases WHERE id = $1", release_id)
     return _release(row) if row else None

@@ -42,3 +42,26 @@ def test_no_description_reads_as_html(document: dict[str, Any]) -> None:
     vanish as an unknown tag. Inside backticks it is code and shows as written."""
     outside_code = [re.sub(r"`[^`]*`", "", d) for d in _descriptions(document)]
     assert not [d for d in outside_code if re.search(r"<[A-Za-z/]", d)]
+
+
+def _properties(document: dict[str, Any], schema: str) -> dict[str, Any]:
+    return document["components"]["schemas"][schema]["properties"]
+
+
+def _agent_body(document: dict[str, Any], path: str) -> dict[str, Any]:
+    body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    return body["schema"]["properties"]
+
+
+def test_versions_and_timestamps_have_their_formats(document: dict[str, Any]) -> None:
+    """What clients and fuzzers generate from: a semver pattern and RFC 3339 date-times."""
+    for schema in ("NewRelease", "Release"):
+        fields = _properties(document, schema)
+        assert fields["version"]["format"] == "semver"
+        assert re.fullmatch(fields["version"]["pattern"], "2.0.0-rc.1+build.5")
+        assert not re.fullmatch(fields["version"]["pattern"], "1.2")
+        assert fields["released_at"]["format"] == "date-time"
+    poll = _agent_body(document, "/api/updates/next")
+    assert poll["currentVersion"]["format"] == "semver"
+    assert poll["sentAt"]["format"] == "date-time"
+    assert _agent_body(document, "/api/updates/report")["sentAt"]["format"] == "date-time"

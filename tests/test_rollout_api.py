@@ -119,13 +119,17 @@ async def test_create_advance_refusals_and_completion(
 
 
 @pytest.mark.parametrize(
-    ("options", "problem"),
+    ("options", "status", "problem"),
     [
-        ({"manifestId": "no-such-release"}, "manifestId: no release"),
-        ({"channel": "stable"}, "channel: release 2.0.0 is for channel beta"),
-        ({"channel": "beta", "batchSize": 0}, "batchSize: Input should be greater than"),
-        ({"channel": "beta", "maxUnreachable": -1}, "maxUnreachable: Input should be greater"),
-        ({"channel": "beta", "colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({"manifestId": "no-such-release"}, 404, "manifestId: no release"),
+        ({"channel": "stable"}, 422, "channel: release 2.0.0 is for channel beta"),
+        ({"channel": "beta", "batchSize": 0}, 422, "batchSize: Input should be greater than"),
+        (
+            {"channel": "beta", "maxUnreachable": -1},
+            422,
+            "maxUnreachable: Input should be greater",
+        ),
+        ({"channel": "beta", "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
     ],
     ids=["unknown release", "channel mismatch", "batch of zero", "negative limit", "unknown field"],
 )
@@ -135,13 +139,14 @@ async def test_bad_creates_are_refused_and_change_nothing(
     dev_settings: ApiSettings,
     db: asyncpg.Connection,
     options: dict[str, Any],
+    status: int,
     problem: str,
 ) -> None:
     beta_id = await seed_release(db, dev_settings, version="2.0.0", channel="beta")
     await seed_instances(db, FLEET)
 
     refused = await create(dev_admin, beta_id, **options)
-    assert refused.status_code == 422
+    assert refused.status_code == status
     assert refused.json()["detail"].startswith(problem)
     assert await db.fetchval("SELECT count(*) FROM rollouts") == 0
 

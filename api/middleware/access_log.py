@@ -11,10 +11,16 @@ instead. Answered polls are counted in /metrics (`rollout_agent_polls_total`,
 and a report that changes a job's status are logged by the route, and every report is kept in
 `job_reports` (the job's timeline); refused agent requests and every other request keep their line,
 in uvicorn's format.
+
+Secrets never reach the log, even sent where they do not belong: a query parameter whose name
+says it holds one (`?token=`, `?x-cp-admin-token=`, `?secret=`, ...) or whose name or value
+holds one of the control plane's secrets is written `[redacted]`.
 """
 
 import logging
-from urllib.parse import quote
+import re
+from collections.abc import Collection
+from urllib.parse import quote, unquote_plus
 
 from starlette.types import Scope
 
@@ -22,10 +28,28 @@ ACCESS_LOGGER = "api.access"
 # Answered 200, these are routine: counted, not logged.
 ROUTINE_AGENT_PATHS = frozenset({"/api/updates/next", "/api/updates/report"})
 
+REDACTED = "[redacted]"
+_SECRET_NAME = re.compile(r"token|secret|passw|signature|api[-_]?key|auth|credential", re.I)
+
 _access = logging.getLogger(ACCESS_LOGGER)
 
 
-def note(scope: Scope, status: int) -> None:
+def redacted_query(query: str, secrets: Collection[str] = ()) -> str:
+    """The query string with every parameter that names or holds a secret redacted."""
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        shown_name = unquote_plus(name)
+        if any(s in shown_name for s in secrets):
+            parts.append(REDACTED)  # the secret is the name itself
+        elif _SECRET_NAME.search(shown_name) or any(s in unquote_plus(part) for s in secrets):
+            parts.append(f"{name}={REDACTED}" if equals else REDACTED)
+        else:
+            parts.append(part)
+    return "&".join(parts)
+
+
+def note(scope: Scope, status: int, secrets: Collection[str] = ()) -> None:
     """uvicorn's line: `'%s - "%s %s HTTP/%s" %d'` with client, method, path, version, status."""
     if status == 200 and scope["path"] in ROUTINE_AGENT_PATHS:
         return
@@ -33,12 +57,14 @@ def note(scope: Scope, status: int) -> None:
         return
     client = scope.get("client")
     path = quote(scope.get("root_path", "") + scope["path"])
-    query = scope.get("query_string", b"")
+    query = redacted_query(
+        scope.get("query_string", b"").decode("ascii", "backslashreplace"), secrets
+    )
     _access.info(
         '%s - "%s %s HTTP/%s" %d',
         f"{client[0]}:{client[1]}" if client else "",
         scope["method"],
-        f"{path}?{query.decode('ascii')}" if query else path,
+        f"{path}?{query}" if query else path,
         scope["http_version"],
         status,
     )

@@ -2,6 +2,7 @@
 api.metrics.request_labels), and writing its access line (api.middleware.access_log)."""
 
 import time
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -10,8 +11,11 @@ from api.middleware import access_log
 
 
 class RequestTimer:
-    def __init__(self, app: ASGIApp) -> None:
+    """`secrets`: values the access line must never show (api.middleware.access_log)."""
+
+    def __init__(self, app: ASGIApp, secrets: Collection[str] = ()) -> None:
         self.app = app
+        self.secrets = secrets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,4 +42,4 @@ class RequestTimer:
                 time.perf_counter() - started
             )
             if answered:
-                access_log.note(scope, status)
+                access_log.note(scope, status, self.secrets)

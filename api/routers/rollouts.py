@@ -19,7 +19,10 @@ router = APIRouter(prefix="/api/rollouts", tags=["rollouts"], responses=admin_er
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=RolloutOut, responses=conflict()
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RolloutOut,
+    responses=conflict() | not_found(),
 )
 async def create_rollout(
     body: CreateRollout,
