@@ -2,16 +2,15 @@
 path, a rollout of a missing release is 404, releases of equal precedence and releases dated far
 ahead are refused, and a token sent in a query string never reaches the access log."""
 
-import logging
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from api.middleware.access_log import ACCESS_LOGGER
 from server.settings import ApiSettings
 from tests.conftest import LiveServer
 from tests.manifests import hand_signed
+from tests.test_access_log import _access_lines
 
 
 @pytest.mark.parametrize(
@@ -89,24 +88,11 @@ async def test_a_release_dated_far_ahead_is_refused(
     assert old.status_code == 201, old.text
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 async def test_a_token_in_a_query_string_never_reaches_the_access_log(
     api: LiveServer, settings: ApiSettings
 ) -> None:
     token = settings.control_plane_admin_token.get_secret_value()
-    access = logging.getLogger(ACCESS_LOGGER)
-    lines, level = _Lines(), access.level
-    access.addHandler(lines)
-    access.setLevel(logging.INFO)
-    try:
+    with _access_lines() as lines:
         async with httpx.AsyncClient(base_url=api.url) as client:
             for query in (
                 f"x-cp-admin-token={token}",
@@ -116,12 +102,9 @@ async def test_a_token_in_a_query_string_never_reaches_the_access_log(
             ):
                 refused = await client.get(f"/api/releases?{query}")
                 assert refused.status_code == 401  # the query string is no way to send it
-    finally:
-        access.removeHandler(lines)
-        access.setLevel(level)
-    assert len(lines.lines) == 4, lines.lines
-    assert not [line for line in lines.lines if token[:8] in line]
-    assert "?x-cp-admin-token=[redacted]" in lines.lines[0]
-    assert "?channel=stable&token=[redacted]" in lines.lines[1]
-    assert "?q=[redacted]" in lines.lines[2]
-    assert "?[redacted]" in lines.lines[3]
+    assert len(lines) == 4, lines
+    assert not [line for line in lines if token[:8] in line]
+    assert "?x-cp-admin-token=[redacted]" in lines[0]
+    assert "?channel=stable&token=[redacted]" in lines[1]
+    assert "?q=[redacted]" in lines[2]
+    assert "?[redacted]" in lines[3]

@@ -114,6 +114,8 @@ async def test_a_decommissioned_instance_is_refused_until_admitted_again(
     _, admin = fleet
     answer, _ = await poll(admin, "web-1")
     assert answer.status_code == 200
+    # Admission is off by default: a new id is active at its first poll.
+    assert await db.fetchval("SELECT state FROM instances WHERE instance_id = 'web-1'") == "active"
 
     gone = await admin.delete("/api/instances/web-1")
     assert gone.status_code == 200, gone.text
@@ -180,17 +182,6 @@ async def test_new_ids_with_the_fleet_token_wait_for_approval_when_required(
         # A pending one already known still polls (and is seen).
         known, _ = await poll(admin, "filler-1")
         assert known.status_code == 403
-
-
-async def test_admission_is_off_by_default(
-    fleet: tuple[LiveServer, httpx.AsyncClient], db: asyncpg.Connection
-) -> None:
-    _, admin = fleet
-    answer, _ = await poll(admin, "new-host")
-    assert answer.status_code == 200
-    assert await db.fetchval("SELECT state FROM instances WHERE instance_id = 'new-host'") == (
-        "active"
-    )
 
 
 async def test_a_rollout_leaves_out_stale_pending_and_decommissioned_hosts_and_says_why(

@@ -6,6 +6,7 @@ worker and PostgreSQL (fixtures of tests/test_job_steps.py)."""
 
 import asyncpg
 import httpx
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from contract.wire import MAX_PROGRESS_REPORTS_PER_JOB
@@ -21,13 +22,20 @@ async def stored(db: asyncpg.Connection, job_id: str) -> tuple[str, str, int]:
     return row["status"], row["step"], count
 
 
-async def test_a_settled_job_keeps_its_outcome_and_step(
+@pytest.fixture
+async def job_id(
     admin: httpx.AsyncClient,
     time_skipping_env: WorkflowEnvironment,
     ts_settings: ApiSettings,
     db: asyncpg.Connection,
+) -> str:
+    """A one-host rollout's job, released, its host not started yet."""
+    return (await started_job(admin, db, ts_settings))[1]
+
+
+async def test_a_settled_job_keeps_its_outcome_and_step(
+    admin: httpx.AsyncClient, db: asyncpg.Connection, job_id: str
 ) -> None:
-    _, job_id = await started_job(admin, db, ts_settings)
     for step in ("preflight", "smoke"):
         assert (await agent_reports(admin, job_id, "in_progress", step)).status_code == 200
     final = await agent_reports(admin, job_id, "failed", "smoke")
@@ -51,12 +59,8 @@ async def test_a_settled_job_keeps_its_outcome_and_step(
 
 
 async def test_a_job_stores_a_bounded_number_of_reports_and_still_takes_its_final_one(
-    admin: httpx.AsyncClient,
-    time_skipping_env: WorkflowEnvironment,
-    ts_settings: ApiSettings,
-    db: asyncpg.Connection,
+    admin: httpx.AsyncClient, db: asyncpg.Connection, job_id: str
 ) -> None:
-    _, job_id = await started_job(admin, db, ts_settings)
     # A step's start again is a duplicate (not stored); alternating steps are new reports.
     steps = ("backup", "pull")
     for n in range(MAX_PROGRESS_REPORTS_PER_JOB):

@@ -51,7 +51,13 @@ _DUPLICATE_REPORTS = REPORTS.labels(outcome="duplicate")
 
 @router.post(
     "/next",
-    responses={200: {"model": PollResponse, "description": "Signed; `job` is null when idle"}},
+    responses={
+        200: {"model": PollResponse, "description": "Signed; `job` is null when idle"},
+        403: {
+            "model": SignedErrorOut,
+            "description": "the instance is decommissioned, or awaits an admin's approval",
+        },
+    },
     openapi_extra=signed_body(PollRequest),
 )
 async def next_job(request: Request) -> Response:
