@@ -12,7 +12,7 @@ from api.agents.nonce_janitor import sweep_forever
 from api.agents.poll_batcher import PollBatcher
 from api.errors import DatabaseOutage, install_error_handlers, pool_reconnects_noted_as
 from api.middleware.edge import EdgeGate
-from api.middleware.fast_lane import FastLane
+from api.middleware.fast_lane import ControlPlaneApi, FastLane
 from api.middleware.request_timer import RequestTimer
 from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
 from api.routers.docs import install_offline_docs
@@ -26,7 +26,7 @@ from temporal_client.report_signals import ReportSignals
 NO_FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
+def create_app(settings: ApiSettings) -> ControlPlaneApi:
     outage = DatabaseOutage()
 
     @asynccontextmanager
@@ -59,7 +59,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await app.state.dispatch.stop()
             await app.state.pool.close()
 
-    app = FastAPI(
+    app = ControlPlaneApi(
         title="Rollout control plane",
         version=package_version() or "unknown",  # the same as /version
         lifespan=lifespan,
@@ -70,10 +70,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # (/metrics) and logs are ours, so it stays off.
         telemetry=NO_FASTAPI_TELEMETRY,
     )
-    # Innermost: polls and reports are answered past FastAPI's routing, inside gate and timer.
-    app.add_middleware(FastLane, fastapi=app, routes=agent.FAST_ROUTES)
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
     app.add_middleware(RequestTimer)  # outermost: times and logs the gate's refusals too
+    # Polls and reports meet the same timer and gate, then their endpoint, and nothing else.
+    lane = FastLane(app, agent.FAST_ROUTES)
+    app.fast_paths = lane.paths
+    app.fast_lane = RequestTimer(EdgeGate(lane, settings=settings, on_success=outage.over))
     install_error_handlers(app, outage)
     # Polls and reports are served by the fast lane; their routes still give the OpenAPI
     # document (and a 405 to any other method).
