@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
+from api import connections
 from api.agents.held_polls import Dispatcher
 from api.agents.nonce_janitor import sweep_forever
 from api.agents.poll_batcher import PollBatcher
@@ -27,6 +28,7 @@ NO_FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "lo
 
 
 def create_app(settings: ApiSettings) -> ControlPlaneApi:
+    connections.configure(settings)
     outage = DatabaseOutage()
 
     @asynccontextmanager
