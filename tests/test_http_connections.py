@@ -148,3 +148,12 @@ async def test_connections_past_the_limit_are_answered_503_until_some_close(
             async with asyncio.timeout(CEILING_SECONDS):
                 while (await client.get("/health/live")).status_code != 200:
                     await asyncio.sleep(0.05)  # no event: the server sees the closes in its time
+
+
+async def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> None:
+    reader, writer = await _connect(server)
+    ask = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n"
+    writer.write(ask + ask + b"GET /health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    answers, _ = await _closed_after(reader)
+    writer.close()
+    assert answers.count(b"HTTP/1.1 200 OK\r\n") == 3
