@@ -103,14 +103,18 @@ class Agent:
                 for report in self.journal.state.unacknowledged:
                     reports.submit(report)
                 await runner.recover()
-                await self._poll_until_stopped(http, runner, stop)
+                await self._poll_until_stopped(http, runner, reports, stop)
                 await reports.drain()
             finally:
                 await reports.close()
         self.log.info("stopped")
 
     async def _poll_until_stopped(
-        self, http: httpx.AsyncClient, runner: JobRunner, stop: asyncio.Event
+        self,
+        http: httpx.AsyncClient,
+        runner: JobRunner,
+        reports: ReportSender,
+        stop: asyncio.Event,
     ) -> None:
         failures = 0
         self.log.info(
@@ -166,6 +170,9 @@ class Agent:
             job = answer.job
             if job is not None and not self.journal.has_finished(job.id):
                 await runner.run(job)
+                # The next poll waits for the job's last reports: one request in flight, so one
+                # connection per agent (a batch ending at once would otherwise double them).
+                await _unless_stopped(reports.drain(), stop)
             # Nothing to do, and the next poll is held at once: holds were just offered, or this
             # one was held to its end. Its end is judged by the clock, as the headers are not
             # signed: whatever anyone on the way does to them, at most one poll per hold (and

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
+from api import connections
 from api.agents.held_polls import Dispatcher
 from api.agents.nonce_janitor import sweep_forever
 from api.agents.poll_batcher import PollBatcher
@@ -14,7 +15,7 @@ from api.errors import DatabaseOutage, install_error_handlers, pool_reconnects_n
 from api.metrics import Scraper
 from api.metrics_listener import MetricsListener
 from api.middleware.edge import EdgeGate
-from api.middleware.fast_lane import FastLane
+from api.middleware.fast_lane import ControlPlaneApi, FastLane
 from api.middleware.request_timer import RequestTimer
 from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
 from api.routers.docs import install_offline_docs
@@ -28,7 +29,8 @@ from temporal_client.report_signals import ReportSignals
 NO_FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
+def create_app(settings: ApiSettings) -> ControlPlaneApi:
+    connections.configure(settings)
     outage = DatabaseOutage()
 
     @asynccontextmanager
@@ -67,7 +69,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await app.state.dispatch.stop()
             await app.state.pool.close()
 
-    app = FastAPI(
+    app = ControlPlaneApi(
         title="Rollout control plane",
         version=package_version() or "unknown",  # the same as /version
         lifespan=lifespan,
@@ -78,11 +80,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # (/metrics) and logs are ours, so it stays off.
         telemetry=NO_FASTAPI_TELEMETRY,
     )
-    # Innermost: polls and reports are answered past FastAPI's routing, inside gate and timer.
-    app.add_middleware(FastLane, fastapi=app, routes=agent.FAST_ROUTES)
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
-    # Outermost: times and logs the gate's refusals too.
-    app.add_middleware(RequestTimer, secrets=_secrets(settings))
+    secrets = _secrets(settings)  # never in an access line (api.middleware.access_log)
+    app.add_middleware(RequestTimer, secrets=secrets)  # outermost: logs the gate's refusals too
+    # Polls and reports meet the same timer and gate, then their endpoint, and nothing else.
+    lane = FastLane(app, agent.FAST_ROUTES)
+    app.fast_paths = lane.paths
+    app.fast_lane = RequestTimer(
+        EdgeGate(lane, settings=settings, on_success=outage.over), secrets=secrets
+    )
     install_error_handlers(app, outage)
     # Polls and reports are served by the fast lane; their routes still give the OpenAPI
     # document (and a 405 to any other method).

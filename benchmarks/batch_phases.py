@@ -31,9 +31,11 @@ _REPORTS = (
     " WHERE j.rollout_id = $1 GROUP BY j.batch"
 )
 # Each batch's slowest job, from its first report to its last: the agents' own work, which no
-# control plane can shorten (a batch takes at least as long as its slowest job).
+# control plane can shorten (a batch takes at least as long as its slowest job); and its median
+# job, which tells a batch whose every job is slower from one with a slow tail.
 _SLOWEST = (
-    "SELECT batch, extract(epoch FROM max(span)) AS seconds FROM ("
+    "SELECT batch, extract(epoch FROM max(span)) AS seconds,"
+    " extract(epoch FROM percentile_cont(0.5) WITHIN GROUP (ORDER BY span)) AS median FROM ("
     " SELECT j.batch, max(r.received_at) - min(r.received_at) AS span"
     " FROM job_reports r JOIN update_jobs j ON j.id = r.job_id"
     " WHERE j.rollout_id = $1 GROUP BY j.batch, j.id) AS jobs GROUP BY batch"
@@ -55,6 +57,7 @@ class BatchPhases(BaseModel):
     settled_at: datetime | None
     next_release_at: datetime | None
     slowest_job_seconds: float | None = None
+    median_job_seconds: float | None = None
 
 
 class RolloutPhases(BaseModel):
@@ -105,7 +108,7 @@ async def rollout_phases(
     jobs = await conn.fetch(_JOBS, rollout_id)
     reports = {r["batch"]: r for r in await conn.fetch(_REPORTS, rollout_id, TERMINAL_REPORTS)}
     settled = _settled_by_batch(await conn.fetch(_AUDIT, f"rollout:{rollout_id}"))
-    slowest = {r["batch"]: float(r["seconds"]) for r in await conn.fetch(_SLOWEST, rollout_id)}
+    spans = {r["batch"]: r for r in await conn.fetch(_SLOWEST, rollout_id)}
     releases = {r["batch"]: r["released_at"] for r in jobs}
     batches = []
     for row in jobs:
@@ -126,7 +129,8 @@ async def rollout_phases(
                 last_terminal_report_at=report["last_terminal_report_at"] if report else None,
                 settled_at=settled_at,
                 next_release_at=next_release,
-                slowest_job_seconds=slowest.get(number),
+                slowest_job_seconds=float(spans[number]["seconds"]) if number in spans else None,
+                median_job_seconds=float(spans[number]["median"]) if number in spans else None,
             )
         )
     return RolloutPhases(
@@ -143,12 +147,16 @@ def _span(start: datetime | None, end: datetime | None) -> str:
     return f"{(end - start).total_seconds():.2f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def render(phases: RolloutPhases) -> str:
     lines = [
         f"rollout {phases.rollout_id}: seconds per phase of each batch"
         " (released = offset from the rollout's creation)",
         f"{'batch':>5} {'jobs':>5} {'released':>9} {'→handout':>9} {'→last report':>13}"
-        f" {'→settled':>9} {'→next release':>14} {'total':>7}",
+        f" {'→settled':>9} {'→next release':>14} {'total':>7} {'job p50':>8} {'slowest':>8}",
     ]
     for b in phases.batches:
         end = b.next_release_at or b.settled_at
@@ -159,5 +167,6 @@ def render(phases: RolloutPhases) -> str:
             f" {_span(b.last_terminal_report_at, b.settled_at):>9}"
             f" {_span(b.settled_at, b.next_release_at):>14}"
             f" {_span(b.released_at, end):>7}"
+            f" {_seconds(b.median_job_seconds):>8} {_seconds(b.slowest_job_seconds):>8}"
         )
     return "\n".join(lines)

@@ -145,6 +145,9 @@ class BenchmarkResult(BaseModel):
     figures: Figures
     phases: list[RolloutPhases]
     api_peak_rss_mb: float
+    # The API's RSS with no agent yet, and with every agent registered (its poll held).
+    api_idle_rss_mb: float
+    api_registered_rss_mb: float
     # CPU seconds each part used from the rollout's creation to its end (api, worker, temporal,
     # postgres, simulator): where the work goes. They drift with a VM's speed too, so compare
     # runs alternated back to back.
@@ -157,6 +160,7 @@ class BenchmarkResult(BaseModel):
 
 class FleetRun(BaseModel):
     figures: Figures
+    api_registered_rss_mb: float
     rollout_cpu_seconds: dict[str, float]
     # With --advance: batch number → when its advance was sent (epoch seconds), and how long
     # its answer took (ms).
@@ -191,6 +195,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
             base_url=url, headers={"x-cp-admin-token": admin_token}, timeout=60
         ) as admin:
             database = f"postgresql://postgres@127.0.0.1:{postgres_port}/{DEV_DATABASE}"
+            idle_rss = procstat.rss_mb(api_pid(stack.pid))
             run = await run_fleet(args, url, admin, secrets, stack.pid, database)
         figures = run.figures
         # The high-water mark covers the whole run, as long as the API was never restarted.
@@ -207,6 +212,8 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
             figures=figures,
             phases=phases,
             api_peak_rss_mb=peak_rss,
+            api_idle_rss_mb=idle_rss,
+            api_registered_rss_mb=run.api_registered_rss_mb,
             rollout_cpu_seconds=run.rollout_cpu_seconds,
             advance_to_handout_ms=advance_to_handout_ms(figures, run.advanced_at),
             advance_answered_ms=run.advance_answered_ms,
@@ -240,6 +247,7 @@ async def run_fleet(
     stop = asyncio.Event()
     fleet = asyncio.create_task(simulate(options, stop=stop))
     await registered(database, args.agents, 120)
+    registered_rss = procstat.rss_mb(api_pid(stack_pid))
     release_id = await upload_release(admin, secrets["CONTROL_PLANE_RELEASE_SIGNING_SECRET"])
     body = {
         "manifestId": release_id,
@@ -273,6 +281,7 @@ async def run_fleet(
     stop.set()
     return FleetRun(
         figures=await fleet,
+        api_registered_rss_mb=registered_rss,
         rollout_cpu_seconds={
             part: round(cpu_after[part] - cpu_before.get(part, 0.0), 2) for part in cpu_after
         },
@@ -332,7 +341,12 @@ def main() -> None:
     print(render(result.figures))
     for phases in result.phases:
         print(render_phases(phases))
-    print(f"API peak RSS {result.api_peak_rss_mb:.1f} MB")
+    held = (result.api_registered_rss_mb - result.api_idle_rss_mb) * 1024 / args.agents
+    print(
+        f"API RSS: {result.api_idle_rss_mb:.1f} MB before the fleet,"
+        f" {result.api_registered_rss_mb:.1f} MB with it registered ({held:.1f} KiB per agent"
+        f" connected, its poll held), peak {result.api_peak_rss_mb:.1f} MB"
+    )
     cpu = result.rollout_cpu_seconds
     each = ", ".join(f"{part} {seconds:.1f}" for part, seconds in sorted(cpu.items()))
     total = sum(cpu.values())

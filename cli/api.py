@@ -119,6 +119,7 @@ def _metrics_gathered(workers: int) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api import connections
     from runtime.logs import configure_logging
     from server.settings import ApiSettings
     from temporal_client.connect import TemporalConfigError, connect_config
@@ -142,5 +143,7 @@ def run(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            http=connections.PROTOCOL,
+            limit_concurrency=connections.max_connections(settings),
         )
     return 0

@@ -70,6 +70,12 @@ class ApiSettings(Settings):
     # it, plain).
     long_poll_max_seconds: int = Field(default=25, ge=0, le=300)
     long_poll_max_held: int = Field(default=500, ge=0)
+    # Connections (api/connections.py): how long a request may take to arrive whole, how large
+    # its head may be, and how many connections one API process serves (None: what its
+    # open-files limit leaves room for).
+    api_request_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    api_max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    api_max_connections: int | None = Field(default=None, ge=16)
     # /metrics (api/metrics.py): a bearer token it requires, and an `IP:port` where it is served
     # instead of on the API's port (api/metrics_listener.py). Unset: public, on the API's port.
     api_metrics_token: SecretStr | None = None

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import BinaryIO
 
+import uvloop
 from pydantic import BaseModel
 
 from runtime.heap import collect_less
@@ -124,7 +125,8 @@ def main() -> None:
     # Only answers go to the real stdout; anything else printed lands on stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    asyncio.run(_serve(out))
+    # uvloop, as the API's uvicorn: a shard's agents are its whole load.
+    uvloop.run(_serve(out))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
+from api import connections
 from api.app import create_app
 from cli.api import KEEP_ALIVE_SECONDS
 from devstack.ports import free_port
@@ -110,7 +111,7 @@ def settings(database_url: str) -> ApiSettings:
 class LiveServer:
     """uvicorn serving the app on a free loopback port, in this test's event loop."""
 
-    def __init__(self, app: object, port: int) -> None:
+    def __init__(self, app: object, port: int, *, limit_concurrency: int | None = None) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -121,6 +122,8 @@ class LiveServer:
                 access_log=False,  # as `rollout api`: the app writes the access lines
                 lifespan="on",
                 timeout_keep_alive=KEEP_ALIVE_SECONDS,  # as `rollout api` serves agents
+                http=connections.PROTOCOL,  # as `rollout api`: its limits on connections
+                limit_concurrency=limit_concurrency,
             )
         )
         self.task: asyncio.Task[None] | None = None

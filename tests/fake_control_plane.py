@@ -53,6 +53,8 @@ class FakeControlPlane:
     long_poll_seconds: int = 0
     # The `x-agent-poll-wait` header of every poll, None where absent.
     poll_waits: list[str | None] = field(default_factory=list)
+    # Every signed request as it arrived, refused or not: "poll", or "report <status>".
+    arrivals: list[str] = field(default_factory=list)
     _seen_nonces: set[str] = field(default_factory=set)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _job_added: asyncio.Event = field(default_factory=asyncio.Event)
@@ -127,6 +129,7 @@ class FakeControlPlane:
         raw = await request.body()
         document = json.loads(raw)
         nonce = document.get("nonce")
+        self.arrivals.append(f"report {document['status']}" if "jobId" in document else "poll")
         if not verify(self.secret, raw, request.headers.get(AGENT_SIGNATURE_HEADER, "")):
             self.refused.append("bad signature")
             return None, self._answer({"detail": "bad signature"}, nonce, 401)

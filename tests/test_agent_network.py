@@ -103,3 +103,22 @@ async def test_a_report_refused_as_stale_is_retried_not_lost(
     assert plane.refused.count("stale report") == 3
     assert plane.final_report(job_id)["status"] == "succeeded"
     assert host.steps() == ALL_STEPS
+
+
+async def test_the_next_poll_waits_until_the_last_report_is_acknowledged(
+    fake_control_plane: Plane, agent_host: AgentFactory
+) -> None:
+    """One request in flight per agent, so one connection: a batch of hosts ending together
+    would otherwise hold two each at the control plane."""
+    plane, url = fake_control_plane
+    job_id = plane.add_job("host-1", "1.1.0")
+    plane.stale_final_reports = 3  # the final report is refused three times, then taken
+    await agent_host(url, plane.secret)
+    await plane.wait_until(lambda: plane.final_report(job_id) is not None)
+    await plane.wait_until(lambda: plane.arrivals[-1] == "poll")
+
+    first_report = next(i for i, what in enumerate(plane.arrivals) if what.startswith("report"))
+    the_job = plane.arrivals[first_report:]
+    finals = [i for i, what in enumerate(the_job) if what == "report succeeded"]
+    assert len(finals) == 4, the_job
+    assert "poll" not in the_job[: finals[-1]], the_job

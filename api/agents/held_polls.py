@@ -82,8 +82,11 @@ class Hold:
         self._settle(False)
 
     def close(self) -> None:
-        if self._hang_up is not None:
-            self._hang_up.cancel()
+        # Dropped, not only cancelled: the task refers to this hold, and a cycle would wait
+        # for the garbage collector's rare oldest pass, with its request, as the hold ended.
+        hang_up, self._hang_up = self._hang_up, None
+        if hang_up is not None:
+            hang_up.cancel()
 
     def _settle(self, woken: bool) -> None:
         if self._wakeup is None:
@@ -141,7 +144,8 @@ class Dispatcher:
         self.advertisement: dict[str, str] = (
             {LONG_POLL_HEADER: str(max_seconds)} if max_seconds and max_held else {}
         )
-        self._held: dict[str, set[Hold]] = {}
+        # An instance rarely has two polls held (a restarted agent's old one): a list, not a set.
+        self._held: dict[str, list[Hold]] = {}
         self._count = 0
         self._stopping = False
         self._listener: asyncio.Task[None] | None = None
@@ -168,7 +172,7 @@ class Dispatcher:
             yield hold
             return
         instance_id = call.body.instanceId
-        self._held.setdefault(instance_id, set()).add(hold)
+        self._held.setdefault(instance_id, []).append(hold)
         self._count += 1
         HELD_POLLS.inc()
         try:
@@ -178,7 +182,7 @@ class Dispatcher:
             self._count -= 1
             HELD_POLLS.dec()
             waiting = self._held[instance_id]
-            waiting.discard(hold)
+            waiting.remove(hold)
             if not waiting:
                 del self._held[instance_id]
 

@@ -1,3 +1,4 @@
 """ASGI middleware: what every request passes before (and after) its route, outermost first:
 request_timer (latency by route template, and the access line of access_log), edge (admin token
-and body size before the body is read), fast_lane (agent routes served past FastAPI's routing)."""
+and body size before the body is read); fast_lane takes the agent routes (polls, reports) before
+FastAPI's own middlewares and routing, through the same timer and gate."""

@@ -1,16 +1,20 @@
-"""The fleet's requests served straight from the middleware stack, past FastAPI's routing.
+"""The fleet's requests served before FastAPI's and Starlette's own middlewares and routing.
 
 Every agent polls every few seconds, and most polls find nothing: polls (and reports, on every
-batch's critical path) are by far the most frequent requests. FastAPI's handling around a route
-(exception middleware, exit stacks, route matching through included routers, dependency
-solving, which parses cookies even for a route without parameters) cost about as much CPU as
-the poll's own checks (py-spy, docs/performance.md). The agent routes take the bare request and
-need none of it, so this middleware calls them directly.
+batch's critical path) are by far the most frequent requests, and a held poll waits up to 25 s
+with its whole call chain alive. FastAPI's handling around a route (its server-error, telemetry,
+body-limit and exception middlewares, exit stacks, route matching through included routers,
+dependency solving, which parses cookies even for a route without parameters) cost about as much
+CPU as the poll's own checks (py-spy, docs/performance.md), and each layer is a coroutine more
+held for every connected agent. The agent routes take the bare request and need none of it, so
+`ControlPlaneApi` hands them to a lane of their own: the request timer, the edge gate, then the
+route's endpoint.
 
 What stays the same: the routes (still registered, so the OpenAPI document and any other method
-on their paths are FastAPI's), the middlewares outside this one (the edge gate's size limit, the
-request timer, labelled with the route's template), and the answer to every error, from the
-handlers the app installed, looked up as FastAPI's own would.
+on their paths are FastAPI's), the middlewares an agent request meets (the edge gate's size
+limit, the request timer, labelled with the route's template), and the answer to every error,
+from the handlers the app installed, looked up as FastAPI's own would. A bug's exception is
+answered 500 by uvicorn, as Starlette's outermost middleware would.
 """
 
 import inspect
@@ -26,19 +30,39 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 ErrorHandler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 
-class FastLane:
-    """Serves POST on each of `routes` with its endpoint; everything else goes on to the app."""
+class ControlPlaneApi(FastAPI):
+    """FastAPI, with POSTs to the fast routes taken by `fast_lane` (set by api.app)."""
 
-    def __init__(self, app: ASGIApp, *, fastapi: FastAPI, routes: Sequence[APIRoute]) -> None:
-        self.app = app
+    fast_lane: ASGIApp | None = None
+    fast_paths: frozenset[str] = frozenset()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.fast_lane
+        if (
+            lane is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in self.fast_paths
+        ):
+            scope["app"] = self  # as Starlette sets it: `request.app` is this app
+            await lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+class FastLane:
+    """The end of the fast lane: serves POST on each of `routes` with its endpoint."""
+
+    def __init__(self, fastapi: FastAPI, routes: Sequence[APIRoute]) -> None:
         self.fastapi = fastapi
         self.routes = {route.path: route for route in routes}
 
+    @property
+    def paths(self) -> frozenset[str]:
+        return frozenset(self.routes)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+        route = self.routes[scope["path"]]
         scope["route"] = route  # for the request timer's label
         request = Request(scope, receive)
         endpoint: Endpoint = route.endpoint
@@ -47,7 +71,7 @@ class FastLane:
         except Exception as exc:
             handler = self._handler_for(exc)
             if handler is None:
-                raise  # a bug: Starlette's outermost middleware answers 500
+                raise  # a bug: uvicorn answers 500
             answer = handler(request, exc)
             response = await answer if inspect.isawaitable(answer) else answer
         await response(scope, receive, send)
