@@ -32,6 +32,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from server.settings import ApiSettings
 
 PROTOCOL = "api.connections:BoundedHttpTools"
+# An ASGI extension in each request's scope: {"future": done when the connection is lost}, so a
+# held poll learns of its agent hanging up without a task of its own watching `receive`.
+CONNECTION_LOST = "rollout.connection_lost"
 
 # Open files an API process keeps for itself beside its connections.
 RESERVED_FILES = 200
@@ -115,7 +118,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     # In slots: uvicorn's own attributes fill the instance dict's shared keys, and five more made
     # each connection's dict 1.3 KB larger.
-    __slots__ = ("_deadline", "_head_done", "_parsed", "_refused", "_unparsed")
+    __slots__ = ("_deadline", "_head_done", "_lost", "_parsed", "_refused", "_unparsed")
 
     request_timeout_seconds: ClassVar[float] = 10.0
     max_header_bytes: ClassVar[int] = 16 * 1024
@@ -132,10 +135,13 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._parsed = 0  # the head's parts parsed so far (a head read in one go)
         self._refused = False
         self._deadline: asyncio.TimerHandle | None = None
+        self._lost: asyncio.Future[None] = self.loop.create_future()
         self._start_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
+        if not self._lost.done():
+            self._lost.set_result(None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -151,6 +157,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {CONNECTION_LOST: {"future": self._lost}}
         self._head_done = False
         self._parsed = 0
 

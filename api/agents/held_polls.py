@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 
 from api.agents.auth import Verified
 from api.agents.replies import AgentError
+from api.connections import CONNECTION_LOST
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import PollRequest
 from store import polls
@@ -62,14 +63,16 @@ _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.Inte
 class Hold:
     """One poll's permission to wait; `seconds` is 0 for a poll answered at once.
 
-    Ten thousand may be held at once, so a hold is small: one future per wait, one timer, and
-    one task for the whole hold watching for the agent hanging up."""
+    Ten thousand may be held at once, so a hold is small: one future per wait and one timer.
+    The agent hanging up is learnt from the connection itself (api.connections sets a future
+    in the request's scope); under another server, a task watches the ASGI `receive`."""
 
     request: Request
     seconds: int
     _wakeup: asyncio.Future[bool] | None = None  # while waiting
     _woken: bool = False  # woken while not waiting (between its look and its wait)
-    _hang_up: asyncio.Task[None] | None = None
+    _watching: asyncio.Future[None] | None = None  # done when the agent hangs up
+    _hung_up: bool = False
     _deadline: float = 0.0
     _over: bool = False
 
@@ -82,17 +85,31 @@ class Hold:
         self._settle(False)
 
     def close(self) -> None:
-        # Dropped, not only cancelled: the task refers to this hold, and a cycle would wait
-        # for the garbage collector's rare oldest pass, with its request, as the hold ended.
-        hang_up, self._hang_up = self._hang_up, None
-        if hang_up is not None:
-            hang_up.cancel()
+        # The connection outlives the hold (kept alive), and a task would refer to the hold in a
+        # cycle that waits for the garbage collector's rare oldest pass: let go of both.
+        watching, self._watching = self._watching, None
+        if watching is not None:
+            watching.remove_done_callback(self._hang_up)
+            if isinstance(watching, asyncio.Task):
+                watching.cancel()
 
     def _settle(self, woken: bool) -> None:
         if self._wakeup is None:
             self._woken = self._woken or woken
         elif not self._wakeup.done():
             self._wakeup.set_result(woken)
+
+    def _hang_up(self, _: object) -> None:
+        self._hung_up = True
+        self._settle(False)
+
+    def _watch_hang_up(self) -> None:
+        extension = self.request.scope.get("extensions", {}).get(CONNECTION_LOST, {})
+        lost: asyncio.Future[None] | None = extension.get("future")
+        if lost is None:
+            lost = asyncio.ensure_future(self._disconnect())
+        lost.add_done_callback(self._hang_up)
+        self._watching = lost
 
     async def woken(self) -> bool:
         """Waits until this poll should check again (True) or its hold is over (False): the
@@ -102,14 +119,13 @@ class Hold:
         loop = asyncio.get_running_loop()
         if not self._deadline:
             self._deadline = loop.time() + self.seconds
+            self._watch_hang_up()
         remaining = self._deadline - loop.time()
-        if remaining <= 0 or (self._hang_up is not None and self._hang_up.done()):
+        if remaining <= 0 or self._hung_up:
             return False
         if self._woken:
             self._woken = False
             return True
-        if self._hang_up is None:
-            self._hang_up = asyncio.ensure_future(self._disconnect())
         self._wakeup = loop.create_future()
         timer = loop.call_later(remaining, self._settle, False)
         try:
@@ -122,7 +138,6 @@ class Hold:
         """Returns when the client goes away (its body was read in full before the hold)."""
         while (await self.request.receive())["type"] != "http.disconnect":
             pass
-        self._settle(False)
 
 
 class Dispatcher:
