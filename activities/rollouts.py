@@ -9,6 +9,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.common import MetricCounter
 
+from activities.heartbeat import heartbeating
 from contract.text import storable, storable_or_none
 from contract.wire import FINISHED_ROLLOUT_STATUSES
 from store import audit, instances, jobs, polls, rollout_targets, rollouts
@@ -50,7 +51,7 @@ class RolloutActivities:
     async def snapshot_targets(self, input: SnapshotTargetsInput) -> SnapshotTargetsResult:
         """Stores the rollout's targets (once: a retry answers from the stored snapshot) and
         returns only their number, so no payload grows with the fleet."""
-        async with self.pool.acquire() as conn:
+        async with heartbeating(), self.pool.acquire() as conn:
             versions = await instances.versions_below(
                 conn, channel=input.channel, version=input.version
             )
@@ -73,7 +74,8 @@ class RolloutActivities:
 
     @activity.defn(name="reported_steps")
     async def reported_steps(self, input: ReportedStepsInput) -> ReportedStepsResult:
-        steps = await jobs.reported_steps(self.pool, input.job_ids)
+        async with heartbeating():
+            steps = await jobs.reported_steps(self.pool, input.job_ids)
         return ReportedStepsResult.model_validate({"steps": steps})
 
     @activity.defn(name="record_progress")
@@ -81,6 +83,10 @@ class RolloutActivities:
         """A write PostgreSQL refuses for its data (SQLSTATE class 22, e.g. a NUL character)
         is made again with all free text made storable: retrying the same data would fail for
         ever and wedge the rollout."""
+        async with heartbeating():
+            return await self._record_storable(input)
+
+    async def _record_storable(self, input: RecordProgressInput) -> RecordProgressResult:
         try:
             return await self._record(input, None)
         except asyncpg.DataError as exc:

@@ -311,7 +311,8 @@ async def test_continue_as_new_mid_batch_replays(
     assert rest, "the run never continued as new"
     print("continue_mid_batch runs (signals, events):", [shape(run) for run in [first, *rest]])
     carried = carried_state(rest[0])
-    assert carried.status == "running"
+    # The wave in flight when the run continued may have left it paused (as at the boundary).
+    assert carried.status in ("running", "paused")
     assert {
         j.instance_id
         for j in carried.carried_jobs.unpack()

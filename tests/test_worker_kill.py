@@ -1,10 +1,13 @@
 """A worker killed with SIGKILL in the middle of a batch, then started again: the rollout carries
-on from its history; no job is lost, released twice or handed a new id."""
+on from its history; no job is lost, released twice or handed a new id. Killed in the middle of
+a read-model write, it costs the rollout seconds (heartbeat timeout, sticky queue timeout), not
+the write's start-to-close."""
 
 import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +16,8 @@ import httpx
 from temporalio.testing import WorkflowEnvironment
 
 from server.settings import ApiSettings
-from store import audit, jobs
+from store import audit, jobs, rollouts
+from store.pool import connect
 from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from workflows.rollout_models import JobReportSignal
@@ -109,3 +113,63 @@ async def test_rollout_survives_a_killed_worker(
     actions = [e.action for e in await audit.for_subject(db, f"rollout:{rollout['id']}")]
     assert actions.count("rollout.batch_released") == 2
     assert actions.count("rollout.started") == 1
+
+
+# A worker killed mid-write must cost the rollout seconds: the activity's heartbeat timeout
+# (plus the first retry's second, and the new worker's start), not its start-to-close.
+KILLED_WRITE_CEILING = 20.0
+
+
+async def test_a_worker_killed_mid_write_costs_seconds(
+    dev_env: WorkflowEnvironment,
+    dev_admin: httpx.AsyncClient,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """The batch's last report settles it; the read-model write that says so is held on a row
+    lock while its worker is killed. The next worker writes it within seconds of the kill."""
+    release_id = await seed_release(db, dev_settings)
+    await seed_instances(db, FLEET)
+    locker = await connect(dev_settings.database_url)
+    try:
+        async with worker_process(dev_settings) as first:
+            created = await dev_admin.post(
+                "/api/rollouts",
+                json={"manifestId": release_id, "channel": "stable", "batchSize": 3},
+            )
+            assert created.status_code == 201, created.text
+            rollout = created.json()
+            batch1 = rollout["batches"][0]["jobs"]
+            hold = locker.transaction()
+            await hold.start()
+            await locker.execute("SELECT 1 FROM rollouts WHERE id = $1 FOR UPDATE", rollout["id"])
+            for job in batch1:
+                await report(dev_env, rollout["id"], job, "succeeded")
+
+            async def write_waits_on_the_lock() -> bool:
+                return bool(
+                    await db.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+
+            await eventually(write_waits_on_the_lock)
+            first.kill()
+            await first.wait()
+        killed_at = time.monotonic()
+        await hold.rollback()
+        async with worker_process(dev_settings):
+
+            async def stored_settled() -> bool:
+                row = await rollouts.get(db, rollout["id"])
+                return row is not None and row.status == "awaiting_advance"
+
+            await eventually(stored_settled, timeout=90)
+            took = time.monotonic() - killed_at
+            assert took < KILLED_WRITE_CEILING, f"the write landed {took:.1f} s after the kill"
+            advanced = await dev_admin.post(f"/api/rollouts/{rollout['id']}/advance")
+            assert advanced.status_code == 200, advanced.text
+            print(f"write landed {took:.1f} s after the kill")
+    finally:
+        await locker.close()

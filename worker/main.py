@@ -24,6 +24,11 @@ from worker.reconciler import reconcile_forever
 from workflows.rollout import RolloutWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+# A workflow task waits this long for the worker that last ran the workflow (its sticky queue)
+# before any worker may take it. A worker killed (kill -9, OOM) cannot tell Temporal it left:
+# the SDK's 10 s default was most of what a killed worker cost a rollout (16 s of 6 s heartbeat
+# and retry); a live worker takes its sticky tasks in milliseconds.
+STICKY_TIMEOUT = timedelta(seconds=3)
 log = logging.getLogger("rollout.worker")
 
 
@@ -40,6 +45,7 @@ def build_worker(client: Client, settings: Settings, activities: RolloutActiviti
             activities.reported_steps,
         ],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
     )
 
 

@@ -11,7 +11,13 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from activities.rollouts import RolloutActivities
     from domain.rollouts import RolloutSpec
-    from workflows.read_model_writer import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, JOBS_PER_WRITE
+    from workflows.activity_options import (
+        ACTIVITY_RETRY,
+        CHUNK_TIMEOUT,
+        HEARTBEAT_TIMEOUT,
+        SNAPSHOT_TIMEOUT,
+    )
+    from workflows.read_model_writer import JOBS_PER_WRITE
     from workflows.rollout_models import (
         BatchTargetsInput,
         JobState,
@@ -34,7 +40,8 @@ async def snapshot_targets(spec: RolloutSpec) -> int:
     result = await workflow.execute_activity_method(
         RolloutActivities.snapshot_targets,
         SnapshotTargetsInput(rollout_id=spec.id, channel=spec.channel, version=spec.version),
-        start_to_close_timeout=ACTIVITY_TIMEOUT,
+        start_to_close_timeout=SNAPSHOT_TIMEOUT,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
         retry_policy=ACTIVITY_RETRY,
         summary=f"snapshot the hosts on {spec.channel} below {spec.version}",
     )
@@ -65,7 +72,8 @@ async def reported_steps(jobs: list[JobState]) -> dict[str, str]:
             result = await workflow.execute_activity_method(
                 RolloutActivities.reported_steps,
                 ReportedStepsInput(job_ids=[job.id for job in chunk]),
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                start_to_close_timeout=CHUNK_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=LOOKUP_RETRY,
                 summary=f"the steps {len(chunk)} overdue jobs reached",
             )

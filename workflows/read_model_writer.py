@@ -10,13 +10,13 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.rollouts import RolloutActivities
     from domain.jobs import JobWrite
     from domain.rollouts import RolloutProgress
+    from workflows.activity_options import ACTIVITY_RETRY, CHUNK_TIMEOUT, HEARTBEAT_TIMEOUT
     from workflows.rollout_machine import Effects, RolloutMachine
     from workflows.rollout_models import (
         AuditEvent,
@@ -29,14 +29,6 @@ with workflow.unsafe.imports_passed_through():
 JOBS_PER_WRITE = 500
 # The workflow keeps only the head of a report's message; the full text is in job_reports.
 MESSAGE_LIMIT = 1024
-ACTIVITY_TIMEOUT = timedelta(seconds=60)
-# The read model must eventually be written: retry without limit, backing off to 30 s.
-ACTIVITY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=0,
-)
 # What a cancel request raises where the run awaits (checked with is_cancelled_exception).
 CANCELLATION = (asyncio.CancelledError, ActivityError)
 
@@ -152,7 +144,8 @@ class ReadModelWriter:
                             jobs=chunk,
                             events=events if carries_row else [],
                         ),
-                        start_to_close_timeout=ACTIVITY_TIMEOUT,
+                        start_to_close_timeout=CHUNK_TIMEOUT,
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
                         retry_policy=ACTIVITY_RETRY,
                         summary=summary,
                     )
