@@ -1,8 +1,9 @@
 """Supervised child processes with prefixed output: the `rollout dev` process tree.
 
 Each child runs in its own session (Ctrl-C reaches `rollout dev` only, which stops children in
-order). A child that dies is reaped, whatever it left in its process group is killed, and it is
-started again after a growing delay, with a log line each time.
+order) and gets its stop signal should `rollout dev` die without stopping it (kill -9:
+devstack/parent_death.py). A child that dies is reaped, whatever it left in its process group is
+killed, and it is started again after a growing delay, with a log line each time.
 """
 
 import asyncio
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cli.output import write_safely
+from devstack.parent_death import die_with_this_process
 
 FIRST_RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
@@ -71,6 +73,7 @@ class Child:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_this_process(self.stop_signal),
         )
         self._pump = asyncio.create_task(pump_lines(self.name, self.process.stdout))
         return self.process

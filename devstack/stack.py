@@ -1,10 +1,13 @@
 """`rollout dev`: the whole control plane on embedded defaults, in one foreground process.
 
 PostgreSQL, the Temporal dev server, the worker and the API run as supervised children: one that
-dies is restarted (see devstack/processes.py); Ctrl-C or SIGTERM stops them all, in order.
+dies is restarted (see devstack/processes.py); Ctrl-C or SIGTERM stops them all, in order, and
+they stop by themselves should `rollout dev` be killed. One `rollout dev` runs on a data folder
+at a time; what one could not stop is stopped by the next (devstack/leftovers.py).
 """
 
 import asyncio
+import os
 import shlex
 import signal
 import sys
@@ -17,8 +20,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cli.errors import settings_or_exit
 from cli.output import discard, write_safely
+from devstack import leftovers
 from devstack import secrets as dev_secrets
-from devstack.ports import port_is_free
+from devstack.ports import port_is_free, port_owner
 from devstack.postgres import EmbeddedPostgres, PostgresStartError
 from devstack.processes import Child, say
 from devstack.temporal import TemporalDevServer, TemporalStartError
@@ -62,7 +66,24 @@ class StackError(Exception):
 def check_ports(config: DevSettings) -> None:
     for env_name, port in config.ports().items():
         if not port_is_free(port):
-            raise StackError(f"port {port} is already in use; set {env_name} to a free port")
+            owner = port_owner(port)
+            by = f" (by {leftovers.describe(owner)})" if owner is not None else ""
+            raise StackError(f"port {port} is already in use{by}; set {env_name} to a free port")
+
+
+def stop_leftovers(data_dir: Path) -> None:
+    """Stop what a `rollout dev` on this folder that was killed left running, saying so."""
+    found = leftovers.find(data_dir)
+    if not found:
+        return
+    heads = ", ".join(f"{head.name} (pid {head.pid})" for head in leftovers.heads(found))
+    say(f"{data_dir} has a stack left over from a `rollout dev` that is gone: {heads}; stopping it")
+    killed = leftovers.stop(found)
+    if killed:
+        names = ", ".join(f"{head.name} (pid {head.pid})" for head in killed)
+        say(f"killed what did not stop within {leftovers.STOP_SECONDS:.0f}s: {names}")
+    else:
+        say("the left-over stack stopped")
 
 
 async def ensure_database(server: EmbeddedPostgres) -> str:
@@ -95,12 +116,13 @@ async def wait_for_database(server: EmbeddedPostgres, child: Child) -> str:
         await asyncio.sleep(0.1)
 
 
-def postgres_child(server: EmbeddedPostgres) -> Child:
+def postgres_child(server: EmbeddedPostgres, env: dict[str, str]) -> Child:
     user = server.prepare()  # initdb on first use; fails early and clearly if it cannot
     # SIGINT is PostgreSQL's fast shutdown: sessions are disconnected, data is consistent.
     return Child(
         "postgres",
         server.argv(),
+        env,
         user=user,
         prepare=server.clear_stale_lock,
         stop_signal=signal.SIGINT,
@@ -108,6 +130,8 @@ def postgres_child(server: EmbeddedPostgres) -> Child:
 
 
 async def run_stack(config: DevSettings, stop: asyncio.Event, serving: asyncio.Event) -> int:
+    lock = leftovers.lock_data_dir(config.data_dir)  # held until this process ends
+    await asyncio.to_thread(stop_leftovers, config.data_dir)
     check_ports(config)
     secrets_file = config.data_dir / "dev-secrets.env"
     secrets = dev_secrets.load_or_create(secrets_file)
@@ -115,14 +139,17 @@ async def run_stack(config: DevSettings, stop: asyncio.Event, serving: asyncio.E
     children: list[Child] = []
     try:
         say(f"starting PostgreSQL on 127.0.0.1:{postgres.port} (data in {postgres.data_dir})")
-        database = await asyncio.to_thread(postgres_child, postgres)
+        marks = leftovers.marks(config.data_dir, "postgres")
+        database = await asyncio.to_thread(postgres_child, postgres, marks)
         children.append(database)
         await database.start()
         database_url = await wait_for_database(postgres, database)
         temporal = TemporalDevServer(
             config.data_dir, config.rollout_temporal_port, config.rollout_temporal_ui_port
         )
-        temporal_child = Child("temporal", temporal.argv())
+        temporal_child = Child(
+            "temporal", temporal.argv(), leftovers.marks(config.data_dir, "temporal")
+        )
         children.append(temporal_child)
         say(f"starting the Temporal dev server on {temporal.address}")
         await temporal_child.start()
@@ -134,8 +161,16 @@ async def run_stack(config: DevSettings, stop: asyncio.Event, serving: asyncio.E
         }
         rollout = [sys.executable, "-m", "cli.main"]
         for child in (
-            Child("worker", [*rollout, "worker"], env),
-            Child("api", [*rollout, "api", "--port", str(config.rollout_api_port)], env),
+            Child(
+                "worker",
+                [*rollout, "worker"],
+                {**env, **leftovers.marks(config.data_dir, "worker")},
+            ),
+            Child(
+                "api",
+                [*rollout, "api", "--port", str(config.rollout_api_port)],
+                {**env, **leftovers.marks(config.data_dir, "api")},
+            ),
         ):
             children.append(child)
             await child.start()
@@ -150,6 +185,7 @@ async def run_stack(config: DevSettings, stop: asyncio.Event, serving: asyncio.E
         return 0
     finally:
         await _stop_all(children)
+        os.close(lock)
 
 
 async def _stop_all(children: list[Child]) -> None:
@@ -186,7 +222,7 @@ def main() -> int:
     config = settings_or_exit(DevSettings, "rollout dev")
     try:
         return asyncio.run(_run(config))
-    except (StackError, PostgresStartError, TemporalStartError) as exc:
+    except (StackError, leftovers.FolderInUse, PostgresStartError, TemporalStartError) as exc:
         write_safely(sys.stderr, f"rollout dev: {exc}\n")
         return 2
     finally:

@@ -5,6 +5,7 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack import leftovers
 from devstack.ports import free_port, port_is_free
+from devstack.postgres import EmbeddedPostgres
 from devstack.secrets import load_or_create
+from devstack.temporal import TemporalDevServer
 from tests.fixtures_temporal import eventually
 from tests.manifests import hand_signed
 
@@ -184,6 +188,16 @@ class DevStack:
             self.output.close()
         return code, children
 
+    async def kill(self) -> set[int]:
+        """`kill -9` of `rollout dev` itself; the processes it had started."""
+        assert self.process is not None and self.reader is not None and self.output is not None
+        children = descendants(self.process.pid)
+        self.process.kill()
+        await self.process.wait()
+        await asyncio.wait_for(self.reader, 60)  # its children hold no copy of its output
+        self.output.close()
+        return children
+
 
 def _parent(pid: int) -> int | None:
     try:
@@ -261,21 +275,27 @@ async def test_dev_stack_supervises_its_parts_keeps_data_and_stops_cleanly(
     assert code == 0 and [pid for pid in children if alive(pid)] == []
 
 
-async def test_a_malformed_port_gives_one_line_and_exit_2(tmp_path: Path) -> None:
-    env = {**os.environ, "ROLLOUT_DATA_DIR": str(tmp_path / "data"), "ROLLOUT_API_PORT": "abc"}
+async def rollout_dev_exits(data_dir: Path, **env: str) -> tuple[int, str, str]:
+    """A `rollout dev` that is expected to stop at once: its exit status, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cli.main",
         "dev",
-        env=env,
+        env={**os.environ, "ROLLOUT_DATA_DIR": str(data_dir), **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 2
-    assert out == b""
-    assert err.decode().splitlines() == [
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_a_malformed_port_gives_one_line_and_exit_2(tmp_path: Path) -> None:
+    code, out, err = await rollout_dev_exits(tmp_path / "data", ROLLOUT_API_PORT="abc")
+    assert code == 2
+    assert out == ""
+    assert err.splitlines() == [
         "rollout dev: refusing to start: ROLLOUT_API_PORT: Input should be a valid integer,"
         " unable to parse string as an integer"
     ]
@@ -285,20 +305,88 @@ async def test_a_malformed_port_gives_one_line_and_exit_2(tmp_path: Path) -> Non
 async def test_a_taken_port_gives_one_clear_line(tmp_path: Path) -> None:
     taken = free_port()
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", taken)
-    env = {**os.environ, "ROLLOUT_DATA_DIR": str(tmp_path / "data"), "ROLLOUT_API_PORT": str(taken)}
     async with blocker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cli.main",
-            "dev",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 2
-    lines = [line for line in stderr.decode().splitlines() if line.startswith("rollout dev")]
-    assert lines == [
-        f"rollout dev: port {taken} is already in use; set ROLLOUT_API_PORT to a free port"
+        code, _, stderr = await rollout_dev_exits(tmp_path / "data", ROLLOUT_API_PORT=str(taken))
+    assert code == 2
+    lines = [line for line in stderr.splitlines() if line.startswith("rollout dev")]
+    (line,) = lines
+    # Who holds it: this test's process (its command line, cut to 80 characters).
+    assert line.startswith(f"rollout dev: port {taken} is already in use (by pid {os.getpid()}: ")
+    assert line.endswith("); set ROLLOUT_API_PORT to a free port")
+
+
+async def all_gone(pids: set[int]) -> None:
+    async def probe() -> bool:
+        return not any(alive(pid) for pid in pids)
+
+    try:
+        await eventually(probe, timeout=60, interval=0.1)
+    except AssertionError:
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in pids if alive(pid)}
+        raise AssertionError(f"still running: {left}") from None
+
+
+async def test_a_killed_rollout_dev_takes_its_children_along(stack: DevStack) -> None:
+    """kill -9 of the supervisor: its four children (and PostgreSQL's backends) stop by
+    themselves, every port is free, and the next start on the same folder serves; a second
+    `rollout dev` on that folder meanwhile is refused, naming the first."""
+    await stack.start()
+    await stack.healthy()
+    children = await stack.kill()
+    assert len(children) >= 4
+    await all_gone(children)
+    assert all(port_is_free(port) for port in stack.ports.values())
+
+    await stack.start()
+    await stack.healthy()
+    assert stack.process is not None
+    others = zip(("API", "POSTGRES", "TEMPORAL", "TEMPORAL_UI"), lasting_ports(4), strict=True)
+    code, _, stderr = await rollout_dev_exits(
+        stack.data_dir, **{f"ROLLOUT_{name}_PORT": str(port) for name, port in others}
+    )
+    first = stack.process.pid
+    assert code == 2
+    assert stderr.splitlines() == [
+        f"rollout dev: another `rollout dev` (pid {first}) is running on"
+        f" {stack.data_dir.resolve()}; stop it (Ctrl-C in its terminal, or kill {first}) or"
+        " set ROLLOUT_DATA_DIR to another folder"
     ]
+    await stack.healthy()  # the first one is untouched
+    code, children = await stack.interrupt()
+    assert code == 0 and [pid for pid in children if alive(pid)] == []
+
+
+async def test_a_start_stops_what_a_gone_rollout_dev_left_on_its_folder(stack: DevStack) -> None:
+    """What a `rollout dev` that could not stop its children left on the data folder, holding
+    its ports: a PostgreSQL on the folder's data, a Temporal dev server on its file, an API (a
+    process marked as the stack's). The next start says so, stops them and serves."""
+    data = stack.data_dir
+    postgres = EmbeddedPostgres(data / "postgres", stack.ports["POSTGRES"])
+    postgres.start()
+    temporal = TemporalDevServer(data, stack.ports["TEMPORAL"], stack.ports["TEMPORAL_UI"])
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    temporal_process = subprocess.Popen(temporal.argv(), **quiet)  # type: ignore[call-overload]
+    api = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(stack.ports["API"])],
+        env={**os.environ, **leftovers.marks(data.resolve(), "api")},
+        **quiet,  # type: ignore[call-overload]
+    )
+    processes = [postgres.process, temporal_process, api]
+    try:
+        await eventually(lambda: asyncio.to_thread(lambda: not port_is_free(stack.ports["API"])))
+        await temporal.wait_ready()
+        await stack.start()
+        line = await stack.line_containing("has a stack left over")
+        assert postgres.process is not None
+        for name, process in (("postgres", postgres.process), ("temporal", temporal_process)):
+            assert f"{name} (pid {process.pid})" in line
+        assert f"api (pid {api.pid})" in line and line.endswith("; stopping it\n")
+        await stack.line_containing("the left-over stack stopped")
+        await stack.healthy()
+        assert all(process.poll() is not None for process in processes if process)
+    finally:
+        for process in processes:
+            if process is not None and process.poll() is None:
+                process.kill()
+            if process is not None:
+                process.wait()
