@@ -19,6 +19,7 @@ from agent.journal import Journal, Report
 from agent.logs import instance_log
 from agent.network import agent_transport
 from agent.reports import ReportSender
+from agent.state_dir import StateDirUnusable
 from agent.steps import ShellExecutor, StepExecutor
 from agent.timing import jittered, retry_delay, sleep_unless_stopped
 from agent.transport import RequestFailed, Signer, signed_exchange, signed_post
@@ -70,7 +71,9 @@ class Agent:
         self.log = instance_log(__name__, config.instance_id)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop` is set: then the running step finishes, reports go out, and it returns."""
+        """Until `stop` is set: then the running step finishes, reports go out, and it returns.
+        Raises StateDirUnusable once the state directory refuses a write, after reporting the
+        job in flight failed (agent/job.py `abandon`)."""
         async with httpx.AsyncClient(
             base_url=self.config.control_plane_url,
             timeout=self.config.request_timeout_seconds,
@@ -102,9 +105,16 @@ class Agent:
             try:
                 for report in self.journal.state.unacknowledged:
                     reports.submit(report)
+                self.journal.check_writable()
                 await runner.recover()
                 await self._poll_until_stopped(http, runner, reports, stop)
                 await reports.drain()
+            except StateDirUnusable as exc:
+                # Nothing more runs; what can still be told goes out within the stop grace.
+                runner.abandon(exc)
+                stop.set()
+                await reports.drain()
+                raise
             finally:
                 await reports.close()
         self.log.info("stopped")
@@ -127,6 +137,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         hold = 0  # seconds this agent asks the control plane to hold its poll; 0 until offered
         while not stop.is_set():
+            if self.journal.unusable is not None:
+                raise self.journal.unusable
             fields = {
                 "channel": self.config.channel,
                 "currentVersion": self.journal.state.current_version,

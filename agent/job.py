@@ -2,6 +2,8 @@
 
 The journal is written before every step, so an agent that dies mid-step finishes the story on
 restart (`recover`): it rolls back what may be half done and reports, and never reruns the job.
+A journal that cannot be written (StateDirUnusable) stops the story where it is: nothing more
+runs, and the job is reported failed with the reason (`abandon`).
 """
 
 import asyncio
@@ -12,6 +14,7 @@ import semver
 from agent.journal import Journal, Report
 from agent.logs import InstanceLog
 from agent.reports import ReportSender
+from agent.state_dir import StateDirUnusable
 from agent.steps import StepContext, StepExecutor, StepResult
 from contract.manifest import parse_timestamp
 from contract.wire import MAX_MESSAGE_BYTES, UPDATE_STEPS, JobAssignment, ReportStatus, Step
@@ -85,6 +88,9 @@ def _section(step: Step, result: StepResult) -> tuple[str, str]:
     return f"{step} failed: {result.summary}", result.output
 
 
+_ONCE_WRITABLE = "the agent rolls it back when it starts with the directory writable again"
+
+
 def _about(job: JobAssignment, step: str | None) -> dict[str, str | None]:
     """Log context: fields in JSON logs, so one job's story can be filtered out of many."""
     return {"job_id": job.id, "rollout_id": job.rolloutId, "step": step}
@@ -107,9 +113,15 @@ class JobRunner:
         self.reports = reports
         self.stop = stop
         self.log = log
+        # The job this run is telling the story of until its final report is submitted, and
+        # the step the host last started for it (None: nothing yet; "rollback": a rollback).
+        self._current: JobAssignment | None = None
+        self._step: Step | None = None
+        self._failed_step: Step | None = None  # what a rollback under way undoes
 
     def _enter(self, job: JobAssignment, step: Step) -> None:
         self.journal.enter_step(job, step)
+        self._step = step
         self.log.info(
             "job %s: %s (%s)", job.id, step, job.manifest.version, extra=_about(job, step)
         )
@@ -124,9 +136,12 @@ class JobRunner:
         new_version: str | None = None,
     ) -> None:
         report = Report(jobId=job.id, status=status, step=step, message=message)
-        self.journal.finish(report, new_version)
-        self.log.info("job %s: %s at %s", job.id, status, step, extra=_about(job, step))
-        self.reports.submit(report)
+        try:
+            self.journal.finish(report, new_version)
+        finally:  # journalled or not, the story is over: the control plane hears how it ended
+            self.log.info("job %s: %s at %s", job.id, status, step, extra=_about(job, step))
+            self.reports.submit(report)
+            self._current = None
 
     def _preflight_problem(self, job: JobAssignment) -> str | None:
         active = self.journal.state.active
@@ -142,6 +157,7 @@ class JobRunner:
         return None
 
     async def run(self, job: JobAssignment) -> None:
+        self._current, self._step = job, None
         problem = self._preflight_problem(job)
         if problem is not None:
             self.reports.submit(Report(jobId=job.id, status="in_progress", step="preflight"))
@@ -192,6 +208,7 @@ class JobRunner:
             self._finish(job, "failed", failed_step, fit_message([*sections, note]))
             return
         self.journal.enter_rollback(failed_step, fit_message(sections))
+        self._step, self._failed_step = "rollback", failed_step
         self.log.info(
             "job %s: rollback after %s", job.id, failed_step, extra=_about(job, "rollback")
         )
@@ -208,6 +225,7 @@ class JobRunner:
         if active is None:
             return
         job = active.job
+        self._current, self._step, self._failed_step = job, active.step, active.failed_step
         context = StepContext(job.id, job.manifest, active.previous_version)
         self.log.warning(
             "job %s: agent restarted during %s; finishing it",
@@ -226,3 +244,30 @@ class JobRunner:
         else:
             note = (f"agent restarted while {active.step} was running; it may be half done", "")
             await self._roll_back(job, context, active.step, [note])
+
+    def abandon(self, error: StateDirUnusable) -> None:
+        """The state directory stopped taking writes: nothing more is run, and the job in
+        flight (this run's, or the one the journal says the previous run left) is reported
+        failed at the step it reached, with the reason, without being journalled (the report
+        still goes out while the agent can reach the control plane)."""
+        job, step, failed_step = self._current, self._step, self._failed_step
+        active = self.journal.state.active
+        if job is None and active is not None:
+            job, step, failed_step = active.job, active.step, active.failed_step
+        if job is None:
+            return
+        self._current = None
+        if step is None or step == "preflight":
+            at: Step = "preflight"
+            what = "nothing changed"
+        elif step == "rollback":
+            at = failed_step or "rollback"
+            what = f"the rollback after {at} did not complete; {_ONCE_WRITABLE}"
+        else:
+            at = step
+            what = f"no rollback was run: the host is as {step} left it; {_ONCE_WRITABLE}"
+        self.log.error(
+            "job %s: stopped at %s, reported failed: %s", job.id, at, error, extra=_about(job, at)
+        )
+        message = f"agent stopped: {error}; {what}"
+        self.reports.submit(Report(jobId=job.id, status="failed", step=at, message=message))

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
-from agent.state_dir import PRIVATE_FILE_MODE, make_private_dir, open_private
+from agent.state_dir import (
+    PRIVATE_FILE_MODE,
+    StateDirUnusable,
+    make_private_dir,
+    open_private,
+    writing,
+)
 from contract.text import storable_or_none
 from contract.wire import JobAssignment, ReportStatus, Step
 
@@ -55,6 +61,9 @@ class Journal:
     def __init__(self, state: JournalState, path: Path | None) -> None:
         self.state = state
         self.path = path
+        # The first write the directory refused: the agent stops on it, wherever it happened
+        # (an acknowledgement written by the report sender, too).
+        self.unusable: StateDirUnusable | None = None
 
     @classmethod
     def open(cls, state_dir: Path | None, first_run_version: str) -> "Journal":
@@ -68,17 +77,30 @@ class Journal:
         journal._save()
         return journal
 
+    def check_writable(self) -> None:
+        """Write the state as it is: raises StateDirUnusable when the directory does not take
+        it, before anything is run that the journal must follow."""
+        self._save()
+
     def _save(self) -> None:
         if self.path is None:
             return
-        temporary = self.path.with_suffix(".tmp")
+        try:
+            with writing(self.path.parent):
+                self._write(self.path)
+        except StateDirUnusable as exc:
+            self.unusable = self.unusable or exc
+            raise
+
+    def _write(self, path: Path) -> None:
+        temporary = path.with_suffix(".tmp")
         with open(open_private(temporary, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
             os.fchmod(handle.fileno(), PRIVATE_FILE_MODE)  # a stale temporary may be older
             handle.write(self.state.model_dump_json(indent=1).encode())
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
         finally:

@@ -13,7 +13,7 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.daemon import Agent
 from agent.journal import STATE_FILE, Journal
 from agent.logs import instance_log
-from agent.state_dir import StateDirInUse, claimed
+from agent.state_dir import StateDirInUse, StateDirUnusable, claimed
 from agent.step_lock import end_leftover_step
 from runtime.logs import configure_logging
 
@@ -54,6 +54,9 @@ def main(check_only: bool = False) -> int:
         except StateDirInUse as exc:
             _error(str(exc))
             return EXIT_STATE_DIR_IN_USE
+        except StateDirUnusable as exc:
+            _error(str(exc))
+            return EXIT_CONFIG
         except OSError as exc:
             _error(f"AGENT_STATE_DIR {config.state_dir}: {exc}")
             return EXIT_CONFIG
@@ -63,6 +66,10 @@ def main(check_only: bool = False) -> int:
                 f" ({type(exc).__name__}); move it aside only if no update is running"
             )
             return EXIT_CONFIG
-        asyncio.run(_serve(config, journal))
+        try:
+            asyncio.run(_serve(config, journal))
+        except StateDirUnusable as exc:  # the job in flight was reported failed, if it could be
+            _error(str(exc))
+            return EXIT_CONFIG
     logging.getLogger(__name__).info("exit")
     return 0

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.journal import Journal, Report
 from agent.logs import InstanceLog
+from agent.state_dir import StateDirUnusable
 from agent.timing import retry_delay
 from agent.transport import RequestFailed
 from contract.wire import ReportResponse
@@ -102,4 +103,7 @@ class ReportSender:
             self._log.info("%s acknowledged (job is %s)", what, answer.status, extra=about)
             break
         if report in self._journal.state.unacknowledged:
-            self._journal.acknowledged(report)
+            # Not written down, the report is sent again by the next start (the same report
+            # again changes nothing); the agent stops on the journal's `unusable`.
+            with contextlib.suppress(StateDirUnusable):
+                self._journal.acknowledged(report)

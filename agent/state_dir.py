@@ -21,6 +21,27 @@ class StateDirInUse(Exception):
     """Another agent holds the directory; the message names its pid when known."""
 
 
+class StateDirUnusable(Exception):
+    """A write in the directory failed (read-only, full, permissions changed under the agent):
+    the agent cannot journal its steps, so it must not run any, and stops (exit 2)."""
+
+    def __init__(self, state_dir: Path, error: OSError) -> None:
+        where = f" ({error.filename})" if error.filename else ""
+        super().__init__(
+            f"AGENT_STATE_DIR {state_dir} cannot be written: {error.strerror or error}{where};"
+            " the agent journals every step there and runs none until it can"
+        )
+
+
+@contextlib.contextmanager
+def writing(state_dir: Path) -> Iterator[None]:
+    """Turns a failed write in `state_dir` into StateDirUnusable."""
+    try:
+        yield
+    except OSError as exc:
+        raise StateDirUnusable(state_dir, exc) from exc
+
+
 def make_private_dir(path: Path) -> None:
     """Creates `path` 0700 when missing; an existing directory keeps the mode its owner chose."""
     path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.logs import InstanceLog
-from agent.state_dir import open_private
+from agent.state_dir import open_private, writing
 from agent.timing import sleep_unless_stopped
 
 STEP_LOCK = "step.lock"
@@ -34,10 +34,12 @@ _STILL_WAITING_LOG_SECONDS = 30.0
 
 @contextlib.contextmanager
 def step_lock(state_dir: Path) -> Iterator[int]:
-    """A descriptor holding a new lock, to pass to the step; the agent's copy closes on exit."""
+    """A descriptor holding a new lock, to pass to the step; the agent's copy closes on exit.
+    Raises StateDirUnusable when the lock cannot be made: no step runs without it."""
     path = state_dir / STEP_LOCK
-    path.unlink(missing_ok=True)
-    descriptor = open_private(path, os.O_RDWR | os.O_EXCL)
+    with writing(state_dir):
+        path.unlink(missing_ok=True)
+        descriptor = open_private(path, os.O_RDWR | os.O_EXCL)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield descriptor
@@ -46,8 +48,11 @@ def step_lock(state_dir: Path) -> Iterator[int]:
 
 
 def step_ended(state_dir: Path) -> None:
-    """The step is over: whatever still holds the old lock is no longer the step's business."""
-    (state_dir / STEP_LOCK).unlink(missing_ok=True)
+    """The step is over: whatever still holds the old lock is no longer the step's business.
+    A directory that no longer takes writes keeps the file: the next lock or journal write
+    says so (StateDirUnusable), and a free lock left behind is only removed by the next start."""
+    with contextlib.suppress(OSError):
+        (state_dir / STEP_LOCK).unlink(missing_ok=True)
 
 
 def _take(descriptor: int) -> bool:
@@ -113,7 +118,7 @@ async def end_leftover_step(state_dir: Path, log: InstanceLog, stop: asyncio.Eve
             if not await _end(descriptor, file, holders, log, stop):
                 return False
             log.info("the previous run's step has ended; no process of it is left")
-        path.unlink(missing_ok=True)
+        step_ended(state_dir)
         return True
     finally:
         os.close(descriptor)

@@ -8,10 +8,14 @@ the test opens a gate (`block_at`), so a test can kill or stop the agent mid-ste
 another one still runs adds an "overlap" line to the steps file: the host's own view of the truth.
 Through `extra_env`: AGENT_TEST_IGNORE_TERM=1 makes steps ignore SIGTERM, and
 AGENT_TEST_BACKGROUND_AT=<step> makes that step leave a process running in the background.
+With `permissions_apply`, an agent started by root runs without the capabilities that let root
+ignore file permissions, so a chmod makes its state directory read-only to it, as to an agent
+running as another user.
 """
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -63,6 +67,20 @@ exit 0
 STEPS_WITH_COMMANDS = ("backup", "pull", "migrate", "smoke", "switch", "rollback")
 
 
+# prctl(PR_CAPBSET_DROP, cap): gone from the bounding set, a capability is not in the permitted
+# set of what the process executes next, root's programs included.
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 1, 2, 3
+
+
+def _permissions_apply() -> None:
+    """preexec_fn: root's next program is held to file permissions like any user's."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER):
+        if prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
 def _processes() -> dict[int, list[str]]:
     """pid -> the fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...)."""
     found = {}
@@ -88,9 +106,10 @@ def alive(pids: set[int]) -> set[int]:
 class AgentHost:
     """One agent process and the files its step commands write."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], *, permissions_apply: bool) -> None:
         self.workdir = workdir
         self.env = env
+        self.permissions_apply = permissions_apply and os.geteuid() == 0
         self.state_dir = Path(env["AGENT_STATE_DIR"])
         self.steps_file = Path(env["AGENT_TEST_STEPS_FILE"])
         self.gate = Path(env["AGENT_TEST_GATE"])
@@ -106,6 +125,7 @@ class AgentHost:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                preexec_fn=_permissions_apply if self.permissions_apply else None,
             )
 
     def steps(self) -> list[str]:
@@ -188,6 +208,7 @@ async def agent_host(tmp_path: Path) -> AsyncIterator[AgentFactory]:
         block_at: str = "",
         rollback: bool = True,
         extra_env: dict[str, str] | None = None,
+        permissions_apply: bool = False,
     ) -> AgentHost:
         workdir = tmp_path / f"{instance_id}-{len(hosts)}"
         workdir.mkdir()
@@ -215,7 +236,7 @@ async def agent_host(tmp_path: Path) -> AsyncIterator[AgentFactory]:
             if step != "rollback" or rollback:
                 env[f"UPDATE_{step.upper()}_CMD"] = f"sh {script} {step}"
         env.update(extra_env or {})
-        host = AgentHost(workdir, env)
+        host = AgentHost(workdir, env, permissions_apply=permissions_apply)
         hosts.append(host)
         await host.start()
         return host
