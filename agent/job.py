@@ -3,7 +3,10 @@
 The journal is written before every step, so an agent that dies mid-step finishes the story on
 restart (`recover`): it rolls back what may be half done and reports, and never reruns the job.
 A journal that cannot be written (StateDirUnusable) stops the story where it is: nothing more
-runs, and the job is reported failed with the reason (`abandon`).
+runs, and the job is reported failed with the reason (`abandon`). A job the control plane ended
+meanwhile (a refusal of its reports says so: agent/reports.py) stops like a SIGTERM: the step
+under way finishes, no other runs, what ran is rolled back and the end is reported, which the
+control plane records as the job's host outcome.
 """
 
 import asyncio
@@ -88,6 +91,10 @@ def _section(step: Step, result: StepResult) -> tuple[str, str]:
     return f"{step} failed: {result.summary}", result.output
 
 
+def _ended_by(status: str) -> str:
+    return f"the control plane ended the job ({status})"
+
+
 _ONCE_WRITABLE = "the agent rolls it back when it starts with the directory writable again"
 
 
@@ -170,8 +177,9 @@ class JobRunner:
         done: list[tuple[str, str]] = []
         last: Step = "preflight"
         for step in UPDATE_STEPS:
-            if self.stop.is_set():
-                await self._stopped(job, context, last, done)
+            halted = self._halted(job)
+            if halted is not None:
+                await self._stopped(job, context, last, done, halted)
                 return
             self._enter(job, step)
             result = await self.executor.run(step, context)
@@ -183,17 +191,34 @@ class JobRunner:
                 await self._roll_back(job, context, step, [*done, _section(step, result)])
                 return
             done.append(_section(step, result))
+        ended = self.reports.ended.get(job.id)
+        if ended is not None:  # heard only now: the update is undone all the same
+            await self._stopped(job, context, last, done, _ended_by(ended))
+            return
         summary = f"updated from {context.previous_version} to {job.manifest.version}"
         self._finish(job, "succeeded", "health", summary, new_version=job.manifest.version)
 
+    def _halted(self, job: JobAssignment) -> str | None:
+        """Why no further step of `job` may run, if one may not."""
+        ended = self.reports.ended.get(job.id)
+        if ended is not None:
+            return _ended_by(ended)
+        return "agent stopping (SIGTERM)" if self.stop.is_set() else None
+
     async def _stopped(
-        self, job: JobAssignment, context: StepContext, last: Step, done: list[tuple[str, str]]
+        self,
+        job: JobAssignment,
+        context: StepContext,
+        last: Step,
+        done: list[tuple[str, str]],
+        why: str,
     ) -> None:
+        self.log.warning("job %s: %s after %s", job.id, why, last, extra=_about(job, last))
         if last == "preflight":
-            message = "agent stopping before the update started; nothing changed"
+            message = f"{why} before the update started; nothing changed"
             self._finish(job, "failed", "preflight", message)
             return
-        note = (f"agent stopping (SIGTERM) after {last} finished; the update was not completed", "")
+        note = (f"{why} after {last} finished; the update was not completed", "")
         await self._roll_back(job, context, last, [*done, note])
 
     async def _roll_back(

@@ -2,8 +2,11 @@
 
 Runs beside the job so an unreachable control plane never holds an update half done. A verified
 409 (the job already ended otherwise) or 401/403/404 will not change by retrying: logged and
-dropped. After the agent is told to stop it keeps trying for a grace period; a final report
-still unsent then stays in the journal and is sent on the next start.
+dropped. A verified refusal that says the job has ended (`jobStatus` settled: the control plane
+cancelled it or its deadline passed) is noted in `ended`, which the job's runner reads before
+each step: it goes no further and rolls back. After the agent is told to stop it keeps trying
+for a grace period; a final report still unsent then stays in the journal and is sent on the
+next start.
 """
 
 import asyncio
@@ -16,7 +19,7 @@ from agent.logs import InstanceLog
 from agent.state_dir import StateDirUnusable
 from agent.timing import retry_delay
 from agent.transport import RequestFailed
-from contract.wire import ReportResponse
+from contract.wire import TERMINAL_JOB_STATUSES, ReportResponse
 
 SendReport = Callable[[Report], Awaitable[ReportResponse]]
 
@@ -41,6 +44,8 @@ class ReportSender:
         self._give_up_at: float | None = None
         self._queue: asyncio.Queue[Report] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # Jobs a verified refusal said have ended, with the status they ended in.
+        self.ended: dict[str, str] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._deliver_forever())
@@ -66,6 +71,33 @@ class ReportSender:
             finally:
                 self._queue.task_done()
 
+    def _refused(
+        self, report: Report, exc: RequestFailed, what: str, about: dict[str, str | None]
+    ) -> None:
+        job_status = exc.document.get("jobStatus")
+        if exc.status == 409 and job_status in TERMINAL_JOB_STATUSES:
+            first = report.jobId not in self.ended
+            self.ended.setdefault(report.jobId, str(job_status))
+            if exc.document.get("hostOutcome") == report.status:
+                self._log.info(
+                    "%s: the job is %s; recorded as the host's outcome",
+                    what,
+                    job_status,
+                    extra=about,
+                )
+                return
+            if first and report.status == "in_progress":
+                self._log.warning(
+                    "%s refused: the control plane ended the job (%s); no further step runs,"
+                    " what ran is rolled back",
+                    what,
+                    job_status,
+                    extra=about,
+                )
+                return
+        level = logging.WARNING if exc.status == 409 else logging.ERROR
+        self._log.log(level, "%s refused for good, dropped: %s", what, exc, extra=about)
+
     def _seconds_left_after_stop(self) -> float | None:
         if not self._stop.is_set():
             return None
@@ -83,8 +115,7 @@ class ReportSender:
                 answer = await self._send(report)
             except RequestFailed as exc:
                 if exc.final:
-                    level = logging.WARNING if exc.status == 409 else logging.ERROR
-                    self._log.log(level, "%s refused for good, dropped: %s", what, exc, extra=about)
+                    self._refused(report, exc, what, about)
                     break
                 failures += 1
                 delay = retry_delay(failures, *self._backoff, exc.retry_after)

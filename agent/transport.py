@@ -28,7 +28,8 @@ FINAL_STATUSES = frozenset({403, 404, 409, 413, 422})
 
 class RequestFailed(Exception):
     """No usable answer. `final`: the control plane (verified) refused for good; `untrusted`: the
-    answer failed the signature or nonce check, which callers log loudly."""
+    answer failed the signature or nonce check, which callers log loudly; `document`: the
+    verified body of a refusal, empty for anything not verified."""
 
     def __init__(
         self,
@@ -38,12 +39,14 @@ class RequestFailed(Exception):
         final: bool = False,
         untrusted: bool = False,
         retry_after: float | None = None,
+        document: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(reason)
         self.status = status
         self.final = final
         self.untrusted = untrusted
         self.retry_after = retry_after
+        self.document = document or {}  # a refusal's verified body (contract.wire.ReportRefusal)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ async def signed_exchange(
             f"{path}: HTTP {response.status_code}: {detail}",
             status=response.status_code,
             final=response.status_code in FINAL_STATUSES,
+            document=document,
         )
     try:
         return model.model_validate(document), response.headers

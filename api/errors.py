@@ -136,8 +136,10 @@ REFUSAL_STATUS: dict[type[ServiceError], int] = {
 AGENT_UNAVAILABLE = "the rollout engine (Temporal) is unavailable; retry later"
 
 
-def _answer(request: Request, detail: str, status: int) -> Response:
-    payload: dict[str, Any] = {"detail": storable(detail)}  # may quote the request
+def _answer(
+    request: Request, detail: str, status: int, fields: dict[str, Any] | None = None
+) -> Response:
+    payload: dict[str, Any] = {**(fields or {}), "detail": storable(detail)}  # may quote input
     secret = None
     context = reply_context(request)
     if context is not None:
@@ -147,7 +149,7 @@ def _answer(request: Request, detail: str, status: int) -> Response:
 
 async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return _answer(request, str(exc), REFUSAL_STATUS[type(exc)])
+    return _answer(request, str(exc), REFUSAL_STATUS[type(exc)], exc.fields)
 
 
 async def _engine_unavailable(request: Request, exc: Exception) -> Response:

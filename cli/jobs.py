@@ -14,6 +14,7 @@ COLUMNS = [
     ("BATCH", "batch"),
     ("STATUS", "status"),
     ("STEP", "step"),
+    ("HOST", "hostOutcome"),
     ("UPDATED", "updatedAt"),
     ("MESSAGE", "message"),
 ]
@@ -61,6 +62,13 @@ def _took(step: dict[str, Any]) -> str | None:
     return f"{seconds:.1f}s"
 
 
+def host_outcome(job: dict[str, Any]) -> str:
+    """What the host ended on, once the control plane had ended its job: `host rolled_back at
+    backup`."""
+    where = f" at {job['hostStep']}" if job.get("hostStep") else ""
+    return f"host {job['hostOutcome']}{where}"
+
+
 def show(job: dict[str, Any]) -> None:
     """The job, a line per step, then the output of each step that has some. Every field is
     the API's, and the output is the host's: all of it goes through cli.terminal."""
@@ -70,6 +78,8 @@ def show(job: dict[str, Any]) -> None:
         f"  rollout {job['rolloutId']}  batch {job['batch']}  attempt {job['attempt']}",
         f"  instance {job['instanceId']}  deadline {job['deadline']}",
     ]
+    if job.get("hostOutcome"):
+        head.append(f"  {host_outcome(job)} (reported after the job ended; its status stands)")
     print("\n".join(terminal_safe(line) for line in head))
     print()
     timeline = job.get("timeline", [])

@@ -3,12 +3,15 @@
 from collections import Counter
 from typing import Any
 
+from cli.jobs import host_outcome
 from cli.terminal import terminal_safe
 
 SETTLED_OK = {"succeeded"}
 FAILED = {"failed", "rolled_back", "rollback_failed", "timed_out"}
 UNREACHABLE = "unreachable"  # never polled for its job: counted apart from the failures
 BAR_WIDTH = 20
+# Jobs the control plane ended whose host told its own end later: a line each, this many at most.
+HOST_OUTCOME_LINES = 10
 
 
 def bar(done: int, failed: int, unreachable: int, total: int) -> str:
@@ -52,6 +55,22 @@ def failure_line(failure: dict[str, Any]) -> str:
     )
 
 
+def host_outcome_lines(rollout: dict[str, Any]) -> list[str]:
+    """The hosts that went on with a job the control plane had ended, and how they ended."""
+    jobs = [
+        j for b in rollout.get("batches", []) for j in b.get("jobs", []) if j.get("hostOutcome")
+    ]
+    lines = [
+        f"  {j['instanceId']} {j['status']}; {host_outcome(j)}: rollout jobs show {j['id']}"
+        for j in jobs[:HOST_OUTCOME_LINES]
+    ]
+    if len(jobs) > HOST_OUTCOME_LINES:
+        lines.append(
+            f"  … and {len(jobs) - HOST_OUTCOME_LINES} more hosts with an outcome of their own"
+        )
+    return lines
+
+
 def left_out_line(entry: dict[str, Any]) -> str:
     """Hosts of the channel the rollout did not target when it started, and why."""
     count, shown = entry["count"], entry.get("instances", [])
@@ -72,6 +91,7 @@ def render(rollout: dict[str, Any]) -> str:
         lines.append(f"  paused: {rollout['pausedReason']}")
     lines += [left_out_line(entry) for entry in rollout.get("leftOut", [])]
     lines += [failure_line(f) for f in rollout.get("failures", [])]
+    lines += host_outcome_lines(rollout)
     if rollout.get("stale"):
         lines.append("  (stale: the rollout engine did not answer; this is the last stored view)")
     # A pause reason is anyone's text, a failure names what a host reported: each line is made

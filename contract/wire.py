@@ -79,6 +79,10 @@ JOB_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
 # Open: handed out to agents and still moving. Terminal (settled): no move left.
 OPEN_JOB_STATUSES: frozenset[str] = frozenset(s for s, moves in JOB_GRAPH.items() if moves)
 TERMINAL_JOB_STATUSES: frozenset[str] = frozenset(s for s, moves in JOB_GRAPH.items() if not moves)
+# The ends the control plane decides without the host (its deadline, an abort): a job ended so
+# may still be running on its host, whose agent learns of it from the refusal of its next report
+# and stops (docs/protocol.md, "a job the control plane ended").
+CONTROL_PLANE_ENDS: frozenset[str] = TERMINAL_JOB_STATUSES - _REPORTED_ENDS
 
 # Rollout `status` (PROTOCOL §4). store/statuses.py renders the finished ones into SQL; the
 # partial unique index of migration 0003 spells them too (tests/test_status_sql.py checks it).
@@ -161,3 +165,16 @@ class ReportResponse(BaseModel):
     jobId: str
     status: JobStatus
     accepted: bool = True
+
+
+class ReportRefusal(BaseModel):
+    """The 409 answer to a report, signed like every answer (an extension: docs/protocol.md).
+    `jobStatus` is the job's status: a settled one means the job has ended and its host must not
+    go on with it. `hostOutcome` and `hostStep`: the final report recorded as what the host
+    ended on, for a job the control plane ended (CONTROL_PLANE_ENDS)."""
+
+    nonce: str | None = None
+    detail: str
+    jobStatus: JobStatus | None = None
+    hostOutcome: ReportStatus | None = None
+    hostStep: Step | None = None

@@ -1,8 +1,15 @@
 """What a flow refuses, by kind; api/errors.py maps each kind to one HTTP status."""
 
+from typing import Any
+
 
 class ServiceError(Exception):
-    """A refusal whose message is the `detail` a client reads."""
+    """A refusal whose message is the `detail` a client reads; `fields` go into the answer
+    beside it (for agents, what their code acts on: contract.wire.ReportRefusal)."""
+
+    def __init__(self, message: str, *, fields: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or {}
 
 
 class NotFound(ServiceError):

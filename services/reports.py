@@ -10,14 +10,22 @@ Once a job's final report is stored its outcome and step are settled for good: t
 again is a duplicate (200, nothing stored), any other is a contradiction (409). A job stores at
 most MAX_PROGRESS_REPORTS_PER_JOB `in_progress` reports (409 past them; its final report is
 still taken), so no agent can grow a job's timeline without bound.
+
+A job the control plane ended (CONTROL_PLANE_ENDS: cancelled, timed_out, unreachable) may still
+have run on its host. Every refusal says the job's status (`jobStatus`), so its agent stops and
+rolls back; the final report it then sends is still refused (the decision stands), and is
+recorded as the job's `hostOutcome`, once, with the step, in job_reports for the timeline.
+Both are decided from the job as the first round trip read it: the common case stays at two.
 """
 
+import logging
 from datetime import datetime
 
 import asyncpg
 from pydantic import BaseModel
 
 from contract.wire import (
+    CONTROL_PLANE_ENDS,
     MAX_PROGRESS_REPORTS_PER_JOB,
     TERMINAL_JOB_STATUSES,
     JobStatus,
@@ -33,6 +41,7 @@ from workflows.rollout_models import JobReportSignal
 # Agents retry on 503, so answering fast beats waiting out a slow Temporal. A report queued
 # behind a signal in flight to its rollout (temporal_client.report_signals) may wait twice this.
 TEMPORAL_TIMEOUT_SECONDS = 5.0
+log = logging.getLogger(__name__)
 
 
 class Accepted(BaseModel):
@@ -64,6 +73,8 @@ async def accept(
         raise NotFound(f"job {report.jobId} not found")
     if job.instance_id != report.instanceId:
         raise Forbidden(f"job {report.jobId} belongs to another instance")
+    if job.status in CONTROL_PLANE_ENDS and report.status != "in_progress":
+        raise await _host_outcome(pool, job, report)  # the decision stands; the host's end too
     if _is_duplicate(job, report):
         return Accepted(job=job, status=job.status, duplicate=True)
     # Only what changes the workflow's decisions is signalled: a job starting or ending. A
@@ -80,6 +91,8 @@ async def accept(
         if applied.stored:
             return Accepted(job=job, status=report.status, duplicate=False)
         latest = applied.job
+        if latest.status in CONTROL_PLANE_ENDS and report.status != "in_progress":
+            raise await _host_outcome(pool, latest, report)  # ended by its deadline meanwhile
         if _is_duplicate(latest, report):
             return Accepted(job=job, status=latest.status, duplicate=True)
     raise _contradiction(report, latest)
@@ -104,15 +117,52 @@ def _is_duplicate(job: ReportedJob, report: ReportRequest) -> bool:
             raise Conflict(
                 f"job {report.jobId} has {job.reports_stored} in_progress reports stored, the"
                 f" most one job keeps ({MAX_PROGRESS_REPORTS_PER_JOB}); only its final report is"
-                " taken now"
+                " taken now",
+                fields={"jobStatus": job.status},
             )
     return False
 
 
+def _sent(report: ReportRequest) -> str:
+    return f"{report.status} report at {report.step}" if report.step else f"{report.status} report"
+
+
 def _contradiction(report: ReportRequest, job: ReportedJob) -> Conflict:
     settled = f"{job.status} at {job.step}" if job.final_reported and job.step else job.status
-    sent = f"{report.status} report at {report.step}" if report.step else f"{report.status} report"
-    return Conflict(f"job {report.jobId} is already {settled}; a {sent} contradicts it")
+    if job.host_outcome is not None:
+        settled += f" (its host's outcome: {job.host_outcome} at {job.host_step})"
+    return Conflict(
+        f"job {report.jobId} is already {settled}; a {_sent(report)} contradicts it",
+        fields={"jobStatus": job.status, **_host_fields(job.host_outcome, job.host_step)},
+    )
+
+
+def _host_fields(outcome: str | None, step: str | None) -> dict[str, str | None]:
+    return {"hostOutcome": outcome, "hostStep": step} if outcome is not None else {}
+
+
+async def _host_outcome(pool: asyncpg.Pool, job: ReportedJob, report: ReportRequest) -> Conflict:
+    """The refusal of a final report for a job the control plane ended, which records it as the
+    host's outcome unless the job has one already (then it changes nothing)."""
+    if job.host_outcome is None and await jobs.record_host_outcome(pool, report):
+        log.info(
+            "host outcome recorded",
+            extra={
+                "instance_id": report.instanceId,
+                "job_id": report.jobId,
+                "rollout_id": job.rollout_id,
+                "status": report.status,
+                "step": report.step,
+            },
+        )
+        return Conflict(
+            f"job {report.jobId} is already {job.status}; the {_sent(report)} is recorded as"
+            " the host's outcome",
+            fields={"jobStatus": job.status, **_host_fields(report.status, report.step)},
+        )
+    if job.host_outcome is None:  # another report recorded one between the two statements
+        job = await jobs.get_reported(pool, report.jobId) or job
+    return _contradiction(report, job)
 
 
 async def _signal_workflow(signals: ReportSignals, report: ReportRequest, rollout_id: str) -> None:

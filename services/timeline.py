@@ -5,7 +5,8 @@ ending): each `in_progress` report opens a step and ends the one before it, whic
 succeeded (or failed, when the step it opens is the rollback). The final report names the step
 the job ended on and carries its output; a `rolled_back` or `rollback_failed` one also ends the
 `rollback` step. A job settled without a final report (`timed_out`, `cancelled`) leaves its last
-step open, with that outcome.
+step open, with that outcome; when its host reported its end after that (the job's
+`hostOutcome`), the step the host stopped at has the job's outcome and its rollback follows.
 
 Everything here is computed on read, so a job's timeline never disagrees with its reports.
 """
@@ -17,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from contract.wire import JobStatus, Step
+from contract.wire import CONTROL_PLANE_ENDS, JobStatus, Step
 from store.job_reports import StoredReport
 from workflows.rollout_models import FAILED_JOB_STATUSES, UNREACHABLE
 
@@ -101,7 +102,7 @@ def job_timeline(status: JobStatus, reports: Sequence[StoredReport]) -> list[Tim
         if steps and steps[-1].outcome == "running":
             steps[-1].outcome = _OPEN_STEP_OUTCOME.get(status, "failed")
         return steps
-    _end(steps, final)
+    _end(steps, final, status)
     return steps
 
 
@@ -111,7 +112,7 @@ def _close(steps: list[TimelineStep], at: datetime, outcome: StepOutcome = "succ
         steps[-1].outcome, steps[-1].ended_at = outcome, at
 
 
-def _end(steps: list[TimelineStep], final: StoredReport) -> None:
+def _end(steps: list[TimelineStep], final: StoredReport, status: JobStatus) -> None:
     at = final.received_at
     rolled = final.status in ("rolled_back", "rollback_failed")
     end = len(steps)
@@ -128,6 +129,9 @@ def _end(steps: list[TimelineStep], final: StoredReport) -> None:
         return  # the job reported no step at all: nothing to attach its end to
     ended = steps[_index_of(steps, named, end, at)]
     ended.outcome = "succeeded" if final.status == "succeeded" else "failed"
+    if status in CONTROL_PLANE_ENDS and final.status != "succeeded":
+        # The host stopped there because the job was ended: the control plane's outcome.
+        ended.outcome = _OPEN_STEP_OUTCOME[status]
     if not rolled:
         ended.ended_at = at  # a failed step that was rolled back ended when the rollback began
     if final.message is not None:

@@ -13,20 +13,31 @@ from typing import NamedTuple
 
 import asyncpg
 
-from contract.wire import MAX_PROGRESS_REPORTS_PER_JOB, ReportRequest
+from contract.wire import (
+    CONTROL_PLANE_ENDS,
+    JOB_STATUSES,
+    MAX_PROGRESS_REPORTS_PER_JOB,
+    ReportRequest,
+    ReportStatus,
+    Step,
+)
 from domain.jobs import JobWrite
 from store import nonces
-from store.statuses import OPEN_JOBS, job_moves_forward
+from store.statuses import OPEN_JOBS, job_moves_forward, sql_list
 
 _COLUMNS = (
     "id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
-    " created_at, updated_at"
+    " created_at, updated_at, host_outcome, host_step"
 )
 
 
 class Job(JobWrite):
     created_at: datetime
     updated_at: datetime
+    # What its host ended on, reported after the control plane ended the job (cancelled,
+    # timed_out, unreachable): `record_host_outcome`. The status stays the control plane's.
+    host_outcome: ReportStatus | None = None
+    host_step: Step | None = None
 
 
 def _job(row: asyncpg.Record) -> Job:
@@ -93,6 +104,11 @@ def _reported_job(row: asyncpg.Record) -> ReportedJob | None:
     return ReportedJob.model_validate(dict(row)) if row["id"] is not None else None
 
 
+async def get_reported(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> ReportedJob | None:
+    row = await conn.fetchrow(f"SELECT {_REPORTED_COLUMNS} FROM update_jobs WHERE id = $1", job_id)
+    return _reported_job(row) if row else None
+
+
 class NonceAndJob(NamedTuple):
     fresh: bool  # False: the nonce was already used by this instance
     job: ReportedJob | None
@@ -153,8 +169,41 @@ async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRe
     neither: a report never moves a job its final report settled, never changes its step, and
     past MAX_PROGRESS_REPORTS_PER_JOB an `in_progress` one is not taken. One agreeing with a
     status the workflow wrote first still sets the step it ended on."""
-    row = await conn.fetchrow(
-        _APPLY_REPORT,
+    row = await conn.fetchrow(_APPLY_REPORT, *_report_args(report))
+    assert row is not None  # the report's job was read before; jobs are never deleted
+    job = _reported_job(row)
+    assert job is not None
+    return Applied(stored=row["stored"], job=job)
+
+
+# A final report for a job the control plane ended, which the job did not take (its status is
+# the control plane's decision, never rewritten): recorded once as what the host ended on, and
+# appended to job_reports for its timeline, in one statement. The first one recorded stays.
+_RECORD_HOST_OUTCOME = f"""
+WITH recorded AS (
+    UPDATE update_jobs SET host_outcome = $2, host_step = $3, updated_at = now()
+    WHERE id = $1 AND host_outcome IS NULL AND NOT final_reported
+        AND status IN {sql_list(CONTROL_PLANE_ENDS, JOB_STATUSES)}
+    RETURNING 1
+), appended AS (
+    INSERT INTO job_reports (job_id, instance_id, status, step, message, nonce)
+    SELECT $1, $5, $2, $3, $4, $6 FROM recorded
+)
+SELECT EXISTS (SELECT FROM recorded)
+"""
+
+
+async def record_host_outcome(
+    conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest
+) -> bool:
+    """Record a final report as the host's outcome of a job the control plane ended; False when
+    the job has one already (or is not such a job)."""
+    return bool(await conn.fetchval(_RECORD_HOST_OUTCOME, *_report_args(report)))
+
+
+def _report_args(report: ReportRequest) -> tuple[str | None, ...]:
+    """$1 to $6 of the statements that store a report."""
+    return (
         report.jobId,
         report.status,
         report.step,
@@ -162,10 +211,6 @@ async def apply_report(conn: asyncpg.Connection | asyncpg.Pool, report: ReportRe
         report.instanceId,
         report.nonce,
     )
-    assert row is not None  # the report's job was read before; jobs are never deleted
-    job = _reported_job(row)
-    assert job is not None
-    return Applied(stored=row["stored"], job=job)
 
 
 async def reported_steps(

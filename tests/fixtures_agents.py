@@ -6,8 +6,10 @@ real API alike. A step can be made to fail (`fail_at`) or to block the first tim
 the test opens a gate (`block_at`), so a test can kill or stop the agent mid-step. `switch` and
 `rollback` write the version the host runs into a `current` file, and a step that starts while
 another one still runs adds an "overlap" line to the steps file: the host's own view of the truth.
-Through `extra_env`: AGENT_TEST_IGNORE_TERM=1 makes steps ignore SIGTERM, and
-AGENT_TEST_BACKGROUND_AT=<step> makes that step leave a process running in the background.
+Through `extra_env`: AGENT_TEST_IGNORE_TERM=1 makes steps ignore SIGTERM,
+AGENT_TEST_BACKGROUND_AT=<step> makes that step leave a process running in the background, and
+AGENT_TEST_STEP_SECONDS=<s> makes every step take that long (before its gate and its effect), as
+real steps do: a report's answer then reaches the agent while the step it announced runs.
 With `permissions_apply`, an agent started by root runs without the capabilities that let root
 ignore file permissions, so a chmod makes its state directory read-only to it, as to an agent
 running as another user.
@@ -50,6 +52,7 @@ if [ "$step" = "$AGENT_TEST_BACKGROUND_AT" ]; then
   echo $! > "$dir/background.pid"
 fi
 echo "running $step for $UPDATE_VERSION (previous $UPDATE_PREVIOUS_VERSION)"
+if [ -n "$AGENT_TEST_STEP_SECONDS" ]; then sleep "$AGENT_TEST_STEP_SECONDS"; fi
 if [ "$step" = "$AGENT_TEST_BLOCK_AT" ] && [ ! -e "$dir/blocked-$step" ]; then
   touch "$dir/blocked-$step"
   while [ ! -e "$AGENT_TEST_GATE" ]; do sleep 0.05; done

@@ -193,3 +193,34 @@ def test_a_timed_out_failure_names_the_step_it_stalled_in() -> None:
     assert job_failure(facts("web-1", 1, "timed_out"), stalled_rollback).step == "smoke"
     never_started = job_failure(facts("web-2", 1, "timed_out"), [])
     assert (never_started.step, never_started.message) == (None, None)
+
+
+def test_a_host_outcome_after_the_control_plane_ended_the_job_shows_where_the_host_stopped() -> (
+    None
+):
+    # Timed out at smoke; the host went on to switch, learnt of the end, rolled back.
+    late = reports(
+        *started("preflight", "backup", "pull", "migrate", "smoke"),
+        ("rolled_back", "switch", "the control plane ended the job (timed_out)"),
+    )
+    assert outline("timed_out", late) == [
+        ("preflight", "succeeded", 1),
+        ("backup", "succeeded", 2),
+        ("pull", "succeeded", 3),
+        ("migrate", "succeeded", 4),
+        ("smoke", "succeeded", 5),
+        ("switch", "timed_out", 5),
+        ("rollback", "rolled_back", 5),
+    ]
+    # Cancelled before it started: the host's only report is its end.
+    cancelled = reports(("rolled_back", "backup", None))
+    assert outline("cancelled", cancelled) == [
+        ("backup", "cancelled", 0),
+        ("rollback", "rolled_back", 0),
+    ]
+    # A host that finished before it heard: its steps as they ran.
+    finished = reports(*started("preflight", "health"), ("succeeded", "health", None))
+    assert outline("timed_out", finished) == [
+        ("preflight", "succeeded", 1),
+        ("health", "succeeded", 2),
+    ]

@@ -83,3 +83,47 @@ async def test_a_job_stores_a_bounded_number_of_reports_and_still_takes_its_fina
     timeline = (await admin.get(f"/api/updates/jobs/{job_id}")).json()["timeline"]
     assert len(timeline) == MAX_PROGRESS_REPORTS_PER_JOB + 1  # the last, health, was not started
     assert (timeline[-1]["step"], timeline[-1]["outcome"]) == ("health", "succeeded")
+
+
+async def test_a_job_the_control_plane_ended_keeps_its_status_and_records_the_hosts_end(
+    admin: httpx.AsyncClient, db: asyncpg.Connection, job_id: str
+) -> None:
+    """Cancelled before its host started it: every refusal says the job's status (what the
+    agent stops on); the host's first final report is recorded as its outcome, once."""
+    rollout_id = (await admin.get(f"/api/updates/jobs/{job_id}")).json()["rolloutId"]
+    aborted = await admin.post(f"/api/rollouts/{rollout_id}/abort")
+    assert aborted.status_code == 200, aborted.text
+    assert await stored(db, job_id) == ("cancelled", None, 0)
+
+    start = await agent_reports(admin, job_id, "in_progress", "preflight")
+    assert start.status_code == 409, start.text
+    assert start.json()["jobStatus"] == "cancelled" and "hostOutcome" not in start.json()
+    assert await stored(db, job_id) == ("cancelled", None, 0)
+
+    late = await agent_reports(admin, job_id, "rolled_back", "backup")
+    assert late.status_code == 409, late.text  # the report still contradicts the decision
+    assert {k: late.json()[k] for k in ("jobStatus", "hostOutcome", "hostStep")} == {
+        "jobStatus": "cancelled",
+        "hostOutcome": "rolled_back",
+        "hostStep": "backup",
+    }
+    assert "is recorded as the host's outcome" in late.json()["detail"]
+    # The decision is never rewritten; the report is kept for the job's timeline.
+    assert await stored(db, job_id) == ("cancelled", None, 1)
+    job = (await admin.get(f"/api/updates/jobs/{job_id}")).json()
+    assert (job["status"], job["hostOutcome"], job["hostStep"]) == (
+        "cancelled",
+        "rolled_back",
+        "backup",
+    )
+
+    # The same again, or another end: refused as before, nothing recorded over the first.
+    for status, step in (("rolled_back", "backup"), ("succeeded", "health")):
+        again = await agent_reports(admin, job_id, status, step)
+        assert again.status_code == 409, again.text
+        assert "its host's outcome: rolled_back at backup" in again.json()["detail"]
+        assert again.json()["hostOutcome"] == "rolled_back"
+    assert await stored(db, job_id) == ("cancelled", None, 1)
+    rollout = (await admin.get(f"/api/rollouts/{rollout_id}")).json()
+    assert rollout["status"] == "aborted" and rollout["counts"] == {"cancelled": 1}
+    assert rollout["batches"][0]["jobs"][0]["hostOutcome"] == "rolled_back"
