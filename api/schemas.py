@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from contract.text import storable
+from domain.plans import batch_sizes
 from services.jobs import JobDetail
+from services.previews import PlannedBatch, Prediction, Preview
 from services.rollouts import NewRollout, RolloutDetail
 from services.timeline import JobFailure, TimelineStep
 from store.instances import Instance
@@ -44,6 +46,17 @@ class ActionBody(ApiModel):
         return storable(value) if isinstance(value, str) else value
 
 
+class HoldBody(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000)
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        return storable(value) if isinstance(value, str) else value
+
+
 class JobOut(ApiModel, Job):
     """A job as the read model holds it, with the workflow's fresher status where it has one."""
 
@@ -73,6 +86,7 @@ class JobFailureOut(ApiModel, JobFailure):
 
 class BatchOut(ApiModel):
     number: int
+    size: int  # its hosts, as the rollout's plan cut the targets
     jobs: list[JobOut]
 
 
@@ -102,9 +116,11 @@ class RolloutOut(RolloutSummaryOut):
         by_batch: dict[int, list[JobOut]] = {}
         for job in detail.jobs:
             by_batch.setdefault(job.batch, []).append(JobOut.from_job(job))
+        row = detail.rollout
+        sizes = batch_sizes(row.batch_size, row.plan, row.target_count)
         batches = [
-            BatchOut(number=n, jobs=by_batch.get(n, []))
-            for n in range(1, detail.rollout.total_batches + 1)
+            BatchOut(number=n, size=size, jobs=by_batch.get(n, []))
+            for n, size in enumerate(sizes, start=1)
         ]
         return cls(
             **detail.rollout.model_dump(),
@@ -113,6 +129,25 @@ class RolloutOut(RolloutSummaryOut):
             stale=detail.stale,
             failures=[JobFailureOut(**f.model_dump()) for f in detail.failures],
         )
+
+
+class PlannedBatchOut(ApiModel, PlannedBatch):
+    pass
+
+
+class PredictionOut(ApiModel, Prediction):
+    pass
+
+
+class PreviewOut(ApiModel, Preview):
+    """What creating the rollout now would do (services/previews.py); nothing was started."""
+
+    batches: list[PlannedBatchOut]  # type: ignore[assignment]  # camelCase, same fields
+    prediction: PredictionOut
+
+    @classmethod
+    def from_preview(cls, preview: Preview) -> "PreviewOut":
+        return cls.model_validate(preview.model_dump())
 
 
 class InstanceOut(ApiModel, Instance):

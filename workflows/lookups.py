@@ -41,11 +41,12 @@ async def snapshot_targets(spec: RolloutSpec) -> int:
     return result.target_count
 
 
-async def batch_hosts(rollout_id: str, number: int, batch_size: int) -> list[str]:
-    """The instance ids of batch `number`, in the snapshot's order."""
+async def batch_hosts(rollout_id: str, number: int, start: int, size: int) -> list[str]:
+    """The instance ids of batch `number` (`size` of them from offset `start`), in the
+    snapshot's order."""
     result = await workflow.execute_local_activity_method(
         RolloutActivities.batch_targets,
-        BatchTargetsInput(rollout_id=rollout_id, start=(number - 1) * batch_size, limit=batch_size),
+        BatchTargetsInput(rollout_id=rollout_id, start=start, limit=size),
         start_to_close_timeout=BATCH_READ_TIMEOUT,
         retry_policy=ACTIVITY_RETRY,
         local_retry_threshold=timedelta(0),

@@ -161,7 +161,8 @@ class RolloutWorkflow:
         # abort taken in meanwhile stands.
         self._apply(self._machine.reserve_batch(number, actor))
         try:
-            hosts = await lookups.batch_hosts(self._spec.id, number, self._spec.batch_size)
+            start, size = self._machine.batch_range(number)
+            hosts = await lookups.batch_hosts(self._spec.id, number, start, size)
         except CANCELLATION:
             self._machine.abandon_batch()  # the cancel request ends the rollout
             raise

@@ -30,6 +30,7 @@ from contract.wire import (
     RolloutStatus,
     wire_deadline,
 )
+from domain.plans import batch_sizes, batch_starts
 from domain.rollouts import RolloutSnapshot, RolloutSpec
 from workflows import rollout_text
 from workflows.rollout_models import (
@@ -125,6 +126,7 @@ class RolloutMachine:
             job.instance_id: job.id for job in self.jobs.values() if job.status in OPEN_JOB_STATUSES
         }
         self._handout: _Handout | None = None
+        self._sizes: tuple[int, list[int]] | None = None  # (target count, the plan's sizes)
         # Kept as jobs move, so a workflow task's work grows with the reports it takes in, not
         # with the batch: the current batch's latest jobs by status, and a time no timed job's
         # deadline is before (None: no timed job), made exact whenever it is reached.
@@ -155,7 +157,18 @@ class RolloutMachine:
 
     @property
     def total_batches(self) -> int:
-        return -(-(self.target_count or 0) // self.spec.batch_size)
+        return len(self._batch_sizes())
+
+    def batch_range(self, number: int) -> tuple[int, int]:
+        """Batch `number`'s offset in the targets and its size, as the plan cuts them."""
+        sizes = self._batch_sizes()
+        return batch_starts(sizes)[number - 1], sizes[number - 1]
+
+    def _batch_sizes(self) -> list[int]:
+        count = self.target_count or 0
+        if self._sizes is None or self._sizes[0] != count:
+            self._sizes = (count, batch_sizes(self.spec.batch_size, self.spec.plan, count))
+        return self._sizes[1]
 
     def snapshot(self) -> RolloutSnapshot:
         """Where the rollout stands, as its view and its read-model writes both say it."""

@@ -22,11 +22,6 @@ UNREACHABLE = "unreachable"
 RETRYABLE_JOB_STATUSES: frozenset[str] = frozenset(
     {"failed", "rolled_back", "timed_out", UNREACHABLE}
 )
-# The largest batch a rollout may have (the API refuses more). A workflow task's work grows with
-# the reports it takes in, not with the batch (rollout_machine keeps its counts as jobs move), and
-# the batch is carried by column (CarriedJobs): 10,000 jobs with 128-character instance ids are
-# 1.7 MB of a continue-as-new input, under Temporal's 2 MiB payload limit.
-MAX_BATCH_SIZE = 10_000
 
 
 # --- state -----------------------------------------------------------------------------------
