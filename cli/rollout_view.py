@@ -36,7 +36,8 @@ def batch_line(batch: dict[str, Any]) -> str:
     done = sum(counts[s] for s in SETTLED_OK)
     failed = sum(counts[s] for s in FAILED)
     if not jobs:
-        return f"  batch {batch['number']:>3}  {bar(0, 0, 0, 0)}  not released"
+        size = f" ({batch['size']} hosts)" if "size" in batch else ""
+        return f"  batch {batch['number']:>3}  {bar(0, 0, 0, 0)}  not released{size}"
     others = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in SETTLED_OK)
     summary = f"{done}/{len(jobs)} succeeded" + (f", {others}" if others else "")
     drawn = bar(done, failed, counts[UNREACHABLE], len(jobs))

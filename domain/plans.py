@@ -88,6 +88,17 @@ class BatchPlan(BaseModel):
         return steps
 
 
+def describe(plan: BatchPlan) -> str:
+    """The plan in a few words: 'canary, then 1, 25%, 100%' or 'exponential from 1, ×2'."""
+    if plan.kind == "steps":
+        cut = ", ".join(str(mark) for mark in plan.steps or ())
+    elif plan.kind == "exponential" and plan.exponential is not None:
+        cut = f"exponential from {plan.exponential.first}, ×{plan.exponential.factor:g}"
+    else:
+        cut = "batchSize"
+    return f"canary, then {cut}" if plan.canary else cut
+
+
 def cumulative(mark: Mark, target_count: int) -> int:
     """How many targets have been released once the batch of `mark` is."""
     if isinstance(mark, int):

@@ -30,7 +30,7 @@ from contract.wire import (
     RolloutStatus,
     wire_deadline,
 )
-from domain.plans import batch_sizes, batch_starts
+from domain.plans import batch_sizes, batch_starts, describe
 from domain.rollouts import RolloutSnapshot, RolloutSpec
 from workflows import rollout_text
 from workflows.rollout_models import (
@@ -223,6 +223,7 @@ class RolloutMachine:
             current_batch=self.state.current_batch,
             total_batches=self.total_batches,
             counts=self.counts(),
+            plan=describe(self.spec.plan) if self.spec.plan else None,
         )
 
     def handed_out(self) -> dict[str, HandedOutJob]:

@@ -66,8 +66,10 @@ def details(
     current_batch: int,
     total_batches: int,
     counts: Mapping[str, int],
+    plan: str | None = None,
 ) -> str:
-    """One line for people: 'batch 3/10 · 4 succeeded · 1 in progress · paused: ...'."""
+    """One line for people: 'batch 3/10 · 4 succeeded · 1 in progress · paused: ...'; with a
+    batch plan, what it is: '... · plan 1, 25%, 100%'."""
     parts = [f"batch {current_batch}/{total_batches}"]
     parts += [f"{counts[key]} {word}" for key, word in STATUS_WORDS if counts.get(key)]
     if status == "paused":
@@ -76,6 +78,8 @@ def details(
         parts.append(status.replace("_", " "))
     if note:
         parts.append(note)
+    if plan:
+        parts.append(f"plan {plan}")
     return " · ".join(parts)
 
 
