@@ -10,20 +10,17 @@ Prints p50, p90 and the slowest, and the answer's size. Not a test: numbers depe
 
 import argparse
 import asyncio
-import secrets
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from api.schemas import PreviewOut
-from benchmarks.targets_100k import seed_fleet
-from contract.manifest import UnsignedManifest
+from benchmarks.targets_100k import seed_fleet, seed_release
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from domain.plans import BatchPlan
 from services import previews
-from store import releases
 from store.migrate import apply_migrations
 from store.pool import connect, open_pool
 
@@ -38,15 +35,7 @@ def parse_args() -> argparse.Namespace:
 async def measure(dsn: str, args: argparse.Namespace) -> tuple[list[float], int]:
     conn = await connect(dsn)
     await apply_migrations(conn)
-    manifest = UnsignedManifest(
-        version="1.4.0",
-        sha="0123456789abcdef0123456789abcdef01234567",
-        channel="stable",
-        migrations_required=True,
-        breaking_changes=None,
-        released_at="2026-11-01T12:00:00Z",
-    ).signed(secrets.token_hex(16))
-    release_id = (await releases.insert_or_get(conn, manifest)).release.id
+    release_id = await seed_release(conn)
     await seed_fleet(conn, args.hosts)
     await conn.close()
     pool = await open_pool(dsn, min_size=1, max_size=4)
