@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from domain.plans import BatchPlan, Exponential, batch_sizes, batch_starts, cumulative, plan_problem
+from tests.test_rollout_machine import make_spec
+from workflows.rollout_machine import RolloutMachine
+from workflows.rollout_models import RolloutState
 
 targets = st.integers(min_value=0, max_value=20_000)
 
@@ -106,3 +109,16 @@ def test_a_plan_that_leaves_targets_out_says_how_many() -> None:
     )
     assert plan_problem(1, plan, 10) is None
     assert plan_problem(1, BatchPlan(kind="steps", steps=[1, "100%"]), 25) is None
+
+
+@given(count=st.integers(min_value=0, max_value=5_000), marks=step_plans(), canary=st.booleans())
+def test_the_rollout_machine_hands_out_the_plans_batches(
+    count: int, marks: list[int | str], canary: bool
+) -> None:
+    plan = BatchPlan(kind="steps", steps=marks, canary=canary)
+    machine = RolloutMachine(make_spec(plan=plan), RolloutState(), count)
+    sizes = batch_sizes(1, plan, count)
+    assert machine.total_batches == len(sizes)
+    ranges = [machine.batch_range(n) for n in range(1, machine.total_batches + 1)]
+    assert [size for _, size in ranges] == sizes
+    assert [start for start, _ in ranges] == batch_starts(sizes)  # in order, none skipped
