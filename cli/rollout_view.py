@@ -104,6 +104,8 @@ def render(rollout: dict[str, Any]) -> str:
     lines += [batch_line(b) for b in rollout.get("batches", [])]
     if rollout.get("pausedReason"):
         lines.append(f"  paused: {rollout['pausedReason']}")
+    if rollout["status"] == "waiting":
+        lines.append(f"  {rollout.get('details', 'waiting')}")
     lines += [left_out_line(entry) for entry in rollout.get("leftOut", [])]
     lines += [failure_line(f) for f in rollout.get("failures", [])]
     if rollout.get("stale"):

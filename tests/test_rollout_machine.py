@@ -586,6 +586,8 @@ def refused(run: Run, action: Action) -> str:
         "resume": lambda: run.machine.resume("ops", run.now),
         "retry": lambda: run.machine.begin_retry("ops", run.now, run.new_id),
         "abort": lambda: run.machine.abort("ops", None, run.now),
+        "freeze": lambda: run.machine.freeze("ops", "change freeze"),
+        "thaw": lambda: run.machine.thaw("ops", run.now),
     }
     with pytest.raises(RefusedAction, match="^" + re.escape(reason) + "$"):
         calls[action]()
@@ -869,3 +871,59 @@ def test_counts_of_a_run_are_the_jobs_latest_attempts() -> None:
     run.retry()
     run.report("a", "succeeded")
     assert Counter(run.machine.counts()) == Counter({"succeeded": 1, "pending": 1})
+
+
+# --- a fleet freeze ----------------------------------------------------------------------------
+
+
+def test_a_freeze_holds_pending_jobs_and_releases_nothing_until_it_is_lifted() -> None:
+    run = started("abcd", job_timeout_seconds=60, auto_advance=True, max_failures=1)
+    run.report("a", "in_progress", "backup")
+    fx = run.machine.freeze("ops", "change freeze")
+    assert status_moves(fx) == [("running", "waiting")]
+    assert run.machine.refusal("advance") == (
+        "the fleet is frozen (change freeze): nothing is released until it is lifted"
+    )
+    assert "waiting: the fleet is frozen (change freeze)" in run.machine.details()
+    assert run.machine.handed_out().keys() == {"a", "b"}  # the read model withholds b (waiting)
+    run.tick(3600)  # b's deadline does not run while it is withheld; a's does
+    assert (run.job("a").status, run.job("b").status) == ("timed_out", "pending")
+    run.report("b", "succeeded")  # a report from a host that had it before still counts
+    run.tick()
+    assert run.machine.status == "waiting"  # settled, but not released on
+    assert run.machine.due_batch(run.now + timedelta(days=1)) is None
+
+    thawed = run.machine.thaw("ops", run.now)
+    assert status_moves(thawed) == [("waiting", "running")]
+    run.tick()
+    assert run.machine.status == "awaiting_advance"
+    assert run.machine.due_batch(run.now) == 2  # auto-advance goes on
+
+
+def test_a_frozen_pending_job_gets_its_whole_time_once_thawed() -> None:
+    run = started("ab", job_timeout_seconds=60)
+    run.machine.freeze("ops", "incident")
+    run.tick(600)
+    run.machine.thaw("ops", run.now)
+    assert run.job("a").deadline == run.now + timedelta(seconds=60)
+    run.tick(59)
+    assert run.job("a").status == "pending"
+
+
+def test_a_pause_and_a_freeze_each_hold_until_their_own_end() -> None:
+    run = started("ab")
+    run.machine.freeze("ops", "freeze")
+    run.machine.pause("ops", "looking")
+    assert run.machine.status == "paused"
+    fx = run.machine.resume("ops", run.now)
+    assert run.machine.status == "waiting" and "the fleet is frozen (freeze)" in fx.answer
+    run.machine.thaw("ops", run.now)
+    assert run.machine.status == "running"
+    assert run.machine.thaw("ops", run.now).answer == "not frozen"  # again: nothing
+
+
+def test_frozen_before_batch_1_releases_it_when_thawed() -> None:
+    run = Run(list("ab"))
+    run.machine.freeze("ops", "freeze")
+    assert run.load().start_batch is None
+    assert run.machine.thaw("ops", run.now).start_batch == 1

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         AbortInput,
         ActionResult,
         AdvanceInput,
+        FreezeInput,
         JobForInstanceQuery,
         JobForInstanceResult,
         JobReportBatchSignal,
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         RolloutResult,
         RolloutState,
         RolloutView,
+        ThawInput,
         WaitStartedInput,
     )
     from workflows.web_ui import WebUi
@@ -238,6 +240,17 @@ class RolloutWorkflow:
     async def retry(self, input: RetryInput) -> ActionResult:
         begun = self._machine.begin_retry(input.actor, workflow.now(), _new_id)
         return self._answer(await self._hand_out(begun))
+
+    @admin_action("freeze")
+    async def freeze(self, input: FreezeInput) -> ActionResult:
+        return self._answer(self._apply(self._machine.freeze(input.actor, input.reason)))
+
+    @admin_action("thaw")
+    async def thaw(self, input: ThawInput) -> ActionResult:
+        fx = self._apply(self._machine.thaw(input.actor, workflow.now()))
+        if fx.start_batch is not None:  # frozen before batch 1
+            return self._answer(await self._start_batch(fx.start_batch, input.actor))
+        return self._answer(fx)
 
     @admin_action("abort")
     async def abort(self, input: AbortInput) -> ActionResult:

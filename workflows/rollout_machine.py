@@ -47,7 +47,7 @@ from workflows.rollout_models import (
     RolloutView,
 )
 
-Action = Literal["advance", "pause", "resume", "retry", "abort"]
+Action = Literal["advance", "pause", "resume", "retry", "abort", "freeze", "thaw"]
 # What pauses a rollout by itself: more failed jobs than maxFailures, or more unreachable hosts
 # than maxUnreachable. A resume accepts what was counted of that kind.
 Limit = Literal["failures", "unreachable"]
@@ -65,14 +65,15 @@ ROLLOUT_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
         "running": frozenset({"awaiting_advance", "paused", "completed", "aborted", "waiting"}),
         "awaiting_advance": frozenset({"running", "paused", "aborted", "waiting"}),
         "paused": frozenset({"running", "aborted"}),
-        # Planned: the next batch is due but held until a window opens or a freeze ends.
-        "waiting": frozenset({"running", "paused", "aborted"}),
+        # Held by a fleet freeze (a maintenance window, planned): nothing is released or handed
+        # out, running jobs finish; it goes back to where it was when the freeze ends.
+        "waiting": frozenset({"running", "awaiting_advance", "paused", "aborted"}),
         "completed": frozenset(),
         "aborted": frozenset(),
     }
 )
 # Declared in the graph above, reached by no transition yet.
-PLANNED_STATUSES = frozenset({"waiting"})
+PLANNED_STATUSES: frozenset[str] = frozenset()
 
 
 class RefusedAction(Exception):
@@ -219,6 +220,7 @@ class RolloutMachine:
         return rollout_text.details(
             status=self.state.status,
             paused_reason=self.state.paused_reason,
+            frozen_reason=self.state.frozen_reason,
             note=self.state.note,
             current_batch=self.state.current_batch,
             total_batches=self.total_batches,
@@ -247,11 +249,19 @@ class RolloutMachine:
         state = self.state
         if self.finished:
             return f"rollout is {state.status}; {action} does not apply to a finished rollout"
-        # Abort applies at any point: before batch 1 and while jobs are being handed out.
+        # Abort (and a fleet freeze) applies at any point: before batch 1 and while jobs are
+        # being handed out.
+        if action in ("freeze", "thaw"):
+            return None
         if state.current_batch == 0 and action != "abort":
             return "the rollout is starting (batch 1 is not handed out yet); try again in a moment"
         if self.handing_out and action in ("advance", "retry"):
             return "jobs are being handed out; try again in a moment"
+        if state.status == "waiting" and action in ("advance", "retry"):
+            return (
+                f"the fleet is frozen ({state.frozen_reason}): nothing is released until it is"
+                " lifted"
+            )
         if action == "advance":
             if state.status == "paused":
                 return f"rollout is paused ({state.paused_reason}); resume it first"
@@ -311,6 +321,8 @@ class RolloutMachine:
             return fx
         detail = {"targets": count, "batches": self.total_batches}
         self._event(fx, WORKFLOW_ACTOR, "rollout.started", detail)
+        if count and self.state.status == "waiting":
+            return fx  # batch 1 is released when the freeze ends (thaw)
         if count:
             fx.start_batch = 1
             return fx
@@ -499,16 +511,60 @@ class RolloutMachine:
         if state.paused_for_unreachable:
             state.accepted_unreachable = self._unreachable_count()
         self._clear_pause()
-        # Pending jobs were withheld: their time starts again now.
+        if state.frozen_reason is not None:  # the freeze still holds it
+            state.frozen_from = "running"
+            self._set_status(fx, "waiting", actor)
+            fx.answer = f"resumed; waiting: the fleet is frozen ({state.frozen_reason})"
+            return fx
+        self._restart_pending(fx, now)
+        self._set_status(fx, "running", actor)
+        fx.wake = True
+        fx.answer = "resumed"
+        return fx
+
+    def freeze(self, actor: str, reason: str) -> Effects:
+        """A fleet freeze: no batch is released and no pending job handed out until it is lifted;
+        running jobs finish. Pending jobs' deadlines stop, as in a pause. Again: the reason."""
+        self._require("freeze")
+        fx = Effects()
+        state = self.state
+        state.frozen_reason = reason
+        self._event(fx, actor, "rollout.frozen", {"reason": reason})
+        if state.status in ("running", "awaiting_advance"):
+            state.frozen_from = state.status
+            self._set_status(fx, "waiting", actor)
+            self._find_earliest()
+        fx.answer = f"waiting: the fleet is frozen ({reason})"
+        return fx
+
+    def thaw(self, actor: str, now: datetime) -> Effects:
+        """The freeze is lifted: back to where it was, pending jobs' time starting again (a
+        bake that ended meanwhile advances at once); before batch 1, batch 1 is released."""
+        self._require("thaw")
+        fx = Effects()
+        state = self.state
+        if state.frozen_reason is None:
+            fx.answer = "not frozen"
+            return fx
+        state.frozen_reason = None
+        self._event(fx, actor, "rollout.thawed")
+        if state.status == "waiting":
+            self._restart_pending(fx, now)
+            self._set_status(fx, state.frozen_from or "running", actor)
+            if state.current_batch == 0 and self.target_count:
+                fx.start_batch = 1
+            fx.wake = True
+        state.frozen_from = None
+        fx.answer = f"thawed: {state.status}"
+        return fx
+
+    def _restart_pending(self, fx: Effects, now: datetime) -> None:
+        """Pending jobs were withheld: their time starts again now."""
         for job in self.latest_jobs():
             if job.status == "pending":
                 job.deadline = now + timedelta(seconds=self.spec.job_timeout_seconds)
                 self._may_end_at(job.deadline)
                 fx.jobs.add(job.id)
-        self._set_status(fx, "running", actor)
-        fx.wake = True
-        fx.answer = "resumed"
-        return fx
 
     def abort(self, actor: str, reason: str | None, now: datetime) -> Effects:
         self._require("abort")
@@ -639,7 +695,7 @@ class RolloutMachine:
 
     def _timed_jobs(self) -> list[JobState]:
         """Open jobs whose deadline runs: pending ones only while they are handed out."""
-        withheld = self.state.status == "paused"
+        withheld = self.state.status in ("paused", "waiting")
         return [
             self.jobs[job_id]
             for job_id in self.open_by_instance.values()

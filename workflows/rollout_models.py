@@ -61,6 +61,9 @@ class RolloutState(BaseModel):
     settled_at: datetime | None = None
     finished_at: datetime | None = None
     note: str | None = None
+    # A fleet freeze (services/freezes.py): why, and the status it held the rollout in.
+    frozen_reason: str | None = None
+    frozen_from: RolloutStatus | None = None
     revision: int = 0
     # Changes that arrived while the run was ending, written by the next run.
     unwritten_jobs: list[str] = Field(default_factory=list)
@@ -177,6 +180,14 @@ class RetryInput(ActionInput):
 
 class AbortInput(ActionInput):
     reason: str | None = None
+
+
+class FreezeInput(ActionInput):
+    reason: str
+
+
+class ThawInput(ActionInput):
+    pass
 
 
 class ActionResult(BaseModel):

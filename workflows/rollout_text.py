@@ -63,6 +63,7 @@ def details(
     status: str,
     paused_reason: str | None,
     note: str | None,
+    frozen_reason: str | None = None,
     current_batch: int,
     total_batches: int,
     counts: Mapping[str, int],
@@ -74,6 +75,8 @@ def details(
     parts += [f"{counts[key]} {word}" for key, word in STATUS_WORDS if counts.get(key)]
     if status == "paused":
         parts.append(f"paused: {paused_reason}")
+    elif status == "waiting":
+        parts.append(f"waiting: the fleet is frozen ({frozen_reason})")
     else:
         parts.append(status.replace("_", " "))
     if note:
