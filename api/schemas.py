@@ -10,12 +10,15 @@ history, whose payloads are serialised by alias.
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from contract.manifest import Channel
 from contract.text import storable
 from domain.plans import batch_sizes
+from services.freezes import Told
 from services.jobs import JobDetail
 from services.previews import PlannedBatch, Prediction, Preview
 from services.rollouts import NewRollout, RolloutDetail
 from services.timeline import JobFailure, TimelineStep
+from store.freezes import Freeze
 from store.instances import Instance
 from store.jobs import Job
 from store.rollouts import Rollout
@@ -148,6 +151,33 @@ class PreviewOut(ApiModel, Preview):
     @classmethod
     def from_preview(cls, preview: Preview) -> "PreviewOut":
         return cls.model_validate(preview.model_dump())
+
+
+class FreezeBody(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000)
+    channel: Channel | None = None  # None: every channel
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        return storable(value) if isinstance(value, str) else value
+
+
+class FreezeOut(ApiModel, Freeze):
+    pass
+
+
+class FreezesOut(ApiModel):
+    """The freezes in force, and the rollouts this request told."""
+
+    freezes: list[FreezeOut]
+    rollouts: list[str]
+
+    @classmethod
+    def from_told(cls, told: Told) -> "FreezesOut":
+        return cls.model_validate(told.model_dump())
 
 
 class InstanceOut(ApiModel, Instance):

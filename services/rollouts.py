@@ -18,7 +18,7 @@ from contract.manifest import Channel
 from contract.wire import ID_PATTERN
 from domain.plans import MAX_BATCH_SIZE, BatchPlan, Exponential, Marks
 from domain.rollouts import RolloutSnapshot, RolloutSpec
-from services import previews
+from services import freezes, previews
 from services.errors import Conflict, NotFound
 from services.timeline import JobFacts, JobFailure, failing_jobs, job_failure
 from store import audit, job_reports, jobs, rollouts
@@ -157,6 +157,7 @@ async def create(
         created_by=actor,
     )
     async with pool.acquire() as conn, conn.transaction():
+        await freezes.refuse_if_frozen(conn, spec.channel)
         try:
             await rollouts.insert(conn, spec, preview_id=new.preview_id)
         except ChannelBusy as exc:

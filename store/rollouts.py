@@ -178,6 +178,19 @@ async def list_all(
     return [_rollout(r) for r in rows]
 
 
+async def unfinished(
+    conn: asyncpg.Connection | asyncpg.Pool, channel: str | None = None
+) -> list[tuple[str, str]]:
+    """(id, channel) of the rollouts whose workflow still runs, on `channel` or every one."""
+    rows = await conn.fetch(
+        "SELECT id, channel FROM rollouts WHERE NOT workflow_closed"
+        f" AND status NOT IN {FINISHED_ROLLOUTS} AND ($1::text IS NULL OR channel = $1)"
+        " ORDER BY created_at",
+        channel,
+    )
+    return [(r["id"], r["channel"]) for r in rows]
+
+
 async def count_by_status(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
     rows = await conn.fetch("SELECT status, count(*) AS n FROM rollouts GROUP BY status")
     return {r["status"]: r["n"] for r in rows}
