@@ -83,6 +83,12 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         help="hosts that never start their job by its deadline tolerated (default 0)",
     )
     p.add_argument("--job-timeout-seconds", type=int)
+    p.add_argument(
+        "--include-late-joiners",
+        action="store_true",
+        default=None,
+        help="hosts joining the channel while it runs are updated by a later batch",
+    )
 
 
 def _marks(plan: str) -> list[int | str]:
@@ -127,6 +133,7 @@ def _planned(api: AdminApi, args: argparse.Namespace) -> dict:
         "maxUnreachable": args.max_unreachable,
         "jobTimeoutSeconds": args.job_timeout_seconds,
         "previewId": getattr(args, "preview_id", None),
+        "includeLateJoiners": args.include_late_joiners,
     }
     return {k: v for k, v in body.items() if v is not None}
 

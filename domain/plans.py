@@ -49,6 +49,11 @@ class BatchPlan(BaseModel):
     exponential: Exponential | None = None
     canary: bool = False
 
+    @property
+    def cuts_by_percent(self) -> bool:
+        """Its batches depend on how many targets there are (not only on their order)."""
+        return any(isinstance(mark, str) for mark in self.steps or ())
+
     @model_validator(mode="after")
     def _kind_has_its_part(self) -> "BatchPlan":
         if self.kind == "steps" and not self.steps:

@@ -25,6 +25,8 @@ class RolloutSpec(BaseModel):
     created_by: str
     # How the targets are cut into batches (domain.plans); None: `batch_size` hosts a batch.
     plan: BatchPlan | None = None
+    # Hosts joining the channel below the version while it runs are added to a later batch.
+    include_late_joiners: bool = False
 
 
 def rollout_workflow_id(rollout_id: str) -> str:

@@ -59,6 +59,7 @@ class NewRollout(BaseModel):
     batch_plan: Marks | ExponentialPlan | None = None
     canary: bool = False
     preview_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    include_late_joiners: bool = False
     auto_advance: bool = False
     bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
     max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
@@ -72,7 +73,12 @@ class NewRollout(BaseModel):
             raise ValueError("batchSize: required, unless batchPlan is given")
         if self.batch_plan is not None and self.batch_size is not None:
             raise ValueError("batchSize and batchPlan: give one of them")
-        self.plan()  # a malformed plan is refused here, with its reason
+        plan = self.plan()  # a malformed plan is refused here, with its reason
+        if self.include_late_joiners and plan is not None and plan.cuts_by_percent:
+            raise ValueError(
+                "includeLateJoiners: a plan with percentages would move batches already released"
+                " as the targets grow; use hosts, batchSize or an exponential plan"
+            )
         return self
 
     def plan(self) -> BatchPlan | None:
@@ -155,6 +161,7 @@ async def create(
         max_unreachable=new.max_unreachable,
         job_timeout_seconds=new.job_timeout_seconds,
         created_by=actor,
+        include_late_joiners=new.include_late_joiners,
     )
     async with pool.acquire() as conn, conn.transaction():
         await freezes.refuse_if_frozen(conn, spec.channel)

@@ -119,6 +119,32 @@ async def _record_left_out(
     )
 
 
+async def append_late(
+    conn: asyncpg.Connection,
+    rollout_id: str,
+    *,
+    channel: str,
+    versions: Sequence[str],
+    stale_after_seconds: int,
+) -> int:
+    """Hosts that became targets since the snapshot (registered, moved to the channel, released
+    from a hold, admitted) appended after the last target, in id order; returns the count now."""
+    async with conn.transaction():
+        await _lock(conn, rollout_id)
+        await conn.execute(
+            "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
+            " SELECT $4, (SELECT coalesce(max(position), 0) FROM rollout_targets"
+            " WHERE rollout_id = $4) + row_number() OVER (ORDER BY instance_id), instance_id"
+            f" FROM instances WHERE {instances.TARGET_FILTER} AND instance_id NOT IN"
+            " (SELECT instance_id FROM rollout_targets WHERE rollout_id = $4)",
+            channel,
+            list(versions),
+            stale_after_seconds,
+            rollout_id,
+        )
+        return await count(conn, rollout_id)
+
+
 async def count(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> int:
     """Positions run 1..n without gaps, so the last one is the count (read off the index)."""
     return await conn.fetchval(

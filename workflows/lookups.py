@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.rollout_models import (
         BatchTargetsInput,
         JobState,
+        LateTargetsInput,
         ReportedStepsInput,
         SnapshotTargetsInput,
     )
@@ -37,6 +38,19 @@ async def snapshot_targets(spec: RolloutSpec) -> int:
         start_to_close_timeout=ACTIVITY_TIMEOUT,
         retry_policy=ACTIVITY_RETRY,
         summary=f"snapshot the hosts on {spec.channel} below {spec.version}",
+    )
+    return result.target_count
+
+
+async def late_targets(spec: RolloutSpec) -> int:
+    """Appends the hosts that joined the channel below the version since the start; the
+    targets' count now."""
+    result = await workflow.execute_activity_method(
+        RolloutActivities.late_targets,
+        LateTargetsInput(rollout_id=spec.id, channel=spec.channel, version=spec.version),
+        start_to_close_timeout=ACTIVITY_TIMEOUT,
+        retry_policy=ACTIVITY_RETRY,
+        summary=f"hosts that joined {spec.channel} below {spec.version} since the start",
     )
     return result.target_count
 

@@ -163,6 +163,8 @@ class RolloutWorkflow:
         # abort taken in meanwhile stands.
         self._apply(self._machine.reserve_batch(number, actor))
         try:
+            if self._spec.include_late_joiners and number > 1:
+                self._apply(self._machine.targets_grew(await lookups.late_targets(self._spec)))
             start, size = self._machine.batch_range(number)
             hosts = await lookups.batch_hosts(self._spec.id, number, start, size)
         except CANCELLATION:

@@ -221,6 +221,7 @@ class RolloutMachine:
             status=self.state.status,
             paused_reason=self.state.paused_reason,
             frozen_reason=self.state.frozen_reason,
+            late_joiners=self.state.late_joiners,
             note=self.state.note,
             current_batch=self.state.current_batch,
             total_batches=self.total_batches,
@@ -481,6 +482,18 @@ class RolloutMachine:
         else:
             state.settled_at = now
             self._set_status(fx, "awaiting_advance", WORKFLOW_ACTOR)
+        return fx
+
+    def targets_grew(self, count: int) -> Effects:
+        """Hosts joined late (includeLateJoiners): appended after the targets, so batches already
+        released keep their hosts and the next ones take them."""
+        fx = Effects()
+        added = count - (self.target_count or 0)
+        if added <= 0:
+            return fx
+        self.target_count = count
+        self.state.late_joiners += added
+        self._event(fx, WORKFLOW_ACTOR, "rollout.late_joiners", {"added": added, "targets": count})
         return fx
 
     # --- admin actions ------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class RolloutState(BaseModel):
     # A fleet freeze (services/freezes.py): why, and the status it held the rollout in.
     frozen_reason: str | None = None
     frozen_from: RolloutStatus | None = None
+    late_joiners: int = 0  # targets added after the start (includeLateJoiners)
     revision: int = 0
     # Changes that arrived while the run was ending, written by the next run.
     unwritten_jobs: list[str] = Field(default_factory=list)
@@ -239,6 +240,12 @@ class SnapshotTargetsInput(BaseModel):
 
 class SnapshotTargetsResult(BaseModel):
     target_count: int
+
+
+class LateTargetsInput(BaseModel):
+    rollout_id: str
+    channel: str
+    version: str
 
 
 class BatchTargetsInput(BaseModel):

@@ -64,6 +64,7 @@ def details(
     paused_reason: str | None,
     note: str | None,
     frozen_reason: str | None = None,
+    late_joiners: int = 0,
     current_batch: int,
     total_batches: int,
     counts: Mapping[str, int],
@@ -81,6 +82,8 @@ def details(
         parts.append(status.replace("_", " "))
     if note:
         parts.append(note)
+    if late_joiners:
+        parts.append(f"{late_joiners} joined late")
     if plan:
         parts.append(f"plan {plan}")
     return " · ".join(parts)
