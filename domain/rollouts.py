@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 
 from contract.wire import RolloutStatus
 from domain.plans import BatchPlan
+from domain.windows import MaintenanceWindow
 
 
 class RolloutSpec(BaseModel):
@@ -27,6 +28,8 @@ class RolloutSpec(BaseModel):
     plan: BatchPlan | None = None
     # Hosts joining the channel below the version while it runs are added to a later batch.
     include_late_joiners: bool = False
+    # Batches are released and jobs handed out only inside it (domain.windows); None: any time.
+    window: MaintenanceWindow | None = None
 
 
 def rollout_workflow_id(rollout_id: str) -> str:

@@ -74,10 +74,15 @@ class RolloutWorkflow:
 
     async def _run(self) -> RolloutResult:
         machine = self._machine
+        self._apply(machine.window_changed(workflow.now()))  # closed: batch 1 waits for it
         if self._state.target_count is None:
             await self._start()
         while True:
             self._changed = False
+            opened = self._apply(machine.window_changed(workflow.now()))
+            if opened.start_batch is not None:  # held before batch 1
+                await self._start_batch(opened.start_batch, WORKFLOW_ACTOR)
+                continue
             await self._expire_overdue_jobs()
             self._apply(machine.settle(workflow.now()))
             if self._should_continue_as_new():
@@ -115,7 +120,7 @@ class RolloutWorkflow:
     async def _sleep_until_change(self) -> None:
         if self._writer.unwritten:
             return
-        wake = self._machine.next_wake()
+        wake = self._machine.next_wake(workflow.now())
         timeout = None if wake is None else (wake.at - workflow.now()).total_seconds()
         if timeout is not None and timeout <= 0:
             return
@@ -226,7 +231,8 @@ class RolloutWorkflow:
 
     @admin_action("advance")
     async def advance(self, input: AdvanceInput) -> ActionResult:
-        batch = self._apply(self._machine.advance(input.actor)).start_batch
+        fx = self._machine.advance(input.actor, force=input.force, now=workflow.now())
+        batch = self._apply(fx).start_batch
         assert batch is not None
         return self._answer(await self._start_batch(batch, input.actor))
 
@@ -245,7 +251,8 @@ class RolloutWorkflow:
 
     @admin_action("freeze")
     async def freeze(self, input: FreezeInput) -> ActionResult:
-        return self._answer(self._apply(self._machine.freeze(input.actor, input.reason)))
+        fx = self._machine.freeze(input.actor, input.reason, workflow.now())
+        return self._answer(self._apply(fx))
 
     @admin_action("thaw")
     async def thaw(self, input: ThawInput) -> ActionResult:

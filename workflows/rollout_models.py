@@ -61,9 +61,13 @@ class RolloutState(BaseModel):
     settled_at: datetime | None = None
     finished_at: datetime | None = None
     note: str | None = None
-    # A fleet freeze (services/freezes.py): why, and the status it held the rollout in.
+    # What holds the rollout `waiting`: a fleet freeze (services/freezes.py), its maintenance
+    # window closed (unless the current batch was forced out), and the status it was held in.
     frozen_reason: str | None = None
-    frozen_from: RolloutStatus | None = None
+    window_closed: bool = False
+    forced_batch: int = 0
+    held_from: RolloutStatus | None = None
+    hold_text: str | None = None  # why it waits, in words: "waiting: the fleet is frozen (...)"
     late_joiners: int = 0  # targets added after the start (includeLateJoiners)
     revision: int = 0
     # Changes that arrived while the run was ending, written by the next run.
@@ -164,7 +168,7 @@ class ActionInput(BaseModel):
 
 
 class AdvanceInput(ActionInput):
-    pass
+    force: bool = False  # release it outside the maintenance window (audited)
 
 
 class PauseInput(ActionInput):

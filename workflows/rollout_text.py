@@ -63,7 +63,7 @@ def details(
     status: str,
     paused_reason: str | None,
     note: str | None,
-    frozen_reason: str | None = None,
+    hold_reason: str | None = None,
     late_joiners: int = 0,
     current_batch: int,
     total_batches: int,
@@ -77,7 +77,7 @@ def details(
     if status == "paused":
         parts.append(f"paused: {paused_reason}")
     elif status == "waiting":
-        parts.append(f"waiting: the fleet is frozen ({frozen_reason})")
+        parts.append(hold_reason or "waiting")
     else:
         parts.append(status.replace("_", " "))
     if note:
