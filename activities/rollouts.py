@@ -17,6 +17,7 @@ from workflows.rollout_models import (
     AuditEvent,
     BatchTargetsInput,
     BatchTargetsResult,
+    LateTargetsInput,
     RecordProgressInput,
     RecordProgressResult,
     ReportedStepsInput,
@@ -56,6 +57,22 @@ class RolloutActivities:
                 conn, channel=input.channel, version=input.version
             )
             count = await rollout_targets.snapshot(
+                conn,
+                input.rollout_id,
+                channel=input.channel,
+                versions=versions,
+                stale_after_seconds=self.stale_after_seconds,
+            )
+        return SnapshotTargetsResult(target_count=count)
+
+    @activity.defn(name="late_targets")
+    async def late_targets(self, input: LateTargetsInput) -> SnapshotTargetsResult:
+        """Adds the hosts that became targets since the start (includeLateJoiners); the count."""
+        async with heartbeating(), self.pool.acquire() as conn:
+            versions = await instances.versions_below(
+                conn, channel=input.channel, version=input.version
+            )
+            count = await rollout_targets.append_late(
                 conn,
                 input.rollout_id,
                 channel=input.channel,

@@ -17,7 +17,7 @@ from api.metrics_listener import MetricsListener
 from api.middleware.edge import EdgeGate
 from api.middleware.fast_lane import ControlPlaneApi, FastLane
 from api.middleware.request_timer import RequestTimer
-from api.routers import agent, instances, jobs, metrics, releases, rollouts, system
+from api.routers import agent, freeze, instances, jobs, metrics, releases, rollouts, system
 from api.routers.docs import install_offline_docs
 from runtime.build import package_version
 from server.settings import ApiSettings
@@ -101,6 +101,7 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
         app.include_router(metrics.router)
     app.include_router(rollouts.router)
     app.include_router(jobs.router)
+    app.include_router(freeze.router)
     return app
 
 

@@ -10,10 +10,15 @@ history, whose payloads are serialised by alias.
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from contract.manifest import Channel
 from contract.text import storable
+from domain.plans import batch_sizes
+from services.freezes import Told
 from services.jobs import JobDetail
+from services.previews import PlannedBatch, Prediction, Preview
 from services.rollouts import NewRollout, RolloutDetail
 from services.timeline import JobFailure, TimelineStep
+from store.freezes import Freeze
 from store.instances import Instance
 from store.jobs import Job
 from store.rollouts import Rollout
@@ -41,6 +46,17 @@ class ActionBody(ApiModel):
     def _storable(cls, value: object) -> object:
         """Free text: NUL or a lone surrogate is replaced (before pydantic refuses the
         surrogate), never a reason to refuse a pause."""
+        return storable(value) if isinstance(value, str) else value
+
+
+class HoldBody(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000)
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
         return storable(value) if isinstance(value, str) else value
 
 
@@ -73,6 +89,7 @@ class JobFailureOut(ApiModel, JobFailure):
 
 class BatchOut(ApiModel):
     number: int
+    size: int  # its hosts, as the rollout's plan cut the targets
     jobs: list[JobOut]
 
 
@@ -102,9 +119,11 @@ class RolloutOut(RolloutSummaryOut):
         by_batch: dict[int, list[JobOut]] = {}
         for job in detail.jobs:
             by_batch.setdefault(job.batch, []).append(JobOut.from_job(job))
+        row = detail.rollout
+        sizes = batch_sizes(row.batch_size, row.plan, row.target_count)
         batches = [
-            BatchOut(number=n, jobs=by_batch.get(n, []))
-            for n in range(1, detail.rollout.total_batches + 1)
+            BatchOut(number=n, size=size, jobs=by_batch.get(n, []))
+            for n, size in enumerate(sizes, start=1)
         ]
         return cls(
             **detail.rollout.model_dump(),
@@ -113,6 +132,52 @@ class RolloutOut(RolloutSummaryOut):
             stale=detail.stale,
             failures=[JobFailureOut(**f.model_dump()) for f in detail.failures],
         )
+
+
+class PlannedBatchOut(ApiModel, PlannedBatch):
+    pass
+
+
+class PredictionOut(ApiModel, Prediction):
+    pass
+
+
+class PreviewOut(ApiModel, Preview):
+    """What creating the rollout now would do (services/previews.py); nothing was started."""
+
+    batches: list[PlannedBatchOut]  # type: ignore[assignment]  # camelCase, same fields
+    prediction: PredictionOut
+
+    @classmethod
+    def from_preview(cls, preview: Preview) -> "PreviewOut":
+        return cls.model_validate(preview.model_dump())
+
+
+class FreezeBody(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000)
+    channel: Channel | None = None  # None: every channel
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        return storable(value) if isinstance(value, str) else value
+
+
+class FreezeOut(ApiModel, Freeze):
+    pass
+
+
+class FreezesOut(ApiModel):
+    """The freezes in force, and the rollouts this request told."""
+
+    freezes: list[FreezeOut]
+    rollouts: list[str]
+
+    @classmethod
+    def from_told(cls, told: Told) -> "FreezesOut":
+        return cls.model_validate(told.model_dump())
 
 
 class InstanceOut(ApiModel, Instance):

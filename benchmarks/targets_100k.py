@@ -97,6 +97,19 @@ class Figures(BaseModel):
         return max(run.history_bytes for run in self.runs)
 
 
+async def seed_release(conn: asyncpg.Connection) -> str:
+    """A signed release of 1.4.0 on stable (with migrations), stored; its id."""
+    manifest = UnsignedManifest(
+        version="1.4.0",
+        sha="0123456789abcdef0123456789abcdef01234567",
+        channel="stable",
+        migrations_required=True,
+        breaking_changes=None,
+        released_at="2026-11-01T12:00:00Z",
+    ).signed(secrets.token_hex(16))
+    return (await releases.insert_or_get(conn, manifest)).release.id
+
+
 async def seed_fleet(
     conn: asyncpg.Connection, count: int, *, channel: str = "stable", version: str = "1.3.0"
 ) -> float:
@@ -283,16 +296,7 @@ async def main() -> None:
         try:
             conn = await connect(server.dsn)
             await apply_migrations(conn)
-            secret = secrets.token_hex(16)
-            manifest = UnsignedManifest(
-                version="1.4.0",
-                sha="0123456789abcdef0123456789abcdef01234567",
-                channel="stable",
-                migrations_required=True,
-                breaking_changes=None,
-                released_at="2026-11-01T12:00:00Z",
-            ).signed(secret)
-            release_id = (await releases.insert_or_get(conn, manifest)).release.id
+            release_id = await seed_release(conn)
             seeded = await seed_fleet(conn, FLEET)
             env = await start_time_skipping_server()
             pool = await open_pool(server.dsn, min_size=1, max_size=4)

@@ -1,5 +1,5 @@
-"""`rollout instances list|show|decommission|admit`: the fleet registry and each instance's
-lifecycle (docs/protocol.md, instances)."""
+"""`rollout instances list|show|decommission|admit|hold|release`: the fleet registry and each
+instance's lifecycle (docs/protocol.md, instances), and holds out of new rollouts."""
 
 import argparse
 
@@ -12,10 +12,17 @@ COLUMNS = [
     ("AGENT", "agentVersion"),
     ("STATE", "state"),
     ("LAST SEEN", "lastSeenAt"),
+    ("ON HOLD", "holdReason"),
 ]
 TOTAL_HEADER = "x-total-count"
 # Each command on one instance: its request's method and the path after the instance's.
-LIFECYCLE = {"show": ("GET", ""), "decommission": ("DELETE", ""), "admit": ("POST", "/admit")}
+LIFECYCLE = {
+    "show": ("GET", ""),
+    "decommission": ("DELETE", ""),
+    "admit": ("POST", "/admit"),
+    "hold": ("POST", "/hold"),
+    "release": ("DELETE", "/hold"),
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     admit = actions.add_parser(
         "admit", help="approve a pending instance, or take a decommissioned one back (audited)"
     )
-    for action in (show, decommission, admit):
+    hold = actions.add_parser("hold", help="leave it out of new rollouts until released (audited)")
+    hold.add_argument("--reason", required=True, help="why: shown in listings and previews")
+    release = actions.add_parser("release", help="release its hold (audited)")
+    for action in (show, decommission, admit, hold, release):
         action.add_argument("instance_id")
     for action in actions.choices.values():
         action.add_argument("--json", action="store_true", help="print JSON")
@@ -49,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         return listing(api, args)
     method, suffix = LIFECYCLE[args.action]
-    instance = api.call(method, f"/api/instances/{args.instance_id}{suffix}")
+    body = {"reason": args.reason} if args.action == "hold" else None
+    instance = api.call(method, f"/api/instances/{args.instance_id}{suffix}", json=body)
     print_json(instance) if args.json else print_table([instance], COLUMNS)
     return 0
 

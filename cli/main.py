@@ -15,6 +15,7 @@ _SUBCOMMANDS = [
     "cli.rollouts",
     "cli.jobs",
     "cli.instances",
+    "cli.freeze",
     "cli.agent",
     "cli.worker",
     "cli.simulate",

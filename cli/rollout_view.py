@@ -39,7 +39,8 @@ def batch_line(batch: dict[str, Any]) -> str:
     done = sum(counts[s] for s in SETTLED_OK)
     failed = sum(counts[s] for s in FAILED)
     if not jobs:
-        return f"  batch {batch['number']:>3}  {bar(0, 0, 0, 0)}  not released"
+        size = f" ({batch['size']} hosts)" if "size" in batch else ""
+        return f"  batch {batch['number']:>3}  {bar(0, 0, 0, 0)}  not released{size}"
     others = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in SETTLED_OK)
     summary = f"{done}/{len(jobs)} succeeded" + (f", {others}" if others else "")
     drawn = bar(done, failed, counts[UNREACHABLE], len(jobs))
@@ -79,6 +80,39 @@ def left_out_line(entry: dict[str, Any]) -> str:
     return f"  left out: {count} {hosts} {entry['description']}: {names}"
 
 
+def render_preview(preview: dict[str, Any]) -> str:
+    """What `rollouts create` would do with the same options, batch by batch."""
+    seconds = preview["prediction"]["seconds"]
+    lines = [
+        f"preview {preview['previewId']}  {preview['version']} -> {preview['channel']}"
+        f"  {preview['targetCount']} hosts in {len(preview['batches'])} batches,"
+        f" about {_duration(seconds)}",
+    ]
+    for batch in preview["batches"]:
+        first = batch["firstHosts"]
+        more = ", …" if batch["size"] > len(first) else ""
+        lines.append(
+            f"  batch {batch['number']:>3}  {batch['size']:>6} hosts  {', '.join(first)}{more}"
+        )
+    if preview.get("hosts") is not None:
+        lines.append("  hosts: " + ", ".join(preview["hosts"]))
+    if preview.get("alreadyCurrent"):
+        lines.append(f"  already at {preview['version']} or above: {preview['alreadyCurrent']}")
+    lines += [left_out_line(entry) for entry in preview.get("leftOut", [])]
+    lines += [f"  assumed: {text}" for text in preview["prediction"]["assumptions"]]
+    lines += [f"  warning: {text}" for text in preview.get("warnings", [])]
+    lines.append(
+        f"  create exactly this: rollout rollouts create ... --preview {preview['previewId']}"
+    )
+    return "\n".join(terminal_safe(line) for line in lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {rest:02d} s"
+
+
 def render(rollout: dict[str, Any]) -> str:
     total = rollout.get("totalBatches", len(rollout.get("batches", [])))
     head = (
@@ -89,6 +123,8 @@ def render(rollout: dict[str, Any]) -> str:
     lines += [batch_line(b) for b in rollout.get("batches", [])]
     if rollout.get("pausedReason"):
         lines.append(f"  paused: {rollout['pausedReason']}")
+    if rollout["status"] == "waiting":
+        lines.append(f"  {rollout.get('details', 'waiting')}")
     lines += [left_out_line(entry) for entry in rollout.get("leftOut", [])]
     lines += [failure_line(f) for f in rollout.get("failures", [])]
     lines += host_outcome_lines(rollout)

@@ -1,11 +1,12 @@
-"""`rollout rollouts create|list|get|advance|pause|resume|retry|abort|watch`."""
+"""`rollout rollouts create|preview|list|get|advance|pause|resume|retry|abort|watch`."""
 
 import argparse
 import sys
 import time
 
 from cli.admin_http import AdminApi, print_json, print_table
-from cli.rollout_view import render
+from cli.errors import fail
+from cli.rollout_view import render, render_preview
 from contract.wire import FINISHED_ROLLOUT_STATUSES
 
 COLUMNS = [
@@ -24,18 +25,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rollouts", help="create, inspect, drive and watch rollouts")
     actions = p.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="start a rollout of a release to a channel")
-    create.add_argument("--manifest", dest="manifest_id", required=True, help="release id")
-    create.add_argument("--channel", required=True)
-    create.add_argument("--batch-size", type=int, required=True)
-    create.add_argument("--auto-advance", action="store_true")
-    create.add_argument("--bake-seconds", type=int)
-    create.add_argument("--max-failures", type=int, help="failed jobs tolerated (default 0)")
-    create.add_argument(
-        "--max-unreachable",
-        type=int,
-        help="hosts that never start their job by its deadline tolerated (default 0)",
+    preview = actions.add_parser(
+        "preview", help="what create would do with the same options, starting nothing"
     )
-    create.add_argument("--job-timeout-seconds", type=int)
+    for planned in (create, preview):
+        _add_plan_options(planned)
+    create.add_argument(
+        "--preview", dest="preview_id", help="create exactly what this preview showed, or fail"
+    )
+    preview.add_argument("--batch", type=int, help="list this batch's hosts")
+    preview.add_argument("--offset", type=int, help="hosts of the batch to skip")
+    preview.add_argument("--limit", type=int, help="hosts of the batch to list (default 1000)")
     listing = actions.add_parser("list")
     listing.add_argument("--channel")
     listing.add_argument("--status")
@@ -54,23 +54,104 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", dest="manifest_id", required=True, help="release id")
+    p.add_argument("--channel", required=True)
+    cut = p.add_mutually_exclusive_group(required=True)
+    cut.add_argument("--batch-size", type=int, help="hosts a batch")
+    cut.add_argument(
+        "--plan",
+        help='cumulative marks, hosts or percentages: "1,10%%,50%%,100%%" (docs/planning.md)',
+    )
+    cut.add_argument(
+        "--exponential", metavar="FIRST:FACTOR", help='batches growing by FACTOR: "1:2"'
+    )
+    canary = p.add_mutually_exclusive_group()
+    canary.add_argument(
+        "--canary",
+        action="store_true",
+        default=None,
+        help="one host first, in a batch of its own (the default for a release with migrations)",
+    )
+    canary.add_argument("--no-canary", dest="canary", action="store_false")
+    p.add_argument("--auto-advance", action="store_true")
+    p.add_argument("--bake-seconds", type=int)
+    p.add_argument("--max-failures", type=int, help="failed jobs tolerated (default 0)")
+    p.add_argument(
+        "--max-unreachable",
+        type=int,
+        help="hosts that never start their job by its deadline tolerated (default 0)",
+    )
+    p.add_argument("--job-timeout-seconds", type=int)
+    p.add_argument(
+        "--include-late-joiners",
+        action="store_true",
+        default=None,
+        help="hosts joining the channel while it runs are updated by a later batch",
+    )
+
+
+def _marks(plan: str) -> list[int | str]:
+    return [mark if mark.endswith("%") else int(mark) for mark in plan.replace(" ", "").split(",")]
+
+
+def _exponential(text: str) -> dict[str, dict[str, float]]:
+    first, _, factor = text.partition(":")
+    return {"exponential": {"first": int(first), "factor": float(factor or 2)}}
+
+
+def _planned(api: AdminApi, args: argparse.Namespace) -> dict:
+    """The create (or preview) body the options say; a release with migrations gets a canary
+    host first unless --no-canary."""
+    try:
+        plan = _marks(args.plan) if args.plan else None
+        if args.exponential:
+            plan = _exponential(args.exponential)  # type: ignore[assignment]
+    except ValueError:
+        fail(
+            f"{api.command}: error: --plan is hosts or percentages separated by commas, like"
+            ' "1,10%,100%"; --exponential is FIRST:FACTOR, like "1:2"'
+        )
+    canary = args.canary
+    if canary is None:
+        release = api.call("GET", f"/api/releases/{args.manifest_id}")
+        canary = bool(release.get("migrations_required"))
+        if canary:
+            print(
+                "canary: one host first, as the release requires migrations (--no-canary to skip)",
+                file=sys.stderr,
+            )
+    body = {
+        "manifestId": args.manifest_id,
+        "channel": args.channel,
+        "batchSize": args.batch_size,
+        "batchPlan": plan,
+        "canary": canary,
+        "autoAdvance": args.auto_advance,
+        "bakeSeconds": args.bake_seconds,
+        "maxFailures": args.max_failures,
+        "maxUnreachable": args.max_unreachable,
+        "jobTimeoutSeconds": args.job_timeout_seconds,
+        "previewId": getattr(args, "preview_id", None),
+        "includeLateJoiners": args.include_late_joiners,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
 def run(args: argparse.Namespace) -> int:
     api = AdminApi(f"rollout rollouts {args.action}")
     if args.action == "create":
-        body = {
-            "manifestId": args.manifest_id,
-            "channel": args.channel,
-            "batchSize": args.batch_size,
-            "autoAdvance": args.auto_advance,
-        }
-        optional = {
-            "bakeSeconds": args.bake_seconds,
-            "maxFailures": args.max_failures,
-            "maxUnreachable": args.max_unreachable,
-            "jobTimeoutSeconds": args.job_timeout_seconds,
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
-        return show(api.call("POST", "/api/rollouts", json=body), args.json)
+        return show(api.call("POST", "/api/rollouts", json=_planned(api, args)), args.json)
+    if args.action == "preview":
+        query = {"batch": args.batch, "offset": args.offset, "limit": args.limit}
+        found = api.call(
+            "POST",
+            "/api/rollouts/preview",
+            json=_planned(api, args),
+            params={k: v for k, v in query.items() if v is not None},
+        )
+        print_json(found) if args.json else print(render_preview(found))
+        return 0
     if args.action == "list":
         filters = {"channel": args.channel, "status": args.status}
         rows = api.call("GET", "/api/rollouts", params={k: v for k, v in filters.items() if v})

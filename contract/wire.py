@@ -86,7 +86,8 @@ CONTROL_PLANE_ENDS: frozenset[str] = TERMINAL_JOB_STATUSES - _REPORTED_ENDS
 
 # Rollout `status` (PROTOCOL §4). store/statuses.py renders the finished ones into SQL; the
 # partial unique index of migration 0003 spells them too (tests/test_status_sql.py checks it).
-RolloutStatus = Literal["running", "awaiting_advance", "paused", "completed", "aborted"]
+# `waiting`: a project extension (docs/protocol.md): held by a fleet freeze, nothing released.
+RolloutStatus = Literal["running", "awaiting_advance", "paused", "waiting", "completed", "aborted"]
 ROLLOUT_STATUSES: tuple[RolloutStatus, ...] = get_args(RolloutStatus)
 FINISHED_ROLLOUT_STATUSES: frozenset[RolloutStatus] = frozenset({"completed", "aborted"})
 

@@ -5,6 +5,8 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from contract.wire import RolloutStatus
+from domain.plans import BatchPlan
+from domain.windows import MaintenanceWindow
 
 
 class RolloutSpec(BaseModel):
@@ -22,6 +24,12 @@ class RolloutSpec(BaseModel):
     max_unreachable: int = Field(default=0, ge=0)
     job_timeout_seconds: int = Field(default=3600, ge=1)
     created_by: str
+    # How the targets are cut into batches (domain.plans); None: `batch_size` hosts a batch.
+    plan: BatchPlan | None = None
+    # Hosts joining the channel below the version while it runs are added to a later batch.
+    include_late_joiners: bool = False
+    # Batches are released and jobs handed out only inside it (domain.windows); None: any time.
+    window: MaintenanceWindow | None = None
 
 
 def rollout_workflow_id(rollout_id: str) -> str:

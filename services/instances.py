@@ -80,3 +80,36 @@ async def _move(
             detail={"from": before.state, "to": state},
         )
         return moved
+
+
+async def hold(pool: asyncpg.Pool, instance_id: str, *, reason: str, actor: str) -> Instance:
+    """Keep the instance out of new rollouts' targets until released; its running jobs go on.
+    Audited; holding a held instance again changes its reason."""
+    async with pool.acquire() as conn, conn.transaction():
+        held = await instances.hold(conn, instance_id, reason=reason, actor=actor)
+        if held is None:
+            raise NotFound(f"instance {instance_id} not found")
+        await audit.record(
+            conn,
+            actor=actor,
+            action="instance.held",
+            subject=f"instance:{instance_id}",
+            detail={"reason": reason},
+        )
+        return held
+
+
+async def release_hold(pool: asyncpg.Pool, instance_id: str, *, actor: str) -> Instance:
+    """New rollouts may target it again. Audited when it was held; again: nothing changes."""
+    async with pool.acquire() as conn, conn.transaction():
+        released = await instances.release_hold(conn, instance_id)
+        if released is None:
+            return await get(pool, instance_id)  # not held (or unknown: NotFound)
+        await audit.record(
+            conn,
+            actor=actor,
+            action="instance.hold_released",
+            subject=f"instance:{instance_id}",
+            detail={},
+        )
+        return released

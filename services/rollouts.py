@@ -11,21 +11,23 @@ from collections import Counter
 from typing import Literal
 
 import asyncpg
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from temporalio.client import Client
 
 from contract.manifest import Channel
 from contract.wire import ID_PATTERN
+from domain.plans import MAX_BATCH_SIZE, BatchPlan, Exponential, Marks
 from domain.rollouts import RolloutSnapshot, RolloutSpec
-from services.errors import Conflict, Invalid, NotFound
+from services import freezes, previews
+from services.errors import Conflict, NotFound
 from services.timeline import JobFacts, JobFailure, failing_jobs, job_failure
-from store import audit, job_reports, jobs, releases, rollouts
+from store import audit, job_reports, jobs, rollouts
 from store.jobs import Job
 from store.rollouts import ChannelBusy, Rollout
 from temporal_client import rollouts as rollout_client
 from temporal_client.rollouts import RolloutGone, RolloutUnavailable
 from workflows.rollout_machine import Action
-from workflows.rollout_models import MAX_BATCH_SIZE, JobState
+from workflows.rollout_models import JobState
 
 # A live view must not hold an HTTP request long: the stored view answers instead.
 LIVE_VIEW_TIMEOUT = 3.0
@@ -38,18 +40,59 @@ ACTION_TIMEOUT = 15.0
 MAX_FLEET = 100_000
 
 
+class ExponentialPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    exponential: Exponential
+
+
 class NewRollout(BaseModel):
-    """What an operator asks for (PROTOCOL §4), within the documented bounds."""
+    """What an operator asks for (PROTOCOL §4), within the documented bounds.
+
+    Batches are cut by `batch_size` (the contract), or by `batch_plan` (docs/planning.md):
+    cumulative marks in hosts or percentages, or exponential growth; `canary` puts one host in
+    a batch of its own first. `preview_id` creates exactly what that preview showed."""
 
     manifest_id: str = Field(pattern=ID_PATTERN)
     channel: Channel
-    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+    batch_plan: Marks | ExponentialPlan | None = None
+    canary: bool = False
+    preview_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    include_late_joiners: bool = False
     auto_advance: bool = False
     bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
     max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
     # Hosts that never started their job by its deadline; 0, like maxFailures: docs/protocol.md.
     max_unreachable: int = Field(default=0, ge=0, le=MAX_FLEET)
     job_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _one_way_to_cut(self) -> "NewRollout":
+        if self.batch_plan is None and self.batch_size is None:
+            raise ValueError("batchSize: required, unless batchPlan is given")
+        if self.batch_plan is not None and self.batch_size is not None:
+            raise ValueError("batchSize and batchPlan: give one of them")
+        plan = self.plan()  # a malformed plan is refused here, with its reason
+        if self.include_late_joiners and plan is not None and plan.cuts_by_percent:
+            raise ValueError(
+                "includeLateJoiners: a plan with percentages would move batches already released"
+                " as the targets grow; use hosts, batchSize or an exponential plan"
+            )
+        return self
+
+    def plan(self) -> BatchPlan | None:
+        """The plan, as the rollout's spec and domain.plans take it."""
+        try:
+            if isinstance(self.batch_plan, list):
+                return BatchPlan(kind="steps", steps=self.batch_plan, canary=self.canary)
+            if isinstance(self.batch_plan, ExponentialPlan):
+                return BatchPlan(
+                    kind="exponential", exponential=self.batch_plan.exponential, canary=self.canary
+                )
+        except ValidationError as exc:
+            raise ValueError(f"batchPlan: {exc.errors()[0]['msg']}") from None
+        return BatchPlan(canary=True) if self.canary else None
 
 
 # Which jobs a rollout's view lists: every batch's (the contract), the current batch's, or none.
@@ -68,28 +111,62 @@ class RolloutDetail(BaseModel):
 
 
 async def create(
-    pool: asyncpg.Pool, temporal: Client, new: NewRollout, *, actor: str, task_queue: str
+    pool: asyncpg.Pool,
+    temporal: Client,
+    new: NewRollout,
+    *,
+    actor: str,
+    task_queue: str,
+    stale_after_seconds: int,
 ) -> RolloutDetail:
     """Store the rollout (one unfinished per channel), then start its workflow; if Temporal
-    cannot start it, undo the insert and raise RolloutUnavailable: nothing was created."""
-    release = await releases.get(pool, new.manifest_id)
-    if release is None:
-        # The body is well formed; what it names does not exist: 404, as GET /api/releases/{id}.
-        raise NotFound(f"manifestId: no release with id {new.manifest_id}")
-    if release.channel != new.channel:
-        raise Invalid(
-            f"channel: release {release.version} is for channel {release.channel},"
-            f" not {new.channel}"
+    cannot start it, undo the insert and raise RolloutUnavailable: nothing was created.
+
+    With a plan or a preview, the targets are counted here too, as the workflow will select
+    them when it starts: a plan they cannot be cut by is refused now, and with a `preview_id`
+    they must be the previewed. A plain `batch_size` is the contract's create, unchanged."""
+    plan = new.plan()
+    release = await previews.release_for(pool, new.manifest_id, new.channel)
+    batch_size = new.batch_size
+    if plan is not None or new.preview_id is not None:
+        found = await previews.targets(
+            pool,
+            manifest_id=new.manifest_id,
+            channel=new.channel,
+            batch_size=new.batch_size,
+            plan=plan,
+            stale_after_seconds=stale_after_seconds,
         )
+        if new.preview_id is not None:
+            await previews.check_unchanged(
+                pool,
+                new.preview_id,
+                manifest_id=new.manifest_id,
+                channel=new.channel,
+                now=found.instance_ids,
+            )
+        # With a plan, the largest batch it makes of the targets counted now.
+        batch_size = batch_size or max(found.sizes, default=1)
+    assert batch_size is not None  # NewRollout: batch_size or batch_plan
     spec = RolloutSpec(
         id=uuid.uuid4().hex,
+        manifest_id=new.manifest_id,
         version=release.version,
+        channel=new.channel,
+        batch_size=batch_size,
+        plan=plan,
+        auto_advance=new.auto_advance,
+        bake_seconds=new.bake_seconds,
+        max_failures=new.max_failures,
+        max_unreachable=new.max_unreachable,
+        job_timeout_seconds=new.job_timeout_seconds,
         created_by=actor,
-        **new.model_dump(by_alias=False),  # an API subclass would dump its aliases
+        include_late_joiners=new.include_late_joiners,
     )
     async with pool.acquire() as conn, conn.transaction():
+        await freezes.refuse_if_frozen(conn, spec.channel)
         try:
-            await rollouts.insert(conn, spec)
+            await rollouts.insert(conn, spec, preview_id=new.preview_id)
         except ChannelBusy as exc:
             raise Conflict(
                 f"channel {exc.channel} already has an unfinished rollout ({exc.rollout_id});"
@@ -100,7 +177,13 @@ async def create(
             actor=actor,
             action="rollout.created",
             subject=f"rollout:{spec.id}",
-            detail={"version": spec.version, "channel": spec.channel, "batchSize": spec.batch_size},
+            detail={
+                "version": spec.version,
+                "channel": spec.channel,
+                "batchSize": spec.batch_size,
+                "batchPlan": plan.model_dump(exclude_defaults=True) if plan else None,
+                "previewId": new.preview_id,
+            },
         )
     try:
         await rollout_client.start_rollout(

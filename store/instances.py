@@ -15,7 +15,7 @@ from contract.manifest import parse_version
 
 _COLUMNS = (
     "instance_id, channel, current_version, agent_version, first_seen_at, last_seen_at, state,"
-    " state_changed_at"
+    " state_changed_at, held_at, hold_reason, held_by"
 )
 
 InstanceState = Literal["active", "pending", "decommissioned"]
@@ -33,6 +33,10 @@ class Instance(BaseModel):
     last_seen_at: datetime
     state: InstanceState
     state_changed_at: datetime | None
+    # On hold (migration 0009): left out of new rollouts' targets until released.
+    held_at: datetime | None = None
+    hold_reason: str | None = None
+    held_by: str | None = None
 
 
 def _instance(row: asyncpg.Record) -> Instance:
@@ -119,6 +123,63 @@ async def set_state(
     return _instance(row) if row else None
 
 
+async def hold(
+    conn: asyncpg.Connection | asyncpg.Pool, instance_id: str, *, reason: str, actor: str
+) -> Instance | None:
+    """Hold the instance (or change the reason of its hold); None when unknown."""
+    row = await conn.fetchrow(
+        "UPDATE instances SET held_at = coalesce(held_at, now()), hold_reason = $2, held_by = $3"
+        f" WHERE instance_id = $1 RETURNING {_COLUMNS}",
+        instance_id,
+        reason,
+        actor,
+    )
+    return _instance(row) if row else None
+
+
+async def release_hold(
+    conn: asyncpg.Connection | asyncpg.Pool, instance_id: str
+) -> Instance | None:
+    """Release the instance's hold; None when it has none (or is unknown)."""
+    row = await conn.fetchrow(
+        "UPDATE instances SET held_at = NULL, hold_reason = NULL, held_by = NULL"
+        f" WHERE instance_id = $1 AND held_at IS NOT NULL RETURNING {_COLUMNS}",
+        instance_id,
+    )
+    return _instance(row) if row else None
+
+
+# A rollout's targets among the instances of channel $1 at one of the versions $2, when hosts not
+# seen for $3 seconds are left out (0: none is): `active`, not on hold, seen recently enough.
+# store.rollout_targets snapshots them, the preview reads them; `excluded_from_targets` is the
+# complement, with each one's reason.
+TARGET_FILTER = (
+    "channel = $1 AND current_version = ANY($2::text[]) AND state = 'active' AND held_at IS NULL"
+    " AND ($3::int = 0 OR last_seen_at >= now() - make_interval(secs => $3))"
+)
+
+
+async def targets(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    channel: str,
+    versions: Sequence[str],
+    stale_after_seconds: int,
+) -> list[str]:
+    """The ids a rollout started now would target, in batch order (instance id)."""
+    rows = await conn.fetch(
+        f"SELECT instance_id FROM instances WHERE {TARGET_FILTER} ORDER BY instance_id",
+        channel,
+        list(versions),
+        stale_after_seconds,
+    )
+    return [r["instance_id"] for r in rows]
+
+
+async def count_on_channel(conn: asyncpg.Connection | asyncpg.Pool, channel: str) -> int:
+    return await conn.fetchval("SELECT count(*) FROM instances WHERE channel = $1", channel)
+
+
 async def versions_below(
     conn: asyncpg.Connection | asyncpg.Pool, *, channel: str, version: str
 ) -> list[str]:
@@ -143,7 +204,7 @@ LEFT_OUT_SHOWN = 10
 
 
 class Excluded(NamedTuple):
-    reason: str  # `not_seen`, or the instance's state: `pending`, `decommissioned`
+    reason: str  # `not_seen`, `on_hold`, or the instance's state: `pending`, `decommissioned`
     total: int
     first: list[str]  # up to LEFT_OUT_SHOWN ids, in id order
 
@@ -156,15 +217,15 @@ async def excluded_from_targets(
     stale_after_seconds: int,
 ) -> list[Excluded]:
     """The instances on `channel` at one of `versions` that a rollout does not target: those
-    not `active`, and those whose last poll is older than `stale_after_seconds` (0: none is).
-    The complement of store.rollout_targets' selection, in the same transaction."""
+    not `active`, those on hold, and those whose last poll is older than `stale_after_seconds`
+    (0: none is). The complement of TARGET_FILTER, in the same transaction."""
     rows = await conn.fetch(
         "SELECT reason, count(*) AS n,"
         f" (array_agg(instance_id ORDER BY instance_id))[1:{LEFT_OUT_SHOWN}] AS first FROM ("
-        " SELECT instance_id, CASE WHEN state <> 'active' THEN state ELSE 'not_seen' END AS reason"
+        " SELECT instance_id, CASE WHEN state <> 'active' THEN state"
+        " WHEN held_at IS NOT NULL THEN 'on_hold' ELSE 'not_seen' END AS reason"
         " FROM instances WHERE channel = $1 AND current_version = ANY($2::text[])"
-        " AND (state <> 'active'"
-        " OR ($3::int > 0 AND last_seen_at < now() - make_interval(secs => $3)))"
+        f" AND NOT ({TARGET_FILTER})"
         ") AS s GROUP BY reason ORDER BY reason",
         channel,
         list(versions),

@@ -3,6 +3,7 @@ job's move, in one statement, by store.jobs.apply_report."""
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 from pydantic import BaseModel
@@ -36,3 +37,28 @@ async def for_jobs(
     for row in rows:
         reports.setdefault(row["job_id"], []).append(StoredReport.model_validate(dict(row)))
     return reports
+
+
+class Durations(NamedTuple):
+    jobs: int  # how many finished jobs the figure is taken from (0: none)
+    p90_seconds: float
+
+
+# The jobs a prediction learns from: the latest that succeeded on the channel.
+DURATION_SAMPLE = 1_000
+
+
+async def durations(conn: asyncpg.Connection | asyncpg.Pool, channel: str) -> Durations:
+    """How long the latest jobs that succeeded on `channel` took, first report to last (their
+    90th percentile): what a preview predicts a batch's slowest job takes."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS jobs, percentile_cont(0.9) WITHIN GROUP (ORDER BY seconds) AS p90"
+        " FROM (SELECT extract(epoch FROM max(r.received_at) - min(r.received_at)) AS seconds"
+        " FROM update_jobs j JOIN rollouts ro ON ro.id = j.rollout_id"
+        " JOIN job_reports r ON r.job_id = j.id"
+        " WHERE ro.channel = $1 AND j.status = 'succeeded'"
+        " GROUP BY j.id ORDER BY max(r.received_at) DESC LIMIT $2) AS latest",
+        channel,
+        DURATION_SAMPLE,
+    )
+    return Durations(row["jobs"], float(row["p90"] or 0.0))

@@ -1,7 +1,8 @@
 """rollout_targets: the instances a rollout updates, fixed when it starts, in batch order.
 
-Targets are the `active` instances of the channel below the release's version, seen within
-`stale_after_seconds` (INSTANCE_STALE_AFTER_SECONDS; 0: however long ago). The ones left out are
+Targets are the `active` instances of the channel below the release's version, not on hold,
+seen within `stale_after_seconds` (INSTANCE_STALE_AFTER_SECONDS; 0: however long ago); or, for a
+rollout created from a preview, exactly the previewed hosts. The ones left out are
 counted by reason on the rollout's row (`left_out`, shown in its view) and in its audit.
 
 The snapshot is taken once per rollout: a retried activity finds it and answers from it, so a
@@ -43,16 +44,26 @@ async def snapshot(
         rollout = await rollouts.get(conn, rollout_id)
         if rollout is not None and rollout.status in FINISHED_ROLLOUT_STATUSES:
             return 0  # an attempt still running when the rollout ended: it was dropped already
-        status = await conn.execute(
-            "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
-            " SELECT $1, row_number() OVER (ORDER BY instance_id), instance_id FROM instances"
-            " WHERE channel = $2 AND current_version = ANY($3::text[]) AND state = 'active'"
-            " AND ($4::int = 0 OR last_seen_at >= now() - make_interval(secs => $4))",
-            rollout_id,
-            channel,
-            list(versions),
-            stale_after_seconds,
-        )
+        if rollout is not None and rollout.preview_id is not None:
+            # Created from a preview (which it matched): exactly the previewed hosts.
+            status = await conn.execute(
+                "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
+                " SELECT $1, t.position, t.instance_id FROM rollout_previews p,"
+                " unnest(p.instance_ids) WITH ORDINALITY AS t (instance_id, position)"
+                " WHERE p.id = $2",
+                rollout_id,
+                rollout.preview_id,
+            )
+        else:
+            status = await conn.execute(
+                "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
+                " SELECT $4, row_number() OVER (ORDER BY instance_id), instance_id FROM instances"
+                f" WHERE {instances.TARGET_FILTER}",
+                channel,
+                list(versions),
+                stale_after_seconds,
+                rollout_id,
+            )
         excluded = await instances.excluded_from_targets(
             conn, channel=channel, versions=versions, stale_after_seconds=stale_after_seconds
         )
@@ -71,16 +82,14 @@ def _words(reason: str, stale_after_seconds: int) -> str:
         return f"not seen for over {span} (INSTANCE_STALE_AFTER_SECONDS)"
     if reason == "pending":
         return "awaiting an admin's approval"
+    if reason == "on_hold":
+        return "on hold (POST /api/instances/{id}/hold)"
     return "decommissioned"
 
 
-async def _record_left_out(
-    conn: asyncpg.Connection,
-    rollout_id: str,
-    excluded: Sequence[instances.Excluded],
-    stale_after_seconds: int,
-) -> None:
-    left_out = [
+def left_out(excluded: Sequence[instances.Excluded], stale_after_seconds: int) -> list[LeftOut]:
+    """The hosts a rollout leaves out, by reason, as its view and a preview show them."""
+    return [
         LeftOut.model_validate(
             {
                 "reason": e.reason,
@@ -91,14 +100,49 @@ async def _record_left_out(
         )
         for e in excluded
     ]
-    await rollouts.set_left_out(conn, rollout_id, left_out)
+
+
+async def _record_left_out(
+    conn: asyncpg.Connection,
+    rollout_id: str,
+    excluded: Sequence[instances.Excluded],
+    stale_after_seconds: int,
+) -> None:
+    entries = left_out(excluded, stale_after_seconds)
+    await rollouts.set_left_out(conn, rollout_id, entries)
     await audit.record(
         conn,
         actor="worker",
         action="rollout.targets_left_out",
         subject=f"rollout:{rollout_id}",
-        detail={"leftOut": [entry.model_dump() for entry in left_out]},
+        detail={"leftOut": [entry.model_dump() for entry in entries]},
     )
+
+
+async def append_late(
+    conn: asyncpg.Connection,
+    rollout_id: str,
+    *,
+    channel: str,
+    versions: Sequence[str],
+    stale_after_seconds: int,
+) -> int:
+    """Hosts that became targets since the snapshot (registered, moved to the channel, released
+    from a hold, admitted) appended after the last target, in id order; returns the count now."""
+    async with conn.transaction():
+        await _lock(conn, rollout_id)
+        await conn.execute(
+            "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
+            " SELECT $4, (SELECT coalesce(max(position), 0) FROM rollout_targets"
+            " WHERE rollout_id = $4) + row_number() OVER (ORDER BY instance_id), instance_id"
+            f" FROM instances WHERE {instances.TARGET_FILTER} AND instance_id NOT IN"
+            " (SELECT instance_id FROM rollout_targets WHERE rollout_id = $4)",
+            channel,
+            list(versions),
+            stale_after_seconds,
+            rollout_id,
+        )
+        return await count(conn, rollout_id)
 
 
 async def count(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> int:

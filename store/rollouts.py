@@ -14,7 +14,7 @@ _COLUMNS = (
     "id, workflow_id, manifest_id, version, channel, batch_size, auto_advance, bake_seconds,"
     " max_failures, max_unreachable, job_timeout_seconds, created_by, status, paused_reason,"
     " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
-    " updated_at, finished_at, left_out"
+    " updated_at, finished_at, left_out, plan, preview_id"
 )
 
 
@@ -22,7 +22,7 @@ class LeftOut(BaseModel):
     """Hosts of the channel below the release's version that the rollout did not take as
     targets when it started, for one reason (store.rollout_targets)."""
 
-    reason: Literal["not_seen", "pending", "decommissioned"]
+    reason: Literal["not_seen", "on_hold", "pending", "decommissioned"]
     description: str  # the reason in words: "not seen for over 7 days"
     count: int
     instances: list[str]  # the first few ids, in id order
@@ -37,6 +37,7 @@ class Rollout(RolloutSnapshot, RolloutSpec):
     created_at: datetime
     updated_at: datetime
     left_out: list[LeftOut] = []
+    preview_id: str | None = None  # created from this preview: its targets are the previewed
 
 
 class ChannelBusy(Exception):
@@ -52,13 +53,16 @@ def _rollout(row: asyncpg.Record) -> Rollout:
     return Rollout.model_validate(dict(row))
 
 
-async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> Rollout:
+async def insert(
+    conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec, *, preview_id: str | None = None
+) -> Rollout:
     """Insert as `running`, or raise ChannelBusy: the partial unique index lets only one of
     several concurrent inserts on a channel through."""
     row = await conn.fetchrow(
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
         " auto_advance, bake_seconds, max_failures, max_unreachable, job_timeout_seconds,"
-        " created_by, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running')"
+        " created_by, status, plan, preview_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running', $13, $14)"
         f" ON CONFLICT (channel) WHERE status NOT IN {FINISHED_ROLLOUTS} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
@@ -73,6 +77,8 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec) -> 
         spec.max_unreachable,
         spec.job_timeout_seconds,
         spec.created_by,
+        spec.plan.model_dump() if spec.plan else None,
+        preview_id,
     )
     if row is None:
         busy = await conn.fetchval(
@@ -170,6 +176,19 @@ async def list_all(
         status,
     )
     return [_rollout(r) for r in rows]
+
+
+async def unfinished(
+    conn: asyncpg.Connection | asyncpg.Pool, channel: str | None = None
+) -> list[tuple[str, str]]:
+    """(id, channel) of the rollouts whose workflow still runs, on `channel` or every one."""
+    rows = await conn.fetch(
+        "SELECT id, channel FROM rollouts WHERE NOT workflow_closed"
+        f" AND status NOT IN {FINISHED_ROLLOUTS} AND ($1::text IS NULL OR channel = $1)"
+        " ORDER BY created_at",
+        channel,
+    )
+    return [(r["id"], r["channel"]) for r in rows]
 
 
 async def count_by_status(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:

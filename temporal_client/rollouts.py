@@ -28,6 +28,7 @@ from workflows.rollout_models import (
     ActionInput,
     ActionResult,
     AdvanceInput,
+    FreezeInput,
     HandedOutJob,
     JobForInstanceQuery,
     JobReportBatchSignal,
@@ -37,6 +38,7 @@ from workflows.rollout_models import (
     RetryInput,
     RolloutInput,
     RolloutView,
+    ThawInput,
     WaitStartedInput,
 )
 from workflows.search_attributes import RELEASE_VERSION, ROLLOUT_CHANNEL, ROLLOUT_STATUS
@@ -47,6 +49,8 @@ ACTIONS = {
     "resume": (RolloutWorkflow.resume, ResumeInput),
     "retry": (RolloutWorkflow.retry, RetryInput),
     "abort": (RolloutWorkflow.abort, AbortInput),
+    "freeze": (RolloutWorkflow.freeze, FreezeInput),
+    "thaw": (RolloutWorkflow.thaw, ThawInput),
 }
 
 
@@ -153,6 +157,8 @@ async def run_action(
 
 def action_input(action: str, actor: str, reason: str | None = None) -> ActionInput:
     _, model = ACTIONS[action]
+    if model is FreezeInput:
+        return FreezeInput(actor=actor, reason=reason or "no reason given")
     if model in (PauseInput, AbortInput):
         return model(actor=actor, reason=reason)
     return model(actor=actor)

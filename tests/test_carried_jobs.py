@@ -8,10 +8,10 @@ from typing import get_args
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from contract.wire import JobStatus, Step
+from domain.plans import MAX_BATCH_SIZE
 from tests.test_rollout_machine import make_spec
 from workflows.rollout_machine import RolloutMachine
 from workflows.rollout_models import (
-    MAX_BATCH_SIZE,
     CarriedJobs,
     JobState,
     RolloutInput,

@@ -11,6 +11,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from domain.plans import MAX_BATCH_SIZE
 from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
 from store import instances, jobs, rollouts
@@ -19,7 +20,7 @@ from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, fetch_chain, seed_release
 from workflows.rollout import RolloutWorkflow
 from workflows.rollout_machine import VIEW_JOBS
-from workflows.rollout_models import MAX_BATCH_SIZE, JobReportSignal
+from workflows.rollout_models import JobReportSignal
 
 FLEET_SIZE = 10_000
 BATCH_SIZE = MAX_BATCH_SIZE  # one batch of 10,000: 20,000 signals, carried across runs

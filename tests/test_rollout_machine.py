@@ -241,7 +241,7 @@ def test_reports_for_settled_unknown_or_another_hosts_job_change_nothing() -> No
 def test_overdue_jobs_time_out_at_their_reported_step() -> None:
     run = started("abc", max_failures=5, batch_size=3)
     run.report("a", "in_progress", "pull")
-    assert run.machine.next_wake() == Wake(
+    assert run.machine.next_wake(T0) == Wake(
         T0 + timedelta(seconds=TIMEOUT), "job deadline in batch 1"
     )
     assert run.machine.overdue(T0 + timedelta(seconds=TIMEOUT - 1)) == []
@@ -256,7 +256,7 @@ def test_overdue_jobs_time_out_at_their_reported_step() -> None:
     assert fx.events[0].detail == {"count": 1, "instances": ["a"]}
     assert fx.events[1].detail == {"count": 1, "instances": ["c"]}
     assert run.job("b").status == "succeeded"
-    assert run.machine.next_wake() is None
+    assert run.machine.next_wake(T0) is None
 
 
 def test_a_pending_job_whose_agent_reported_a_step_started_and_times_out_there() -> None:
@@ -314,7 +314,7 @@ def test_auto_advance_releases_the_next_batch_when_the_bake_is_over() -> None:
     run.report("a", "succeeded")
     run.report("b", "succeeded")
     run.tick()
-    assert run.machine.next_wake() == Wake(
+    assert run.machine.next_wake(T0) == Wake(
         T0 + timedelta(seconds=60), "bake after batch 1, then batch 2"
     )
     assert run.machine.due_batch(T0 + timedelta(seconds=59)) is None
@@ -586,6 +586,8 @@ def refused(run: Run, action: Action) -> str:
         "resume": lambda: run.machine.resume("ops", run.now),
         "retry": lambda: run.machine.begin_retry("ops", run.now, run.new_id),
         "abort": lambda: run.machine.abort("ops", None, run.now),
+        "freeze": lambda: run.machine.freeze("ops", "change freeze", run.now),
+        "thaw": lambda: run.machine.thaw("ops", run.now),
     }
     with pytest.raises(RefusedAction, match="^" + re.escape(reason) + "$"):
         calls[action]()
@@ -817,7 +819,7 @@ class Checked:
         # The next wake is never after a deadline that runs.
         deadlines = [job.deadline for job in open_jobs if job.status == "in_progress"]
         deadlines += [] if machine.status == "paused" else [j.deadline for j in open_jobs]
-        wake = machine.next_wake()
+        wake = machine.next_wake(T0)
         assert not deadlines or (wake is not None and wake.at <= min(deadlines))
         if machine.status == "completed":
             assert released == len(self.run.targets)
@@ -869,3 +871,59 @@ def test_counts_of_a_run_are_the_jobs_latest_attempts() -> None:
     run.retry()
     run.report("a", "succeeded")
     assert Counter(run.machine.counts()) == Counter({"succeeded": 1, "pending": 1})
+
+
+# --- a fleet freeze ----------------------------------------------------------------------------
+
+
+def test_a_freeze_holds_pending_jobs_and_releases_nothing_until_it_is_lifted() -> None:
+    run = started("abcd", job_timeout_seconds=60, auto_advance=True, max_failures=1)
+    run.report("a", "in_progress", "backup")
+    fx = run.machine.freeze("ops", "change freeze", run.now)
+    assert status_moves(fx) == [("running", "waiting")]
+    assert run.machine.refusal("advance") == (
+        "the fleet is frozen (change freeze): nothing is released until it is lifted"
+    )
+    assert "waiting: the fleet is frozen (change freeze)" in run.machine.details()
+    assert run.machine.handed_out().keys() == {"a", "b"}  # the read model withholds b (waiting)
+    run.tick(3600)  # b's deadline does not run while it is withheld; a's does
+    assert (run.job("a").status, run.job("b").status) == ("timed_out", "pending")
+    run.report("b", "succeeded")  # a report from a host that had it before still counts
+    run.tick()
+    assert run.machine.status == "waiting"  # settled, but not released on
+    assert run.machine.due_batch(run.now + timedelta(days=1)) is None
+
+    thawed = run.machine.thaw("ops", run.now)
+    assert status_moves(thawed) == [("waiting", "running")]
+    run.tick()
+    assert run.machine.status == "awaiting_advance"
+    assert run.machine.due_batch(run.now) == 2  # auto-advance goes on
+
+
+def test_a_frozen_pending_job_gets_its_whole_time_once_thawed() -> None:
+    run = started("ab", job_timeout_seconds=60)
+    run.machine.freeze("ops", "incident", run.now)
+    run.tick(600)
+    run.machine.thaw("ops", run.now)
+    assert run.job("a").deadline == run.now + timedelta(seconds=60)
+    run.tick(59)
+    assert run.job("a").status == "pending"
+
+
+def test_a_pause_and_a_freeze_each_hold_until_their_own_end() -> None:
+    run = started("ab")
+    run.machine.freeze("ops", "freeze", run.now)
+    run.machine.pause("ops", "looking")
+    assert run.machine.status == "paused"
+    fx = run.machine.resume("ops", run.now)
+    assert run.machine.status == "waiting" and "the fleet is frozen (freeze)" in fx.answer
+    run.machine.thaw("ops", run.now)
+    assert run.machine.status == "running"
+    assert run.machine.thaw("ops", run.now).answer == "not frozen"  # again: nothing
+
+
+def test_frozen_before_batch_1_releases_it_when_thawed() -> None:
+    run = Run(list("ab"))
+    run.machine.freeze("ops", "freeze", run.now)
+    assert run.load().start_batch is None
+    assert run.machine.thaw("ops", run.now).start_batch == 1

@@ -21,7 +21,7 @@ def test_a_retried_host_counts_once_by_its_newest_attempt() -> None:
                     {"instanceId": "web-2", "attempt": 1, "status": "succeeded"},
                 ],
             },
-            {"number": 2, "jobs": []},
+            {"number": 2, "size": 3, "jobs": []},
         ],
         "pausedReason": None,
     }
@@ -29,7 +29,7 @@ def test_a_retried_host_counts_once_by_its_newest_attempt() -> None:
     assert "AWAITING_ADVANCE" in lines[0] and "batch 1/2" in lines[0]
     assert lines[1].endswith("2/2 succeeded")
     assert "[####################]" in lines[1]
-    assert lines[2].endswith("not released")
+    assert lines[2].endswith("not released (3 hosts)")
 
 
 def test_unreachable_hosts_have_their_own_cell_apart_from_failures() -> None:

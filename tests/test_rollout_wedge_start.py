@@ -11,13 +11,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from benchmarks.targets_100k import seed_fleet
+from domain.plans import MAX_BATCH_SIZE
 from server.settings import ApiSettings
 from store import jobs, rollouts
 from store.rollouts import Rollout
 from temporal_client import rollouts as rollout_client
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from tests.test_rollout_api import create, finish_batch
-from workflows.rollout_models import MAX_BATCH_SIZE
 
 FLEET = 100_000  # 39-character ids: 4.2 MB as one list, over Temporal's 2 MiB payload limit
 

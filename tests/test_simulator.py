@@ -126,6 +126,45 @@ async def test_fifty_simulated_agents_drive_a_rollout_to_completed(
     assert lines[-1].startswith("stopping: stopped")
 
 
+# A preview's prediction against the simulated fleet's measured time: within this factor either
+# way (the machine's load moves both runs alike; the prediction is a planning figure, not a
+# promise).
+PREDICTION_FACTOR = 2.0
+
+
+async def test_a_previews_prediction_is_near_the_time_the_rollout_then_takes(
+    plane: LiveServer, admin: httpx.AsyncClient, settings: ApiSettings
+) -> None:
+    stop = asyncio.Event()
+    options = fleet_options(plane, settings, agents=30, step_seconds=0.3)
+    run = asyncio.create_task(simulate(options, stop=stop, out=io.StringIO()))
+    await registered(admin, 30)
+    first = await release_and_roll_out(admin, settings, batchSize=10, autoAdvance=True)
+    await rollout_reaching(admin, first["id"], "completed")  # the history it learns from
+
+    secret = settings.control_plane_release_signing_secret.get_secret_value()
+    uploaded = await admin.post("/api/releases", json=hand_signed(secret, version="1.5.0"))
+    assert uploaded.status_code == 201, uploaded.text
+    body = {"manifestId": uploaded.json()["id"], "channel": "stable", "batchSize": 10}
+    body |= {"autoAdvance": True}
+    preview = (await admin.post("/api/rollouts/preview", json=body)).json()
+    assert preview["targetCount"] == 30
+    assert "the 90th percentile of the last 30 jobs" in preview["prediction"]["assumptions"][0]
+    predicted = preview["prediction"]["seconds"]
+    began = asyncio.get_running_loop().time()
+    created = await admin.post("/api/rollouts", json={**body, "previewId": preview["previewId"]})
+    assert created.status_code == 201, created.text
+    await rollout_reaching(admin, created.json()["id"], "completed")
+    measured = asyncio.get_running_loop().time() - began
+    print(f"preview predicted {predicted:.1f} s; the rollout took {measured:.1f} s")
+    stop.set()
+    await asyncio.wait_for(run, 60)
+    assert predicted / PREDICTION_FACTOR <= measured <= predicted * PREDICTION_FACTOR, (
+        predicted,
+        measured,
+    )
+
+
 async def test_agents_spread_over_processes_add_up_to_one_fleet(
     plane: LiveServer, admin: httpx.AsyncClient, settings: ApiSettings
 ) -> None:

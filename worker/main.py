@@ -41,6 +41,7 @@ def build_worker(client: Client, settings: Settings, activities: RolloutActiviti
         activities=[
             activities.snapshot_targets,
             activities.batch_targets,
+            activities.late_targets,
             activities.record_progress,
             activities.reported_steps,
         ],

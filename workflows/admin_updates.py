@@ -34,9 +34,10 @@ Handler = Callable[[W, In], Awaitable[ActionResult]]
 AdminUpdate = workflow.UpdateMethodMultiParam[[W, In], Coroutine[Any, Any, ActionResult]]
 
 
-def ensure_allowed(machine: RolloutMachine, action: Action) -> None:
+def ensure_allowed(machine: RolloutMachine, action: Action, input: ActionInput) -> None:
     """Raises the refusal an admin sees (HTTP 409 through the API) when `action` does not apply."""
-    reason = machine.refusal(action)
+    force = getattr(input, "force", False)
+    reason = machine.refusal(action, force=force, now=workflow.now())
     if reason is not None:
         raise ApplicationError(reason, type="RolloutActionRefused", non_retryable=True)
 
@@ -48,14 +49,14 @@ def admin_action(action: Action) -> Callable[[Handler[W, In]], AdminUpdate[W, In
     def decorate(handler: Handler[W, In]) -> AdminUpdate[W, In]:
         @functools.wraps(handler)
         async def checked(self: W, input: In) -> ActionResult:
-            ensure_allowed(self.machine, action)
+            ensure_allowed(self.machine, action, input)
             result = await handler(self, input)
             await self.written(f"answer {action}", ANSWER_WRITE_WAIT)
             return result
 
         @functools.wraps(handler)  # Temporal wants the handler's parameters
         def validate(self: W, input: In) -> None:
-            ensure_allowed(self.machine, action)
+            ensure_allowed(self.machine, action, input)
 
         update = workflow.update(name=action)(checked)
         update.validator(validate)

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.rollout_models import (
         BatchTargetsInput,
         JobState,
+        LateTargetsInput,
         ReportedStepsInput,
         SnapshotTargetsInput,
     )
@@ -48,11 +49,26 @@ async def snapshot_targets(spec: RolloutSpec) -> int:
     return result.target_count
 
 
-async def batch_hosts(rollout_id: str, number: int, batch_size: int) -> list[str]:
-    """The instance ids of batch `number`, in the snapshot's order."""
+async def late_targets(spec: RolloutSpec) -> int:
+    """Appends the hosts that joined the channel below the version since the start; the
+    targets' count now."""
+    result = await workflow.execute_activity_method(
+        RolloutActivities.late_targets,
+        LateTargetsInput(rollout_id=spec.id, channel=spec.channel, version=spec.version),
+        start_to_close_timeout=SNAPSHOT_TIMEOUT,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        retry_policy=ACTIVITY_RETRY,
+        summary=f"hosts that joined {spec.channel} below {spec.version} since the start",
+    )
+    return result.target_count
+
+
+async def batch_hosts(rollout_id: str, number: int, start: int, size: int) -> list[str]:
+    """The instance ids of batch `number` (`size` of them from offset `start`), in the
+    snapshot's order."""
     result = await workflow.execute_local_activity_method(
         RolloutActivities.batch_targets,
-        BatchTargetsInput(rollout_id=rollout_id, start=(number - 1) * batch_size, limit=batch_size),
+        BatchTargetsInput(rollout_id=rollout_id, start=start, limit=size),
         start_to_close_timeout=BATCH_READ_TIMEOUT,
         retry_policy=ACTIVITY_RETRY,
         local_retry_threshold=timedelta(0),

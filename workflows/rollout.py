@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         AbortInput,
         ActionResult,
         AdvanceInput,
+        FreezeInput,
         JobForInstanceQuery,
         JobForInstanceResult,
         JobReportBatchSignal,
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         RolloutResult,
         RolloutState,
         RolloutView,
+        ThawInput,
         WaitStartedInput,
     )
     from workflows.web_ui import WebUi
@@ -72,10 +74,15 @@ class RolloutWorkflow:
 
     async def _run(self) -> RolloutResult:
         machine = self._machine
+        self._apply(machine.window_changed(workflow.now()))  # closed: batch 1 waits for it
         if self._state.target_count is None:
             await self._start()
         while True:
             self._changed = False
+            opened = self._apply(machine.window_changed(workflow.now()))
+            if opened.start_batch is not None:  # held before batch 1
+                await self._start_batch(opened.start_batch, WORKFLOW_ACTOR)
+                continue
             await self._expire_overdue_jobs()
             self._apply(machine.settle(workflow.now()))
             if self._should_continue_as_new():
@@ -113,7 +120,7 @@ class RolloutWorkflow:
     async def _sleep_until_change(self) -> None:
         if self._writer.unwritten:
             return
-        wake = self._machine.next_wake()
+        wake = self._machine.next_wake(workflow.now())
         timeout = None if wake is None else (wake.at - workflow.now()).total_seconds()
         if timeout is not None and timeout <= 0:
             return
@@ -161,7 +168,10 @@ class RolloutWorkflow:
         # abort taken in meanwhile stands.
         self._apply(self._machine.reserve_batch(number, actor))
         try:
-            hosts = await lookups.batch_hosts(self._spec.id, number, self._spec.batch_size)
+            if self._spec.include_late_joiners and number > 1:
+                self._apply(self._machine.targets_grew(await lookups.late_targets(self._spec)))
+            start, size = self._machine.batch_range(number)
+            hosts = await lookups.batch_hosts(self._spec.id, number, start, size)
         except CANCELLATION:
             self._machine.abandon_batch()  # the cancel request ends the rollout
             raise
@@ -221,7 +231,8 @@ class RolloutWorkflow:
 
     @admin_action("advance")
     async def advance(self, input: AdvanceInput) -> ActionResult:
-        batch = self._apply(self._machine.advance(input.actor)).start_batch
+        fx = self._machine.advance(input.actor, force=input.force, now=workflow.now())
+        batch = self._apply(fx).start_batch
         assert batch is not None
         return self._answer(await self._start_batch(batch, input.actor))
 
@@ -237,6 +248,18 @@ class RolloutWorkflow:
     async def retry(self, input: RetryInput) -> ActionResult:
         begun = self._machine.begin_retry(input.actor, workflow.now(), _new_id)
         return self._answer(await self._hand_out(begun))
+
+    @admin_action("freeze")
+    async def freeze(self, input: FreezeInput) -> ActionResult:
+        fx = self._machine.freeze(input.actor, input.reason, workflow.now())
+        return self._answer(self._apply(fx))
+
+    @admin_action("thaw")
+    async def thaw(self, input: ThawInput) -> ActionResult:
+        fx = self._apply(self._machine.thaw(input.actor, workflow.now()))
+        if fx.start_batch is not None:  # frozen before batch 1
+            return self._answer(await self._start_batch(fx.start_batch, input.actor))
+        return self._answer(fx)
 
     @admin_action("abort")
     async def abort(self, input: AbortInput) -> ActionResult:

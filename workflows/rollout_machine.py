@@ -30,7 +30,9 @@ from contract.wire import (
     RolloutStatus,
     wire_deadline,
 )
+from domain.plans import batch_sizes, batch_starts, describe
 from domain.rollouts import RolloutSnapshot, RolloutSpec
+from domain.windows import describe_opening, is_open, next_change
 from workflows import rollout_text
 from workflows.rollout_models import (
     FAILED_JOB_STATUSES,
@@ -46,7 +48,7 @@ from workflows.rollout_models import (
     RolloutView,
 )
 
-Action = Literal["advance", "pause", "resume", "retry", "abort"]
+Action = Literal["advance", "pause", "resume", "retry", "abort", "freeze", "thaw"]
 # What pauses a rollout by itself: more failed jobs than maxFailures, or more unreachable hosts
 # than maxUnreachable. A resume accepts what was counted of that kind.
 Limit = Literal["failures", "unreachable"]
@@ -64,14 +66,15 @@ ROLLOUT_GRAPH: Mapping[str, frozenset[str]] = MappingProxyType(
         "running": frozenset({"awaiting_advance", "paused", "completed", "aborted", "waiting"}),
         "awaiting_advance": frozenset({"running", "paused", "aborted", "waiting"}),
         "paused": frozenset({"running", "aborted"}),
-        # Planned: the next batch is due but held until a window opens or a freeze ends.
-        "waiting": frozenset({"running", "paused", "aborted"}),
+        # Held by a fleet freeze (a maintenance window, planned): nothing is released or handed
+        # out, running jobs finish; it goes back to where it was when the freeze ends.
+        "waiting": frozenset({"running", "awaiting_advance", "paused", "aborted"}),
         "completed": frozenset(),
         "aborted": frozenset(),
     }
 )
 # Declared in the graph above, reached by no transition yet.
-PLANNED_STATUSES = frozenset({"waiting"})
+PLANNED_STATUSES: frozenset[str] = frozenset()
 
 
 class RefusedAction(Exception):
@@ -125,6 +128,7 @@ class RolloutMachine:
             job.instance_id: job.id for job in self.jobs.values() if job.status in OPEN_JOB_STATUSES
         }
         self._handout: _Handout | None = None
+        self._sizes: tuple[int, list[int]] | None = None  # (target count, the plan's sizes)
         # Kept as jobs move, so a workflow task's work grows with the reports it takes in, not
         # with the batch: the current batch's latest jobs by status, and a time no timed job's
         # deadline is before (None: no timed job), made exact whenever it is reached.
@@ -155,7 +159,18 @@ class RolloutMachine:
 
     @property
     def total_batches(self) -> int:
-        return -(-(self.target_count or 0) // self.spec.batch_size)
+        return len(self._batch_sizes())
+
+    def batch_range(self, number: int) -> tuple[int, int]:
+        """Batch `number`'s offset in the targets and its size, as the plan cuts them."""
+        sizes = self._batch_sizes()
+        return batch_starts(sizes)[number - 1], sizes[number - 1]
+
+    def _batch_sizes(self) -> list[int]:
+        count = self.target_count or 0
+        if self._sizes is None or self._sizes[0] != count:
+            self._sizes = (count, batch_sizes(self.spec.batch_size, self.spec.plan, count))
+        return self._sizes[1]
 
     def snapshot(self) -> RolloutSnapshot:
         """Where the rollout stands, as its view and its read-model writes both say it."""
@@ -206,10 +221,13 @@ class RolloutMachine:
         return rollout_text.details(
             status=self.state.status,
             paused_reason=self.state.paused_reason,
+            hold_reason=self.state.hold_text,
+            late_joiners=self.state.late_joiners,
             note=self.state.note,
             current_batch=self.state.current_batch,
             total_batches=self.total_batches,
             counts=self.counts(),
+            plan=describe(self.spec.plan) if self.spec.plan else None,
         )
 
     def handed_out(self) -> dict[str, HandedOutJob]:
@@ -228,19 +246,39 @@ class RolloutMachine:
             for instance_id, job_id in self.open_by_instance.items()
         }
 
-    def refusal(self, action: Action) -> str | None:
-        """Why `action` does not apply now, or None."""
+    def refusal(
+        self, action: Action, *, force: bool = False, now: datetime | None = None
+    ) -> str | None:
+        """Why `action` does not apply now, or None. `force`: an advance or retry outside the
+        maintenance window; `now` says when it opens."""
         state = self.state
         if self.finished:
             return f"rollout is {state.status}; {action} does not apply to a finished rollout"
-        # Abort applies at any point: before batch 1 and while jobs are being handed out.
+        # Abort (and a fleet freeze) applies at any point: before batch 1 and while jobs are
+        # being handed out.
+        if action in ("freeze", "thaw"):
+            return None
         if state.current_batch == 0 and action != "abort":
             return "the rollout is starting (batch 1 is not handed out yet); try again in a moment"
         if self.handing_out and action in ("advance", "retry"):
             return "jobs are being handed out; try again in a moment"
+        if state.frozen_reason is not None and action in ("advance", "retry"):
+            return (
+                f"the fleet is frozen ({state.frozen_reason}): nothing is released until it is"
+                " lifted"
+            )
+        if state.window_closed and action in ("advance", "retry") and not force:
+            assert self.spec.window is not None
+            opening = f" ({describe_opening(self.spec.window, now)})" if now else ""
+            return (
+                f"outside the rollout's maintenance window{opening}; {action} with force to"
+                " release it now"
+            )
         if action == "advance":
             if state.status == "paused":
                 return f"rollout is paused ({state.paused_reason}); resume it first"
+            if state.status == "waiting" and state.held_from == "awaiting_advance":
+                return None  # held by the window only, and forced
             if state.status != "awaiting_advance":
                 unsettled = len(self.open_by_instance)
                 return (
@@ -260,9 +298,17 @@ class RolloutMachine:
 
     # --- time ---------------------------------------------------------------------------------
 
-    def next_wake(self) -> "Wake | None":
-        """When time alone changes something: a job's deadline, or the end of a bake."""
+    def next_wake(self, now: datetime) -> "Wake | None":
+        """When time alone changes something: a job's deadline, the end of a bake, or the
+        maintenance window opening or closing."""
         state = self.state
+        window = self.spec.window
+        if window is not None and not self.finished:
+            change = next_change(window, now)
+            soonest = min(d for d in (self._earliest, self._auto_advance_due_at(), change) if d)
+            if soonest == change:
+                word = "closes" if is_open(window, now) else "opens"
+                return Wake(change, f"the maintenance window {word}")
         deadline = self._earliest
         due = self._auto_advance_due_at()
         if due is not None and (deadline is None or due <= deadline):
@@ -279,9 +325,10 @@ class RolloutMachine:
         return [job for job in self._find_earliest() if job.deadline <= now]
 
     def due_batch(self, now: datetime) -> int | None:
-        """The batch auto-advance starts now that its bake is over, if it is."""
+        """The batch auto-advance starts now that its bake is over, if it is (and its
+        maintenance window is open)."""
         due = self._auto_advance_due_at()
-        if due is None or now < due or self.handing_out:
+        if due is None or now < due or self.handing_out or self.state.window_closed:
             return None
         return self.state.current_batch + 1
 
@@ -297,6 +344,8 @@ class RolloutMachine:
             return fx
         detail = {"targets": count, "batches": self.total_batches}
         self._event(fx, WORKFLOW_ACTOR, "rollout.started", detail)
+        if count and self.state.status == "waiting":
+            return fx  # batch 1 is released when the freeze ends (thaw)
         if count:
             fx.start_batch = 1
             return fx
@@ -457,13 +506,29 @@ class RolloutMachine:
             self._set_status(fx, "awaiting_advance", WORKFLOW_ACTOR)
         return fx
 
+    def targets_grew(self, count: int) -> Effects:
+        """Hosts joined late (includeLateJoiners): appended after the targets, so batches already
+        released keep their hosts and the next ones take them."""
+        fx = Effects()
+        added = count - (self.target_count or 0)
+        if added <= 0:
+            return fx
+        self.target_count = count
+        self.state.late_joiners += added
+        self._event(fx, WORKFLOW_ACTOR, "rollout.late_joiners", {"added": added, "targets": count})
+        return fx
+
     # --- admin actions ------------------------------------------------------------------------
 
-    def advance(self, actor: str) -> Effects:
-        """The next batch is due now; the workflow starts it (begin_batch)."""
-        self._require("advance")
+    def advance(self, actor: str, *, force: bool = False, now: datetime | None = None) -> Effects:
+        """The next batch is due now; the workflow starts it (begin_batch). `force`: outside the
+        maintenance window, that batch is released and handed out all the same."""
+        self._require("advance", force=force, now=now)
         fx = Effects(start_batch=self.state.current_batch + 1)
-        self._event(fx, actor, "rollout.advance")
+        forced = force and self.state.window_closed
+        if forced:
+            self.state.forced_batch = self.state.current_batch + 1
+        self._event(fx, actor, "rollout.advance", {"forced": True} if forced else None)
         return fx
 
     def pause(self, actor: str, reason: str | None, *, via: str | None = None) -> Effects:
@@ -485,16 +550,96 @@ class RolloutMachine:
         if state.paused_for_unreachable:
             state.accepted_unreachable = self._unreachable_count()
         self._clear_pause()
-        # Pending jobs were withheld: their time starts again now.
+        self._set_status(fx, "running", actor)
+        self._hold_or_release(fx, actor, now)
+        if self.state.status == "running":
+            self._restart_pending(fx, now)
+        fx.wake = True
+        fx.answer = "resumed" + (f"; {self._hold_reason(now)}" if self._holding() else "")
+        return fx
+
+    def freeze(self, actor: str, reason: str, now: datetime) -> Effects:
+        """A fleet freeze: no batch is released and no pending job handed out until it is lifted;
+        running jobs finish. Pending jobs' deadlines stop, as in a pause. Again: the reason."""
+        self._require("freeze")
+        fx = Effects()
+        self.state.frozen_reason = reason
+        self._event(fx, actor, "rollout.frozen", {"reason": reason})
+        self._hold_or_release(fx, actor, now)
+        fx.answer = f"waiting: the fleet is frozen ({reason})"
+        return fx
+
+    def thaw(self, actor: str, now: datetime) -> Effects:
+        """The freeze is lifted: back to where it was unless its window holds it, pending jobs'
+        time starting again (a bake that ended meanwhile advances at once)."""
+        self._require("thaw")
+        fx = Effects()
+        if self.state.frozen_reason is None:
+            fx.answer = "not frozen"
+            return fx
+        self.state.frozen_reason = None
+        self._event(fx, actor, "rollout.thawed")
+        self._hold_or_release(fx, actor, now)
+        fx.answer = f"thawed: {self.state.status}"
+        return fx
+
+    def window_changed(self, now: datetime) -> Effects:
+        """The maintenance window opened or closed (or the rollout has none: nothing)."""
+        fx = Effects()
+        window, state = self.spec.window, self.state
+        if window is None or self.finished:
+            return fx
+        closed = not is_open(window, now)
+        if closed == state.window_closed:
+            return fx
+        state.window_closed = closed
+        action = "rollout.window_closed" if closed else "rollout.window_opened"
+        self._event(fx, WORKFLOW_ACTOR, action)
+        self._hold_or_release(fx, WORKFLOW_ACTOR, now)
+        return fx
+
+    def _holding(self) -> bool:
+        state = self.state
+        if state.frozen_reason is not None:
+            return True
+        return state.window_closed and state.forced_batch != state.current_batch
+
+    def _hold_reason(self, now: datetime) -> str:
+        if self.state.frozen_reason is not None:
+            return f"waiting: the fleet is frozen ({self.state.frozen_reason})"
+        assert self.spec.window is not None
+        return (
+            f"waiting: outside its maintenance window ({describe_opening(self.spec.window, now)})"
+        )
+
+    def _hold_or_release(self, fx: Effects, actor: str, now: datetime) -> None:
+        """`waiting` while a freeze or a closed window holds it: nothing released or handed
+        out, pending jobs' deadlines stopped; back where it was when nothing does (batch 1 is
+        released then, when it was held before it)."""
+        state = self.state
+        state.hold_text = self._hold_reason(now) if self._holding() else None
+        if self._holding():
+            if state.status in ("running", "awaiting_advance"):
+                state.held_from = state.status
+                self._set_status(fx, "waiting", actor)
+                self._find_earliest()
+            return
+        if state.status != "waiting":
+            return
+        self._restart_pending(fx, now)
+        self._set_status(fx, state.held_from or "running", actor)
+        state.held_from = None
+        if state.current_batch == 0 and self.target_count:
+            fx.start_batch = 1
+        fx.wake = True
+
+    def _restart_pending(self, fx: Effects, now: datetime) -> None:
+        """Pending jobs were withheld: their time starts again now."""
         for job in self.latest_jobs():
             if job.status == "pending":
                 job.deadline = now + timedelta(seconds=self.spec.job_timeout_seconds)
                 self._may_end_at(job.deadline)
                 fx.jobs.add(job.id)
-        self._set_status(fx, "running", actor)
-        fx.wake = True
-        fx.answer = "resumed"
-        return fx
 
     def abort(self, actor: str, reason: str | None, now: datetime) -> Effects:
         self._require("abort")
@@ -518,8 +663,8 @@ class RolloutMachine:
 
     # --- inside -------------------------------------------------------------------------------
 
-    def _require(self, action: Action) -> None:
-        reason = self.refusal(action)
+    def _require(self, action: Action, *, force: bool = False, now: datetime | None = None) -> None:
+        reason = self.refusal(action, force=force, now=now)
         if reason is not None:
             raise RefusedAction(reason)
 
@@ -625,7 +770,7 @@ class RolloutMachine:
 
     def _timed_jobs(self) -> list[JobState]:
         """Open jobs whose deadline runs: pending ones only while they are handed out."""
-        withheld = self.state.status == "paused"
+        withheld = self.state.status in ("paused", "waiting")
         return [
             self.jobs[job_id]
             for job_id in self.open_by_instance.values()

@@ -22,11 +22,6 @@ UNREACHABLE = "unreachable"
 RETRYABLE_JOB_STATUSES: frozenset[str] = frozenset(
     {"failed", "rolled_back", "timed_out", UNREACHABLE}
 )
-# The largest batch a rollout may have (the API refuses more). A workflow task's work grows with
-# the reports it takes in, not with the batch (rollout_machine keeps its counts as jobs move), and
-# the batch is carried by column (CarriedJobs): 10,000 jobs with 128-character instance ids are
-# 1.7 MB of a continue-as-new input, under Temporal's 2 MiB payload limit.
-MAX_BATCH_SIZE = 10_000
 
 
 # --- state -----------------------------------------------------------------------------------
@@ -66,6 +61,14 @@ class RolloutState(BaseModel):
     settled_at: datetime | None = None
     finished_at: datetime | None = None
     note: str | None = None
+    # What holds the rollout `waiting`: a fleet freeze (services/freezes.py), its maintenance
+    # window closed (unless the current batch was forced out), and the status it was held in.
+    frozen_reason: str | None = None
+    window_closed: bool = False
+    forced_batch: int = 0
+    held_from: RolloutStatus | None = None
+    hold_text: str | None = None  # why it waits, in words: "waiting: the fleet is frozen (...)"
+    late_joiners: int = 0  # targets added after the start (includeLateJoiners)
     revision: int = 0
     # Changes that arrived while the run was ending, written by the next run.
     unwritten_jobs: list[str] = Field(default_factory=list)
@@ -165,7 +168,7 @@ class ActionInput(BaseModel):
 
 
 class AdvanceInput(ActionInput):
-    pass
+    force: bool = False  # release it outside the maintenance window (audited)
 
 
 class PauseInput(ActionInput):
@@ -182,6 +185,14 @@ class RetryInput(ActionInput):
 
 class AbortInput(ActionInput):
     reason: str | None = None
+
+
+class FreezeInput(ActionInput):
+    reason: str
+
+
+class ThawInput(ActionInput):
+    pass
 
 
 class ActionResult(BaseModel):
@@ -233,6 +244,12 @@ class SnapshotTargetsInput(BaseModel):
 
 class SnapshotTargetsResult(BaseModel):
     target_count: int
+
+
+class LateTargetsInput(BaseModel):
+    rollout_id: str
+    channel: str
+    version: str
 
 
 class BatchTargetsInput(BaseModel):

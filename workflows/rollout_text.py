@@ -63,19 +63,29 @@ def details(
     status: str,
     paused_reason: str | None,
     note: str | None,
+    hold_reason: str | None = None,
+    late_joiners: int = 0,
     current_batch: int,
     total_batches: int,
     counts: Mapping[str, int],
+    plan: str | None = None,
 ) -> str:
-    """One line for people: 'batch 3/10 · 4 succeeded · 1 in progress · paused: ...'."""
+    """One line for people: 'batch 3/10 · 4 succeeded · 1 in progress · paused: ...'; with a
+    batch plan, what it is: '... · plan 1, 25%, 100%'."""
     parts = [f"batch {current_batch}/{total_batches}"]
     parts += [f"{counts[key]} {word}" for key, word in STATUS_WORDS if counts.get(key)]
     if status == "paused":
         parts.append(f"paused: {paused_reason}")
+    elif status == "waiting":
+        parts.append(hold_reason or "waiting")
     else:
         parts.append(status.replace("_", " "))
     if note:
         parts.append(note)
+    if late_joiners:
+        parts.append(f"{late_joiners} joined late")
+    if plan:
+        parts.append(f"plan {plan}")
     return " · ".join(parts)
 
 

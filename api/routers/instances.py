@@ -1,6 +1,7 @@
 """The fleet registry (admin): paged listings with filters, and each instance's lifecycle
 (services/instances.py): decommission with DELETE, admit (approve a pending instance, or take
-a decommissioned one back) with POST .../admit. Both are audited."""
+a decommissioned one back) with POST .../admit, hold out of new rollouts with POST .../hold and
+release with DELETE .../hold. Each is audited."""
 
 from typing import Literal
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import AdminActor, IdPath, PoolDep
 from api.openapi import admin_errors, not_found
-from api.schemas import InstanceOut
+from api.schemas import HoldBody, InstanceOut
 from contract.manifest import Channel
 from services import instances as instance_service
 from store import instances
@@ -77,3 +78,22 @@ async def admit_instance(instance_id: IdPath, actor: AdminActor, pool: PoolDep) 
     """A pending instance is approved, a decommissioned one taken back: `state: active`."""
     moved = await instance_service.admit(pool, instance_id, actor=actor)
     return InstanceOut(**moved.model_dump())
+
+
+@router.post("/{instance_id}/hold", response_model=InstanceOut, responses=not_found())
+async def hold_instance(
+    instance_id: IdPath, body: HoldBody, actor: AdminActor, pool: PoolDep
+) -> InstanceOut:
+    """Left out of new rollouts' targets (with this reason) until released; a rollout already
+    running goes on with it. Again: the reason is replaced."""
+    held = await instance_service.hold(pool, instance_id, reason=body.reason, actor=actor)
+    return InstanceOut(**held.model_dump())
+
+
+@router.delete("/{instance_id}/hold", response_model=InstanceOut, responses=not_found())
+async def release_instance_hold(
+    instance_id: IdPath, actor: AdminActor, pool: PoolDep
+) -> InstanceOut:
+    """New rollouts may target it again. Again, or never held: the same answer."""
+    released = await instance_service.release_hold(pool, instance_id, actor=actor)
+    return InstanceOut(**released.model_dump())

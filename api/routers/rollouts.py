@@ -8,9 +8,11 @@ from fastapi import APIRouter, Query, status
 
 from api.deps import AdminActor, IdPath, PoolDep, SettingsDep, TemporalDep
 from api.openapi import admin_errors, conflict, not_found
-from api.schemas import ActionBody, CreateRollout, RolloutOut, RolloutSummaryOut
+from api.schemas import ActionBody, CreateRollout, PreviewOut, RolloutOut, RolloutSummaryOut
 from contract.manifest import Channel
 from contract.wire import RolloutStatus
+from domain.plans import MAX_BATCH_SIZE, MAX_BATCHES
+from services import previews as preview_service
 from services import rollouts as rollout_service
 from services.rollouts import Action, JobsShown
 from store import rollouts
@@ -37,8 +39,39 @@ async def create_rollout(
         body,
         actor=actor,
         task_queue=settings.temporal_task_queue,
+        stale_after_seconds=settings.instance_stale_after_seconds,
     )
     return RolloutOut.from_detail(detail)
+
+
+@router.post("/preview", response_model=PreviewOut, responses=not_found())
+async def preview_rollout(
+    body: CreateRollout,
+    _: AdminActor,
+    pool: PoolDep,
+    settings: SettingsDep,
+    batch: int | None = Query(default=None, ge=1, le=MAX_BATCHES, description="list its hosts"),
+    offset: int = Query(default=0, ge=0, le=MAX_BATCH_SIZE),
+    limit: int = Query(default=1000, ge=1, le=MAX_BATCH_SIZE),
+) -> PreviewOut:
+    """What creating this rollout now would do, starting nothing: every batch's size and first
+    hosts (`?batch=N` lists that batch's, a page at a time), the channel's hosts left out and
+    why, a predicted duration and warnings. Create with its `previewId` to get exactly these
+    batches, or a 409 naming what changed."""
+    found = await preview_service.preview(
+        pool,
+        manifest_id=body.manifest_id,
+        channel=body.channel,
+        batch_size=body.batch_size,
+        plan=body.plan(),
+        auto_advance=body.auto_advance,
+        bake_seconds=body.bake_seconds,
+        stale_after_seconds=settings.instance_stale_after_seconds,
+        batch=batch,
+        offset=offset,
+        limit=limit,
+    )
+    return PreviewOut.from_preview(found)
 
 
 @router.get("", response_model=list[RolloutSummaryOut])
