@@ -41,6 +41,7 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
         )
+        outage.pool = app.state.pool  # asked whether an outage is over
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
         app.state.polls = PollBatcher(app.state.pool)

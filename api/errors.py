@@ -12,6 +12,7 @@ answer signed with its nonce echoed, errors included, like any other answer to a
 What /openapi.json declares of these answers is api.openapi.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -164,6 +165,8 @@ async def _engine_unavailable(request: Request, exc: Exception) -> Response:
 # in a traceback. The pool reconnects by itself once the server is back.
 
 DATABASE_UNAVAILABLE = "the database (PostgreSQL) is unavailable; retry later"
+# How long the check that an outage is over may wait for PostgreSQL's answer.
+PROBE_SECONDS = 5.0
 
 # What asyncpg raises when the server is gone, restarting or refusing connections; not what it
 # raises for a bad query, which stays a bug to see.
@@ -176,10 +179,18 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 
 
 class DatabaseOutage:
-    """Notes an outage once when it starts and once when a request succeeds again."""
+    """Notes an outage once when it starts and once when it is over.
+
+    A request answered 2xx during an outage says little: a held poll that waited out its hold
+    is answered from memory. So the first success after the outage began only sends one
+    `SELECT 1` to PostgreSQL (`pool`, set once it is open), and the outage is over when that
+    answers; until then the outage goes on, and one line says so, not one per such answer.
+    """
 
     def __init__(self) -> None:
         self.since: float | None = None
+        self.pool: asyncpg.Pool | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     def noted(self, exc: Exception) -> None:
         if self.since is None:
@@ -187,6 +198,18 @@ class DatabaseOutage:
             log.error("PostgreSQL is unavailable, answering 503 until it is back: %r", exc)
 
     def over(self) -> None:
+        """A request succeeded: make sure PostgreSQL answers again (once at a time)."""
+        if self.since is None or self._probe is not None or self.pool is None:
+            return
+        self._probe = asyncio.get_running_loop().create_task(self._confirm(self.pool))
+
+    async def _confirm(self, pool: asyncpg.Pool) -> None:
+        try:
+            await pool.fetchval("SELECT 1", timeout=PROBE_SECONDS)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            return  # still out: the next success asks again
+        finally:
+            self._probe = None
         if self.since is not None:
             log.warning("PostgreSQL is reachable again after %.0f s", time.monotonic() - self.since)
             self.since = None

@@ -4,10 +4,12 @@ The server is this test's own (not the session's shared one), since the test sto
 """
 
 import asyncio
+import json
 import logging
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -15,11 +17,13 @@ import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
+from contract.long_poll import POLL_WAIT_HEADER
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from server.settings import ApiSettings
-from tests.agent_requests import assert_signed_by, poll_body, post_signed
+from tests.agent_requests import assert_signed_by, hmac_hex, poll_body, post_signed
 from tests.conftest import LiveServer
+from tests.fixtures_temporal import eventually
 from tests.manifests import hand_signed
 
 AGENT_TOKEN = secrets.token_hex(16)
@@ -43,9 +47,11 @@ def outage_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-async def test_api_answers_503_while_postgres_is_down_and_recovers_by_itself(
-    own_postgres: EmbeddedPostgres, settings: ApiSettings, outage_log: pytest.LogCaptureFixture
-) -> None:
+@asynccontextmanager
+async def api_on(
+    own_postgres: EmbeddedPostgres, settings: ApiSettings
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API on `own_postgres`, and an admin client of it."""
     configured = settings.model_copy(
         update={
             "database_url": own_postgres.dsn,
@@ -53,13 +59,20 @@ async def test_api_answers_503_while_postgres_is_down_and_recovers_by_itself(
         }
     )
     admin_token = settings.control_plane_admin_token.get_secret_value()
-    signing_secret = settings.control_plane_release_signing_secret.get_secret_value()
     async with (
         LiveServer(create_app(configured), free_port()) as server,
         httpx.AsyncClient(
             base_url=server.url, headers={"x-cp-admin-token": admin_token}, timeout=30
         ) as client,
     ):
+        yield client
+
+
+async def test_api_answers_503_while_postgres_is_down_and_recovers_by_itself(
+    own_postgres: EmbeddedPostgres, settings: ApiSettings, outage_log: pytest.LogCaptureFixture
+) -> None:
+    signing_secret = settings.control_plane_release_signing_secret.get_secret_value()
+    async with api_on(own_postgres, settings) as client:
         # Acknowledged before the outage.
         stored = await client.post("/api/releases", json=hand_signed(signing_secret))
         assert stored.status_code == 201
@@ -93,8 +106,55 @@ async def test_api_answers_503_while_postgres_is_down_and_recovers_by_itself(
         poll = await post_signed(client, "/api/updates/next", body, AGENT_TOKEN)
         assert poll.status_code == 200
         assert assert_signed_by(poll, AGENT_TOKEN, body["nonce"])["job"] is None
-        assert len(outage_log.records) == 2, outage_log.messages
-        assert "reachable again" in outage_log.messages[1]
+        await over_in_the_log(outage_log)
+
+
+async def over_in_the_log(outage_log: pytest.LogCaptureFixture) -> None:
+    """The outage's second and last line, written once PostgreSQL answered a check."""
+
+    async def two_lines() -> bool:
+        return len(outage_log.records) >= 2
+
+    await eventually(two_lines)
+    assert len(outage_log.records) == 2, outage_log.messages
+    assert "reachable again" in outage_log.messages[1]
+
+
+async def test_polls_held_through_an_outage_do_not_end_it_in_the_log(
+    own_postgres: EmbeddedPostgres, settings: ApiSettings, outage_log: pytest.LogCaptureFixture
+) -> None:
+    """A held poll that waits out its hold is answered from memory, 200: the outage it spans
+    is still one line when it starts and one when PostgreSQL answers again."""
+    async with api_on(own_postgres, settings) as client:
+
+        async def held_poll(instance_id: str) -> httpx.Response:
+            raw = json.dumps(poll_body(instance_id)).encode()
+            headers = {
+                "content-type": "application/json",
+                "x-agent-signature": hmac_hex(AGENT_TOKEN, raw),
+                POLL_WAIT_HEADER: "3",
+            }
+            return await client.post("/api/updates/next", content=raw, headers=headers)
+
+        holds = [asyncio.create_task(held_poll(f"web-{n}")) for n in (1, 2, 3)]
+
+        async def all_held() -> bool:  # recorded: past their look at the database
+            metrics = (await client.get("/metrics")).text
+            listed = (await client.get("/api/instances")).json()
+            return "\nrollout_held_polls 3.0" in metrics and len(listed) == 3
+
+        await eventually(all_held)
+        await asyncio.to_thread(own_postgres.stop)
+        assert (await client.get("/api/releases")).status_code == 503
+        answered = [await hold for hold in holds]
+        assert [a.status_code for a in answered] == [200, 200, 200], [a.text for a in answered]
+        assert (await client.get("/api/releases")).status_code == 503
+        assert len(outage_log.records) == 1, outage_log.messages
+        assert "unavailable" in outage_log.messages[0]
+
+        await asyncio.to_thread(own_postgres.start)
+        await _first_success(client)
+        await over_in_the_log(outage_log)
 
 
 async def _first_success(client: httpx.AsyncClient) -> httpx.Response:
