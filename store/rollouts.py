@@ -129,22 +129,26 @@ async def with_open_workflow(conn: asyncpg.Connection | asyncpg.Pool) -> list[tu
     return [(r["id"], r["workflow_id"]) for r in rows]
 
 
-async def end_closed_workflow(conn: asyncpg.Connection, rollout_id: str, how: str) -> bool:
+async def end_closed_workflow(conn: asyncpg.Connection, rollout_id: str) -> Rollout | None:
     """Record that the workflow closed without writing its final state (terminated, ...):
     an unfinished rollout becomes `aborted`, freeing its channel. Guarded by
     `workflow_closed`, so of several reconcilers only one applies it; the revision moves on, so
-    no late write of the closed run can undo it. False when it was already recorded."""
-    status = await conn.execute(
+    no late write of the closed run can undo it. The row as recorded; None when it was already
+    recorded. Its details are the caller's to write (`set_details`), once its jobs are ended."""
+    row = await conn.fetchrow(
         "UPDATE rollouts SET"
         f" status = CASE WHEN status IN {FINISHED_ROLLOUTS} THEN status ELSE 'aborted' END,"
-        " paused_reason = NULL, details = concat_ws(' · ', NULLIF(details, ''), $2::text),"
+        " paused_reason = NULL,"
         " finished_at = COALESCE(finished_at, now()), workflow_closed = true,"
         " revision = revision + 1, updated_at = now()"
-        " WHERE id = $1 AND NOT workflow_closed",
+        f" WHERE id = $1 AND NOT workflow_closed RETURNING {_COLUMNS}",
         rollout_id,
-        how,
     )
-    return status == "UPDATE 1"
+    return _rollout(row) if row else None
+
+
+async def set_details(conn: asyncpg.Connection, rollout_id: str, details: str) -> None:
+    await conn.execute("UPDATE rollouts SET details = $2 WHERE id = $1", rollout_id, details)
 
 
 async def set_left_out(

@@ -3,7 +3,9 @@ terminate`, a run that failed or timed out. No workflow code runs then, so the r
 would say `running` for ever and block the channel. The worker looks every
 RECONCILE_INTERVAL_SECONDS and records such rollouts as ended.
 
-Safe with several workers: the write is guarded by `workflow_closed`, so it applies once.
+Safe with several workers: the write is guarded by `workflow_closed`, so it applies once. The
+rollout's details are written anew, as the workflow would have said it (`aborted`, the jobs
+counted once the open ones are cancelled, how it closed), not what the run last wrote.
 """
 
 import asyncio
@@ -15,6 +17,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from store import audit, jobs, rollout_targets, rollouts
+from workflows import rollout_text
 
 # How each way of closing is recorded. Completed and continued-as-new are not ends from
 # outside (describing the id without a run id gives the latest run; a reset is a new run).
@@ -48,9 +51,20 @@ async def reconcile_once(client: Client, pool: asyncpg.Pool) -> list[str]:
 
 async def _record_end(pool: asyncpg.Pool, rollout_id: str, how: str) -> bool:
     async with pool.acquire() as conn, conn.transaction():
-        if not await rollouts.end_closed_workflow(conn, rollout_id, how):
+        row = await rollouts.end_closed_workflow(conn, rollout_id)
+        if row is None:
             return False
         cancelled = await jobs.cancel_open(conn, rollout_id)
+        counts = await jobs.latest_counts_before(conn, rollout_id, row.current_batch + 1)
+        details = rollout_text.details(
+            status=row.status,
+            paused_reason=None,
+            note=how,
+            current_batch=row.current_batch,
+            total_batches=row.total_batches,
+            counts=counts,
+        )
+        await rollouts.set_details(conn, rollout_id, details)
         await rollout_targets.drop(conn, rollout_id)
         await audit.record(
             conn,
