@@ -18,6 +18,7 @@ from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.runtime import Runtime
 
 from server.settings import Settings
+from temporal_client.core_logs import forwarding_runtime
 
 log = logging.getLogger("rollout.temporal")
 DEFAULT_ADDRESS = "127.0.0.1:7233"
@@ -86,12 +87,13 @@ async def connect_temporal(
 ) -> Client:
     """A client speaking pydantic payloads; `lazy` defers the connection to its first call, so
     the API starts (and serves its read model) while Temporal is still down. `runtime` carries
-    the worker's metrics exporter."""
+    the worker's metrics exporter; without it, the SDK core's log lines still go through Python
+    logging (temporal_client/core_logs.py)."""
     config = connect_config(settings, environ)
     log.info("Temporal client for %s", describe(config))
     return await Client.connect(
         **config,
         data_converter=pydantic_data_converter,
         lazy=lazy,
-        runtime=runtime,
+        runtime=runtime or forwarding_runtime(),
     )

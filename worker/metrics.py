@@ -5,9 +5,10 @@ report to the Runtime they were created with. Off unless WORKER_METRICS_ADDRESS 
 default port would stop a second worker on the same host.
 """
 
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import PrometheusConfig, Runtime
 
 from server.settings import Settings
+from temporal_client.core_logs import runtime_with
 
 
 class MetricsAddressError(RuntimeError):
@@ -20,6 +21,6 @@ def metrics_runtime(settings: Settings) -> Runtime | None:
     if address is None:
         return None
     try:
-        return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+        return runtime_with(PrometheusConfig(bind_address=address))
     except ValueError as exc:
         raise MetricsAddressError(f"WORKER_METRICS_ADDRESS {address}: {exc}") from None
