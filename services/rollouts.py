@@ -26,6 +26,7 @@ from store.jobs import Job
 from store.rollouts import ChannelBusy, Rollout
 from temporal_client import rollouts as rollout_client
 from temporal_client.rollouts import RolloutGone, RolloutUnavailable
+from workflows import rollout_text
 from workflows.rollout_machine import Action
 from workflows.rollout_models import JobState
 
@@ -222,11 +223,14 @@ async def view(
     listed = [_fresher(job, current.get(job.id)) for job in stored]
     counts.update(_latest_counts(listed))
     current_batch = [job for job in listed if job.batch == row.current_batch]
+    stale = live is None and not row.workflow_closed
+    if stale:  # the row's details were written before reports moved its jobs on
+        row = row.model_copy(update={"details": rollout_text.with_counts(row.details, counts)})
     return RolloutDetail(
         rollout=row,
         jobs=[] if shown == "none" else listed,
         counts=dict(counts),
-        stale=live is None and not row.workflow_closed,
+        stale=stale,
         failures=await _failures(pool, current_batch),
     )
 

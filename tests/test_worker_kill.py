@@ -5,6 +5,7 @@ the write's start-to-close."""
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
@@ -13,12 +14,17 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
+from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import create_app
+from devstack.ports import free_port
 from server.settings import ApiSettings
 from store import audit, jobs, rollouts
 from store.pool import connect
 from temporal_client import rollouts as rollout_client
+from tests.agent_requests import body_for, post_signed
+from tests.conftest import LiveServer
 from tests.fixtures_temporal import eventually, seed_instances, seed_release
 from workflows.rollout_models import JobReportSignal
 
@@ -173,3 +179,41 @@ async def test_a_worker_killed_mid_write_costs_seconds(
             print(f"write landed {took:.1f} s after the kill")
     finally:
         await locker.close()
+
+
+async def test_a_stale_view_counts_the_jobs_its_details_name(
+    dev_env: WorkflowEnvironment, dev_settings: ApiSettings, db: asyncpg.Connection
+) -> None:
+    """With no worker, reports still reach the rows (and Temporal's history): the stored view
+    shows them in its counts, and its details line says the same counts, not the last write's."""
+    token = secrets.token_hex(16)
+    configured = dev_settings.model_copy(update={"control_plane_agent_token": SecretStr(token)})
+    admin_token = dev_settings.control_plane_admin_token.get_secret_value()
+    release_id = await seed_release(db, dev_settings)
+    await seed_instances(db, FLEET[:3])
+    async with (
+        LiveServer(create_app(configured), free_port()) as api,
+        httpx.AsyncClient(
+            base_url=api.url, headers={"x-cp-admin-token": admin_token}, timeout=60
+        ) as admin,
+    ):
+        async with worker_process(dev_settings) as worker:
+            created = await admin.post(
+                "/api/rollouts",
+                json={"manifestId": release_id, "channel": "stable", "batchSize": 3},
+            )
+            assert created.status_code == 201, created.text
+            rollout = created.json()
+            assert rollout["details"] == "batch 1/1 · 3 pending · running"
+            worker.kill()
+            await worker.wait()
+        job = rollout["batches"][0]["jobs"][0]
+        body = body_for(job["instanceId"], jobId=job["id"], status="succeeded", step="health")
+        reported = await post_signed(admin, "/api/updates/report", body, token)
+        assert reported.status_code == 200, reported.text
+
+        stale = (await admin.get(f"/api/rollouts/{rollout['id']}")).json()
+        assert stale["stale"] is True
+        assert stale["counts"] == {"succeeded": 1, "pending": 2}
+        assert stale["details"] == "batch 1/1 · 1 succeeded · 2 pending · running"
+        await dev_env.client.get_workflow_handle(rollout["workflowId"]).terminate("test over")

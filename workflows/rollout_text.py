@@ -2,6 +2,7 @@
 reason it gives when failures or unreachable hosts pause it. Plain functions, so the state
 machine and the workflow say things the same way."""
 
+import re
 from collections.abc import Iterable, Mapping
 
 from workflows.rollout_models import AuditEvent, JobState
@@ -87,6 +88,23 @@ def details(
     if plan:
         parts.append(f"plan {plan}")
     return " · ".join(parts)
+
+
+def with_counts(details: str, counts: Mapping[str, int]) -> str:
+    """A details line (`details`) with its job counts replaced by `counts`: for a line written
+    before the jobs moved on (the stored view, while the workflow does not answer), so its
+    counts agree with the jobs listed beside it. Everything else in the line stays."""
+    batch, *rest = details.split(" · ")
+    if not batch.startswith("batch "):
+        return details  # not a line `details` made
+    while rest and _COUNT.fullmatch(rest[0]):
+        rest.pop(0)
+    parts = [f"{counts[key]} {word}" for key, word in STATUS_WORDS if counts.get(key)]
+    return " · ".join([batch, *parts, *rest])
+
+
+# One count of a details line: '4 succeeded', '1 in progress'.
+_COUNT = re.compile(r"[0-9]+ (?:" + "|".join(re.escape(word) for _, word in STATUS_WORDS) + ")")
 
 
 def log_line(event: AuditEvent) -> str:
