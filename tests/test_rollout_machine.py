@@ -29,6 +29,7 @@ from contract.wire import (
     Step,
 )
 from domain.rollouts import RolloutSpec
+from domain.windows import MaintenanceWindow
 from workflows import rollout_machine, rollout_text
 from workflows.rollout_machine import (
     PLANNED_STATUSES,
@@ -927,3 +928,29 @@ def test_frozen_before_batch_1_releases_it_when_thawed() -> None:
     run.machine.freeze("ops", "freeze", run.now)
     assert run.load().start_batch is None
     assert run.machine.thaw("ops", run.now).start_batch == 1
+
+
+def test_a_window_across_the_spring_change_opens_and_closes_at_its_local_hours() -> None:
+    berlin = MaintenanceWindow.model_validate(
+        {
+            "timezone": "Europe/Berlin",
+            "ranges": [{"days": ["sun"], "start": "01:00", "end": "04:00"}],
+        }
+    )
+    run = Run(list("ab"), window=berlin)
+    run.now = datetime(2026, 3, 28, 23, 30, tzinfo=UTC)  # Sunday 00:30 CET: closed
+    held = run.machine.window_changed(run.now)
+    assert [e.action for e in held.events] == ["rollout.window_closed", "rollout.status_changed"]
+    assert run.load().start_batch is None and run.machine.status == "waiting"
+    assert (
+        "opens Sun 2026-03-29 01:00 Europe/Berlin (2026-03-29 00:00 UTC)" in run.machine.details()
+    )
+    wake = run.machine.next_wake(run.now)
+    assert wake == Wake(datetime(2026, 3, 29, 0, 0, tzinfo=UTC), "the maintenance window opens")
+
+    opened = run.machine.window_changed(wake.at)
+    assert opened.start_batch == 1 and run.machine.status == "running"
+    # 04:00 local is 02:00 UTC now that Berlin is on summer time: three hours, not four.
+    assert run.machine.next_wake(wake.at) == Wake(
+        datetime(2026, 3, 29, 2, 0, tzinfo=UTC), "the maintenance window closes"
+    )
