@@ -17,7 +17,17 @@ from api.metrics_listener import MetricsListener
 from api.middleware.edge import EdgeGate
 from api.middleware.fast_lane import ControlPlaneApi, FastLane
 from api.middleware.request_timer import RequestTimer
-from api.routers import agent, freeze, instances, jobs, metrics, releases, rollouts, system
+from api.routers import (
+    agent,
+    channels,
+    freeze,
+    instances,
+    jobs,
+    metrics,
+    releases,
+    rollouts,
+    system,
+)
 from api.routers.docs import install_offline_docs
 from runtime.build import package_version
 from server.settings import ApiSettings
@@ -103,6 +113,7 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
     app.include_router(rollouts.router)
     app.include_router(jobs.router)
     app.include_router(freeze.router)
+    app.include_router(channels.router)
     return app
 
 

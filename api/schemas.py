@@ -40,6 +40,8 @@ class ActionBody(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=1000)
+    # advance: release the batch outside the rollout's maintenance window (audited)
+    force: bool = False
 
     @field_validator("reason", mode="before")
     @classmethod

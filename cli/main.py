@@ -16,6 +16,7 @@ _SUBCOMMANDS = [
     "cli.jobs",
     "cli.instances",
     "cli.freeze",
+    "cli.windows",
     "cli.agent",
     "cli.worker",
     "cli.simulate",

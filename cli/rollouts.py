@@ -7,6 +7,7 @@ import time
 from cli.admin_http import AdminApi, print_json, print_table
 from cli.errors import fail
 from cli.rollout_view import render, render_preview
+from cli.windows import add_window_options, parse_window
 from contract.wire import FINISHED_ROLLOUT_STATUSES
 
 COLUMNS = [
@@ -46,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action.add_argument("rollout_id")
         if name in ("pause", "abort"):
             action.add_argument("--reason", help="recorded in the audit log and shown")
+        if name == "advance":
+            action.add_argument(
+                "--force", action="store_true", help="outside the maintenance window (audited)"
+            )
     watch = actions.add_parser("watch", help="live view until the rollout finishes")
     watch.add_argument("rollout_id")
     watch.add_argument("--interval", type=float, default=1.0)
@@ -83,6 +88,7 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         help="hosts that never start their job by its deadline tolerated (default 0)",
     )
     p.add_argument("--job-timeout-seconds", type=int)
+    add_window_options(p)
     p.add_argument(
         "--include-late-joiners",
         action="store_true",
@@ -134,6 +140,7 @@ def _planned(api: AdminApi, args: argparse.Namespace) -> dict:
         "jobTimeoutSeconds": args.job_timeout_seconds,
         "previewId": getattr(args, "preview_id", None),
         "includeLateJoiners": args.include_late_joiners,
+        "window": parse_window(api.command, args.window, args.timezone) if args.window else None,
     }
     return {k: v for k, v in body.items() if v is not None}
 
@@ -161,8 +168,10 @@ def run(args: argparse.Namespace) -> int:
         return show(api.call("GET", f"/api/rollouts/{args.rollout_id}"), args.json)
     if args.action == "watch":
         return watch(api, args.rollout_id, args.interval, args.json)
-    reason = {"reason": args.reason} if getattr(args, "reason", None) else None
-    rollout = api.call("POST", f"/api/rollouts/{args.rollout_id}/{args.action}", json=reason)
+    body = {"reason": args.reason} if getattr(args, "reason", None) else {}
+    if getattr(args, "force", False):
+        body["force"] = True
+    rollout = api.call("POST", f"/api/rollouts/{args.rollout_id}/{args.action}", json=body or None)
     return show(rollout, args.json)
 
 

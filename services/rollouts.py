@@ -18,10 +18,11 @@ from contract.manifest import Channel
 from contract.wire import ID_PATTERN
 from domain.plans import MAX_BATCH_SIZE, BatchPlan, Exponential, Marks
 from domain.rollouts import RolloutSnapshot, RolloutSpec
+from domain.windows import MaintenanceWindow
 from services import freezes, previews
 from services.errors import Conflict, NotFound
 from services.timeline import JobFacts, JobFailure, failing_jobs, job_failure
-from store import audit, job_reports, jobs, rollouts
+from store import audit, channel_windows, job_reports, jobs, rollouts
 from store.jobs import Job
 from store.rollouts import ChannelBusy, Rollout
 from temporal_client import rollouts as rollout_client
@@ -61,6 +62,8 @@ class NewRollout(BaseModel):
     canary: bool = False
     preview_id: str | None = Field(default=None, pattern=ID_PATTERN)
     include_late_joiners: bool = False
+    # None: the channel's default window (services/windows.py), if it has one.
+    window: MaintenanceWindow | None = None
     auto_advance: bool = False
     bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
     max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
@@ -95,6 +98,10 @@ class NewRollout(BaseModel):
             raise ValueError(f"batchPlan: {exc.errors()[0]['msg']}") from None
         return BatchPlan(canary=True) if self.canary else None
 
+
+# The actions an operator takes on one rollout (PROTOCOL §4); a freeze is the fleet's
+# (services/freezes.py).
+OperatorAction = Literal["advance", "pause", "resume", "retry", "abort"]
 
 # Which jobs a rollout's view lists: every batch's (the contract), the current batch's, or none.
 JobsShown = Literal["all", "current", "none"]
@@ -163,6 +170,7 @@ async def create(
         job_timeout_seconds=new.job_timeout_seconds,
         created_by=actor,
         include_late_joiners=new.include_late_joiners,
+        window=new.window or await channel_windows.get(pool, new.channel),
     )
     async with pool.acquire() as conn, conn.transaction():
         await freezes.refuse_if_frozen(conn, spec.channel)
@@ -243,6 +251,7 @@ async def act(
     *,
     actor: str,
     reason: str | None = None,
+    force: bool = False,
 ) -> RolloutDetail:
     """Run an admin action through the workflow; Conflict when it does not apply now. The
     workflow answers once the read model shows the action, so polls through every API process
@@ -255,7 +264,7 @@ async def act(
             temporal,
             rollout_id,
             action,
-            rollout_client.action_input(action, actor, reason),
+            rollout_client.action_input(action, actor, reason, force=force),
             timeout=ACTION_TIMEOUT,
         )
     except rollout_client.ActionRefused as exc:

@@ -14,7 +14,8 @@ _COLUMNS = (
     "id, workflow_id, manifest_id, version, channel, batch_size, auto_advance, bake_seconds,"
     " max_failures, max_unreachable, job_timeout_seconds, created_by, status, paused_reason,"
     " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
-    " updated_at, finished_at, left_out, plan, preview_id"
+    ' updated_at, finished_at, left_out, plan, preview_id, maintenance_window AS "window",'
+    " include_late_joiners"
 )
 
 
@@ -61,8 +62,9 @@ async def insert(
     row = await conn.fetchrow(
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
         " auto_advance, bake_seconds, max_failures, max_unreachable, job_timeout_seconds,"
-        " created_by, status, plan, preview_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running', $13, $14)"
+        " created_by, status, plan, preview_id, maintenance_window, include_late_joiners)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running', $13, $14, $15,"
+        " $16)"
         f" ON CONFLICT (channel) WHERE status NOT IN {FINISHED_ROLLOUTS} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
@@ -79,6 +81,8 @@ async def insert(
         spec.created_by,
         spec.plan.model_dump() if spec.plan else None,
         preview_id,
+        spec.window.model_dump() if spec.window else None,
+        spec.include_late_joiners,
     )
     if row is None:
         busy = await conn.fetchval(

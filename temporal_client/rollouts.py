@@ -155,8 +155,12 @@ async def run_action(
         raise
 
 
-def action_input(action: str, actor: str, reason: str | None = None) -> ActionInput:
+def action_input(
+    action: str, actor: str, reason: str | None = None, *, force: bool = False
+) -> ActionInput:
     _, model = ACTIONS[action]
+    if model is AdvanceInput:
+        return AdvanceInput(actor=actor, force=force)
     if model is FreezeInput:
         return FreezeInput(actor=actor, reason=reason or "no reason given")
     if model in (PauseInput, AbortInput):

@@ -5,6 +5,7 @@ it hands the jobs out with their whole time, and every change is audited."""
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -20,6 +21,7 @@ from server.settings import ApiSettings
 from tests.agent_requests import body_for, poll_body, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import seed_instances, seed_release
+from tests.test_admin_cli import rollout_cli
 from tests.test_rollout_api import create, status_becomes
 
 TOKEN = secrets.token_hex(16)
@@ -128,3 +130,79 @@ async def test_a_fleet_wide_freeze_holds_every_channel_until_both_are_lifted(
     lifted = await api.delete("/api/freeze", params={"channel": "stable"})
     assert lifted.json()["rollouts"] == [rollout["id"]]
     await status_becomes(api, rollout["id"], "running")
+
+
+@pytest.fixture
+async def plain_api(settings: ApiSettings) -> AsyncIterator[LiveServer]:
+    async with LiveServer(create_app(settings), free_port()) as server:
+        yield server
+
+
+async def test_the_freeze_and_window_commands(plain_api: LiveServer, settings: ApiSettings) -> None:
+    code, out, err = await rollout_cli(plain_api, settings, "freeze", "status")
+    assert (code, out.strip()) == (0, "not frozen"), err
+    code, out, err = await rollout_cli(
+        plain_api, settings, "freeze", "on", "--reason", "quarter end", "--channel", "beta"
+    )
+    assert code == 0, err
+    assert "beta" in out and "quarter end" in out
+    code, out, err = await rollout_cli(plain_api, settings, "freeze", "off", "--channel", "beta")
+    assert (code, out.strip()) == (0, "not frozen"), err
+
+    code, out, err = await rollout_cli(
+        plain_api, settings, "windows", "set", "--channel", "stable",
+        "--window", "mon-fri 22:00-04:00", "--window", "sat,sun 01:00-06:00",
+        "--timezone", "Europe/Berlin",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == (
+        "channel stable: mon,tue,wed,thu,fri 22:00-04:00; sat,sun 01:00-06:00 (Europe/Berlin)"
+    )
+    code, out, _ = await rollout_cli(plain_api, settings, "windows", "show", "--channel", "stable")
+    assert "Europe/Berlin" in out
+    code, _, err = await rollout_cli(
+        plain_api, settings, "windows", "set", "--channel", "stable", "--window", "someday"
+    )
+    assert code == 2 and "--window 'someday': days and hours like" in err
+    code, _, err = await rollout_cli(
+        plain_api, settings, "windows", "set", "--channel", "stable",
+        "--window", "daily 02:00-04:00", "--timezone", "Mars/Olympus",
+    )  # fmt: skip
+    assert code == 1 and "not an IANA time zone" in err
+    code, out, _ = await rollout_cli(plain_api, settings, "windows", "clear", "--channel", "stable")
+    assert code == 0
+    code, _, err = await rollout_cli(plain_api, settings, "windows", "show", "--channel", "stable")
+    assert code == 1 and "has no default maintenance window" in err
+
+
+async def test_a_rollout_takes_its_channels_default_window(
+    dev_env: WorkflowEnvironment,
+    dev_worker: Worker,
+    dev_settings: ApiSettings,
+    api: httpx.AsyncClient,
+    db: asyncpg.Connection,
+) -> None:
+    release_id = await seed_release(db, dev_settings)
+    await seed_instances(db, ["a"])
+    now = datetime.now(UTC)
+    closed_now = {  # an hour a day, starting in two hours: closed now
+        "timezone": "UTC",
+        "ranges": [
+            {
+                "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                "start": f"{now + timedelta(hours=2):%H:%M}",
+                "end": f"{now + timedelta(hours=3):%H:%M}",
+            }
+        ],
+    }
+    put = await api.put("/api/channels/stable/window", json=closed_now)
+    assert put.status_code == 200, put.text
+    created = await create(api, release_id, batchSize=1)
+    assert created.status_code == 201, created.text
+    rollout = created.json()
+    assert rollout["window"] == closed_now
+    assert rollout["status"] == "waiting"
+    assert "outside its maintenance window (opens" in rollout["details"]
+    refused = await api.post(f"/api/rollouts/{rollout['id']}/advance")
+    assert refused.status_code == 409
+    assert "advance with force to release it now" in refused.json()["detail"]

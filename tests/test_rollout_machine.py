@@ -29,6 +29,7 @@ from contract.wire import (
     Step,
 )
 from domain.rollouts import RolloutSpec
+from domain.windows import DAYS, MaintenanceWindow
 from workflows import rollout_machine, rollout_text
 from workflows.rollout_machine import (
     PLANNED_STATUSES,
@@ -797,6 +798,12 @@ class Checked:
                 self.step(lambda: machine.resume("ops", run.now))
             case ("admin", "abort"):
                 self.step(lambda: machine.abort("ops", None, run.now))
+            case ("admin", "freeze"):
+                self.step(lambda: machine.freeze("ops", "freeze", run.now))
+            case ("admin", "thaw"):
+                thawed = self.step(lambda: machine.thaw("ops", run.now))
+                if thawed.start_batch is not None:  # frozen before batch 1
+                    self.step(lambda: run.begin(1))
             case ("cancel",):
                 self.step(lambda: machine.cancel_requested("temporal", "cancel", run.now))
         self.loop()
@@ -818,7 +825,8 @@ class Checked:
         assert counts == {status: n for status, n in recount.items() if n}
         # The next wake is never after a deadline that runs.
         deadlines = [job.deadline for job in open_jobs if job.status == "in_progress"]
-        deadlines += [] if machine.status == "paused" else [j.deadline for j in open_jobs]
+        withheld = machine.status in ("paused", "waiting")
+        deadlines += [] if withheld else [j.deadline for j in open_jobs]
         wake = machine.next_wake(T0)
         assert not deadlines or (wake is not None and wake.at <= min(deadlines))
         if machine.status == "completed":
@@ -827,6 +835,9 @@ class Checked:
         # Each limit counts its own kind: a rollout over either one does not run on.
         state, spec = machine.state, machine.spec
         failed, unreachable = kinds(counts)
+        # A freeze holds it waiting, and nothing else does here (no window).
+        if machine.status not in ("paused", "completed", "aborted"):
+            assert (machine.status == "waiting") == (state.frozen_reason is not None)
         if machine.status in ("running", "awaiting_advance") and not machine.handing_out:
             assert failed <= max(spec.max_failures, state.accepted_failures)
             assert unreachable <= max(spec.max_unreachable, state.accepted_unreachable)
@@ -927,3 +938,48 @@ def test_frozen_before_batch_1_releases_it_when_thawed() -> None:
     run.machine.freeze("ops", "freeze", run.now)
     assert run.load().start_batch is None
     assert run.machine.thaw("ops", run.now).start_batch == 1
+
+
+def test_a_window_across_the_spring_change_opens_and_closes_at_its_local_hours() -> None:
+    berlin = MaintenanceWindow.model_validate(
+        {
+            "timezone": "Europe/Berlin",
+            "ranges": [{"days": ["sun"], "start": "01:00", "end": "04:00"}],
+        }
+    )
+    run = Run(list("ab"), window=berlin)
+    run.now = datetime(2026, 3, 28, 23, 30, tzinfo=UTC)  # Sunday 00:30 CET: closed
+    held = run.machine.window_changed(run.now)
+    assert [e.action for e in held.events] == ["rollout.window_closed", "rollout.status_changed"]
+    assert run.load().start_batch is None and run.machine.status == "waiting"
+    assert (
+        "opens Sun 2026-03-29 01:00 Europe/Berlin (2026-03-29 00:00 UTC)" in run.machine.details()
+    )
+    wake = run.machine.next_wake(run.now)
+    assert wake == Wake(datetime(2026, 3, 29, 0, 0, tzinfo=UTC), "the maintenance window opens")
+
+    opened = run.machine.window_changed(wake.at)
+    assert opened.start_batch == 1 and run.machine.status == "running"
+    # 04:00 local is 02:00 UTC now that Berlin is on summer time: three hours, not four.
+    assert run.machine.next_wake(wake.at) == Wake(
+        datetime(2026, 3, 29, 2, 0, tzinfo=UTC), "the maintenance window closes"
+    )
+
+
+def test_a_resume_inside_a_closed_window_waits_for_it() -> None:
+    nightly = MaintenanceWindow.model_validate(
+        {"ranges": [{"days": list(DAYS), "start": "22:00", "end": "04:00"}]}
+    )
+    run = Run(list("ab"), window=nightly)
+    run.now = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)  # open
+    run.machine.window_changed(run.now)
+    run.load()
+    run.machine.pause("ops", "looking")
+    run.now = datetime(2026, 12, 8, 5, 0, tzinfo=UTC)  # closed while paused
+    run.machine.window_changed(run.now)
+    assert run.machine.status == "paused"
+    resumed = run.machine.resume("ops", run.now)
+    assert run.machine.status == "waiting"
+    assert "outside its maintenance window (opens Tue 2026-12-08 22:00 UTC)" in resumed.answer
+    run.machine.window_changed(datetime(2026, 12, 8, 22, 0, tzinfo=UTC))
+    assert run.machine.status == "running"

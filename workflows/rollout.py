@@ -268,10 +268,15 @@ class RolloutWorkflow:
 
     @workflow.update(name="wait_started")
     async def wait_started(self, input: WaitStartedInput) -> ActionResult:
-        """Answers once batch 1 is handed out (or the rollout finished): for update-with-start."""
+        """Answers once batch 1 is handed out, or the rollout waits for its window or a freeze
+        before it, or finished: for update-with-start."""
         machine, state = self._machine, self._state
         await workflow.wait_condition(
-            lambda: (state.current_batch > 0 and not machine.handing_out) or machine.finished
+            lambda: (
+                (state.current_batch > 0 and not machine.handing_out)
+                or machine.finished
+                or machine.status == "waiting"
+            )
         )
         return machine.answer(state.note or "batch 1 released")
 

@@ -258,26 +258,31 @@ class RolloutMachine:
         # being handed out.
         if action in ("freeze", "thaw"):
             return None
-        if state.current_batch == 0 and action != "abort":
-            return "the rollout is starting (batch 1 is not handed out yet); try again in a moment"
-        if self.handing_out and action in ("advance", "retry"):
-            return "jobs are being handed out; try again in a moment"
-        if state.frozen_reason is not None and action in ("advance", "retry"):
+        releases = action in ("advance", "retry")
+        if releases and state.frozen_reason is not None:
             return (
                 f"the fleet is frozen ({state.frozen_reason}): nothing is released until it is"
                 " lifted"
             )
-        if state.window_closed and action in ("advance", "retry") and not force:
+        if releases and state.window_closed and not force:
             assert self.spec.window is not None
             opening = f" ({describe_opening(self.spec.window, now)})" if now else ""
             return (
                 f"outside the rollout's maintenance window{opening}; {action} with force to"
                 " release it now"
             )
+        # Held by its window before batch 1 (targets known): a forced advance releases batch 1.
+        forced_start = action == "advance" and state.status == "waiting" and self.target_count
+        if state.current_batch == 0 and action != "abort" and not forced_start:
+            return "the rollout is starting (batch 1 is not handed out yet); try again in a moment"
+        if self.handing_out and releases:
+            return "jobs are being handed out; try again in a moment"
         if action == "advance":
             if state.status == "paused":
                 return f"rollout is paused ({state.paused_reason}); resume it first"
-            if state.status == "waiting" and state.held_from == "awaiting_advance":
+            if state.status == "waiting" and (
+                forced_start or state.held_from == "awaiting_advance"
+            ):
                 return None  # held by the window only, and forced
             if state.status != "awaiting_advance":
                 unsettled = len(self.open_by_instance)

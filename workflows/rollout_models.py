@@ -65,7 +65,7 @@ class RolloutState(BaseModel):
     # window closed (unless the current batch was forced out), and the status it was held in.
     frozen_reason: str | None = None
     window_closed: bool = False
-    forced_batch: int = 0
+    forced_batch: int | None = None  # released outside the window by a forced advance
     held_from: RolloutStatus | None = None
     hold_text: str | None = None  # why it waits, in words: "waiting: the fleet is frozen (...)"
     late_joiners: int = 0  # targets added after the start (includeLateJoiners)

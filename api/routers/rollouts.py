@@ -14,7 +14,7 @@ from contract.wire import RolloutStatus
 from domain.plans import MAX_BATCH_SIZE, MAX_BATCHES
 from services import previews as preview_service
 from services import rollouts as rollout_service
-from services.rollouts import Action, JobsShown
+from services.rollouts import JobsShown, OperatorAction
 from store import rollouts
 
 router = APIRouter(prefix="/api/rollouts", tags=["rollouts"], responses=admin_errors())
@@ -107,7 +107,7 @@ async def get_rollout(
 )
 async def act_on_rollout(
     rollout_id: IdPath,
-    action: Action,
+    action: OperatorAction,
     actor: AdminActor,
     pool: PoolDep,
     temporal: TemporalDep,
@@ -120,5 +120,6 @@ async def act_on_rollout(
         action,
         actor=actor,
         reason=body.reason if body else None,
+        force=body.force if body else False,
     )
     return RolloutOut.from_detail(detail)
