@@ -52,6 +52,15 @@ async def worker_process(settings: ApiSettings) -> AsyncIterator[asyncio.subproc
             assert await asyncio.wait_for(process.wait(), 30) == 0  # graceful shutdown
 
 
+async def create_rollout(admin: httpx.AsyncClient, release_id: str) -> dict:
+    """A rollout of the seeded hosts in batches of 3, as created (batch 1 handed out)."""
+    created = await admin.post(
+        "/api/rollouts", json={"manifestId": release_id, "channel": "stable", "batchSize": 3}
+    )
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
 async def report(env: WorkflowEnvironment, rollout_id: str, job: dict, status: str) -> None:
     signal_ = JobReportSignal(
         job_id=job["id"], instance_id=job["instanceId"], status=status, step="migrate"
@@ -68,11 +77,7 @@ async def test_rollout_survives_a_killed_worker(
     release_id = await seed_release(db, dev_settings)
     await seed_instances(db, FLEET)
     async with worker_process(dev_settings) as first:
-        created = await dev_admin.post(
-            "/api/rollouts", json={"manifestId": release_id, "channel": "stable", "batchSize": 3}
-        )
-        assert created.status_code == 201, created.text
-        rollout = created.json()
+        rollout = await create_rollout(dev_admin, release_id)
         batch1 = rollout["batches"][0]["jobs"]
         for job in batch1:
             await report(dev_env, rollout["id"], job, "in_progress")
@@ -139,12 +144,7 @@ async def test_a_worker_killed_mid_write_costs_seconds(
     locker = await connect(dev_settings.database_url)
     try:
         async with worker_process(dev_settings) as first:
-            created = await dev_admin.post(
-                "/api/rollouts",
-                json={"manifestId": release_id, "channel": "stable", "batchSize": 3},
-            )
-            assert created.status_code == 201, created.text
-            rollout = created.json()
+            rollout = await create_rollout(dev_admin, release_id)
             batch1 = rollout["batches"][0]["jobs"]
             hold = locker.transaction()
             await hold.start()
@@ -198,12 +198,7 @@ async def test_a_stale_view_counts_the_jobs_its_details_name(
         ) as admin,
     ):
         async with worker_process(dev_settings) as worker:
-            created = await admin.post(
-                "/api/rollouts",
-                json={"manifestId": release_id, "channel": "stable", "batchSize": 3},
-            )
-            assert created.status_code == 201, created.text
-            rollout = created.json()
+            rollout = await create_rollout(admin, release_id)
             assert rollout["details"] == "batch 1/1 · 3 pending · running"
             worker.kill()
             await worker.wait()
