@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # reason in the rollout (store.rollout_targets); 0: never. Read by the worker, which takes
     # the targets, and the API, which shows it.
     instance_stale_after_seconds: int = Field(default=7 * 86_400, ge=0, le=365 * 86_400)
+    # Health gates (activities/gates.py): the Prometheus server prometheus gates query, and its
+    # bearer token; how long a probe may take.
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    prometheus_token: SecretStr | None = None
+    gate_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 
     @field_validator("worker_metrics_address", mode="before")
     @classmethod
