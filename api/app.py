@@ -27,11 +27,13 @@ from api.routers import (
     releases,
     rollouts,
     system,
+    webhooks,
 )
 from api.routers.docs import install_offline_docs
 from runtime.build import package_version
 from server.settings import ApiSettings
 from services import reports
+from services.webhook_dispatcher import WebhookDispatcher
 from store.pool import open_pool
 from temporal_client.connect import connect_temporal
 from temporal_client.report_signals import ReportSignals
@@ -69,12 +71,21 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
         listener = _metrics_listener(settings, app.state.scraper)
         if listener is not None:
             await listener.start()
+        deliveries = WebhookDispatcher(
+            app.state.pool,
+            settings.database_url,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            retry_base_seconds=settings.webhook_retry_base_seconds,
+            max_attempts=settings.webhook_max_attempts,
+        )
+        await deliveries.start()
         janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))
         try:
             with pool_reconnects_noted_as(outage):
                 yield
         finally:
             janitor.cancel()
+            await deliveries.stop()
             if listener is not None:
                 await listener.stop()
             await app.state.dispatch.stop()
@@ -114,6 +125,7 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
     app.include_router(jobs.router)
     app.include_router(freeze.router)
     app.include_router(channels.router)
+    app.include_router(webhooks.router)
     return app
 
 

@@ -7,7 +7,9 @@ they are answered as the store holds them, without this base. Nothing here trave
 history, whose payloads are serialised by alias.
 """
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import re
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from contract.manifest import Channel
@@ -22,6 +24,7 @@ from store.freezes import Freeze
 from store.instances import Instance
 from store.jobs import Job
 from store.rollouts import Rollout
+from store.webhooks import Delivery, Endpoint
 
 
 class ApiModel(BaseModel):
@@ -180,6 +183,35 @@ class FreezesOut(ApiModel):
     @classmethod
     def from_told(cls, told: Told) -> "FreezesOut":
         return cls.model_validate(told.model_dump())
+
+
+class WebhookBody(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl
+    # Audit actions ("rollout.status_changed", "fleet.frozen", ...), "job.failed",
+    # "job.rolled_back", "job.rollback_failed", or "*" for all.
+    events: list[str] = Field(min_length=1, max_length=50)
+
+    @field_validator("events")
+    @classmethod
+    def _event_names(cls, events: list[str]) -> list[str]:
+        for event in events:
+            if event != "*" and not re.fullmatch(r"[a-z_]+\.[a-z_]+", event):
+                raise ValueError(f"{event!r}: an event like rollout.status_changed, or *")
+        return events
+
+
+class EndpointOut(ApiModel, Endpoint):
+    pass
+
+
+class EndpointCreatedOut(EndpointOut):
+    secret: str  # whsec_...: shown once
+
+
+class DeliveryOut(ApiModel, Delivery):
+    pass
 
 
 class InstanceOut(ApiModel, Instance):

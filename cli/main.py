@@ -17,6 +17,7 @@ _SUBCOMMANDS = [
     "cli.instances",
     "cli.freeze",
     "cli.windows",
+    "cli.webhooks",
     "cli.agent",
     "cli.worker",
     "cli.simulate",

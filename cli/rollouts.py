@@ -1,8 +1,10 @@
 """`rollout rollouts create|preview|list|get|advance|pause|resume|retry|abort|watch`."""
 
 import argparse
+import json
 import sys
 import time
+from typing import IO
 
 from cli.admin_http import AdminApi, print_json, print_table
 from cli.errors import fail
@@ -90,11 +92,27 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job-timeout-seconds", type=int)
     add_window_options(p)
     p.add_argument(
+        "--gates-file",
+        type=argparse.FileType(),
+        help="health gates checked before each next batch: a JSON list (docs/notifications.md)",
+    )
+    p.add_argument("--gate-interval-seconds", type=int, help="how often through a bake (30)")
+    p.add_argument(
         "--include-late-joiners",
         action="store_true",
         default=None,
         help="hosts joining the channel while it runs are updated by a later batch",
     )
+
+
+def _gates(api: AdminApi, file: IO[str]) -> list:
+    try:
+        gates = json.load(file)
+    except ValueError as exc:
+        fail(f"{api.command}: error: --gates-file {file.name}: not JSON ({exc})")
+    if not isinstance(gates, list):
+        fail(f"{api.command}: error: --gates-file {file.name}: a JSON list of gates")
+    return gates
 
 
 def _marks(plan: str) -> list[int | str]:
@@ -141,6 +159,8 @@ def _planned(api: AdminApi, args: argparse.Namespace) -> dict:
         "previewId": getattr(args, "preview_id", None),
         "includeLateJoiners": args.include_late_joiners,
         "window": parse_window(api.command, args.window, args.timezone) if args.window else None,
+        "gates": _gates(api, args.gates_file) if args.gates_file else None,
+        "gateIntervalSeconds": args.gate_interval_seconds,
     }
     return {k: v for k, v in body.items() if v is not None}
 

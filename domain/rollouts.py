@@ -5,6 +5,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from contract.wire import RolloutStatus
+from domain.gates import Gate
 from domain.plans import BatchPlan
 from domain.windows import MaintenanceWindow
 
@@ -30,6 +31,9 @@ class RolloutSpec(BaseModel):
     include_late_joiners: bool = False
     # Batches are released and jobs handed out only inside it (domain.windows); None: any time.
     window: MaintenanceWindow | None = None
+    # Checked after each batch settles and through its bake (domain.gates); a failing one pauses.
+    gates: list[Gate] = Field(default_factory=list)
+    gate_interval_seconds: int = Field(default=30, ge=1)
 
 
 def rollout_workflow_id(rollout_id: str) -> str:

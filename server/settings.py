@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # reason in the rollout (store.rollout_targets); 0: never. Read by the worker, which takes
     # the targets, and the API, which shows it.
     instance_stale_after_seconds: int = Field(default=7 * 86_400, ge=0, le=365 * 86_400)
+    # Health gates (activities/gates.py): the Prometheus server prometheus gates query, and its
+    # bearer token; how long a probe may take.
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    prometheus_token: SecretStr | None = None
+    gate_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 
     @field_validator("worker_metrics_address", mode="before")
     @classmethod
@@ -70,6 +75,11 @@ class ApiSettings(Settings):
     # it, plain).
     long_poll_max_seconds: int = Field(default=25, ge=0, le=300)
     long_poll_max_held: int = Field(default=500, ge=0)
+    # Webhooks (services/webhook_dispatcher.py): an attempt's timeout, the delay before the
+    # first retry (doubled each time), and the attempts before a delivery is `failed`.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0, le=3600)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
     # Connections (api/connections.py): how long a request may take to arrive whole, how large
     # its head may be, and how many connections one API process serves (None: what its
     # open-files limit leaves room for).

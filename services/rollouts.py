@@ -16,6 +16,7 @@ from temporalio.client import Client
 
 from contract.manifest import Channel
 from contract.wire import ID_PATTERN
+from domain.gates import Gate
 from domain.plans import MAX_BATCH_SIZE, BatchPlan, Exponential, Marks
 from domain.rollouts import RolloutSnapshot, RolloutSpec
 from domain.windows import MaintenanceWindow
@@ -64,6 +65,9 @@ class NewRollout(BaseModel):
     include_late_joiners: bool = False
     # None: the channel's default window (services/windows.py), if it has one.
     window: MaintenanceWindow | None = None
+    # Checked after each batch settles and through its bake; a failing one pauses (domain.gates).
+    gates: list[Gate] = Field(default_factory=list, max_length=10)
+    gate_interval_seconds: int = Field(default=30, ge=1, le=3600)
     auto_advance: bool = False
     bake_seconds: int = Field(default=0, ge=0, le=30 * 86_400)
     max_failures: int = Field(default=0, ge=0, le=MAX_FLEET)
@@ -171,6 +175,8 @@ async def create(
         created_by=actor,
         include_late_joiners=new.include_late_joiners,
         window=new.window or await channel_windows.get(pool, new.channel),
+        gates=new.gates,
+        gate_interval_seconds=new.gate_interval_seconds,
     )
     async with pool.acquire() as conn, conn.transaction():
         await freezes.refuse_if_frozen(conn, spec.channel)

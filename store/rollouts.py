@@ -15,7 +15,7 @@ _COLUMNS = (
     " max_failures, max_unreachable, job_timeout_seconds, created_by, status, paused_reason,"
     " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
     ' updated_at, finished_at, left_out, plan, preview_id, maintenance_window AS "window",'
-    " include_late_joiners"
+    " include_late_joiners, gates, gate_interval_seconds"
 )
 
 
@@ -62,9 +62,9 @@ async def insert(
     row = await conn.fetchrow(
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
         " auto_advance, bake_seconds, max_failures, max_unreachable, job_timeout_seconds,"
-        " created_by, status, plan, preview_id, maintenance_window, include_late_joiners)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running', $13, $14, $15,"
-        " $16)"
+        " created_by, status, plan, preview_id, maintenance_window, include_late_joiners, gates,"
+        " gate_interval_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+        " 'running', $13, $14, $15, $16, $17, $18)"
         f" ON CONFLICT (channel) WHERE status NOT IN {FINISHED_ROLLOUTS} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
@@ -83,6 +83,8 @@ async def insert(
         preview_id,
         spec.window.model_dump() if spec.window else None,
         spec.include_late_joiners,
+        [gate.model_dump(mode="json") for gate in spec.gates],
+        spec.gate_interval_seconds,
     )
     if row is None:
         busy = await conn.fetchval(

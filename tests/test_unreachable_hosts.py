@@ -11,7 +11,7 @@ from server.settings import ApiSettings
 from tests.conftest import LiveServer
 from tests.fixtures_agents import AgentFactory
 from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where
-from tests.fixtures_temporal import seed_release
+from tests.fixtures_temporal import eventually, seed_release
 from tests.test_fleet_end_to_end import job_of, start_rollout
 
 # Long enough for a live agent to run every step on a loaded machine, short for the test.
@@ -42,8 +42,12 @@ async def test_a_stopped_agent_is_unreachable_under_its_own_limit_and_retry_runs
     )
     assert live.steps()[-1] == "switch 1.4.0" and stopped.steps() == []
     unreachable_id = job_of(paused, "web-2")["id"]
-    stored = await db.fetchval("SELECT status FROM update_jobs WHERE id = $1", unreachable_id)
-    assert stored == "unreachable"
+
+    async def stored_unreachable() -> bool:  # the view is the workflow's; the row follows it
+        stored = await db.fetchval("SELECT status FROM update_jobs WHERE id = $1", unreachable_id)
+        return stored == "unreachable"
+
+    await eventually(stored_unreachable)
 
     # The host comes back: a retry runs its job again, as it does a timed-out one.
     stopped.send(signal.SIGCONT)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.gates import GateActivities
 from activities.rollouts import RolloutActivities
 from server.settings import Settings
 from store.pool import open_pool
@@ -34,6 +35,7 @@ log = logging.getLogger("rollout.worker")
 
 def build_worker(client: Client, settings: Settings, activities: RolloutActivities) -> Worker:
     """The worker of `settings.temporal_task_queue`, the single place that lists what it runs."""
+    gates = GateActivities(settings)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
@@ -44,6 +46,7 @@ def build_worker(client: Client, settings: Settings, activities: RolloutActiviti
             activities.late_targets,
             activities.record_progress,
             activities.reported_steps,
+            gates.watch_gates,
         ],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,

@@ -2,14 +2,16 @@
 snapshot taken at start, a batch's hosts read from it, and the steps overdue jobs reached.
 Workflow code, kept apart from the run loop."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from activities.gates import GateActivities
     from activities.rollouts import RolloutActivities
+    from domain.gates import GateResult, unreachable
     from domain.rollouts import RolloutSpec
     from workflows.activity_options import (
         ACTIVITY_RETRY,
@@ -24,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         LateTargetsInput,
         ReportedStepsInput,
         SnapshotTargetsInput,
+        WatchGatesInput,
     )
 
 # A batch's ids are one indexed range, read as a local activity in the task that starts the
@@ -31,6 +34,8 @@ with workflow.unsafe.imports_passed_through():
 # this is an outage, retried after a durable timer (threshold 0), so queries and updates are
 # answered between attempts.
 BATCH_READ_TIMEOUT = timedelta(seconds=5)
+# Beyond a gate's probing time: its slowest probe (tries at a source that cannot be reached).
+GATE_MARGIN_SECONDS = 60
 # A look-up that only improves a message must not hold the rollout up for long.
 LOOKUP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 
@@ -61,6 +66,28 @@ async def late_targets(spec: RolloutSpec) -> int:
         summary=f"hosts that joined {spec.channel} below {spec.version} since the start",
     )
     return result.target_count
+
+
+async def watch_gates(spec: RolloutSpec, until: datetime, now: datetime) -> list[GateResult]:
+    """The gates' results through the bake; when the probing itself cannot run (no worker can
+    reach its sources for long), every gate counts as failing: a blind rollout does not go on."""
+    bake = max(0.0, (until - now).total_seconds())
+    try:
+        result = await workflow.execute_activity_method(
+            GateActivities.watch_gates,
+            WatchGatesInput(
+                gates=spec.gates, until=until, interval_seconds=spec.gate_interval_seconds
+            ),
+            start_to_close_timeout=timedelta(seconds=bake + GATE_MARGIN_SECONDS),
+            heartbeat_timeout=timedelta(seconds=spec.gate_interval_seconds + GATE_MARGIN_SECONDS),
+            retry_policy=LOOKUP_RETRY,
+            summary=f"watch {len(spec.gates)} health gates for {bake:.0f} s",
+        )
+    except ActivityError as err:
+        if is_cancelled_exception(err):
+            raise
+        return [unreachable(gate, "the probe did not run") for gate in spec.gates]
+    return result.results
 
 
 async def batch_hosts(rollout_id: str, number: int, start: int, size: int) -> list[str]:

@@ -90,6 +90,12 @@ class RolloutWorkflow:
                 await self._let_handlers_finish()
                 self._writer.carry(self._state)
                 workflow.continue_as_new(RolloutInput(spec=self._spec, state=machine.carry()))
+            if machine.gates_due():
+                settled = self._state.current_batch
+                until = machine.gates_until(workflow.now())
+                results = await lookups.watch_gates(self._spec, until, workflow.now())
+                self._apply(machine.gates_judged(settled, results))
+                continue
             if (batch := machine.due_batch(workflow.now())) is not None:
                 await self._start_batch(batch, WORKFLOW_ACTOR)
                 continue

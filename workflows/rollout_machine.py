@@ -30,6 +30,7 @@ from contract.wire import (
     RolloutStatus,
     wire_deadline,
 )
+from domain.gates import GateResult
 from domain.plans import batch_sizes, batch_starts, describe
 from domain.rollouts import RolloutSnapshot, RolloutSpec
 from domain.windows import describe_opening, is_open, next_change
@@ -223,6 +224,7 @@ class RolloutMachine:
             paused_reason=self.state.paused_reason,
             hold_reason=self.state.hold_text,
             late_joiners=self.state.late_joiners,
+            gates=self._gates_text(),
             note=self.state.note,
             current_batch=self.state.current_batch,
             total_batches=self.total_batches,
@@ -331,9 +333,11 @@ class RolloutMachine:
 
     def due_batch(self, now: datetime) -> int | None:
         """The batch auto-advance starts now that its bake is over, if it is (and its
-        maintenance window is open)."""
+        maintenance window is open, and its gates passed)."""
         due = self._auto_advance_due_at()
         if due is None or now < due or self.handing_out or self.state.window_closed:
+            return None
+        if self.spec.gates and self.state.gates_passed_batch != self.state.current_batch:
             return None
         return self.state.current_batch + 1
 
@@ -521,6 +525,50 @@ class RolloutMachine:
         self.target_count = count
         self.state.late_joiners += added
         self._event(fx, WORKFLOW_ACTOR, "rollout.late_joiners", {"added": added, "targets": count})
+        return fx
+
+    def _gates_text(self) -> str | None:
+        results = self.state.gate_results
+        if not self.spec.gates or not results:
+            return None
+        passing = sum(r.ok for r in results)
+        return f"gates {passing}/{len(results)} passing"
+
+    def gates_due(self) -> bool:
+        """The settled batch's gates are to be watched (through its bake) before the next."""
+        state = self.state
+        return (
+            bool(self.spec.gates)
+            and state.status == "awaiting_advance"
+            and state.gates_passed_batch != state.current_batch
+            and not self.handing_out
+        )
+
+    def gates_until(self, now: datetime) -> datetime:
+        """The end of the bake the gates are watched through (now, for one look)."""
+        settled = self.state.settled_at or now
+        return max(now, settled + timedelta(seconds=self.spec.bake_seconds))
+
+    def gates_judged(self, batch: int, results: list[GateResult]) -> Effects:
+        """The gates of `batch` passed (the next may go), or one failed: paused, the gate, its
+        value and its threshold in the reason. Results that come after the rollout moved on
+        (advanced, paused, ended meanwhile) are only kept."""
+        fx = Effects()
+        state = self.state
+        state.gate_results = results
+        failed = [r for r in results if not r.ok]
+        moved_on = state.current_batch != batch or state.status != "awaiting_advance"
+        detail = {"batch": batch, "results": [r.detail for r in results]}
+        self._event(
+            fx, WORKFLOW_ACTOR, "rollout.gates_failed" if failed else "rollout.gates_passed", detail
+        )
+        if moved_on:
+            return fx
+        if failed:
+            self._pause(fx, WORKFLOW_ACTOR, "; ".join(r.detail for r in failed))
+        else:
+            state.gates_passed_batch = batch
+            fx.wake = True
         return fx
 
     # --- admin actions ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, Field
 
 from contract.wire import JobStatus, ReportStatus, RolloutStatus, Step
+from domain.gates import Gate, GateResult
 from domain.jobs import JobWrite
 from domain.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec
 
@@ -68,6 +69,9 @@ class RolloutState(BaseModel):
     forced_batch: int | None = None  # released outside the window by a forced advance
     held_from: RolloutStatus | None = None
     hold_text: str | None = None  # why it waits, in words: "waiting: the fleet is frozen (...)"
+    # Health gates: the batch whose gates passed after it settled, and the latest results.
+    gates_passed_batch: int = 0
+    gate_results: list[GateResult] = Field(default_factory=list)
     late_joiners: int = 0  # targets added after the start (includeLateJoiners)
     revision: int = 0
     # Changes that arrived while the run was ending, written by the next run.
@@ -250,6 +254,16 @@ class LateTargetsInput(BaseModel):
     rollout_id: str
     channel: str
     version: str
+
+
+class WatchGatesInput(BaseModel):
+    gates: list[Gate]
+    until: datetime  # the end of the bake (now, for a single look)
+    interval_seconds: float
+
+
+class WatchGatesResult(BaseModel):
+    results: list[GateResult]
 
 
 class BatchTargetsInput(BaseModel):

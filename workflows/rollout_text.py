@@ -66,6 +66,7 @@ def details(
     note: str | None,
     hold_reason: str | None = None,
     late_joiners: int = 0,
+    gates: str | None = None,
     current_batch: int,
     total_batches: int,
     counts: Mapping[str, int],
@@ -85,6 +86,8 @@ def details(
         parts.append(note)
     if late_joiners:
         parts.append(f"{late_joiners} joined late")
+    if gates:
+        parts.append(gates)
     if plan:
         parts.append(f"plan {plan}")
     return " · ".join(parts)
