@@ -77,6 +77,7 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
             timeout_seconds=settings.webhook_timeout_seconds,
             retry_base_seconds=settings.webhook_retry_base_seconds,
             max_attempts=settings.webhook_max_attempts,
+            on_unavailable=outage.noted,  # one line for the outage, not one per round
         )
         await deliveries.start()
         janitor = asyncio.create_task(sweep_forever(app.state.pool, outage))

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import asyncpg
 import httpx
@@ -28,6 +29,10 @@ IDLE_SECONDS = 2.0  # a retry falls due without a notice: look this often
 _CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
+def _warn_unavailable(exc: Exception) -> None:
+    log.warning("webhooks: the database is unavailable (%s); retrying", exc)
+
+
 class WebhookDispatcher:
     def __init__(
         self,
@@ -37,8 +42,12 @@ class WebhookDispatcher:
         timeout_seconds: float,
         retry_base_seconds: float,
         max_attempts: int,
+        on_unavailable: Callable[[Exception], None] | None = None,
     ) -> None:
         self.pool = pool
+        # The process's note of a database outage (one line for the whole outage, as the API
+        # logs it), else a warning per round while the database is unavailable.
+        self.on_unavailable = on_unavailable or _warn_unavailable
         self.dsn = dsn
         self.timeout = timeout_seconds
         self.retry_base = retry_base_seconds
@@ -68,7 +77,7 @@ class WebhookDispatcher:
                     ):
                         await asyncio.gather(*(self._send(http, d) for d in due))
                 except _CONNECTION_ERRORS as exc:
-                    log.warning("webhooks: the database is unavailable (%s); retrying", exc)
+                    self.on_unavailable(exc)
                     listener = None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._notified.wait(), IDLE_SECONDS)
