@@ -1,4 +1,4 @@
-"""The Temporal SDK core's own log lines (a poll retried while Temporal is gone) go through the
+"""The Temporal SDK core's own log lines (a call retried while Temporal is gone) go through the
 process's logging: under LOG_FORMAT=json every line of a worker's log is JSON, and none carries
 an ANSI escape sequence (the core wrote them coloured, straight to stderr)."""
 
@@ -64,4 +64,4 @@ async def test_core_lines_of_a_worker_losing_temporal_are_json_without_escapes(
     lines = [json.loads(line) for line in text.decode().splitlines()]
     core = [line for line in lines if line["logger"] == "temporalio.core"]
     assert core and all(line["level"] == "warning" for line in core)
-    assert "poll" in core[0]["msg"]
+    assert "gRPC call" in core[0]["msg"]  # a call retried while Temporal is gone
