@@ -32,7 +32,12 @@ class Uploaded(BaseModel):
 
 
 async def upload(
-    pool: asyncpg.Pool, manifest: NewRelease, *, actor: str, signing_secret: str
+    pool: asyncpg.Pool,
+    manifest: NewRelease,
+    *,
+    actor: str,
+    signing_secret: str,
+    release_keys: dict[str, str] | None = None,
 ) -> Uploaded:
     """Store the manifest once per (version, channel) and audit the upload. Raises Invalid
     when the signature does not match or `released_at` is too far ahead, Conflict when that
@@ -41,6 +46,14 @@ async def upload(
     the stored release."""
     if not manifest.has_valid_signature(signing_secret):
         raise Invalid(BAD_SIGNATURE)
+    for key in manifest.key_signatures or ():
+        # A key the control plane knows must verify; one it does not is the hosts' to judge.
+        known = (release_keys or {}).get(key.keyid)
+        if known is not None and manifest.trusted_signatures({key.keyid: known}) == 0:
+            raise Invalid(
+                f"key_signatures: the signature of release key {key.keyid} does not verify"
+                " (the manifest changed after it was signed, or the key is not the one named)"
+            )
     ahead = parse_timestamp(manifest.released_at) - datetime.now(UTC)
     if ahead > MAX_RELEASED_AT_AHEAD:
         raise Invalid(

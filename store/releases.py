@@ -10,7 +10,7 @@ from contract.manifest import ReleaseManifest
 
 _COLUMNS = (
     "id, version, channel, sha, migrations_required, breaking_changes, released_at,"
-    " signature, created_at"
+    " signature, created_at, expires_at, key_signatures"
 )
 
 
@@ -37,7 +37,8 @@ async def insert_or_get(
     """Insert unless (version, channel) exists; the unique key makes concurrent uploads one row."""
     row = await conn.fetchrow(
         "INSERT INTO releases (id, version, channel, sha, migrations_required, breaking_changes,"
-        " released_at, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " released_at, signature, expires_at, key_signatures)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         f" ON CONFLICT (version, channel) DO NOTHING RETURNING {_COLUMNS}",
         uuid.uuid4().hex,
         m.version,
@@ -47,6 +48,8 @@ async def insert_or_get(
         m.breaking_changes,
         m.released_at,
         m.signature,
+        m.expires_at,
+        [k.model_dump() for k in m.key_signatures] if m.key_signatures is not None else None,
     )
     if row is not None:
         return InsertOutcome(release=_release(row), created=True)

@@ -37,6 +37,7 @@ async def upload_release(
         manifest,
         actor=actor,
         signing_secret=settings.control_plane_release_signing_secret.get_secret_value(),
+        release_keys=settings.release_key_values,
     )
     if not uploaded.created:
         response.status_code = status.HTTP_200_OK
