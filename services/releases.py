@@ -38,6 +38,7 @@ async def upload(
     actor: str,
     signing_secret: str,
     release_keys: dict[str, str] | None = None,
+    allow_older: bool = False,
 ) -> Uploaded:
     """Store the manifest once per (version, channel) and audit the upload. Raises Invalid
     when the signature does not match or `released_at` is too far ahead, Conflict when that
@@ -70,6 +71,14 @@ async def upload(
                 " ignored when versions are compared, so no host could tell which is newer);"
                 " give this build a version of its own"
             )
+        highest = await releases.highest_above(conn, manifest)
+        if highest is not None and not allow_older:
+            # A rollback attack replays an old, vulnerable release as if it were news; hosts
+            # refuse versions not newer than theirs, and the control plane says so at upload.
+            raise Conflict(
+                f"release {manifest.version} is below {highest}, the highest on channel"
+                f" {manifest.channel}; upload it with ?allowOlder=true (audited) if you mean it"
+            )
         outcome = await releases.insert_or_get(conn, manifest)
         stored = outcome.release
         if not outcome.created and stored.manifest().as_document() != manifest.as_document():
@@ -82,7 +91,8 @@ async def upload(
             actor=actor,
             action="release.created" if outcome.created else "release.reuploaded",
             subject=f"release:{stored.id}",
-            detail={"version": manifest.version, "channel": manifest.channel, "sha": manifest.sha},
+            detail={"version": manifest.version, "channel": manifest.channel, "sha": manifest.sha}
+            | ({"allowOlder": True, "highest": highest} if highest else {}),
         )
     return Uploaded(release=stored, created=outcome.created)
 

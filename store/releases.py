@@ -4,6 +4,7 @@ import uuid
 from datetime import datetime
 
 import asyncpg
+import semver
 from pydantic import BaseModel
 
 from contract.manifest import ReleaseManifest
@@ -83,6 +84,17 @@ async def of_equal_precedence(conn: asyncpg.Connection, m: ReleaseManifest) -> R
 async def get(conn: asyncpg.Connection | asyncpg.Pool, release_id: str) -> Release | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM releases WHERE id = $1", release_id)
     return _release(row) if row else None
+
+
+async def highest_above(conn: asyncpg.Connection | asyncpg.Pool, m: ReleaseManifest) -> str | None:
+    """The highest version stored on the manifest's channel, when it is above the manifest's
+    (semver order; None otherwise, or when this very version is stored: a re-upload)."""
+    rows = await conn.fetch("SELECT version FROM releases WHERE channel = $1", m.channel)
+    versions = [r["version"] for r in rows]
+    if m.version in versions:
+        return None
+    above = [v for v in versions if semver.Version.parse(v).compare(m.semver) > 0]
+    return max(above, key=semver.Version.parse, default=None)
 
 
 async def list_all(
