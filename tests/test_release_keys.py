@@ -22,6 +22,8 @@ from server.settings import ApiSettings
 from tests.conftest import LiveServer
 from tests.fake_control_plane import RELEASE_SECRET
 from tests.fixtures_agents import AgentFactory
+from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where
+from tests.test_fleet_end_to_end import job_of, start_rollout
 
 Plane = tuple  # (FakeControlPlane, url)
 
@@ -179,3 +181,46 @@ async def test_an_upload_with_a_known_keys_signature_must_verify(
         assert stored.json()["key_signatures"] == genuine["key_signatures"]
     row = await db.fetchval("SELECT key_signatures FROM releases WHERE version = '1.5.0'")
     assert row == genuine["key_signatures"]  # stored, to travel with every job of the release
+
+
+async def test_a_release_rewritten_in_the_database_is_refused_by_the_hosts_of_a_rollout(
+    plane: LiveServer,
+    admin: httpx.AsyncClient,
+    agent_host: AgentFactory,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """The attacker holds the database: the rollout runs, the hosts refuse what it hands out."""
+    private, public = _key()
+    secret = dev_settings.control_plane_release_signing_secret.get_secret_value()
+    document = (
+        UnsignedManifest(
+            version="1.4.0",
+            sha="0123abcd",
+            channel="stable",
+            migrations_required=False,
+            breaking_changes=None,
+            released_at="2026-12-01T00:00:00Z",
+        )
+        .key_signed([private])
+        .signed(secret)
+        .as_document()
+    )
+    uploaded = await admin.post("/api/releases", json=document)
+    assert uploaded.status_code == 201, uploaded.text
+    trust = _trusting(public)
+    hosts = {
+        name: await agent_host(plane.url, FLEET_TOKEN, instance_id=name, extra_env=trust)
+        for name in ("web-1", "web-2")
+    }
+    await registered(admin, 2)
+    await db.execute("UPDATE releases SET sha = 'deadbeef' WHERE id = $1", uploaded.json()["id"])
+    rollout = await start_rollout(admin, uploaded.json()["id"], maxFailures=5)
+
+    settled = await rollout_where(admin, rollout["id"], lambda r: r["counts"].get("failed") == 2)
+    for name, host in hosts.items():
+        job = job_of(settled, name)
+        assert (job["status"], job["step"]) == ("failed", "preflight")
+        assert host.steps() == []  # nothing ran
+    reports = await db.fetch("SELECT message FROM job_reports WHERE status = 'failed' ORDER BY id")
+    assert all("untrusted release: release 1.4.0 is signed by 0" in r["message"] for r in reports)
