@@ -3,7 +3,8 @@ design: a rollout's targets are snapshotted once, job rows only move forward and
 carries a revision that gates its audit entries, so a retried or repeated call changes nothing
 twice."""
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import asyncpg
 from temporalio import activity
@@ -25,6 +26,19 @@ from workflows.rollout_models import (
     SnapshotTargetsInput,
     SnapshotTargetsResult,
 )
+
+
+class TakeTargets(Protocol):
+    async def __call__(
+        self,
+        conn: asyncpg.Connection,
+        rollout_id: str,
+        *,
+        channel: str,
+        versions: Sequence[str],
+        stale_after_seconds: int,
+    ) -> int: ...
+
 
 STORABLE_NOTE = "unstorable characters in text were replaced with U+FFFD"
 # The SDK's adapter adds the activity and its workflow (rollout-<id>) to every line; each line
@@ -52,27 +66,23 @@ class RolloutActivities:
     async def snapshot_targets(self, input: SnapshotTargetsInput) -> SnapshotTargetsResult:
         """Stores the rollout's targets (once: a retry answers from the stored snapshot) and
         returns only their number, so no payload grows with the fleet."""
-        async with heartbeating(), self.pool.acquire() as conn:
-            versions = await instances.versions_below(
-                conn, channel=input.channel, version=input.version
-            )
-            count = await rollout_targets.snapshot(
-                conn,
-                input.rollout_id,
-                channel=input.channel,
-                versions=versions,
-                stale_after_seconds=self.stale_after_seconds,
-            )
-        return SnapshotTargetsResult(target_count=count)
+        return await self._targets(rollout_targets.snapshot, input)
 
     @activity.defn(name="late_targets")
     async def late_targets(self, input: LateTargetsInput) -> SnapshotTargetsResult:
         """Adds the hosts that became targets since the start (includeLateJoiners); the count."""
+        return await self._targets(rollout_targets.append_late, input)
+
+    async def _targets(
+        self, take: TakeTargets, input: SnapshotTargetsInput | LateTargetsInput
+    ) -> SnapshotTargetsResult:
+        """`take` stores targets of the rollout among the channel's hosts below its version,
+        heartbeating while it runs (it grows with the fleet)."""
         async with heartbeating(), self.pool.acquire() as conn:
             versions = await instances.versions_below(
                 conn, channel=input.channel, version=input.version
             )
-            count = await rollout_targets.append_late(
+            count = await take(
                 conn,
                 input.rollout_id,
                 channel=input.channel,

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from contract.manifest import CHANNELS, parse_version
+from contract.release_keys import parse_list as release_key_list
 from contract.secrets import weak_secret_problem
 from contract.wire import COMMAND_STEPS, INSTANCE_ID_PATTERN
 from runtime.logs import LOG_FORMATS
@@ -54,6 +55,10 @@ class AgentConfig:
     request_timeout_seconds: float = 30.0
     stop_report_grace_seconds: float = 10.0
     log_format: str = "text"
+    # Release keys the host trusts (key id → public key) and how many of them must have signed a
+    # release (docs/security.md); none: releases are trusted as the control plane hands them.
+    release_keys: Mapping[str, str] = field(default_factory=dict)
+    release_keys_threshold: int = 1
 
 
 class _Reader:
@@ -130,6 +135,16 @@ def load_config(env: Mapping[str, str]) -> AgentConfig:
         "backoff_max_seconds": read.number("AGENT_BACKOFF_MAX", 300.0),
         "request_timeout_seconds": read.number("AGENT_REQUEST_TIMEOUT", 30.0),
     }
+    release_keys: dict[str, str] = {}
+    try:
+        release_keys = release_key_list(read.text("AGENT_RELEASE_KEYS") or "")
+    except ValueError as exc:
+        read.problems.append(f"AGENT_RELEASE_KEYS: {exc}")
+    threshold = int(read.number("AGENT_RELEASE_KEYS_THRESHOLD", 1, integer=True))
+    if release_keys and not 1 <= threshold <= len(release_keys):
+        read.problems.append(
+            f"AGENT_RELEASE_KEYS_THRESHOLD must be 1 to {len(release_keys)} (the keys given)"
+        )
     log_format = read.text("LOG_FORMAT") or "text"
     if log_format not in LOG_FORMATS:
         read.problems.append(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
@@ -147,5 +162,7 @@ def load_config(env: Mapping[str, str]) -> AgentConfig:
         first_run_version=first_version,
         state_dir=Path(read.text("AGENT_STATE_DIR") or DEFAULT_STATE_DIR),
         log_format=log_format,
+        release_keys=release_keys,
+        release_keys_threshold=threshold,
         **config_kwargs,
     )

@@ -96,6 +96,8 @@ class Agent:
             runner = JobRunner(
                 channel=self.config.channel,
                 journal=self.journal,
+                release_keys=self.config.release_keys,
+                release_keys_threshold=self.config.release_keys_threshold,
                 executor=self.executor,
                 reports=reports,
                 stop=stop,

@@ -10,6 +10,7 @@ control plane records as the job's host outcome.
 """
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import semver
@@ -103,12 +104,19 @@ def _about(job: JobAssignment, step: str | None) -> dict[str, str | None]:
     return {"job_id": job.id, "rollout_id": job.rolloutId, "step": step}
 
 
+# How a release the host refuses itself begins its `failed` report's message (docs/security.md):
+# no retry turns it into success, as the release is the same.
+UNTRUSTED = "untrusted release"
+
+
 class JobRunner:
     def __init__(
         self,
         *,
         channel: str,
         journal: Journal,
+        release_keys: Mapping[str, str] | None = None,
+        release_keys_threshold: int = 1,
         executor: StepExecutor,
         reports: ReportSender,
         stop: asyncio.Event,
@@ -116,6 +124,8 @@ class JobRunner:
     ) -> None:
         self.channel = channel
         self.journal = journal
+        self.release_keys = release_keys or {}
+        self.release_keys_threshold = release_keys_threshold
         self.executor = executor
         self.reports = reports
         self.stop = stop
@@ -161,6 +171,25 @@ class JobRunner:
             return f"target {job.manifest.version} is not newer than current {current}"
         if parse_timestamp(job.deadline) <= datetime.now(UTC):
             return f"the job's deadline {job.deadline} has passed"
+        return self._untrusted(job)
+
+    def _untrusted(self, job: JobAssignment) -> str | None:
+        """Why this host refuses the release itself, whatever the control plane said: expired,
+        or not signed by enough of the release keys it trusts (docs/security.md)."""
+        manifest = job.manifest
+        if manifest.expires_at is not None and parse_timestamp(manifest.expires_at) <= datetime.now(
+            UTC
+        ):
+            return f"{UNTRUSTED}: release {manifest.version} expired at {manifest.expires_at}"
+        if not self.release_keys:
+            return None
+        signed = manifest.trusted_signatures(dict(self.release_keys))
+        if signed < self.release_keys_threshold:
+            return (
+                f"{UNTRUSTED}: release {manifest.version} is signed by {signed} of the release"
+                f" keys this host trusts, {self.release_keys_threshold} needed"
+                " (AGENT_RELEASE_KEYS); nothing was run"
+            )
         return None
 
     async def run(self, job: JobAssignment) -> None:

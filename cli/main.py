@@ -9,6 +9,7 @@ from cli.output import discard
 # Module per subcommand, imported lazily so a host with only the agent extra can run `agent`.
 _SUBCOMMANDS = [
     "cli.release_manifest",
+    "cli.keys",
     "cli.api",
     "cli.dev",
     "cli.releases",

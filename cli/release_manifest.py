@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from cli.errors import fail
+from contract import release_keys
 from contract.manifest import CHANNELS, UnsignedManifest
 from contract.signing import canonical
 
@@ -35,6 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--breaking-changes", default=None, metavar="TEXT")
     p.add_argument("--released-at", default=None, help="ISO 8601 with offset; default now")
     p.add_argument("--out", type=Path, default=None, help="file to write; default stdout")
+    p.add_argument(
+        "--sign-key",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an Ed25519 release key (rollout keys generate) that signs it too; repeat for more",
+    )
+    p.add_argument("--expires-at", default=None, help="ISO 8601: hosts refuse it after this")
     p.set_defaults(func=run)
 
 
@@ -43,6 +53,17 @@ def _field_problem(exc: ValidationError) -> str:
     field = str(error["loc"][0]) if error["loc"] else "manifest"
     flag = "--" + field.replace("_", "-")
     return f"{flag}: {str(error['msg']).removeprefix('Value error, ')}"
+
+
+def _private_key(path: Path) -> bytes:
+    try:
+        pem = path.read_bytes()
+        release_keys.sign(pem, b"")  # readable as an Ed25519 key, or say so now
+    except OSError as exc:
+        fail(f"rollout release-manifest: error: cannot read --sign-key {path}: {exc.strerror}")
+    except release_keys.KeyError_ as exc:
+        fail(f"rollout release-manifest: error: --sign-key {path}: {exc}")
+    return pem
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,9 +81,12 @@ def run(args: argparse.Namespace) -> int:
             migrations_required=args.migrations_required,
             breaking_changes=args.breaking_changes,
             released_at=released_at,
+            expires_at=args.expires_at,
         )
     except ValidationError as exc:
         fail(f"rollout release-manifest: error: {_field_problem(exc)}")
+    if args.sign_key:
+        unsigned = unsigned.key_signed([_private_key(path) for path in args.sign_key])
     text = canonical(unsigned.signed(secret).as_document()).decode() + "\n"
     if args.out is None:
         sys.stdout.write(text)

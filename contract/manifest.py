@@ -6,6 +6,7 @@ from typing import Any, Literal
 import semver
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from contract import release_keys
 from contract.signing import canonical, sign, verify
 from contract.text import unstorable
 
@@ -53,6 +54,20 @@ def parse_timestamp(value: str) -> datetime:
     return parsed
 
 
+class KeySignature(BaseModel):
+    """A release key's signature (contract/release_keys.py) of the manifest's signed content."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    keyid: str = Field(pattern=r"^[0-9a-f]{16}$")
+    sig: str = Field(pattern=r"^[A-Za-z0-9+/]{86}==$")  # base64 of 64 bytes
+
+
+# Project extensions (docs/protocol.md §2): left out of a manifest's document and of what its HMAC
+# covers when absent, so a manifest without them is signed and read exactly as PROTOCOL.md says.
+EXTENSIONS = ("expires_at", "key_signatures")
+
+
 class UnsignedManifest(BaseModel):
     """Every manifest field but the signature: what gets signed."""
 
@@ -64,6 +79,9 @@ class UnsignedManifest(BaseModel):
     migrations_required: bool
     breaking_changes: str | None
     released_at: str = Field(json_schema_extra=TIMESTAMP_SCHEMA)
+    # Agents refuse the release after this moment (a replayed old release cannot be run later).
+    expires_at: str | None = Field(default=None, json_schema_extra=TIMESTAMP_SCHEMA)
+    key_signatures: list[KeySignature] | None = Field(default=None, max_length=10)
 
     @field_validator("version")
     @classmethod
@@ -79,14 +97,45 @@ class UnsignedManifest(BaseModel):
             raise ValueError("contains NUL or an unpaired surrogate, which cannot be stored")
         return value
 
-    @field_validator("released_at")
+    @field_validator("released_at", "expires_at")
     @classmethod
-    def _timestamp(cls, value: str) -> str:
-        parse_timestamp(value)
+    def _timestamp(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_timestamp(value)
         return value
 
+    def _fields(self, *, without: tuple[str, ...] = ()) -> dict[str, Any]:
+        fields = self.model_dump(mode="json", include=set(UnsignedManifest.model_fields))
+        for name in EXTENSIONS:
+            if fields[name] is None or name in without:
+                del fields[name]
+        return fields
+
     def signing_bytes(self) -> bytes:
-        return canonical(self.model_dump(mode="json", include=set(UnsignedManifest.model_fields)))
+        """What the HMAC `signature` covers: every field, the key signatures included."""
+        return canonical(self._fields())
+
+    def key_signing_bytes(self) -> bytes:
+        """What a release key signs: every field but the signatures."""
+        return canonical(self._fields(without=("key_signatures",)))
+
+    def key_signed(self, private_pems: list[bytes]) -> "UnsignedManifest":
+        """Signed by each release key (contract/release_keys.py), beside its earlier ones."""
+        signatures = list(self.key_signatures or [])
+        for pem in private_pems:
+            keyid, sig = release_keys.sign(pem, self.key_signing_bytes())
+            signatures.append(KeySignature(keyid=keyid, sig=sig))
+        return self.model_copy(update={"key_signatures": signatures})
+
+    def trusted_signatures(self, trusted: dict[str, str]) -> int:
+        """How many distinct trusted keys (key id → public key) signed this content."""
+        content = self.key_signing_bytes()
+        valid = {
+            s.keyid
+            for s in self.key_signatures or ()
+            if s.keyid in trusted and release_keys.verifies(trusted[s.keyid], content, s.sig)
+        }
+        return len(valid)
 
     def signed(self, secret: str) -> "ReleaseManifest":
         return ReleaseManifest(**self.model_dump(), signature=sign(secret, self.signing_bytes()))
@@ -103,7 +152,7 @@ class ReleaseManifest(UnsignedManifest):
         return semver.Version.parse(self.version)
 
     def as_document(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return {**self._fields(), "signature": self.signature}
 
 
 class NewRelease(ReleaseManifest):

@@ -10,6 +10,7 @@ from typing import Annotated, TypeVar
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contract.release_keys import parse_list as release_key_list
 from contract.secrets import weak_secret_problem
 
 
@@ -70,6 +71,9 @@ class ApiSettings(Settings):
         default_factory=dict
     )
     control_plane_agent_token: SecretStr | None = None
+    # Release keys (contract/release_keys.py) whose signatures an upload must carry valid when it
+    # carries them: base64 public keys, comma-separated. Hosts verify them in any case.
+    control_plane_release_keys: str | None = None
     # Held polls (api/agents/held_polls.py): the longest hold granted (0: none, and none
     # advertised), and how many one API process holds at once (each keeps a socket open; past
     # it, plain).
@@ -124,6 +128,18 @@ class ApiSettings(Settings):
         ):
             raise ValueError(problem)
         return value
+
+    @field_validator("control_plane_release_keys")
+    @classmethod
+    def _release_keys(cls, value: str | None) -> str | None:
+        if value:
+            release_key_list(value)  # raises naming the key that is not one
+        return value
+
+    @cached_property
+    def release_key_values(self) -> dict[str, str]:
+        """Key id → public key of CONTROL_PLANE_RELEASE_KEYS."""
+        return release_key_list(self.control_plane_release_keys or "")
 
     @cached_property
     def agent_secret_values(self) -> dict[str, str]:

@@ -32,7 +32,13 @@ class Uploaded(BaseModel):
 
 
 async def upload(
-    pool: asyncpg.Pool, manifest: NewRelease, *, actor: str, signing_secret: str
+    pool: asyncpg.Pool,
+    manifest: NewRelease,
+    *,
+    actor: str,
+    signing_secret: str,
+    release_keys: dict[str, str] | None = None,
+    allow_older: bool = False,
 ) -> Uploaded:
     """Store the manifest once per (version, channel) and audit the upload. Raises Invalid
     when the signature does not match or `released_at` is too far ahead, Conflict when that
@@ -41,6 +47,14 @@ async def upload(
     the stored release."""
     if not manifest.has_valid_signature(signing_secret):
         raise Invalid(BAD_SIGNATURE)
+    for key in manifest.key_signatures or ():
+        # A key the control plane knows must verify; one it does not is the hosts' to judge.
+        known = (release_keys or {}).get(key.keyid)
+        if known is not None and manifest.trusted_signatures({key.keyid: known}) == 0:
+            raise Invalid(
+                f"key_signatures: the signature of release key {key.keyid} does not verify"
+                " (the manifest changed after it was signed, or the key is not the one named)"
+            )
     ahead = parse_timestamp(manifest.released_at) - datetime.now(UTC)
     if ahead > MAX_RELEASED_AT_AHEAD:
         raise Invalid(
@@ -57,6 +71,14 @@ async def upload(
                 " ignored when versions are compared, so no host could tell which is newer);"
                 " give this build a version of its own"
             )
+        highest = await releases.highest_above(conn, manifest)
+        if highest is not None and not allow_older:
+            # A rollback attack replays an old, vulnerable release as if it were news; hosts
+            # refuse versions not newer than theirs, and the control plane says so at upload.
+            raise Conflict(
+                f"release {manifest.version} is below {highest}, the highest on channel"
+                f" {manifest.channel}; upload it with ?allowOlder=true (audited) if you mean it"
+            )
         outcome = await releases.insert_or_get(conn, manifest)
         stored = outcome.release
         if not outcome.created and stored.manifest().as_document() != manifest.as_document():
@@ -69,7 +91,8 @@ async def upload(
             actor=actor,
             action="release.created" if outcome.created else "release.reuploaded",
             subject=f"release:{stored.id}",
-            detail={"version": manifest.version, "channel": manifest.channel, "sha": manifest.sha},
+            detail={"version": manifest.version, "channel": manifest.channel, "sha": manifest.sha}
+            | ({"allowOlder": True, "highest": highest} if highest else {}),
         )
     return Uploaded(release=stored, created=outcome.created)
 

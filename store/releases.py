@@ -4,13 +4,14 @@ import uuid
 from datetime import datetime
 
 import asyncpg
+import semver
 from pydantic import BaseModel
 
 from contract.manifest import ReleaseManifest
 
 _COLUMNS = (
     "id, version, channel, sha, migrations_required, breaking_changes, released_at,"
-    " signature, created_at"
+    " signature, created_at, expires_at, key_signatures"
 )
 
 
@@ -37,7 +38,8 @@ async def insert_or_get(
     """Insert unless (version, channel) exists; the unique key makes concurrent uploads one row."""
     row = await conn.fetchrow(
         "INSERT INTO releases (id, version, channel, sha, migrations_required, breaking_changes,"
-        " released_at, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " released_at, signature, expires_at, key_signatures)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         f" ON CONFLICT (version, channel) DO NOTHING RETURNING {_COLUMNS}",
         uuid.uuid4().hex,
         m.version,
@@ -47,6 +49,8 @@ async def insert_or_get(
         m.breaking_changes,
         m.released_at,
         m.signature,
+        m.expires_at,
+        [k.model_dump() for k in m.key_signatures] if m.key_signatures is not None else None,
     )
     if row is not None:
         return InsertOutcome(release=_release(row), created=True)
@@ -80,6 +84,17 @@ async def of_equal_precedence(conn: asyncpg.Connection, m: ReleaseManifest) -> R
 async def get(conn: asyncpg.Connection | asyncpg.Pool, release_id: str) -> Release | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM releases WHERE id = $1", release_id)
     return _release(row) if row else None
+
+
+async def highest_above(conn: asyncpg.Connection | asyncpg.Pool, m: ReleaseManifest) -> str | None:
+    """The highest version stored on the manifest's channel, when it is above the manifest's
+    (semver order; None otherwise, or when this very version is stored: a re-upload)."""
+    rows = await conn.fetch("SELECT version FROM releases WHERE channel = $1", m.channel)
+    versions = [r["version"] for r in rows]
+    if m.version in versions:
+        return None
+    above = [v for v in versions if semver.Version.parse(v).compare(m.semver) > 0]
+    return max(above, key=semver.Version.parse, default=None)
 
 
 async def list_all(

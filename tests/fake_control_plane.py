@@ -67,7 +67,10 @@ class FakeControlPlane:
         channel: str = "stable",
         migrations_required: bool = True,
         deadline_seconds: float = 3600,
+        manifest_document: dict[str, Any] | None = None,
     ) -> str:
+        """`manifest_document`: handed out as it is (signed by release keys, expired, changed
+        after signing), instead of one made here."""
         manifest = UnsignedManifest(
             version=version,
             sha="0123abcd",
@@ -84,7 +87,7 @@ class FakeControlPlane:
             document={
                 "id": job_id,
                 "rolloutId": "rollout-fake",
-                "manifest": manifest.as_document(),
+                "manifest": manifest_document or manifest.as_document(),
                 "deadline": deadline.isoformat().replace("+00:00", "Z"),
             },
         )

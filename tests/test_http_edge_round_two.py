@@ -4,6 +4,7 @@ ahead are refused, and a token sent in a query string never reaches the access l
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 
@@ -46,10 +47,11 @@ async def test_a_rollout_of_a_missing_release_is_404_and_creates_nothing(
 
 
 async def upload(
-    client: httpx.AsyncClient, settings: ApiSettings, **fields: object
+    client: httpx.AsyncClient, settings: ApiSettings, *, older: bool = False, **fields: object
 ) -> httpx.Response:
     secret = settings.control_plane_release_signing_secret.get_secret_value()
-    return await client.post("/api/releases", json=hand_signed(secret, **fields))
+    params = {"allowOlder": "true"} if older else None
+    return await client.post("/api/releases", json=hand_signed(secret, **fields), params=params)
 
 
 async def test_releases_of_equal_precedence_are_one_release(
@@ -64,7 +66,8 @@ async def test_releases_of_equal_precedence_are_one_release(
         assert f"release {twin}: channel stable already has 1.2.3+abc" in detail
         assert "same precedence" in detail
     assert (await upload(admin_client, settings, version="1.2.3+abc")).status_code == 200
-    assert (await upload(admin_client, settings, version="1.2.3-rc.1+abc")).status_code == 201
+    rc = await upload(admin_client, settings, version="1.2.3-rc.1+abc", older=True)
+    assert rc.status_code == 201, rc.text
     assert (await upload(admin_client, settings, version="1.2.3+def", channel="beta")).is_success
     versions = sorted(r["version"] for r in (await admin_client.get("/api/releases")).json())
     assert versions == ["1.2.3+abc", "1.2.3+def", "1.2.3-rc.1+abc"]
@@ -84,8 +87,31 @@ async def test_a_release_dated_far_ahead_is_refused(
     # A clock a little fast is not refused; a past date never is.
     soon = await upload(admin_client, settings, released_at=ahead(timedelta(hours=1)))
     assert soon.status_code == 201, soon.text
-    old = await upload(admin_client, settings, version="0.9.0", released_at="2001-01-01T00:00:00Z")
+    old = await upload(
+        admin_client, settings, version="0.9.0", released_at="2001-01-01T00:00:00Z", older=True
+    )
     assert old.status_code == 201, old.text
+
+
+async def test_a_release_below_the_channels_highest_needs_an_explicit_mark(
+    admin_client: httpx.AsyncClient, settings: ApiSettings, db: asyncpg.Connection
+) -> None:
+    assert (await upload(admin_client, settings, version="1.4.0")).status_code == 201
+    refused = await upload(admin_client, settings, version="1.3.9")
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        "release 1.3.9 is below 1.4.0, the highest on channel stable; upload it with"
+        " ?allowOlder=true (audited) if you mean it"
+    )
+    assert (await upload(admin_client, settings, version="1.3.9", channel="beta")).is_success
+    marked = await upload(admin_client, settings, version="1.3.9", older=True)
+    assert marked.status_code == 201, marked.text
+    detail = await db.fetchval(
+        "SELECT detail FROM audit_log WHERE action = 'release.created' AND subject = $1",
+        f"release:{marked.json()['id']}",
+    )
+    assert detail["allowOlder"] is True and detail["highest"] == "1.4.0"
+    assert (await upload(admin_client, settings, version="1.3.9")).status_code == 200  # again
 
 
 async def test_a_token_in_a_query_string_never_reaches_the_access_log(

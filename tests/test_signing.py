@@ -52,7 +52,9 @@ def test_manifest_signature_is_hmac_of_canonical_fields_without_signature() -> N
         released_at="2026-11-01T12:00:00+02:00",
     )
     signed = unsigned.signed(SECRET)
-    fields = unsigned.model_dump()
+    # The contract's six fields: the extensions absent are not signed (nor sent).
+    fields = unsigned.model_dump(exclude={"expires_at", "key_signatures"})
+    assert signed.as_document() == {**fields, "signature": signed.signature}
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert signed.signature == hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
     assert signed.has_valid_signature(SECRET)

@@ -31,12 +31,19 @@ async def upload_release(
     actor: AdminActor,
     pool: PoolDep,
     settings: SettingsDep,
+    allow_older: bool = Query(
+        default=False,
+        alias="allowOlder",
+        description="store a version below the channel's highest (audited)",
+    ),
 ) -> Release:
     uploaded = await release_service.upload(
         pool,
         manifest,
         actor=actor,
         signing_secret=settings.control_plane_release_signing_secret.get_secret_value(),
+        release_keys=settings.release_key_values,
+        allow_older=allow_older,
     )
     if not uploaded.created:
         response.status_code = status.HTTP_200_OK
