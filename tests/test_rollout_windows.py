@@ -97,3 +97,37 @@ async def test_a_window_holds_the_rollout_outside_it_and_releases_it_inside(
     actions = [e["action"] for e in events]
     assert actions.count("rollout.window_opened") == 2 and "rollout.window_closed" in actions
     assert {"forced": True} in [e["detail"] for e in events if e["action"] == "rollout.advance"]
+
+
+async def test_a_window_keeps_its_local_hours_across_a_daylight_saving_change(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """Sundays 01:00-04:00 in New York: three hours a week, but two on 14 March 2027, when the
+    clocks go forward at 02:00 (01:00 EST is 06:00 UTC, 04:00 EDT is 08:00 UTC)."""
+    window = MaintenanceWindow.model_validate(
+        {"timezone": ZONE, "ranges": [{"days": ["sun"], "start": "01:00", "end": "04:00"}]}
+    )
+    spec = await start(
+        client := time_skipping_env.client,
+        db,
+        ts_settings,
+        ["a", "b"],
+        window=window,
+        job_timeout_seconds=30 * 86_400,  # the weeks skipped never time a job out
+    )
+    now = (await time_skipping_env.get_current_time()).astimezone(UTC)
+    change = datetime(2027, 3, 14, 6, 0, tzinfo=UTC)
+    assert now < change - timedelta(days=1), "the test server's clock is past the change"
+
+    async def at(moment: datetime) -> str:
+        current = (await time_skipping_env.get_current_time()).astimezone(UTC)
+        await skip_time(time_skipping_env, (moment - current).total_seconds())
+        return (await view(client, spec)).status
+
+    assert await at(change - timedelta(minutes=2)) == "waiting"
+    assert await at(change + timedelta(minutes=2)) == "running"  # 01:02 EST
+    assert await at(change + timedelta(hours=1, minutes=58)) == "running"  # 03:58 EDT
+    assert await at(change + timedelta(hours=2, minutes=2)) == "waiting"  # 04:02 EDT: closed
