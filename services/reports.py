@@ -18,8 +18,11 @@ recorded as the job's `hostOutcome`, once, with the step, in job_reports for the
 Both are decided from the job as the first round trip read it: the common case stays at two.
 """
 
+import asyncio
 import logging
+from collections.abc import Coroutine
 from datetime import datetime
+from typing import Any, TypeVar
 
 import asyncpg
 from pydantic import BaseModel
@@ -34,9 +37,12 @@ from contract.wire import (
 from services.errors import Conflict, Forbidden, NotFound, Replayed
 from store import jobs
 from store.jobs import Job, ReportedJob
+from store.pool import AGENT_STATEMENT_SECONDS
 from temporal_client.report_signals import ReportSignals
 from temporal_client.rollouts import RolloutGone
 from workflows.rollout_models import JobReportSignal
+
+T = TypeVar("T")
 
 # Agents retry on 503, so answering fast beats waiting out a slow Temporal. A report queued
 # behind a signal in flight to its rollout (temporal_client.report_signals) may wait twice this.
@@ -60,12 +66,14 @@ async def accept(
     """Claims the report's nonce (Replayed), then raises NotFound, Forbidden, Conflict
     (contradicts a settled job, or an `in_progress` report past the bound) or, when the workflow
     must hear of it and cannot, RolloutUnavailable."""
-    fresh, job = await jobs.get_claiming_nonce(
-        pool,
-        report.jobId,
-        instance_id=report.instanceId,
-        nonce=report.nonce,
-        expires_at=nonce_expires_at,
+    fresh, job = await _bounded(
+        jobs.get_claiming_nonce(
+            pool,
+            report.jobId,
+            instance_id=report.instanceId,
+            nonce=report.nonce,
+            expires_at=nonce_expires_at,
+        )
     )
     if not fresh:
         raise Replayed(f"nonce {report.nonce} already used")
@@ -87,7 +95,7 @@ async def accept(
     # A second attempt only when the row changed between the statement's read and its write
     # (the job settled meanwhile): the next statement reads the change and says why.
     for _ in range(2):
-        applied = await jobs.apply_report(pool, report)
+        applied = await _bounded(jobs.apply_report(pool, report))
         if applied.stored:
             return Accepted(job=job, status=report.status, duplicate=False)
         latest = applied.job
@@ -125,6 +133,12 @@ def _is_duplicate(job: ReportedJob, report: ReportRequest) -> bool:
 
 def _sent(report: ReportRequest) -> str:
     return f"{report.status} report at {report.step}" if report.step else f"{report.status} report"
+
+
+async def _bounded(statement: Coroutine[Any, Any, T]) -> T:
+    """One statement, answered 503 (a TimeoutError) when PostgreSQL stalls (store.pool)."""
+    async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
+        return await statement
 
 
 def _contradiction(report: ReportRequest, job: ReportedJob) -> Conflict:

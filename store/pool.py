@@ -6,6 +6,12 @@ import asyncpg
 
 from store.migrate import apply_migrations
 
+# The longest an agent's request waits on one statement (its pool connection included) before it
+# is answered 503: a stalled PostgreSQL (stopped, swapping, locked) must not hold a fleet's
+# requests for the pool's 30 s command timeout. What the statement did, if it finishes later,
+# the agent's retry finds (reports are idempotent, a nonce refused is a new one).
+AGENT_STATEMENT_SECONDS = 5.0
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

@@ -6,8 +6,11 @@ The server is this test's own (not the session's shared one), since the test sto
 import asyncio
 import json
 import logging
+import os
 import secrets
+import signal
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +24,8 @@ from contract.long_poll import POLL_WAIT_HEADER
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from server.settings import ApiSettings
-from tests.agent_requests import assert_signed_by, hmac_hex, poll_body, post_signed
+from store.pool import AGENT_STATEMENT_SECONDS
+from tests.agent_requests import assert_signed_by, body_for, hmac_hex, poll_body, post_signed
 from tests.conftest import LiveServer
 from tests.fixtures_temporal import eventually
 from tests.manifests import hand_signed
@@ -166,3 +170,54 @@ async def _first_success(client: httpx.AsyncClient) -> httpx.Response:
         assert answer.status_code == 503, answer.text
         await asyncio.sleep(0.1)
     raise AssertionError("the API did not recover within 60 s of PostgreSQL's restart")
+
+
+def _postgres_processes(server: EmbeddedPostgres) -> list[int]:
+    """The postmaster (from its pid file) and every process it started."""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _parent(int(entry.name)) == postmaster
+    ]
+    return [postmaster, *children]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+async def test_agents_are_answered_503_soon_while_postgres_stalls(
+    own_postgres: EmbeddedPostgres, settings: ApiSettings
+) -> None:
+    """Stopped, not gone (SIGSTOP: a host swapping, a hung disk): agents' requests are answered
+    503 within about AGENT_STATEMENT_SECONDS instead of hanging for the pool's 30 s."""
+    async with api_on(own_postgres, settings) as client:
+        assert (
+            await post_signed(client, "/api/updates/next", poll_body("web-1"), AGENT_TOKEN)
+        ).status_code == 200
+        stopped = _postgres_processes(own_postgres)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            body = poll_body("web-1")
+            poll = await post_signed(client, "/api/updates/next", body, AGENT_TOKEN)
+            report = await post_signed(
+                client,
+                "/api/updates/report",
+                body_for("web-1", jobId="j-1", status="in_progress", step="preflight"),
+                AGENT_TOKEN,
+            )
+            waited = time.monotonic() - started
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        assert (poll.status_code, report.status_code) == (503, 503), (poll.text, report.text)
+        assert "PostgreSQL" in assert_signed_by(poll, AGENT_TOKEN, body["nonce"])["detail"]
+        assert waited < 2 * AGENT_STATEMENT_SECONDS + 5  # two requests, each bounded
+        await _first_success(client)  # back by itself once PostgreSQL runs again

@@ -12,6 +12,7 @@ read the process's pool and clients from app state: no dependency solving on the
 (see api.agents.auth).
 """
 
+import asyncio
 import logging
 from typing import Any
 
@@ -28,6 +29,7 @@ from contract.wire import PollRequest, PollResponse, ReportRequest, ReportRespon
 from services import instances, reports
 from services.errors import Conflict, Forbidden, NotFound, Replayed, ServiceError
 from store import polls, releases
+from store.pool import AGENT_STATEMENT_SECONDS
 from temporal_client.rollouts import RolloutUnavailable
 
 log = logging.getLogger(__name__)
@@ -65,17 +67,18 @@ async def next_job(request: Request) -> Response:
     poll = call.body
     state = request.app.state
     with state.dispatch.hold(request, call) as hold:
-        outcome = await state.polls.record(
-            polls.Poll(
-                instance_id=poll.instanceId,
-                nonce=poll.nonce,
-                nonce_expires_at=call.nonce_expires_at,
-                channel=poll.channel,
-                current_version=poll.currentVersion,
-                agent_version=poll.agentVersion,
-                admit_as=instances.admitted_as(state.settings, poll.instanceId),
+        async with asyncio.timeout(AGENT_STATEMENT_SECONDS):  # answered 503 when it runs out
+            outcome = await state.polls.record(
+                polls.Poll(
+                    instance_id=poll.instanceId,
+                    nonce=poll.nonce,
+                    nonce_expires_at=call.nonce_expires_at,
+                    channel=poll.channel,
+                    current_version=poll.currentVersion,
+                    agent_version=poll.agentVersion,
+                    admit_as=instances.admitted_as(state.settings, poll.instanceId),
+                )
             )
-        )
         if not outcome.fresh:
             raise call.replayed()
         refusal = instances.poll_refusal(poll.instanceId, outcome.state)
@@ -84,8 +87,12 @@ async def next_job(request: Request) -> Response:
             raise AgentError(403, refusal, secret=call.secret, nonce=poll.nonce)
         found = outcome.found
         while found.handout is None and await hold.woken():  # a held poll (api.agents.held_polls)
-            found = await polls.find(state.pool, poll.instanceId)
-        job = await _job_document(state.pool, call, found.handout) if found.handout else None
+            async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
+                found = await polls.find(state.pool, poll.instanceId)
+        job = None
+        if found.handout is not None:
+            async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
+                job = await _job_document(state.pool, call, found.handout)
     if job is not None:
         _HANDED_OUT.inc()
     else:
