@@ -27,7 +27,7 @@ from store.statuses import OPEN_JOBS, job_moves_forward, sql_list
 
 _COLUMNS = (
     "id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
-    " created_at, updated_at, host_outcome, host_step"
+    " created_at, updated_at, host_outcome, host_step, previous_version, previous_release_id"
 )
 
 
@@ -38,6 +38,10 @@ class Job(JobWrite):
     # timed_out, unreachable): `record_host_outcome`. The status stays the control plane's.
     host_outcome: ReportStatus | None = None
     host_step: Step | None = None
+    # What its host ran when the job was made, and that version's release on the channel if it
+    # was uploaded (migration 0016): what a fleet revert goes back to.
+    previous_version: str | None = None
+    previous_release_id: str | None = None
 
 
 def _job(row: asyncpg.Record) -> Job:
@@ -49,9 +53,15 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
         return
     await conn.execute(
         "INSERT INTO update_jobs AS j"
-        " (id, rollout_id, instance_id, batch, attempt, status, step, message, deadline)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],"
-        " $6::text[], $7::text[], $8::text[], $9::timestamptz[])"
+        " (id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
+        " previous_version, previous_release_id)"
+        " SELECT u.*, i.current_version, r.id FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::int[], $5::int[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])"
+        " AS u (id, rollout_id, instance_id, batch, attempt, status, step, message, deadline)"
+        # The host's version as it is now, before its job runs; a new row only (below).
+        " LEFT JOIN instances i ON i.instance_id = u.instance_id"
+        " LEFT JOIN rollouts ro ON ro.id = u.rollout_id"
+        " LEFT JOIN releases r ON r.channel = ro.channel AND r.version = i.current_version"
         " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
         " step = COALESCE(j.step, EXCLUDED.step),"
         " message = COALESCE(EXCLUDED.message, j.message),"
