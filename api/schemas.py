@@ -8,8 +8,9 @@ history, whose payloads are serialised by alias.
 """
 
 import re
+from typing import Annotated
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from contract.manifest import Channel
@@ -35,6 +36,15 @@ class ApiModel(BaseModel):
     )
 
 
+def _storable_text(value: object) -> object:
+    """Free text (a reason): NUL or a lone surrogate is replaced, before pydantic would refuse
+    the surrogate: never a reason to refuse an action."""
+    return storable(value) if isinstance(value, str) else value
+
+
+FreeText = Annotated[str, BeforeValidator(_storable_text)]
+
+
 class CreateRollout(ApiModel, NewRollout):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,27 +52,15 @@ class CreateRollout(ApiModel, NewRollout):
 class ActionBody(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: Annotated[FreeText, Field(max_length=1000)] | None = None
     # advance: release the batch outside the rollout's maintenance window (audited)
     force: bool = False
-
-    @field_validator("reason", mode="before")
-    @classmethod
-    def _storable(cls, value: object) -> object:
-        """Free text: NUL or a lone surrogate is replaced (before pydantic refuses the
-        surrogate), never a reason to refuse a pause."""
-        return storable(value) if isinstance(value, str) else value
 
 
 class HoldBody(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=1000)
-
-    @field_validator("reason", mode="before")
-    @classmethod
-    def _storable(cls, value: object) -> object:
-        return storable(value) if isinstance(value, str) else value
+    reason: Annotated[FreeText, Field(min_length=1, max_length=1000)]
 
 
 class JobOut(ApiModel, Job):
@@ -161,13 +159,8 @@ class PreviewOut(ApiModel, Preview):
 class FreezeBody(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: Annotated[FreeText, Field(min_length=1, max_length=1000)]
     channel: Channel | None = None  # None: every channel
-
-    @field_validator("reason", mode="before")
-    @classmethod
-    def _storable(cls, value: object) -> object:
-        return storable(value) if isinstance(value, str) else value
 
 
 class FreezeOut(ApiModel, Freeze):

@@ -61,7 +61,7 @@ def _private_key(path: Path) -> bytes:
         release_keys.sign(pem, b"")  # readable as an Ed25519 key, or say so now
     except OSError as exc:
         fail(f"rollout release-manifest: error: cannot read --sign-key {path}: {exc.strerror}")
-    except release_keys.KeyError_ as exc:
+    except release_keys.ReleaseKeyError as exc:
         fail(f"rollout release-manifest: error: --sign-key {path}: {exc}")
     return pem
 

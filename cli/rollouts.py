@@ -127,10 +127,12 @@ def _exponential(text: str) -> dict[str, dict[str, float]]:
 def _planned(api: AdminApi, args: argparse.Namespace) -> dict:
     """The create (or preview) body the options say; a release with migrations gets a canary
     host first unless --no-canary."""
+    plan: list[int | str] | dict[str, dict[str, float]] | None = None
     try:
-        plan = _marks(args.plan) if args.plan else None
-        if args.exponential:
-            plan = _exponential(args.exponential)  # type: ignore[assignment]
+        if args.plan:
+            plan = _marks(args.plan)
+        elif args.exponential:
+            plan = _exponential(args.exponential)
     except ValueError:
         fail(
             f"{api.command}: error: --plan is hosts or percentages separated by commas, like"

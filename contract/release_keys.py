@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 
-class KeyError_(ValueError):
+class ReleaseKeyError(ValueError):
     """A key that cannot be read; the message says which and why."""
 
 
@@ -40,9 +40,9 @@ def sign(private_pem: bytes, data: bytes) -> tuple[str, str]:
     try:
         private = serialization.load_pem_private_key(private_pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(f"not an unencrypted PEM private key ({exc})") from None
+        raise ReleaseKeyError(f"not an unencrypted PEM private key ({exc})") from None
     if not isinstance(private, Ed25519PrivateKey):
-        raise KeyError_("not an Ed25519 private key")
+        raise ReleaseKeyError("not an Ed25519 private key")
     raw = private.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
@@ -54,13 +54,13 @@ def verifies(public_b64: str, data: bytes, signature_b64: str) -> bool:
     try:
         public = Ed25519PublicKey.from_public_bytes(_raw_public(public_b64))
         public.verify(base64.b64decode(signature_b64, validate=True), data)
-    except (InvalidSignature, KeyError_, ValueError, binascii.Error):
+    except (InvalidSignature, ReleaseKeyError, ValueError, binascii.Error):
         return False
     return True
 
 
 def trusted(public_keys: Iterable[str]) -> dict[str, str]:
-    """Key id → public key, from base64 public keys; raises KeyError_ naming a bad one."""
+    """Key id → public key, from base64 public keys; raises ReleaseKeyError naming a bad one."""
     return {key_id(key): key for key in public_keys}
 
 
@@ -73,7 +73,7 @@ def _raw_public(public_b64: str) -> bytes:
     try:
         raw = base64.b64decode(public_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise KeyError_(f"{public_b64[:12]}…: not base64 ({exc})") from None
+        raise ReleaseKeyError(f"{public_b64[:12]}…: not base64 ({exc})") from None
     if len(raw) != 32:
-        raise KeyError_(f"{public_b64[:12]}…: not a 32-byte Ed25519 public key")
+        raise ReleaseKeyError(f"{public_b64[:12]}…: not a 32-byte Ed25519 public key")
     return raw

@@ -150,8 +150,9 @@ def batch_starts(sizes: list[int]) -> list[int]:
     return starts
 
 
-def plan_problem(batch_size: int, plan: BatchPlan | None, target_count: int) -> str | None:
-    """Why this plan cannot be used for `target_count` targets, or None."""
+def plan_problem(plan: BatchPlan | None, sizes: list[int]) -> str | None:
+    """Why this plan, which cut the targets into `sizes`, cannot be used, or None."""
+    target_count = sum(sizes)
     if plan is not None and plan.kind == "steps" and plan.steps:
         last = plan.steps[-1]
         if last != "100%" and cumulative(last, target_count) < target_count:
@@ -160,6 +161,12 @@ def plan_problem(batch_size: int, plan: BatchPlan | None, target_count: int) -> 
                 f" {target_count - cumulative(last, target_count)} of {target_count} targets"
                 ' out; end the plan with "100%"'
             )
-    if len(batch_sizes(batch_size, plan, target_count)) > MAX_BATCHES:
+    if len(sizes) > MAX_BATCHES:
         return f"the plan makes more than {MAX_BATCHES} batches of {target_count} targets"
+    too_large = next((n for n, size in enumerate(sizes, 1) if size > MAX_BATCH_SIZE), None)
+    if too_large is not None:
+        return (
+            f"batchPlan: batch {too_large} would have {sizes[too_large - 1]} hosts, more than"
+            f" the {MAX_BATCH_SIZE} one batch may have"
+        )
     return None

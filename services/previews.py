@@ -12,7 +12,7 @@ import uuid
 import asyncpg
 from pydantic import BaseModel
 
-from domain.plans import MAX_BATCH_SIZE, BatchPlan, batch_sizes, batch_starts, plan_problem
+from domain.plans import BatchPlan, batch_sizes, batch_starts, plan_problem
 from services.errors import Conflict, Invalid, NotFound
 from store import instances, job_reports, previews, releases, rollout_targets
 from store.releases import Release
@@ -56,6 +56,7 @@ class Targets(BaseModel):
     """The hosts a rollout created now would update, in batch order, and the batches' sizes."""
 
     release: Release
+    versions: list[str]  # those below the release's on the channel
     instance_ids: list[str]
     sizes: list[int]
 
@@ -89,17 +90,11 @@ async def targets(
     ids = await instances.targets(
         pool, channel=channel, versions=versions, stale_after_seconds=stale_after_seconds
     )
-    problem = plan_problem(batch_size or 1, plan, len(ids))
+    sizes = batch_sizes(batch_size or 1, plan, len(ids))
+    problem = plan_problem(plan, sizes)
     if problem is not None:
         raise Invalid(problem)
-    sizes = batch_sizes(batch_size or 1, plan, len(ids))
-    too_large = next((n for n, size in enumerate(sizes, 1) if size > MAX_BATCH_SIZE), None)
-    if too_large is not None:
-        raise Invalid(
-            f"batchPlan: batch {too_large} would have {sizes[too_large - 1]} hosts, more than"
-            f" the {MAX_BATCH_SIZE} one batch may have"
-        )
-    return Targets(release=release, instance_ids=ids, sizes=sizes)
+    return Targets(release=release, versions=versions, instance_ids=ids, sizes=sizes)
 
 
 async def preview(
@@ -132,9 +127,8 @@ async def preview(
         pool, preview_id, release_id=release.id, channel=channel, instance_ids=ids
     )
     starts = batch_starts(sizes)
-    versions = await instances.versions_below(pool, channel=channel, version=release.version)
     excluded = await instances.excluded_from_targets(
-        pool, channel=channel, versions=versions, stale_after_seconds=stale_after_seconds
+        pool, channel=channel, versions=found.versions, stale_after_seconds=stale_after_seconds
     )
     on_channel = await instances.count_on_channel(pool, channel)
     hosts = None

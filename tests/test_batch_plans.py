@@ -104,11 +104,15 @@ def test_a_malformed_plan_is_refused_with_its_reason(plan: dict, problem: str) -
 
 def test_a_plan_that_leaves_targets_out_says_how_many() -> None:
     plan = BatchPlan(kind="steps", steps=[1, 10])
-    assert plan_problem(1, plan, 25) == (
+    assert plan_problem(plan, batch_sizes(1, plan, 25)) == (
         'plan.steps: the last mark (10) leaves 15 of 25 targets out; end the plan with "100%"'
     )
-    assert plan_problem(1, plan, 10) is None
-    assert plan_problem(1, BatchPlan(kind="steps", steps=[1, "100%"]), 25) is None
+    assert plan_problem(plan, batch_sizes(1, plan, 10)) is None
+    whole = BatchPlan(kind="steps", steps=[1, "100%"])
+    assert plan_problem(whole, batch_sizes(1, whole, 25)) is None
+    assert plan_problem(whole, batch_sizes(1, whole, 20_001)) == (
+        "batchPlan: batch 2 would have 20000 hosts, more than the 10000 one batch may have"
+    )
 
 
 @given(count=st.integers(min_value=0, max_value=5_000), marks=step_plans(), canary=st.booleans())

@@ -85,8 +85,6 @@ async def test_a_freeze_stops_the_line_until_it_is_lifted(
     refused = await api.post(f"/api/rollouts/{rollout['id']}/advance")
     assert refused.status_code == 409
     assert "frozen" in refused.json()["detail"]
-    another = await create(api, release_id, channel="beta", batchSize=1)
-    assert another.status_code in (409, 422)  # stable is frozen; beta has no such release
     again = await create(api, release_id, batchSize=1)
     assert again.status_code == 409
     assert "channel stable is frozen" in again.json()["detail"]

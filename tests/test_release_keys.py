@@ -146,7 +146,7 @@ def test_a_manifest_without_the_extensions_is_signed_and_sent_as_the_contract_sa
 
 @pytest.mark.parametrize("text", ["not base64!", "AAAA"])
 def test_a_key_that_is_not_one_is_refused_naming_it(text: str) -> None:
-    with pytest.raises(release_keys.KeyError_, match="not"):
+    with pytest.raises(release_keys.ReleaseKeyError, match="not"):
         release_keys.parse_list(text)
 
 
