@@ -44,6 +44,8 @@ class AgentConfig:
     secret: str = field(repr=False)
     commands: Mapping[str, str]
     rollback_command: str | None = None
+    # Run by a fleet revert that restores data, with the backup reference (docs/reverts.md).
+    restore_command: str | None = None
     health: HealthCheck = HealthCheck()
     channel: str = "stable"
     first_run_version: str = FIRST_RUN_VERSION
@@ -157,6 +159,7 @@ def load_config(env: Mapping[str, str]) -> AgentConfig:
         secret=secret,
         commands={step: command for step, command in commands.items() if command is not None},
         rollback_command=read.text("UPDATE_ROLLBACK_CMD"),
+        restore_command=read.text("UPDATE_RESTORE_CMD"),
         health=health,
         channel=channel,
         first_run_version=first_version,

@@ -96,6 +96,8 @@ class Agent:
             runner = JobRunner(
                 channel=self.config.channel,
                 journal=self.journal,
+                instance_id=self.config.instance_id,
+                secret=self.config.secret,
                 release_keys=self.config.release_keys,
                 release_keys_threshold=self.config.release_keys_threshold,
                 executor=self.executor,

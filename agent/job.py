@@ -20,6 +20,7 @@ from agent.logs import InstanceLog
 from agent.reports import ReportSender
 from agent.state_dir import StateDirUnusable
 from agent.steps import StepContext, StepExecutor, StepResult
+from contract.downgrade import DowngradePermission
 from contract.manifest import parse_timestamp
 from contract.wire import MAX_MESSAGE_BYTES, UPDATE_STEPS, JobAssignment, ReportStatus, Step
 
@@ -115,6 +116,8 @@ class JobRunner:
         *,
         channel: str,
         journal: Journal,
+        instance_id: str = "",
+        secret: str = "",
         release_keys: Mapping[str, str] | None = None,
         release_keys_threshold: int = 1,
         executor: StepExecutor,
@@ -124,6 +127,10 @@ class JobRunner:
     ) -> None:
         self.channel = channel
         self.journal = journal
+        # What a downgrade permission is checked against (contract.downgrade): this host, and
+        # the secret the control plane signs for it.
+        self.instance_id = instance_id
+        self.secret = secret
         self.release_keys = release_keys or {}
         self.release_keys_threshold = release_keys_threshold
         self.executor = executor
@@ -167,11 +174,47 @@ class JobRunner:
         if job.manifest.channel != self.channel:
             return f"release is for channel {job.manifest.channel}, this host is on {self.channel}"
         current = self.journal.state.current_version
-        if job.manifest.semver.compare(semver.Version.parse(current)) <= 0:
+        if job.downgrade is not None:
+            refused = self._downgrade_refusal(job, job.downgrade, current)
+            if refused is not None:
+                return refused
+        elif job.manifest.semver.compare(semver.Version.parse(current)) <= 0:
             return f"target {job.manifest.version} is not newer than current {current}"
         if parse_timestamp(job.deadline) <= datetime.now(UTC):
             return f"the job's deadline {job.deadline} has passed"
         return self._untrusted(job)
+
+    def _downgrade_refusal(
+        self, job: JobAssignment, permission: DowngradePermission, current: str
+    ) -> str | None:
+        """A revert's job goes down only with its own permission, signed for this host and
+        this change (a forged one, or one lifted from another job, is refused), and, when it
+        restores data, with the means to (docs/reverts.md)."""
+        refused = permission.refusal(
+            self.secret,
+            job_id=job.id,
+            instance_id=self.instance_id,
+            current_version=current,
+            manifest=job.manifest,
+        )
+        if refused is not None:
+            return f"{UNTRUSTED}: downgrade permission refused: {refused}"
+        if permission.restore == "agent":
+            if not self.executor.can_restore:
+                return "the revert restores data on this host, but UPDATE_RESTORE_CMD is not set"
+            if current not in self.journal.state.backups:
+                return (
+                    "the revert restores data on this host, but its journal has no backup"
+                    f" reference from its update to {current}"
+                )
+        return None
+
+    def _steps(self, job: JobAssignment) -> tuple[Step, ...]:
+        """The update's steps; a revert that restores data restores it after the pull."""
+        if job.downgrade is None or job.downgrade.restore != "agent":
+            return UPDATE_STEPS
+        at = UPDATE_STEPS.index("pull") + 1
+        return (*UPDATE_STEPS[:at], "restore", *UPDATE_STEPS[at:])
 
     def _untrusted(self, job: JobAssignment) -> str | None:
         """Why this host refuses the release itself, whatever the control plane said: expired,
@@ -202,10 +245,17 @@ class JobRunner:
             )
             return
         self._enter(job, "preflight")
-        context = StepContext(job.id, job.manifest, self.journal.state.current_version)
+        current = self.journal.state.current_version
+        context = StepContext(
+            job.id,
+            job.manifest,
+            current,
+            revert=job.downgrade is not None,
+            backup_ref=self.journal.state.backups.get(current) if job.downgrade else None,
+        )
         done: list[tuple[str, str]] = []
         last: Step = "preflight"
-        for step in UPDATE_STEPS:
+        for step in self._steps(job):
             halted = self._halted(job)
             if halted is not None:
                 await self._stopped(job, context, last, done, halted)
@@ -219,12 +269,15 @@ class JobRunner:
                 )
                 await self._roll_back(job, context, step, [*done, _section(step, result)])
                 return
+            if step == "backup":
+                self.journal.note_backup(result.output)
             done.append(_section(step, result))
         ended = self.reports.ended.get(job.id)
         if ended is not None:  # heard only now: the update is undone all the same
             await self._stopped(job, context, last, done, _ended_by(ended))
             return
-        summary = f"updated from {context.previous_version} to {job.manifest.version}"
+        went = "reverted" if job.downgrade is not None else "updated"
+        summary = f"{went} from {context.previous_version} to {job.manifest.version}"
         self._finish(job, "succeeded", "health", summary, new_version=job.manifest.version)
 
     def _halted(self, job: JobAssignment) -> str | None:

@@ -22,6 +22,10 @@ from contract.wire import JobAssignment, ReportStatus, Step
 
 STATE_FILE = "state.json"
 REMEMBERED_JOBS = 1000
+# Backup references kept (one per version this host updated to, the newest): what a fleet revert
+# that restores data passes to UPDATE_RESTORE_CMD.
+REMEMBERED_BACKUPS = 20
+MAX_BACKUP_REF_CHARS = 1024
 
 
 class Report(BaseModel):
@@ -46,6 +50,7 @@ class ActiveJob(BaseModel):
     rolling_back: bool = False
     failed_step: Step | None = None
     failure: str | None = None
+    backup_ref: str | None = None  # what its backup step printed last
 
 
 class JournalState(BaseModel):
@@ -53,6 +58,15 @@ class JournalState(BaseModel):
     active: ActiveJob | None = None
     finished_jobs: list[str] = Field(default_factory=list)
     unacknowledged: list[Report] = Field(default_factory=list)
+    # Version → the backup reference printed by the backup step of the update to it: the data
+    # as it was before that version ran, for a revert that restores it.
+    backups: dict[str, str] = Field(default_factory=dict)
+
+
+def backup_reference(output: str) -> str | None:
+    """The backup step's reference: the last line it printed (a path, a snapshot id)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return lines[-1][:MAX_BACKUP_REF_CHARS] if lines else None
 
 
 class Journal:
@@ -116,6 +130,14 @@ class Journal:
         self.state.active = active.model_copy(update={"step": step})
         self._save()
 
+    def note_backup(self, output: str) -> None:
+        """Keep the reference the backup step printed with the job under way."""
+        assert self.state.active is not None
+        self.state.active = self.state.active.model_copy(
+            update={"backup_ref": backup_reference(output)}
+        )
+        self._save()
+
     def enter_rollback(self, failed_step: Step, failure: str) -> None:
         assert self.state.active is not None
         self.state.active = self.state.active.model_copy(
@@ -129,9 +151,15 @@ class Journal:
         self._save()
 
     def finish(self, report: Report, new_version: str | None) -> None:
-        """One write: the job leaves `active`, is remembered, and its report waits for an ack."""
-        if self.state.active is not None and self.state.active.job.id == report.jobId:
+        """One write: the job leaves `active`, is remembered, and its report waits for an ack;
+        an update to `new_version` keeps its backup reference for that version."""
+        active = self.state.active
+        if active is not None and active.job.id == report.jobId:
             self.state.active = None
+            if new_version is not None and active.backup_ref is not None:
+                kept = {v: ref for v, ref in self.state.backups.items() if v != new_version}
+                kept[new_version] = active.backup_ref
+                self.state.backups = dict(list(kept.items())[-REMEMBERED_BACKUPS:])
         self.state.finished_jobs = [*self.state.finished_jobs, report.jobId][-REMEMBERED_JOBS:]
         self.state.unacknowledged = [*self.state.unacknowledged, report]
         if new_version is not None:

@@ -35,16 +35,24 @@ class StepContext:
     job_id: str
     manifest: ReleaseManifest
     previous_version: str
+    # A fleet revert's job goes down (UPDATE_REVERT=true); one that restores data passes the
+    # backup its host took before going up to `previous_version` (UPDATE_BACKUP_REF).
+    revert: bool = False
+    backup_ref: str | None = None
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "UPDATE_VERSION": self.manifest.version,
             "UPDATE_SHA": self.manifest.sha,
             "UPDATE_CHANNEL": self.manifest.channel,
             "UPDATE_PREVIOUS_VERSION": self.previous_version,
             "UPDATE_MIGRATIONS_REQUIRED": "true" if self.manifest.migrations_required else "false",
             "UPDATE_JOB_ID": self.job_id,
+            "UPDATE_REVERT": "true" if self.revert else "false",
         }
+        if self.backup_ref is not None:
+            env["UPDATE_BACKUP_REF"] = self.backup_ref
+        return env
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,11 @@ class StepExecutor(Protocol):
     @property
     def can_roll_back(self) -> bool: ...
 
+    @property
+    def can_restore(self) -> bool: ...
+
     async def run(self, step: Step, context: StepContext) -> StepResult:
-        """Run backup, pull, migrate, smoke, switch, health or rollback."""
+        """Run backup, pull, restore, migrate, smoke, switch, health or rollback."""
 
 
 async def _stop_group(process: asyncio.subprocess.Process) -> None:
@@ -187,10 +198,18 @@ class ShellExecutor:
     def can_roll_back(self) -> bool:
         return self.config.rollback_command is not None
 
+    @property
+    def can_restore(self) -> bool:
+        return self.config.restore_command is not None
+
     async def run(self, step: Step, context: StepContext) -> StepResult:
         if step == "health":
             return await check_health(self.config.health)
-        command = self.config.rollback_command if step == "rollback" else self.config.commands[step]
+        optional = {
+            "rollback": self.config.rollback_command,
+            "restore": self.config.restore_command,
+        }
+        command = optional[step] if step in optional else self.config.commands[step]
         assert command is not None, f"no command for {step}"
         env = {**self.base_env, **context.env()}
         return await run_command(

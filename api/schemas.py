@@ -19,11 +19,13 @@ from domain.plans import batch_sizes
 from services.freezes import Told
 from services.jobs import JobDetail
 from services.previews import PlannedBatch, Prediction, Preview
+from services.reverts import NewRevert, RevertPreview
 from services.rollouts import NewRollout, RolloutDetail
 from services.timeline import JobFailure, TimelineStep
 from store.freezes import Freeze
 from store.instances import Instance
 from store.jobs import Job
+from store.reverts import TargetRelease
 from store.rollouts import Rollout
 from store.webhooks import Delivery, Endpoint
 
@@ -47,6 +49,28 @@ FreeText = Annotated[str, BeforeValidator(_storable_text)]
 
 class CreateRollout(ApiModel, NewRollout):
     model_config = ConfigDict(extra="forbid")
+
+
+class RevertBody(ApiModel, NewRevert):
+    model_config = ConfigDict(extra="forbid")
+
+    restore_note: Annotated[FreeText, Field(max_length=1000)] | None = None
+    freeze_override: Annotated[FreeText, Field(min_length=1, max_length=1000)] | None = None
+    reason: Annotated[FreeText, Field(max_length=1000)] | None = None
+
+
+class TargetReleaseOut(ApiModel, TargetRelease):
+    pass
+
+
+class RevertPreviewOut(ApiModel, RevertPreview):
+    """What reverting the rollout now would do (services/reverts.py); nothing was started."""
+
+    targets: list[TargetReleaseOut]  # type: ignore[assignment]  # camelCase, same fields
+
+    @classmethod
+    def from_preview(cls, preview: RevertPreview) -> "RevertPreviewOut":
+        return cls.model_validate(preview.model_dump())
 
 
 class ActionBody(ApiModel):

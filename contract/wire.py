@@ -9,6 +9,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contract.downgrade import DowngradePermission
 from contract.manifest import (
     TIMESTAMP_SCHEMA,
     VERSION_SCHEMA,
@@ -36,7 +37,17 @@ AGENT_SIGNATURE_HEADER = "x-agent-signature"
 RESPONSE_SIGNATURE_HEADER = "x-cp-signature"
 
 ReportStatus = Literal["in_progress", "succeeded", "failed", "rolled_back", "rollback_failed"]
-Step = Literal["preflight", "backup", "pull", "migrate", "smoke", "switch", "health", "rollback"]
+Step = Literal[
+    "preflight",
+    "backup",
+    "pull",
+    "migrate",
+    "smoke",
+    "switch",
+    "health",
+    "rollback",
+    "restore",  # an extension (docs/protocol.md): a fleet revert's data restore
+]
 # The steps that run an operator's command (`UPDATE_<STEP>_CMD`, PROTOCOL §6), in order.
 COMMAND_STEPS: tuple[Step, ...] = ("backup", "pull", "migrate", "smoke", "switch")
 # Every step of an update after preflight, in order: the commands, then the health check.
@@ -149,6 +160,8 @@ class JobAssignment(BaseModel):
     rolloutId: str
     manifest: ReleaseManifest
     deadline: str  # wire_deadline
+    # A fleet revert's job (an extension, docs/protocol.md): the host may go down to `manifest`.
+    downgrade: DowngradePermission | None = None
 
 
 def wire_deadline(deadline: datetime) -> str:

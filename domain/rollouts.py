@@ -34,6 +34,8 @@ class RolloutSpec(BaseModel):
     # Checked after each batch settles and through its bake (domain.gates); a failing one pauses.
     gates: list[Gate] = Field(default_factory=list)
     gate_interval_seconds: int = Field(default=30, ge=1)
+    # A fleet revert (services/reverts.py): the rollout whose hosts it takes back.
+    revert_of: str | None = None
 
 
 def rollout_workflow_id(rollout_id: str) -> str:

@@ -41,7 +41,7 @@ async def freeze(
             detail={"reason": reason},
         )
     told = await _tell(
-        pool, temporal, await rollouts.unfinished(pool, channel), "freeze", actor, reason
+        pool, temporal, await rollouts.freezable(pool, channel), "freeze", actor, reason
     )
     return Told(freezes=await freezes.in_force(pool), rollouts=told)
 
@@ -56,23 +56,28 @@ async def thaw(pool: asyncpg.Pool, temporal: Client, *, channel: str | None, act
     still = {f.channel for f in await freezes.in_force(pool)}
     free = [
         (rollout_id, on)
-        for rollout_id, on in await rollouts.unfinished(pool, channel)
+        for rollout_id, on in await rollouts.freezable(pool, channel)
         if EVERY_CHANNEL not in still and on not in still
     ]
     told = await _tell(pool, temporal, free, "thaw", actor, None)
     return Told(freezes=await freezes.in_force(pool), rollouts=told)
 
 
-async def refuse_if_frozen(conn: asyncpg.Connection, channel: str) -> None:
-    """In the transaction that creates a rollout on `channel`: Conflict while it is frozen."""
+async def refuse_if_frozen(
+    conn: asyncpg.Connection, channel: str, *, override: str | None = None
+) -> Freeze | None:
+    """In the transaction that creates a rollout on `channel`: Conflict while it is frozen,
+    unless this is a revert with a freeze `override` (its reason); the freeze overridden."""
     holding = await freezes.holding(conn, channel)
-    if holding is not None:
+    if holding is not None and override is None:
         scope = "the fleet" if holding.channel == EVERY_CHANNEL else f"channel {channel}"
         raise Conflict(
             f"{scope} is frozen since {holding.frozen_at:%Y-%m-%d %H:%M} UTC by"
             f" {holding.frozen_by} ({holding.reason}): no rollout is created until it is lifted"
-            " (DELETE /api/freeze)"
+            " (DELETE /api/freeze); a revert may run through it with a freezeOverride reason"
+            " (audited)"
         )
+    return holding
 
 
 async def _tell(

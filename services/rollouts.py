@@ -8,7 +8,7 @@ rather than an error.
 import contextlib
 import uuid
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal, Self
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,6 +25,7 @@ from services.errors import Conflict, NotFound
 from services.timeline import JobFacts, JobFailure, failing_jobs, job_failure
 from store import audit, channel_windows, job_reports, jobs, rollouts
 from store.jobs import Job
+from store.releases import Release
 from store.rollouts import ChannelBusy, Rollout
 from temporal_client import rollouts as rollout_client
 from temporal_client.rollouts import RolloutGone, RolloutUnavailable
@@ -49,20 +50,16 @@ class ExponentialPlan(BaseModel):
     exponential: Exponential
 
 
-class NewRollout(BaseModel):
-    """What an operator asks for (PROTOCOL §4), within the documented bounds.
+class RolloutControls(BaseModel):
+    """How any rollout runs, a revert's too (PROTOCOL §4), within the documented bounds.
 
     Batches are cut by `batch_size` (the contract), or by `batch_plan` (docs/planning.md):
     cumulative marks in hosts or percentages, or exponential growth; `canary` puts one host in
-    a batch of its own first. `preview_id` creates exactly what that preview showed."""
+    a batch of its own first."""
 
-    manifest_id: str = Field(pattern=ID_PATTERN)
-    channel: Channel
     batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
     batch_plan: Marks | ExponentialPlan | None = None
     canary: bool = False
-    preview_id: str | None = Field(default=None, pattern=ID_PATTERN)
-    include_late_joiners: bool = False
     # None: the channel's default window (services/windows.py), if it has one.
     window: MaintenanceWindow | None = None
     # Checked after each batch settles and through its bake; a failing one pauses (domain.gates).
@@ -76,17 +73,12 @@ class NewRollout(BaseModel):
     job_timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
 
     @model_validator(mode="after")
-    def _one_way_to_cut(self) -> "NewRollout":
+    def _one_way_to_cut(self) -> Self:
         if self.batch_plan is None and self.batch_size is None:
             raise ValueError("batchSize: required, unless batchPlan is given")
         if self.batch_plan is not None and self.batch_size is not None:
             raise ValueError("batchSize and batchPlan: give one of them")
-        plan = self.plan()  # a malformed plan is refused here, with its reason
-        if self.include_late_joiners and plan is not None and plan.cuts_by_percent:
-            raise ValueError(
-                "includeLateJoiners: a plan with percentages would move batches already released"
-                " as the targets grow; use hosts, batchSize or an exponential plan"
-            )
+        self.plan()  # a malformed plan is refused here, with its reason
         return self
 
     def plan(self) -> BatchPlan | None:
@@ -101,6 +93,55 @@ class NewRollout(BaseModel):
         except ValidationError as exc:
             raise ValueError(f"batchPlan: {exc.errors()[0]['msg']}") from None
         return BatchPlan(canary=True) if self.canary else None
+
+    def spec(
+        self,
+        *,
+        id: str,
+        release: Release,
+        batch_size: int,
+        actor: str,
+        window: MaintenanceWindow | None,
+    ) -> RolloutSpec:
+        """The spec of a rollout to `release` run by these controls; `window`: the channel's
+        default, used when these name none."""
+        return RolloutSpec(
+            id=id,
+            manifest_id=release.id,
+            version=release.version,
+            channel=release.channel,
+            batch_size=batch_size,
+            plan=self.plan(),
+            auto_advance=self.auto_advance,
+            bake_seconds=self.bake_seconds,
+            max_failures=self.max_failures,
+            max_unreachable=self.max_unreachable,
+            job_timeout_seconds=self.job_timeout_seconds,
+            created_by=actor,
+            window=self.window or window,
+            gates=self.gates,
+            gate_interval_seconds=self.gate_interval_seconds,
+        )
+
+
+class NewRollout(RolloutControls):
+    """What an operator asks for (PROTOCOL §4). `preview_id` creates exactly what that preview
+    showed."""
+
+    manifest_id: str = Field(pattern=ID_PATTERN)
+    channel: Channel
+    preview_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    include_late_joiners: bool = False
+
+    @model_validator(mode="after")
+    def _late_joiners_keep_batches(self) -> Self:
+        plan = self.plan()
+        if self.include_late_joiners and plan is not None and plan.cuts_by_percent:
+            raise ValueError(
+                "includeLateJoiners: a plan with percentages would move batches already released"
+                " as the targets grow; use hosts, batchSize or an exponential plan"
+            )
+        return self
 
 
 # The actions an operator takes on one rollout (PROTOCOL §4); a freeze is the fleet's
@@ -160,33 +201,16 @@ async def create(
         # With a plan, the largest batch it makes of the targets counted now.
         batch_size = batch_size or max(found.sizes, default=1)
     assert batch_size is not None  # NewRollout: batch_size or batch_plan
-    spec = RolloutSpec(
+    spec = new.spec(
         id=uuid.uuid4().hex,
-        manifest_id=new.manifest_id,
-        version=release.version,
-        channel=new.channel,
+        release=release,
         batch_size=batch_size,
-        plan=plan,
-        auto_advance=new.auto_advance,
-        bake_seconds=new.bake_seconds,
-        max_failures=new.max_failures,
-        max_unreachable=new.max_unreachable,
-        job_timeout_seconds=new.job_timeout_seconds,
-        created_by=actor,
-        include_late_joiners=new.include_late_joiners,
-        window=new.window or await channel_windows.get(pool, new.channel),
-        gates=new.gates,
-        gate_interval_seconds=new.gate_interval_seconds,
-    )
+        actor=actor,
+        window=await channel_windows.get(pool, new.channel),
+    ).model_copy(update={"include_late_joiners": new.include_late_joiners})
     async with pool.acquire() as conn, conn.transaction():
         await freezes.refuse_if_frozen(conn, spec.channel)
-        try:
-            await rollouts.insert(conn, spec, preview_id=new.preview_id)
-        except ChannelBusy as exc:
-            raise Conflict(
-                f"channel {exc.channel} already has an unfinished rollout ({exc.rollout_id});"
-                " wait for it to complete or abort it"
-            ) from None
+        await insert(conn, spec, preview_id=new.preview_id)
         await audit.record(
             conn,
             actor=actor,
@@ -200,6 +224,26 @@ async def create(
                 "previewId": new.preview_id,
             },
         )
+    return await start(pool, temporal, spec, task_queue=task_queue)
+
+
+async def insert(conn: asyncpg.Connection, spec: RolloutSpec, **terms: Any) -> None:
+    """Store a new rollout (store.rollouts.insert, `terms` its keywords), or Conflict while the
+    channel has an unfinished one."""
+    try:
+        await rollouts.insert(conn, spec, **terms)
+    except ChannelBusy as exc:
+        raise Conflict(
+            f"channel {exc.channel} already has an unfinished rollout ({exc.rollout_id});"
+            " wait for it to complete or abort it"
+        ) from None
+
+
+async def start(
+    pool: asyncpg.Pool, temporal: Client, spec: RolloutSpec, *, task_queue: str
+) -> RolloutDetail:
+    """Start the workflow of a rollout just stored; if Temporal cannot start it, undo the insert
+    and raise RolloutUnavailable: nothing was created."""
     try:
         await rollout_client.start_rollout(
             temporal, spec, task_queue=task_queue, timeout=START_TIMEOUT

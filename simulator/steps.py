@@ -15,6 +15,7 @@ class SimulatedSteps:
     """A `StepExecutor` for one simulated host; its own RNG keeps a seeded run reproducible."""
 
     can_roll_back = True
+    can_restore = False  # simulated hosts keep no data
 
     def __init__(
         self,

@@ -27,7 +27,8 @@ from store.statuses import OPEN_JOBS, job_moves_forward, sql_list
 
 _COLUMNS = (
     "id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
-    " created_at, updated_at, host_outcome, host_step, previous_version, previous_release_id"
+    " created_at, updated_at, host_outcome, host_step, previous_version, previous_release_id,"
+    " release_id"
 )
 
 
@@ -42,6 +43,8 @@ class Job(JobWrite):
     # was uploaded (migration 0016): what a fleet revert goes back to.
     previous_version: str | None = None
     previous_release_id: str | None = None
+    # The release it installs when not its rollout's: a revert's job (store.reverts).
+    release_id: str | None = None
 
 
 def _job(row: asyncpg.Record) -> Job:
@@ -54,14 +57,16 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
     await conn.execute(
         "INSERT INTO update_jobs AS j"
         " (id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
-        " previous_version, previous_release_id)"
-        " SELECT u.*, i.current_version, r.id FROM unnest($1::text[], $2::text[], $3::text[],"
-        " $4::int[], $5::int[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])"
+        " previous_version, previous_release_id, release_id)"
+        " SELECT u.*, i.current_version, r.id, t.release_id FROM unnest($1::text[], $2::text[],"
+        " $3::text[], $4::int[], $5::int[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])"
         " AS u (id, rollout_id, instance_id, batch, attempt, status, step, message, deadline)"
         # The host's version as it is now, before its job runs; a new row only (below).
         " LEFT JOIN instances i ON i.instance_id = u.instance_id"
         " LEFT JOIN rollouts ro ON ro.id = u.rollout_id"
         " LEFT JOIN releases r ON r.channel = ro.channel AND r.version = i.current_version"
+        " LEFT JOIN revert_targets t ON t.rollout_id = u.rollout_id"
+        " AND t.instance_id = u.instance_id"
         " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
         " step = COALESCE(j.step, EXCLUDED.step),"
         " message = COALESCE(EXCLUDED.message, j.message),"

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
+from contract.downgrade import RestoreMode
 from store.instances import MAX_PENDING_INSTANCES
 from store.statuses import OPEN_JOBS, WITHHOLDING_ROLLOUTS
 
@@ -34,10 +35,11 @@ def _handout_of(instance_id: str) -> str:
     it, which it answers slowly while it takes in a batch's reports. A job past its deadline is
     not handed out: the workflow times it out."""
     return f"""
-SELECT j.id AS job_id, j.rollout_id, r.manifest_id AS release_id, j.deadline,
+SELECT j.id AS job_id, j.rollout_id, coalesce(j.release_id, r.manifest_id) AS release_id,
+        j.deadline, r.revert_of IS NOT NULL AS revert, j.previous_version, r.restore,
         r.status NOT IN {WITHHOLDING_ROLLOUTS} AND NOT r.workflow_closed
             AND j.deadline > now() AS handed_out
-    FROM (SELECT id, rollout_id, deadline FROM update_jobs
+    FROM (SELECT id, rollout_id, deadline, release_id, previous_version FROM update_jobs
             WHERE instance_id = {instance_id} AND status IN {OPEN_JOBS}
             ORDER BY created_at DESC, id LIMIT 1) j
         JOIN rollouts r ON r.id = j.rollout_id
@@ -115,6 +117,11 @@ class Handout:
     rollout_id: str
     release_id: str
     deadline: datetime
+    # A fleet revert's job goes down from `previous_version`, with a permission (contract.
+    # downgrade) that says whether the host restores data (`restore`: domain.reverts).
+    revert: bool = False
+    previous_version: str | None = None
+    restore: RestoreMode | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,9 @@ def _found(row: asyncpg.Record | None) -> Found:
         rollout_id=row["rollout_id"],
         release_id=row["release_id"],
         deadline=row["deadline"],
+        revert=row["revert"],
+        previous_version=row["previous_version"],
+        restore=row["restore"],
     )
     return Found(handout=handout)
 

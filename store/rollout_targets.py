@@ -2,7 +2,8 @@
 
 Targets are the `active` instances of the channel below the release's version, not on hold,
 seen within `stale_after_seconds` (INSTANCE_STALE_AFTER_SECONDS; 0: however long ago); or, for a
-rollout created from a preview, exactly the previewed hosts. The ones left out are
+rollout created from a preview, exactly the previewed hosts; for a revert, the hosts it was made
+with (store.reverts). The ones left out are
 counted by reason on the rollout's row (`left_out`, shown in its view) and in its audit.
 
 The snapshot is taken once per rollout: a retried activity finds it and answers from it, so a
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from contract.wire import FINISHED_ROLLOUT_STATUSES
-from store import audit, instances, rollouts
+from store import audit, instances, reverts, rollouts
 from store.rollouts import LeftOut
 
 # Serialises snapshot attempts of one rollout (a timed-out attempt may still be running when its
@@ -44,7 +45,10 @@ async def snapshot(
         rollout = await rollouts.get(conn, rollout_id)
         if rollout is not None and rollout.status in FINISHED_ROLLOUT_STATUSES:
             return 0  # an attempt still running when the rollout ended: it was dropped already
-        if rollout is not None and rollout.preview_id is not None:
+        if rollout is not None and rollout.revert_of is not None:
+            # A revert: the hosts fixed when it was made (store.reverts).
+            status = await conn.execute(reverts.SNAPSHOT, rollout_id)
+        elif rollout is not None and rollout.preview_id is not None:
             # Created from a preview (which it matched): exactly the previewed hosts.
             status = await conn.execute(
                 "INSERT INTO rollout_targets (rollout_id, position, instance_id)"

@@ -6,7 +6,9 @@ from typing import Literal
 import asyncpg
 from pydantic import BaseModel
 
+from contract.downgrade import RestoreMode
 from contract.wire import RolloutStatus
+from domain.reverts import SkipReason
 from domain.rollouts import RolloutProgress, RolloutSnapshot, RolloutSpec, rollout_workflow_id
 from store.statuses import FINISHED_ROLLOUTS
 
@@ -15,7 +17,8 @@ _COLUMNS = (
     " max_failures, max_unreachable, job_timeout_seconds, created_by, status, paused_reason,"
     " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
     ' updated_at, finished_at, left_out, plan, preview_id, maintenance_window AS "window",'
-    " include_late_joiners, gates, gate_interval_seconds"
+    " include_late_joiners, gates, gate_interval_seconds, revert_of, reverted_by, restore,"
+    " restore_note, freeze_override"
 )
 
 
@@ -23,7 +26,7 @@ class LeftOut(BaseModel):
     """Hosts of the channel below the release's version that the rollout did not take as
     targets when it started, for one reason (store.rollout_targets)."""
 
-    reason: Literal["not_seen", "on_hold", "pending", "decommissioned"]
+    reason: Literal["not_seen", "on_hold", "pending", "decommissioned"] | SkipReason
     description: str  # the reason in words: "not seen for over 7 days"
     count: int
     instances: list[str]  # the first few ids, in id order
@@ -39,6 +42,19 @@ class Rollout(RolloutSnapshot, RolloutSpec):
     updated_at: datetime
     left_out: list[LeftOut] = []
     preview_id: str | None = None  # created from this preview: its targets are the previewed
+    reverted_by: str | None = None  # the rollout taking this one's hosts back (a revert)
+    # A revert's (RevertTerms): how data comes back, and the reason it runs through freezes.
+    restore: RestoreMode | None = None
+    restore_note: str | None = None
+    freeze_override: str | None = None
+
+
+class RevertTerms(BaseModel):
+    """What an operator said when asking for a revert, stored on its row."""
+
+    restore: RestoreMode | None = None
+    restore_note: str | None = None
+    freeze_override: str | None = None  # set: a fleet freeze does not hold the revert
 
 
 class ChannelBusy(Exception):
@@ -55,7 +71,11 @@ def _rollout(row: asyncpg.Record) -> Rollout:
 
 
 async def insert(
-    conn: asyncpg.Connection | asyncpg.Pool, spec: RolloutSpec, *, preview_id: str | None = None
+    conn: asyncpg.Connection | asyncpg.Pool,
+    spec: RolloutSpec,
+    *,
+    preview_id: str | None = None,
+    revert: RevertTerms | None = None,
 ) -> Rollout:
     """Insert as `running`, or raise ChannelBusy: the partial unique index lets only one of
     several concurrent inserts on a channel through."""
@@ -63,8 +83,9 @@ async def insert(
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
         " auto_advance, bake_seconds, max_failures, max_unreachable, job_timeout_seconds,"
         " created_by, status, plan, preview_id, maintenance_window, include_late_joiners, gates,"
-        " gate_interval_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-        " 'running', $13, $14, $15, $16, $17, $18)"
+        " gate_interval_seconds, revert_of, restore, restore_note, freeze_override) VALUES ($1, $2,"
+        " $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running', $13, $14, $15, $16, $17, $18,"
+        " $19, $20, $21, $22)"
         f" ON CONFLICT (channel) WHERE status NOT IN {FINISHED_ROLLOUTS} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
@@ -85,6 +106,10 @@ async def insert(
         spec.include_late_joiners,
         [gate.model_dump(mode="json") for gate in spec.gates],
         spec.gate_interval_seconds,
+        spec.revert_of,
+        revert.restore if revert else None,
+        revert.restore_note if revert else None,
+        revert.freeze_override if revert else None,
     )
     if row is None:
         busy = await conn.fetchval(
@@ -95,8 +120,13 @@ async def insert(
     return _rollout(row)
 
 
+async def set_reverted_by(conn: asyncpg.Connection, rollout_id: str, revert_id: str) -> None:
+    await conn.execute("UPDATE rollouts SET reverted_by = $2 WHERE id = $1", rollout_id, revert_id)
+
+
 async def delete_unstarted(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> None:
-    """Undo an insert whose workflow could not be started (no job can reference it yet)."""
+    """Undo an insert whose workflow could not be started (no job can reference it yet); the
+    rollout it was to revert is no longer reverted by it (ON DELETE SET NULL)."""
     await conn.execute(
         "DELETE FROM rollouts WHERE id = $1 AND revision = 0 AND NOT EXISTS"
         " (SELECT 1 FROM update_jobs WHERE rollout_id = $1)",
@@ -188,12 +218,13 @@ async def list_all(
     return [_rollout(r) for r in rows]
 
 
-async def unfinished(
+async def freezable(
     conn: asyncpg.Connection | asyncpg.Pool, channel: str | None = None
 ) -> list[tuple[str, str]]:
-    """(id, channel) of the rollouts whose workflow still runs, on `channel` or every one."""
+    """(id, channel) of the rollouts whose workflow still runs, on `channel` or every one, that
+    a fleet freeze holds: all but reverts created with a freeze override."""
     rows = await conn.fetch(
-        "SELECT id, channel FROM rollouts WHERE NOT workflow_closed"
+        "SELECT id, channel FROM rollouts WHERE NOT workflow_closed AND freeze_override IS NULL"
         f" AND status NOT IN {FINISHED_ROLLOUTS} AND ($1::text IS NULL OR channel = $1)"
         " ORDER BY created_at",
         channel,

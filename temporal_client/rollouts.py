@@ -104,7 +104,12 @@ async def start_rollout(
                 SearchAttributePair(ROLLOUT_STATUS, "running"),
             ]
         ),
-        static_summary=f"Rollout of {spec.version} to channel {spec.channel}",
+        static_summary=(
+            f"Revert of rollout {spec.revert_of} on channel {spec.channel} (mostly to"
+            f" {spec.version})"
+            if spec.revert_of
+            else f"Rollout of {spec.version} to channel {spec.channel}"
+        ),
     )
     return await _bounded(
         client.execute_update_with_start_workflow(

@@ -21,6 +21,7 @@ class SimulatedSteps:
     fail_at: Step | None = None
     ran: list[Step] = field(default_factory=list)
     can_roll_back: bool = True
+    can_restore: bool = False
 
     async def run(self, step: Step, context: StepContext) -> StepResult:
         self.ran.append(step)

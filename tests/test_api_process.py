@@ -4,6 +4,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -90,6 +91,11 @@ async def test_health_names_each_dependency_that_is_down(
             assert down.json()["checks"]["temporal"] == "ok"
             assert "database" in down.json()["detail"]
             version = await client.get(f"{api.url}/version")
-            assert version.json()["version"] == "0.1.0"
+            assert version.json()["version"] == _pyproject_version()
     finally:
         server.stop()
+
+
+def _pyproject_version() -> str:
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as handle:
+        return tomllib.load(handle)["project"]["version"]

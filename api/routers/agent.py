@@ -25,7 +25,9 @@ from api.agents.auth import Verified, authenticated
 from api.agents.replies import AgentError
 from api.metrics import POLLS, REPORTS
 from api.openapi import SignedErrorOut, agent_errors, signed_body
+from contract.downgrade import DowngradePermission
 from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse, wire_deadline
+from domain.reverts import understands_downgrade
 from services import instances, reports
 from services.errors import Conflict, Forbidden, NotFound, Replayed, ServiceError
 from store import polls, releases
@@ -90,21 +92,31 @@ async def next_job(request: Request) -> Response:
             async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
                 found = await polls.find(state.pool, poll.instanceId)
         job = None
-        if found.handout is not None:
+        withheld = found.withheld
+        if found.handout is not None and not _can_run(found.handout, poll):
+            withheld = True  # a revert job, for an agent that would refuse it
+        elif found.handout is not None:
             async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
                 job = await _job_document(state.pool, call, found.handout)
     if job is not None:
         _HANDED_OUT.inc()
     else:
-        (_WITHHELD if found.withheld else _IDLE_POLLS).inc()
+        (_WITHHELD if withheld else _IDLE_POLLS).inc()
     return call.answer({"job": job}, headers=state.dispatch.advertisement)
+
+
+def _can_run(handout: polls.Handout, poll: PollRequest) -> bool:
+    """A revert's job goes only to an agent that checks downgrade permissions: an older one
+    would refuse it at preflight. A revert leaves such hosts out when it is made; this holds for
+    one whose agent was downgraded since."""
+    return not handout.revert or understands_downgrade(poll.agentVersion)
 
 
 async def _job_document(
     pool: asyncpg.Pool, call: Verified[PollRequest], handout: polls.Handout
 ) -> dict[str, Any]:
     release = await releases.get(pool, handout.release_id)
-    assert release is not None  # rollouts.manifest_id references it, and releases stay
+    assert release is not None  # a rollout's or revert target's release, and releases stay
     log.info(
         "job handed out",
         extra={
@@ -113,12 +125,25 @@ async def _job_document(
             "rollout_id": handout.rollout_id,
         },
     )
-    return {
+    manifest = release.manifest()
+    deadline = wire_deadline(handout.deadline)
+    job: dict[str, Any] = {
         "id": handout.job_id,
         "rolloutId": handout.rollout_id,
-        "manifest": release.manifest().as_document(),
-        "deadline": wire_deadline(handout.deadline),
+        "manifest": manifest.as_document(),
+        "deadline": deadline,
     }
+    if handout.revert and handout.previous_version is not None:
+        job["downgrade"] = DowngradePermission.issue(
+            call.secret,
+            job_id=handout.job_id,
+            instance_id=call.body.instanceId,
+            from_version=handout.previous_version,
+            manifest=manifest,
+            restore=handout.restore,
+            expires_at=deadline,
+        ).model_dump()
+    return job
 
 
 @router.post(

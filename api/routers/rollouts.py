@@ -8,11 +8,20 @@ from fastapi import APIRouter, Query, status
 
 from api.deps import AdminActor, IdPath, PoolDep, SettingsDep, TemporalDep
 from api.openapi import admin_errors, conflict, not_found
-from api.schemas import ActionBody, CreateRollout, PreviewOut, RolloutOut, RolloutSummaryOut
+from api.schemas import (
+    ActionBody,
+    CreateRollout,
+    PreviewOut,
+    RevertBody,
+    RevertPreviewOut,
+    RolloutOut,
+    RolloutSummaryOut,
+)
 from contract.manifest import Channel
 from contract.wire import RolloutStatus
 from domain.plans import MAX_BATCH_SIZE, MAX_BATCHES
 from services import previews as preview_service
+from services import reverts as revert_service
 from services import rollouts as rollout_service
 from services.rollouts import JobsShown, OperatorAction
 from store import rollouts
@@ -100,6 +109,46 @@ async def get_rollout(
 ) -> RolloutOut:
     detail = await rollout_service.view(pool, temporal, rollout_id, shown=jobs)
     return RolloutOut.from_detail(detail)
+
+
+@router.post(
+    "/{rollout_id}/revert",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RolloutOut,
+    responses=conflict() | not_found(),
+)
+async def revert_rollout(
+    rollout_id: IdPath,
+    body: RevertBody,
+    actor: AdminActor,
+    pool: PoolDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+) -> RolloutOut:
+    """Take the hosts this rollout updated back to the release each ran before, as a new
+    rollout (docs/reverts.md); an unfinished rollout is aborted first. Answers the revert."""
+    detail = await revert_service.revert(
+        pool,
+        temporal,
+        rollout_id,
+        body,
+        actor=actor,
+        task_queue=settings.temporal_task_queue,
+        stale_after_seconds=settings.instance_stale_after_seconds,
+    )
+    return RolloutOut.from_detail(detail)
+
+
+@router.post("/{rollout_id}/revert/preview", response_model=RevertPreviewOut, responses=not_found())
+async def preview_revert(
+    rollout_id: IdPath, body: RevertBody, _: AdminActor, pool: PoolDep, settings: SettingsDep
+) -> RevertPreviewOut:
+    """What reverting this rollout now would do, starting nothing: the hosts going back and
+    to which releases, the ones left out and why, the batches and warnings."""
+    found = await revert_service.preview(
+        pool, rollout_id, body, stale_after_seconds=settings.instance_stale_after_seconds
+    )
+    return RevertPreviewOut.from_preview(found)
 
 
 @router.post(

@@ -1,0 +1,102 @@
+"""A fleet revert: which hosts a rollout touched go back to what they ran before, and why the
+others do not. Decided here from what the registry says of each host now; services.reverts does
+the rest (the abort, the rows, the workflow)."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+import semver
+from pydantic import BaseModel
+
+# The first agent of this project that checks a downgrade permission (docs/protocol.md); older
+# agents, and agents that report no semver version, are not sent revert jobs.
+DOWNGRADE_MIN_AGENT_VERSION = "0.2.0"
+
+SkipReason = Literal[
+    "still_running",
+    "no_previous_release",
+    "agent_too_old",
+    "on_hold",
+    "pending",
+    "decommissioned",
+    "not_seen",
+]
+
+
+class TouchedHost(BaseModel):
+    """A host that had a job in the reverted rollout, as the registry knows it now."""
+
+    instance_id: str
+    # What it ran before its first job in that rollout, and that version's release on the
+    # channel (None: never uploaded there).
+    previous_version: str | None
+    previous_release_id: str | None
+    job_open: bool  # its latest job in that rollout is still pending or in progress
+    current_version: str
+    agent_version: str | None
+    state: str
+    held: bool
+    last_seen_at: datetime
+
+
+def understands_downgrade(agent_version: str | None) -> bool:
+    """Whether an agent reporting `agent_version` checks downgrade permissions."""
+    if agent_version is None:
+        return False
+    try:
+        return semver.Version.parse(agent_version) >= semver.Version.parse(
+            DOWNGRADE_MIN_AGENT_VERSION
+        )
+    except ValueError:
+        return False
+
+
+@dataclass
+class RevertPlan:
+    """Each host going back and its release, in instance-id order; the others by reason."""
+
+    targets: list[tuple[str, str]] = field(default_factory=list)  # (instance, release id)
+    skipped: dict[SkipReason, list[str]] = field(default_factory=dict)
+    # Hosts the rollout touched that do not run its version now: not updated (rolled back,
+    # cancelled, unreachable) or moved on since. Nothing to revert on them.
+    not_on_version: int = 0
+
+    def skip(self, reason: SkipReason, instance_id: str) -> None:
+        self.skipped.setdefault(reason, []).append(instance_id)
+
+    def main_release(self) -> str | None:
+        """The release most hosts go back to: the revert's `manifestId`."""
+        counts = Counter(release for _, release in self.targets)
+        return min(counts, key=lambda r: (-counts[r], r)) if counts else None
+
+
+def plan_revert(
+    hosts: list[TouchedHost], *, version: str, now: datetime, stale_after_seconds: int
+) -> RevertPlan:
+    """The hosts that run `version` (the reverted release's) go back to their previous
+    release, unless one of SkipReason holds; the order of the checks is the order an operator
+    would fix them in."""
+    plan = RevertPlan()
+    stale_before = now - timedelta(seconds=stale_after_seconds)
+    for host in hosts:
+        if host.current_version != version:
+            if host.job_open:
+                plan.skip("still_running", host.instance_id)
+            else:
+                plan.not_on_version += 1
+            continue
+        if host.state != "active":
+            plan.skip(host.state, host.instance_id)  # type: ignore[arg-type]  # pending, decommissioned
+        elif host.held:
+            plan.skip("on_hold", host.instance_id)
+        elif stale_after_seconds and host.last_seen_at < stale_before:
+            plan.skip("not_seen", host.instance_id)
+        elif host.previous_release_id is None:
+            plan.skip("no_previous_release", host.instance_id)
+        elif not understands_downgrade(host.agent_version):
+            plan.skip("agent_too_old", host.instance_id)
+        else:
+            plan.targets.append((host.instance_id, host.previous_release_id))
+    return plan

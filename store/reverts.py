@@ -1,0 +1,83 @@
+"""revert_targets: each host of a fleet revert and the release it goes back to (migration 0017);
+and what a revert is made from: the hosts the reverted rollout touched, as they are now.
+
+Written once, when the revert is created, in the transaction that stores its row, and kept: the
+rollout's snapshot of targets is copied from it (store.rollout_targets) and each job's release
+is read from it when the job's row is made (store.jobs.upsert_many).
+"""
+
+from collections.abc import Sequence
+
+import asyncpg
+from pydantic import BaseModel
+
+from domain.reverts import TouchedHost
+from store.statuses import OPEN_JOBS
+
+# One row per host of the rollout: its first job says what it ran before, its latest whether it
+# still runs; the instance row what it runs now.
+_TOUCHED = f"""
+SELECT f.instance_id, f.previous_version, f.previous_release_id,
+        l.status IN {OPEN_JOBS} AS job_open, i.current_version, i.agent_version, i.state,
+        i.held_at IS NOT NULL AS held, i.last_seen_at
+    FROM (SELECT DISTINCT ON (instance_id) instance_id, previous_version, previous_release_id
+            FROM update_jobs WHERE rollout_id = $1 ORDER BY instance_id, attempt) f
+        JOIN (SELECT DISTINCT ON (instance_id) instance_id, status
+            FROM update_jobs WHERE rollout_id = $1 ORDER BY instance_id, attempt DESC) l
+            USING (instance_id)
+        JOIN instances i USING (instance_id)
+    ORDER BY f.instance_id
+"""
+
+
+async def touched_hosts(
+    conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str
+) -> list[TouchedHost]:
+    rows = await conn.fetch(_TOUCHED, rollout_id)
+    return [TouchedHost.model_validate(dict(r)) for r in rows]
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    rollout_id: str,
+    targets: Sequence[tuple[str, str]],
+) -> None:
+    """(instance id, release id) of each host the revert takes back."""
+    await conn.execute(
+        "INSERT INTO revert_targets (rollout_id, instance_id, release_id)"
+        " SELECT $1, t.instance_id, t.release_id"
+        " FROM unnest($2::text[], $3::text[]) AS t (instance_id, release_id)",
+        rollout_id,
+        [instance_id for instance_id, _ in targets],
+        [release_id for _, release_id in targets],
+    )
+
+
+class TargetRelease(BaseModel):
+    """How many of a revert's hosts go back to one release."""
+
+    release_id: str
+    version: str
+    hosts: int
+
+
+async def by_release(
+    conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str
+) -> list[TargetRelease]:
+    """The releases a revert takes its hosts back to, the most hosts first."""
+    rows = await conn.fetch(
+        "SELECT t.release_id, r.version, count(*) AS hosts FROM revert_targets t"
+        " JOIN releases r ON r.id = t.release_id WHERE t.rollout_id = $1"
+        " GROUP BY t.release_id, r.version ORDER BY hosts DESC, r.version",
+        rollout_id,
+    )
+    return [TargetRelease.model_validate(dict(r)) for r in rows]
+
+
+# The snapshot of a revert's targets (store.rollout_targets), in instance-id order. $1: the
+# rollout.
+SNAPSHOT = (
+    "INSERT INTO rollout_targets (rollout_id, position, instance_id)"
+    " SELECT $1, row_number() OVER (ORDER BY instance_id), instance_id FROM revert_targets"
+    " WHERE rollout_id = $1"
+)
