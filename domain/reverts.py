@@ -34,6 +34,9 @@ class TouchedHost(BaseModel):
     previous_version: str | None
     previous_release_id: str | None
     job_open: bool  # its latest job in that rollout is still pending or in progress
+    # Its latest job succeeded and it has not polled since: it runs the release, though its
+    # row still says what it ran before (a poll records the new version).
+    succeeded_unseen: bool
     current_version: str
     agent_version: str | None
     state: str
@@ -75,13 +78,13 @@ class RevertPlan:
 def plan_revert(
     hosts: list[TouchedHost], *, version: str, now: datetime, stale_after_seconds: int
 ) -> RevertPlan:
-    """The hosts that run `version` (the reverted release's) go back to their previous
-    release, unless one of SkipReason holds; the order of the checks is the order an operator
-    would fix them in."""
+    """The hosts that run `version` (the reverted release's: as their last poll said, or their
+    job's success since) go back to their previous release, unless one of SkipReason holds; the
+    checks come in the order an operator would fix them in."""
     plan = RevertPlan()
     stale_before = now - timedelta(seconds=stale_after_seconds)
     for host in hosts:
-        if host.current_version != version:
+        if host.current_version != version and not host.succeeded_unseen:
             if host.job_open:
                 plan.skip("still_running", host.instance_id)
             else:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from temporalio.client import Client
 
 from contract.downgrade import RestoreMode
-from domain.plans import batch_sizes, plan_problem
+from domain.plans import BatchPlan, batch_sizes, plan_problem
 from domain.reverts import DOWNGRADE_MIN_AGENT_VERSION, RevertPlan, SkipReason, plan_revert
 from services import freezes
 from services import rollouts as rollout_service
@@ -36,7 +36,8 @@ Reason = Annotated[str, Field(min_length=1, max_length=1000)]
 
 
 class NewRevert(RolloutControls):
-    """What an operator asks of a revert: the batch controls of any rollout, and its terms."""
+    """What an operator asks of a revert: the controls of any rollout (batches cut as the
+    reverted rollout's when it names none), and its terms."""
 
     # Required when the reverted release had migrations_required (RestoreMode).
     restore: RestoreMode | None = None
@@ -88,6 +89,8 @@ class _Prepared:
     original: Rollout
     release: Release  # the reverted release
     plan: RevertPlan
+    batch_plan: BatchPlan | None  # how its batches are cut
+    batch_size: int
     sizes: list[int]
 
 
@@ -115,11 +118,22 @@ async def _prepare(
         now=datetime.now(UTC),
         stale_after_seconds=stale_after_seconds,
     )
-    sizes = batch_sizes(new.batch_size or 1, new.plan(), len(plan.targets))
-    problem = plan_problem(new.plan(), sizes)
+    if new.cuts():
+        batch_plan, batch_size = new.plan(), new.batch_size
+    else:  # batches cut as the reverted rollout's were
+        batch_plan, batch_size = original.plan, original.batch_size
+    sizes = batch_sizes(batch_size or 1, batch_plan, len(plan.targets))
+    problem = plan_problem(batch_plan, sizes)
     if problem is not None:
         raise Invalid(problem)
-    return _Prepared(original=original, release=release, plan=plan, sizes=sizes)
+    return _Prepared(
+        original=original,
+        release=release,
+        plan=plan,
+        batch_plan=batch_plan,
+        batch_size=batch_size or max(sizes, default=1),
+        sizes=sizes,
+    )
 
 
 def _nothing_to_revert(prepared: _Prepared) -> Conflict:
@@ -205,10 +219,10 @@ async def revert(
     spec = new.spec(
         id=revert_id,
         release=target,
-        batch_size=new.batch_size or max(prepared.sizes, default=1),
+        batch_size=prepared.batch_size,
         actor=actor,
         window=await channel_windows.get(pool, original.channel),
-    ).model_copy(update={"revert_of": original.id})
+    ).model_copy(update={"revert_of": original.id, "plan": prepared.batch_plan})
     terms = RevertTerms(
         restore=new.restore, restore_note=new.restore_note, freeze_override=new.freeze_override
     )

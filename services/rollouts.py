@@ -74,8 +74,6 @@ class RolloutControls(BaseModel):
 
     @model_validator(mode="after")
     def _one_way_to_cut(self) -> Self:
-        if self.batch_plan is None and self.batch_size is None:
-            raise ValueError("batchSize: required, unless batchPlan is given")
         if self.batch_plan is not None and self.batch_size is not None:
             raise ValueError("batchSize and batchPlan: give one of them")
         self.plan()  # a malformed plan is refused here, with its reason
@@ -93,6 +91,10 @@ class RolloutControls(BaseModel):
         except ValidationError as exc:
             raise ValueError(f"batchPlan: {exc.errors()[0]['msg']}") from None
         return BatchPlan(canary=True) if self.canary else None
+
+    def cuts(self) -> bool:
+        """Whether these say how to cut batches (a revert may leave that to its rollout's)."""
+        return self.batch_size is not None or self.batch_plan is not None or self.canary
 
     def spec(
         self,
@@ -135,6 +137,8 @@ class NewRollout(RolloutControls):
 
     @model_validator(mode="after")
     def _late_joiners_keep_batches(self) -> Self:
+        if self.batch_plan is None and self.batch_size is None:
+            raise ValueError("batchSize: required, unless batchPlan is given")
         plan = self.plan()
         if self.include_late_joiners and plan is not None and plan.cuts_by_percent:
             raise ValueError(

@@ -58,7 +58,10 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
         "INSERT INTO update_jobs AS j"
         " (id, rollout_id, instance_id, batch, attempt, status, step, message, deadline,"
         " previous_version, previous_release_id, release_id)"
-        " SELECT u.*, i.current_version, r.id, t.release_id FROM unnest($1::text[], $2::text[],"
+        # A revert's job goes down from the reverted release, whatever the host's row still
+        # says (a host polls its new version in only after its job ended).
+        " SELECT u.*, coalesce(rv.version, i.current_version), coalesce(rv.manifest_id, r.id),"
+        " t.release_id FROM unnest($1::text[], $2::text[],"
         " $3::text[], $4::int[], $5::int[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])"
         " AS u (id, rollout_id, instance_id, batch, attempt, status, step, message, deadline)"
         # The host's version as it is now, before its job runs; a new row only (below).
@@ -67,6 +70,7 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
         " LEFT JOIN releases r ON r.channel = ro.channel AND r.version = i.current_version"
         " LEFT JOIN revert_targets t ON t.rollout_id = u.rollout_id"
         " AND t.instance_id = u.instance_id"
+        " LEFT JOIN rollouts rv ON rv.id = ro.revert_of"
         " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
         " step = COALESCE(j.step, EXCLUDED.step),"
         " message = COALESCE(EXCLUDED.message, j.message),"

@@ -18,11 +18,13 @@ from store.statuses import OPEN_JOBS
 # still runs; the instance row what it runs now.
 _TOUCHED = f"""
 SELECT f.instance_id, f.previous_version, f.previous_release_id,
-        l.status IN {OPEN_JOBS} AS job_open, i.current_version, i.agent_version, i.state,
-        i.held_at IS NOT NULL AS held, i.last_seen_at
+        l.status IN {OPEN_JOBS} AS job_open,
+        l.status = 'succeeded' AND i.last_seen_at <= l.updated_at AS succeeded_unseen,
+        i.current_version, i.agent_version, i.state, i.held_at IS NOT NULL AS held,
+        i.last_seen_at
     FROM (SELECT DISTINCT ON (instance_id) instance_id, previous_version, previous_release_id
             FROM update_jobs WHERE rollout_id = $1 ORDER BY instance_id, attempt) f
-        JOIN (SELECT DISTINCT ON (instance_id) instance_id, status
+        JOIN (SELECT DISTINCT ON (instance_id) instance_id, status, updated_at
             FROM update_jobs WHERE rollout_id = $1 ORDER BY instance_id, attempt DESC) l
             USING (instance_id)
         JOIN instances i USING (instance_id)

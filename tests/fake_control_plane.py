@@ -68,9 +68,11 @@ class FakeControlPlane:
         migrations_required: bool = True,
         deadline_seconds: float = 3600,
         manifest_document: dict[str, Any] | None = None,
+        downgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> str:
         """`manifest_document`: handed out as it is (signed by release keys, expired, changed
-        after signing), instead of one made here."""
+        after signing), instead of one made here. `downgrade`: makes the job's downgrade
+        permission from its document (a revert's job)."""
         manifest = UnsignedManifest(
             version=version,
             sha="0123abcd",
@@ -81,15 +83,18 @@ class FakeControlPlane:
         ).signed(RELEASE_SECRET)
         job_id = f"job-{uuid.uuid4().hex[:8]}"
         deadline = datetime.now(UTC) + timedelta(seconds=deadline_seconds)
+        document = {
+            "id": job_id,
+            "rolloutId": "rollout-fake",
+            "manifest": manifest_document or manifest.as_document(),
+            "deadline": deadline.isoformat().replace("+00:00", "Z"),
+        }
+        if downgrade is not None:
+            document["downgrade"] = downgrade(document)
         self.jobs[job_id] = FakeJob(
             id=job_id,
             instance_id=instance_id,
-            document={
-                "id": job_id,
-                "rolloutId": "rollout-fake",
-                "manifest": manifest_document or manifest.as_document(),
-                "deadline": deadline.isoformat().replace("+00:00", "Z"),
-            },
+            document=document,
         )
         added, self._job_added = self._job_added, asyncio.Event()
         added.set()  # wakes the held polls

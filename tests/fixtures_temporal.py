@@ -175,10 +175,15 @@ async def seed_release(
     *,
     version: str = "1.4.0",
     channel: str = "stable",
+    migrations_required: bool = True,
 ) -> str:
     """Store a signed release and return its id (as POST /api/releases would)."""
     secret = settings.control_plane_release_signing_secret.get_secret_value()
-    manifest = ReleaseManifest(**hand_signed(secret, version=version, channel=channel))
+    manifest = ReleaseManifest(
+        **hand_signed(
+            secret, version=version, channel=channel, migrations_required=migrations_required
+        )
+    )
     return (await releases.insert_or_get(db, manifest)).release.id
 
 

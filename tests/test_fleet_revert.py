@@ -1,0 +1,274 @@
+"""Fleet revert end to end: real agent processes running shell steps, the real API, worker,
+Temporal dev server and PostgreSQL. Hosts a rollout updated go back to what each ran before; the
+marker file each host's own switch command writes says what it runs."""
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from contract.downgrade import DowngradePermission
+from contract.manifest import ReleaseManifest
+from server.settings import ApiSettings
+from tests.agent_requests import assert_signed_by, body_for, poll_body, post_signed
+from tests.conftest import LiveServer
+from tests.fixtures_agents import AgentFactory
+from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where
+from tests.fixtures_temporal import eventually, seed_release
+from tests.test_fleet_end_to_end import job_of, start_rollout
+
+REVERT_STEPS = ["backup", "pull", "migrate", "smoke", "switch"]
+
+
+def finished(status: str) -> Any:
+    return lambda r: r["status"] == status
+
+
+async def revert(admin: httpx.AsyncClient, rollout_id: str, **body: Any) -> httpx.Response:
+    return await admin.post(f"/api/rollouts/{rollout_id}/revert", json={"batchSize": 1, **body})
+
+
+async def audit_actions(db: asyncpg.Connection, subject: str) -> list[str]:
+    rows = await db.fetch("SELECT action FROM audit_log WHERE subject = $1 ORDER BY id", subject)
+    return [r["action"] for r in rows]
+
+
+async def test_a_paused_rollout_is_reverted_through_a_freeze_host_by_host(
+    plane: LiveServer,
+    admin: httpx.AsyncClient,
+    agent_host: AgentFactory,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    releases = {
+        v: await seed_release(db, dev_settings, version=v, migrations_required=False)
+        for v in ("1.0.0", "1.1.0", "1.4.0")
+    }
+    on_1_0 = await agent_host(plane.url, FLEET_TOKEN, instance_id="web-1", current_version="1.0.0")
+    on_1_1 = await agent_host(plane.url, FLEET_TOKEN, instance_id="web-2", current_version="1.1.0")
+    # 0.9.0 was never uploaded: nothing to go back to, and nothing guessed.
+    on_0_9 = await agent_host(plane.url, FLEET_TOKEN, instance_id="web-3", current_version="0.9.0")
+    # Fails its smoke once the others succeeded, rolls back: the rollout pauses.
+    failing = await agent_host(
+        plane.url,
+        FLEET_TOKEN,
+        instance_id="web-4",
+        current_version="1.0.0",
+        fail_at="smoke",
+        block_at="smoke",
+    )
+    await registered(admin, 4)
+    rollout = await start_rollout(admin, releases["1.4.0"], batchSize=4)
+    await rollout_where(
+        admin,
+        rollout["id"],
+        lambda r: all(job_of(r, h)["status"] == "succeeded" for h in ("web-1", "web-2", "web-3")),
+    )
+    await failing.wait_blocked("smoke")
+    failing.open_gate()
+    await rollout_where(admin, rollout["id"], finished("paused"))
+    frozen = await admin.post("/api/freeze", json={"reason": "incident 42"})
+    assert frozen.status_code == 200, frozen.text
+
+    refused = await revert(admin, rollout["id"])
+    assert refused.status_code == 409, refused.text
+    assert "freezeOverride" in refused.json()["detail"]
+    unchanged = (await admin.get(f"/api/rollouts/{rollout['id']}")).json()
+    assert (unchanged["status"], unchanged["revertedBy"]) == ("paused", None)
+
+    override = {"freezeOverride": "incident 42: 1.4.0 corrupts sessions"}
+    preview = await admin.post(f"/api/rollouts/{rollout['id']}/revert/preview", json=override)
+    assert preview.status_code == 200, preview.text
+    planned = preview.json()
+    assert planned["targetCount"] == 2
+    assert {(t["version"], t["hosts"]) for t in planned["targets"]} == {("1.0.0", 1), ("1.1.0", 1)}
+    assert [(e["reason"], e["instances"]) for e in planned["leftOut"]] == [
+        ("no_previous_release", ["web-3"])
+    ]
+    assert any("reverting aborts it first" in w for w in planned["warnings"])
+
+    started = await revert(admin, rollout["id"], autoAdvance=True, **override)
+    assert started.status_code == 201, started.text
+    reverting = started.json()
+    assert reverting["revertOf"] == rollout["id"]
+    assert reverting["freezeOverride"] == override["freezeOverride"]
+    done = await rollout_where(admin, reverting["id"], finished("completed"))
+    assert done["counts"] == {"succeeded": 2}
+    assert {j["instanceId"]: j["releaseId"] for b in done["batches"] for j in b["jobs"]} == {
+        "web-1": releases["1.0.0"],
+        "web-2": releases["1.1.0"],
+    }
+
+    # One story: the paused rollout was aborted by the revert, which names it.
+    original = (await admin.get(f"/api/rollouts/{rollout['id']}")).json()
+    assert (original["status"], original["revertedBy"]) == ("aborted", reverting["id"])
+    assert "rollout.reverted" in await audit_actions(db, f"rollout:{rollout['id']}")
+    assert "fleet.freeze_overridden" in await audit_actions(db, f"rollout:{reverting['id']}")
+    # Each host as its own commands left it.
+    assert (on_1_0.current(), on_1_1.current(), on_0_9.current(), failing.current()) == (
+        "1.0.0",
+        "1.1.0",
+        "1.4.0",
+        "1.0.0",
+    )
+    assert on_1_0.steps()[-5:] == [f"{step} 1.0.0" for step in REVERT_STEPS]
+    assert on_1_1.steps()[-1] == "switch 1.1.0"
+    assert not any("1.0.0" in line for line in failing.steps())  # rolled back, not reverted
+    assert on_1_0.state()["current_version"] == "1.0.0"
+
+
+async def test_a_migrations_release_reverts_only_with_a_restore_plan(
+    plane: LiveServer,
+    admin: httpx.AsyncClient,
+    agent_host: AgentFactory,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    await seed_release(db, dev_settings, version="1.0.0", migrations_required=False)
+    migrating = await seed_release(db, dev_settings, version="1.4.0", migrations_required=True)
+    script = '"$(dirname "$AGENT_TEST_STEPS_FILE")/step.sh"'
+    host = await agent_host(
+        plane.url,
+        FLEET_TOKEN,
+        instance_id="db-1",
+        extra_env={
+            # The backup's last line is its reference; the restore gets it back.
+            "UPDATE_BACKUP_CMD": f'sh {script} backup && echo "snapshot-before-$UPDATE_VERSION"',
+            "UPDATE_RESTORE_CMD": 'echo "restore $UPDATE_VERSION from $UPDATE_BACKUP_REF"'
+            ' >> "$AGENT_TEST_STEPS_FILE"',
+        },
+    )
+    await registered(admin, 1)
+    rollout = await start_rollout(admin, migrating, batchSize=1)
+    await rollout_where(admin, rollout["id"], finished("completed"))
+    assert host.state()["backups"] == {"1.4.0": "snapshot-before-1.4.0"}
+
+    refused = await revert(admin, rollout["id"])
+    assert refused.status_code == 422, refused.text
+    assert (
+        "restore" in refused.json()["detail"] and "migrations_required" in refused.json()["detail"]
+    )
+    assert len((await admin.get("/api/rollouts")).json()) == 1  # nothing was created
+
+    started = await revert(admin, rollout["id"], restore="agent", restoreNote="from snapshots")
+    assert started.status_code == 201, started.text
+    assert started.json()["restore"] == "agent"
+    await rollout_where(admin, started.json()["id"], finished("completed"))
+    assert host.steps()[-6:] == [
+        "backup 1.0.0",
+        "pull 1.0.0",
+        "restore 1.0.0 from snapshot-before-1.4.0",
+        "migrate 1.0.0",
+        "smoke 1.0.0",
+        "switch 1.0.0",
+    ]
+    assert host.current() == "1.0.0"
+
+
+def _reports_agent_version(directory: Path, version: str) -> dict[str, str]:
+    """Env that makes a real agent process report `version` as its own: package metadata found
+    on PYTHONPATH before the installed one, as an agent installed from an older build has."""
+    info = directory / f"rollout_control_plane-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: rollout-control-plane\nVersion: {version}\n"
+    )
+    return {"PYTHONPATH": str(directory)}
+
+
+async def test_an_old_agent_is_not_sent_a_revert_job(
+    plane: LiveServer,
+    admin: httpx.AsyncClient,
+    agent_host: AgentFactory,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:
+    await seed_release(db, dev_settings, version="1.0.0", migrations_required=False)
+    target = await seed_release(db, dev_settings, version="1.4.0", migrations_required=False)
+    new = await agent_host(plane.url, FLEET_TOKEN, instance_id="new-agent")
+    old = await agent_host(
+        plane.url,
+        FLEET_TOKEN,
+        instance_id="old-agent",
+        extra_env=_reports_agent_version(tmp_path / "old", "0.1.0"),
+    )
+    await registered(admin, 2)
+    rollout = await start_rollout(admin, target, batchSize=2)
+    await rollout_where(admin, rollout["id"], finished("completed"))
+    fleet = {i["instanceId"]: i for i in (await admin.get("/api/instances")).json()}
+    assert fleet["old-agent"]["agentVersion"] == "0.1.0"
+
+    preview = (await admin.post(f"/api/rollouts/{rollout['id']}/revert/preview", json={})).json()
+    assert [(e["reason"], e["instances"]) for e in preview["leftOut"]] == [
+        ("agent_too_old", ["old-agent"])
+    ]
+    started = await revert(admin, rollout["id"])
+    assert started.status_code == 201, started.text
+    done = await rollout_where(admin, started.json()["id"], finished("completed"))
+    assert [e["reason"] for e in done["leftOut"]] == ["agent_too_old"]
+    assert [j["instanceId"] for b in done["batches"] for j in b["jobs"]] == ["new-agent"]
+    assert (new.current(), old.current()) == ("1.0.0", "1.4.0")
+    assert not any(line.endswith(" 1.0.0") for line in old.steps())
+
+
+async def test_a_revert_job_is_handed_out_with_its_permission_only_to_an_agent_that_checks_it(
+    plane: LiveServer,
+    admin: httpx.AsyncClient,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """The gate at the poll, for an agent whose version fell after the revert was made (one
+    reinstalled from an older build): withheld, never handed out to be refused."""
+    previous = await seed_release(db, dev_settings, version="1.0.0", migrations_required=False)
+    target = await seed_release(db, dev_settings, version="1.4.0", migrations_required=False)
+    async with httpx.AsyncClient(base_url=plane.url, timeout=30) as agent:
+
+        async def poll(version: str, agent_version: str) -> dict[str, Any]:
+            body = poll_body("web-1", version=version, agentVersion=agent_version)
+            answer = await post_signed(agent, "/api/updates/next", body, FLEET_TOKEN)
+            assert answer.status_code == 200, answer.text
+            return assert_signed_by(answer, FLEET_TOKEN, body["nonce"])
+
+        async def report(job_id: str, status: str) -> None:
+            body = body_for("web-1", jobId=job_id, status=status, step="health")
+            answer = await post_signed(agent, "/api/updates/report", body, FLEET_TOKEN)
+            assert answer.status_code == 200, answer.text
+
+        await poll("1.0.0", "0.2.0")
+        rollout = await start_rollout(admin, target, batchSize=1)
+        job = (await poll("1.0.0", "0.2.0"))["job"]
+        assert "downgrade" not in job  # going up needs no permission
+        await report(job["id"], "succeeded")
+        await rollout_where(admin, rollout["id"], finished("completed"))
+        await poll("1.4.0", "0.2.0")
+
+        started = await revert(admin, rollout["id"])
+        assert started.status_code == 201, started.text
+
+        async def handed_out() -> dict[str, Any] | None:
+            return (await poll("1.4.0", "0.2.0"))["job"]
+
+        assert (await poll("1.4.0", "0.1.0"))["job"] is None
+        reverting = await eventually(handed_out)
+        assert (await poll("1.4.0", "0.1.0"))["job"] is None
+        assert reverting["manifest"]["version"] == "1.0.0"
+        permission = DowngradePermission.model_validate(reverting["downgrade"])
+        assert (permission.jobId, permission.instanceId) == (reverting["id"], "web-1")
+        assert (permission.fromVersion, permission.toVersion) == ("1.4.0", "1.0.0")
+        assert permission.expiresAt == reverting["deadline"]
+        manifest = ReleaseManifest.model_validate(reverting["manifest"])
+        assert manifest.sha == permission.sha
+        refusal = permission.refusal(
+            FLEET_TOKEN,
+            job_id=reverting["id"],
+            instance_id="web-1",
+            current_version="1.4.0",
+            manifest=manifest,
+        )
+        assert refusal is None
+        job_row = await db.fetchrow(
+            "SELECT release_id FROM update_jobs WHERE id = $1", reverting["id"]
+        )
+        assert job_row["release_id"] == previous
