@@ -107,6 +107,38 @@ def render_preview(preview: dict[str, Any]) -> str:
     return "\n".join(terminal_safe(line) for line in lines)
 
 
+def render_revert_preview(preview: dict[str, Any]) -> str:
+    """What `rollouts revert` would do: who goes back to what, who does not and why."""
+    lines = [
+        f"revert of rollout {preview['revertOf']}: {preview['targetCount']} hosts leave"
+        f" {preview['version']} in {len(preview['batches'])} batches",
+    ]
+    lines += [
+        f"  back to {t['version']} (release {t['releaseId']}): {t['hosts']} hosts"
+        for t in preview["targets"]
+    ]
+    lines += [left_out_line(entry) for entry in preview.get("leftOut", [])]
+    lines += [f"  warning: {text}" for text in preview.get("warnings", [])]
+    return "\n".join(terminal_safe(line) for line in lines)
+
+
+def revert_lines(rollout: dict[str, Any]) -> list[str]:
+    """A revert and the rollout it reverts are one story: each view names the other."""
+    lines = []
+    if rollout.get("revertOf"):
+        restore = rollout.get("restore")
+        lines.append(
+            f"  revert of rollout {rollout['revertOf']}: hosts back to what each ran before"
+            + (f"; data restore: {restore}" if restore else "")
+            + (f" ({rollout['restoreNote']})" if rollout.get("restoreNote") else "")
+        )
+    if rollout.get("freezeOverride"):
+        lines.append(f"  runs through fleet freezes: {rollout['freezeOverride']}")
+    if rollout.get("revertedBy"):
+        lines.append(f"  reverted by rollout {rollout['revertedBy']}")
+    return lines
+
+
 def _duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -119,7 +151,7 @@ def render(rollout: dict[str, Any]) -> str:
         f"rollout {rollout['id']}  {rollout.get('version')} -> {rollout.get('channel')}"
         f"  {rollout['status'].upper()}  batch {rollout.get('currentBatch')}/{total}"
     )
-    lines = [head]
+    lines = [head, *revert_lines(rollout)]
     lines += [batch_line(b) for b in rollout.get("batches", [])]
     if rollout.get("pausedReason"):
         lines.append(f"  paused: {rollout['pausedReason']}")

@@ -1,4 +1,4 @@
-"""`rollout rollouts create|preview|list|get|advance|pause|resume|retry|abort|watch`."""
+"""`rollout rollouts create|preview|list|get|advance|pause|resume|retry|abort|revert|watch`."""
 
 import argparse
 import json
@@ -6,6 +6,7 @@ import sys
 import time
 from typing import IO
 
+from cli import reverts
 from cli.admin_http import AdminApi, print_json, print_table
 from cli.errors import fail
 from cli.rollout_view import render, render_preview
@@ -53,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             action.add_argument(
                 "--force", action="store_true", help="outside the maintenance window (audited)"
             )
+    reverts.add_parser(actions)
     watch = actions.add_parser("watch", help="live view until the rollout finishes")
     watch.add_argument("rollout_id")
     watch.add_argument("--interval", type=float, default=1.0)
@@ -190,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
         return show(api.call("GET", f"/api/rollouts/{args.rollout_id}"), args.json)
     if args.action == "watch":
         return watch(api, args.rollout_id, args.interval, args.json)
+    if args.action == "revert":
+        return reverts.run(api, args)
     body = {"reason": args.reason} if getattr(args, "reason", None) else {}
     if getattr(args, "force", False):
         body["force"] = True

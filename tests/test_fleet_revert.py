@@ -2,6 +2,7 @@
 Temporal dev server and PostgreSQL. Hosts a rollout updated go back to what each ran before; the
 marker file each host's own switch command writes says what it runs."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.conftest import LiveServer
 from tests.fixtures_agents import AgentFactory
 from tests.fixtures_fleet import FLEET_TOKEN, registered, rollout_where
 from tests.fixtures_temporal import eventually, seed_release
+from tests.test_admin_cli import rollout_cli
 from tests.test_fleet_end_to_end import job_of, start_rollout
 
 REVERT_STEPS = ["backup", "pull", "migrate", "smoke", "switch"]
@@ -144,17 +146,29 @@ async def test_a_migrations_release_reverts_only_with_a_restore_plan(
     await rollout_where(admin, rollout["id"], finished("completed"))
     assert host.state()["backups"] == {"1.4.0": "snapshot-before-1.4.0"}
 
-    refused = await revert(admin, rollout["id"])
-    assert refused.status_code == 422, refused.text
-    assert (
-        "restore" in refused.json()["detail"] and "migrations_required" in refused.json()["detail"]
-    )
+    # As an operator types it.
+    code, _, err = await rollout_cli(plane, dev_settings, "rollouts", "revert", rollout["id"])
+    assert code != 0 and "restore" in err and "migrations_required" in err, err
     assert len((await admin.get("/api/rollouts")).json()) == 1  # nothing was created
 
-    started = await revert(admin, rollout["id"], restore="agent", restoreNote="from snapshots")
-    assert started.status_code == 201, started.text
-    assert started.json()["restore"] == "agent"
-    await rollout_where(admin, started.json()["id"], finished("completed"))
+    code, out, err = await rollout_cli(
+        plane,
+        dev_settings,
+        "rollouts",
+        "revert",
+        rollout["id"],
+        "--restore",
+        "agent",
+        "--restore-note",
+        "from snapshots",
+        "--json",
+    )
+    assert code == 0, err
+    reverting = json.loads(out)
+    assert (reverting["restore"], reverting["revertOf"]) == ("agent", rollout["id"])
+    await rollout_where(admin, reverting["id"], finished("completed"))
+    code, out, _ = await rollout_cli(plane, dev_settings, "rollouts", "get", rollout["id"])
+    assert code == 0 and f"reverted by rollout {reverting['id']}" in out, out
     assert host.steps()[-6:] == [
         "backup 1.0.0",
         "pull 1.0.0",
