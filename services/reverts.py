@@ -231,7 +231,9 @@ async def revert(
         overridden = await freezes.refuse_if_frozen(
             conn, original.channel, override=new.freeze_override
         )
-        await rollout_service.insert(conn, spec, revert=terms)
+        await rollout_service.insert(
+            conn, spec, actor=actor, audited={"revertOf": original.id}, revert=terms
+        )
         await reverts.insert(conn, revert_id, plan.targets)
         await rollouts.set_left_out(conn, revert_id, left_out)
         await rollouts.set_reverted_by(conn, original.id, revert_id)
@@ -250,18 +252,6 @@ async def revert(
             action="rollout.reverted",
             subject=f"rollout:{original.id}",
             detail=detail,
-        )
-        await audit.record(
-            conn,
-            actor=actor,
-            action="rollout.created",
-            subject=f"rollout:{revert_id}",
-            detail={
-                "version": spec.version,
-                "channel": spec.channel,
-                "batchSize": spec.batch_size,
-                "revertOf": original.id,
-            },
         )
         if overridden is not None:
             await audit.record(

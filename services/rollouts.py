@@ -214,26 +214,26 @@ async def create(
     ).model_copy(update={"include_late_joiners": new.include_late_joiners})
     async with pool.acquire() as conn, conn.transaction():
         await freezes.refuse_if_frozen(conn, spec.channel)
-        await insert(conn, spec, preview_id=new.preview_id)
-        await audit.record(
+        await insert(
             conn,
+            spec,
             actor=actor,
-            action="rollout.created",
-            subject=f"rollout:{spec.id}",
-            detail={
-                "version": spec.version,
-                "channel": spec.channel,
-                "batchSize": spec.batch_size,
-                "batchPlan": plan.model_dump(exclude_defaults=True) if plan else None,
-                "previewId": new.preview_id,
-            },
+            audited={"previewId": new.preview_id},
+            preview_id=new.preview_id,
         )
     return await start(pool, temporal, spec, task_queue=task_queue)
 
 
-async def insert(conn: asyncpg.Connection, spec: RolloutSpec, **terms: Any) -> None:
-    """Store a new rollout (store.rollouts.insert, `terms` its keywords), or Conflict while the
-    channel has an unfinished one."""
+async def insert(
+    conn: asyncpg.Connection,
+    spec: RolloutSpec,
+    *,
+    actor: str,
+    audited: dict[str, Any],
+    **terms: Any,
+) -> None:
+    """Store a new rollout (store.rollouts.insert, `terms` its keywords) and audit it with
+    `audited` added, or Conflict while the channel has an unfinished one."""
     try:
         await rollouts.insert(conn, spec, **terms)
     except ChannelBusy as exc:
@@ -241,6 +241,19 @@ async def insert(conn: asyncpg.Connection, spec: RolloutSpec, **terms: Any) -> N
             f"channel {exc.channel} already has an unfinished rollout ({exc.rollout_id});"
             " wait for it to complete or abort it"
         ) from None
+    await audit.record(
+        conn,
+        actor=actor,
+        action="rollout.created",
+        subject=f"rollout:{spec.id}",
+        detail={
+            "version": spec.version,
+            "channel": spec.channel,
+            "batchSize": spec.batch_size,
+            "batchPlan": spec.plan.model_dump(exclude_defaults=True) if spec.plan else None,
+            **audited,
+        },
+    )
 
 
 async def start(

@@ -3,17 +3,9 @@
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from contract.wire import Step
+from contract.wire import UPDATE_STEPS, Step
 
-SIMULATED_STEPS: tuple[Step, ...] = (
-    "backup",
-    "pull",
-    "migrate",
-    "smoke",
-    "switch",
-    "health",
-    "rollback",
-)
+SIMULATED_STEPS: tuple[Step, ...] = (*UPDATE_STEPS, "rollback")
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ async def test_steps_get_the_release_env_but_not_the_agent_secret(
         "UPDATE_SHA": "0123abcd",
         "UPDATE_CHANNEL": "stable",
         "UPDATE_PREVIOUS_VERSION": "1.0.0",
+        "UPDATE_REVERT": "false",
         "UPDATE_MIGRATIONS_REQUIRED": "false",
         "UPDATE_JOB_ID": job_id,
         "UPDATE_STEP_TIMEOUT": "30",
