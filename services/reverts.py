@@ -21,16 +21,15 @@ from temporalio.client import Client
 
 from contract.downgrade import RestoreMode
 from domain.plans import BatchPlan, batch_sizes, plan_problem
-from domain.reverts import DOWNGRADE_MIN_AGENT_VERSION, RevertPlan, SkipReason, plan_revert
+from domain.reverts import RevertPlan, plan_revert
 from services import freezes
 from services import rollouts as rollout_service
 from services.errors import Conflict, Invalid, NotFound
 from services.rollouts import RolloutControls, RolloutDetail
 from store import audit, channel_windows, releases, reverts, rollouts
-from store.instances import LEFT_OUT_SHOWN
 from store.releases import Release
 from store.reverts import TargetRelease
-from store.rollouts import LeftOut, RevertTerms, Rollout
+from store.rollouts import ChannelBusy, LeftOut, RevertTerms, Rollout
 
 Reason = Annotated[str, Field(min_length=1, max_length=1000)]
 
@@ -57,31 +56,6 @@ class RevertPreview(BaseModel):
     left_out: list[LeftOut]  # hosts the rollout touched that are not reverted, by reason
     batches: list[int]  # each batch's size
     warnings: list[str]
-
-
-_WORDS: dict[SkipReason, str] = {
-    "still_running": "its job was still running: revert again once it has ended",
-    "no_previous_release": "what it ran before was never uploaded as a release on the channel:"
-    " not guessed",
-    "agent_too_old": f"its agent is older than {DOWNGRADE_MIN_AGENT_VERSION} and would refuse"
-    " to go down: upgrade the agent",
-    "on_hold": "on hold (POST /api/instances/{id}/hold)",
-    "pending": "awaiting an admin's approval",
-    "decommissioned": "decommissioned",
-    "not_seen": "not seen recently (INSTANCE_STALE_AFTER_SECONDS)",
-}
-
-
-def _left_out(plan: RevertPlan) -> list[LeftOut]:
-    return [
-        LeftOut(
-            reason=reason,
-            description=_WORDS[reason],
-            count=len(ids),
-            instances=ids[:LEFT_OUT_SHOWN],
-        )
-        for reason, ids in sorted(plan.skipped.items())
-    ]
 
 
 @dataclass(frozen=True)
@@ -175,7 +149,7 @@ async def preview(
         version=prepared.release.version,
         target_count=len(plan.targets),
         targets=targets,
-        left_out=_left_out(plan),
+        left_out=reverts.left_out(plan),
         batches=prepared.sizes,
         warnings=warnings,
     )
@@ -226,33 +200,16 @@ async def revert(
     terms = RevertTerms(
         restore=new.restore, restore_note=new.restore_note, freeze_override=new.freeze_override
     )
-    left_out = _left_out(plan)
     async with pool.acquire() as conn, conn.transaction():
         overridden = await freezes.refuse_if_frozen(
             conn, original.channel, override=new.freeze_override
         )
-        await rollout_service.insert(
-            conn, spec, actor=actor, audited={"revertOf": original.id}, revert=terms
-        )
-        await reverts.insert(conn, revert_id, plan.targets)
-        await rollouts.set_left_out(conn, revert_id, left_out)
-        await rollouts.set_reverted_by(conn, original.id, revert_id)
-        detail = {
-            "revertId": revert_id,
-            "version": prepared.release.version,
-            "targets": len(plan.targets),
-            "leftOut": {entry.reason: entry.count for entry in left_out},
-            "restore": new.restore,
-            "restoreNote": new.restore_note,
-            "reason": new.reason,
-        }
-        await audit.record(
-            conn,
-            actor=actor,
-            action="rollout.reverted",
-            subject=f"rollout:{original.id}",
-            detail=detail,
-        )
+        try:
+            await reverts.create(
+                conn, spec, reverted=original, plan=plan, terms=terms, reason=new.reason
+            )
+        except ChannelBusy as exc:
+            raise rollout_service.busy(exc) from None
         if overridden is not None:
             await audit.record(
                 conn,

@@ -8,7 +8,7 @@ rather than an error.
 import contextlib
 import uuid
 from collections import Counter
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -214,45 +214,31 @@ async def create(
     ).model_copy(update={"include_late_joiners": new.include_late_joiners})
     async with pool.acquire() as conn, conn.transaction():
         await freezes.refuse_if_frozen(conn, spec.channel)
-        await insert(
-            conn,
-            spec,
-            actor=actor,
-            audited={"previewId": new.preview_id},
-            preview_id=new.preview_id,
-        )
+        await insert(conn, spec, actor=actor, preview_id=new.preview_id)
     return await start(pool, temporal, spec, task_queue=task_queue)
 
 
 async def insert(
-    conn: asyncpg.Connection,
-    spec: RolloutSpec,
-    *,
-    actor: str,
-    audited: dict[str, Any],
-    **terms: Any,
+    conn: asyncpg.Connection, spec: RolloutSpec, *, actor: str, preview_id: str | None
 ) -> None:
-    """Store a new rollout (store.rollouts.insert, `terms` its keywords) and audit it with
-    `audited` added, or Conflict while the channel has an unfinished one."""
+    """Store a new rollout and audit it, or Conflict while the channel has an unfinished one."""
     try:
-        await rollouts.insert(conn, spec, **terms)
+        await rollouts.insert(conn, spec, preview_id=preview_id)
     except ChannelBusy as exc:
-        raise Conflict(
-            f"channel {exc.channel} already has an unfinished rollout ({exc.rollout_id});"
-            " wait for it to complete or abort it"
-        ) from None
+        raise busy(exc) from None
     await audit.record(
         conn,
         actor=actor,
         action="rollout.created",
         subject=f"rollout:{spec.id}",
-        detail={
-            "version": spec.version,
-            "channel": spec.channel,
-            "batchSize": spec.batch_size,
-            "batchPlan": spec.plan.model_dump(exclude_defaults=True) if spec.plan else None,
-            **audited,
-        },
+        detail=rollouts.created_detail(spec) | {"previewId": preview_id},
+    )
+
+
+def busy(exc: ChannelBusy) -> Conflict:
+    return Conflict(
+        f"channel {exc.channel} already has an unfinished rollout ({exc.rollout_id});"
+        " wait for it to complete or abort it"
     )
 
 

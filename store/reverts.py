@@ -11,7 +11,11 @@ from collections.abc import Sequence
 import asyncpg
 from pydantic import BaseModel
 
-from domain.reverts import TouchedHost
+from domain.reverts import DOWNGRADE_MIN_AGENT_VERSION, RevertPlan, SkipReason, TouchedHost
+from domain.rollouts import RolloutSpec
+from store import audit, rollouts
+from store.instances import LEFT_OUT_SHOWN
+from store.rollouts import LeftOut, RevertTerms, Rollout
 from store.statuses import OPEN_JOBS
 
 # One row per host of the rollout: its first job says what it ran before, its latest whether it
@@ -83,3 +87,69 @@ SNAPSHOT = (
     " SELECT $1, row_number() OVER (ORDER BY instance_id), instance_id FROM revert_targets"
     " WHERE rollout_id = $1"
 )
+
+
+_WORDS: dict[SkipReason, str] = {
+    "still_running": "its job was still running: revert again once it has ended",
+    "no_previous_release": "what it ran before was never uploaded as a release on the channel:"
+    " not guessed",
+    "agent_too_old": f"its agent is older than {DOWNGRADE_MIN_AGENT_VERSION} and would refuse"
+    " to go down: upgrade the agent",
+    "on_hold": "on hold (POST /api/instances/{id}/hold)",
+    "pending": "awaiting an admin's approval",
+    "decommissioned": "decommissioned",
+    "not_seen": "not seen recently (INSTANCE_STALE_AFTER_SECONDS)",
+}
+
+
+def left_out(plan: RevertPlan) -> list[LeftOut]:
+    """The hosts a revert leaves out, by reason, as its view and its preview show them."""
+    return [
+        LeftOut(
+            reason=reason,
+            description=_WORDS[reason],
+            count=len(ids),
+            instances=ids[:LEFT_OUT_SHOWN],
+        )
+        for reason, ids in sorted(plan.skipped.items())
+    ]
+
+
+async def create(
+    conn: asyncpg.Connection,
+    spec: RolloutSpec,
+    *,
+    reverted: Rollout,
+    plan: RevertPlan,
+    terms: RevertTerms,
+    reason: str | None,
+) -> None:
+    """Store the revert `spec` of `reverted`, its hosts and who it leaves out, and audit both
+    rollouts, in the caller's transaction; raises rollouts.ChannelBusy."""
+    entries = left_out(plan)
+    await rollouts.insert(conn, spec, revert=terms)
+    await insert(conn, spec.id, plan.targets)
+    await rollouts.set_left_out(conn, spec.id, entries)
+    await rollouts.set_reverted_by(conn, reverted.id, spec.id)
+    await audit.record(
+        conn,
+        actor=spec.created_by,
+        action="rollout.reverted",
+        subject=f"rollout:{reverted.id}",
+        detail={
+            "revertId": spec.id,
+            "version": reverted.version,
+            "targets": len(plan.targets),
+            "leftOut": {entry.reason: entry.count for entry in entries},
+            "restore": terms.restore,
+            "restoreNote": terms.restore_note,
+            "reason": reason,
+        },
+    )
+    await audit.record(
+        conn,
+        actor=spec.created_by,
+        action="rollout.created",
+        subject=f"rollout:{spec.id}",
+        detail=rollouts.created_detail(spec) | {"revertOf": reverted.id},
+    )

@@ -1,7 +1,7 @@
 """rollouts: the read model of each rollout workflow, and the one-unfinished-per-channel rule."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from pydantic import BaseModel
@@ -118,6 +118,16 @@ async def insert(
         )
         raise ChannelBusy(spec.channel, busy)
     return _rollout(row)
+
+
+def created_detail(spec: RolloutSpec) -> dict[str, Any]:
+    """What the audit's `rollout.created` records of a rollout."""
+    return {
+        "version": spec.version,
+        "channel": spec.channel,
+        "batchSize": spec.batch_size,
+        "batchPlan": spec.plan.model_dump(exclude_defaults=True) if spec.plan else None,
+    }
 
 
 async def set_reverted_by(conn: asyncpg.Connection, rollout_id: str, revert_id: str) -> None:
