@@ -4,6 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from contract.downgrade import RestoreMode
 from contract.wire import RolloutStatus
 from domain.gates import Gate
 from domain.plans import BatchPlan
@@ -36,6 +37,10 @@ class RolloutSpec(BaseModel):
     gate_interval_seconds: int = Field(default=30, ge=1)
     # A fleet revert (services/reverts.py): the rollout whose hosts it takes back.
     revert_of: str | None = None
+    # Revert the hosts it updated when it is aborted or a health gate fails (docs/reverts.md),
+    # their data coming back as `auto_revert_restore` says (required with migrations).
+    auto_revert: bool = False
+    auto_revert_restore: RestoreMode | None = None
 
 
 def rollout_workflow_id(rollout_id: str) -> str:

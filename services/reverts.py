@@ -180,7 +180,9 @@ async def revert(
     if original.status not in ("completed", "aborted"):
         why = f"reverted by rollout {revert_id}" + (f": {new.reason}" if new.reason else "")
         with contextlib.suppress(Conflict):  # it finished meanwhile: revert what it did
-            await rollout_service.act(pool, temporal, original.id, "abort", actor=actor, reason=why)
+            await rollout_service.act(
+                pool, temporal, original.id, "abort", actor=actor, reason=why, by_revert=True
+            )
         # Jobs cancelled or ended by the abort: who goes back is decided on the hosts as now.
         prepared = await _prepare(pool, rollout_id, new, stale_after_seconds=stale_after_seconds)
         if not prepared.plan.targets:

@@ -14,6 +14,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from temporalio.client import Client
 
+from contract.downgrade import RestoreMode
 from contract.manifest import Channel
 from contract.wire import ID_PATTERN
 from domain.gates import Gate
@@ -21,7 +22,7 @@ from domain.plans import MAX_BATCH_SIZE, BatchPlan, Exponential, Marks
 from domain.rollouts import RolloutSnapshot, RolloutSpec
 from domain.windows import MaintenanceWindow
 from services import freezes, previews
-from services.errors import Conflict, NotFound
+from services.errors import Conflict, Invalid, NotFound
 from services.timeline import JobFacts, JobFailure, failing_jobs, job_failure
 from store import audit, channel_windows, job_reports, jobs, rollouts
 from store.jobs import Job
@@ -134,6 +135,10 @@ class NewRollout(RolloutControls):
     channel: Channel
     preview_id: str | None = Field(default=None, pattern=ID_PATTERN)
     include_late_joiners: bool = False
+    # Revert the hosts it updated when it is aborted or a health gate fails (docs/reverts.md);
+    # for a release with migrations, how the data comes back must be said.
+    auto_revert: bool = False
+    auto_revert_restore: RestoreMode | None = None
 
     @model_validator(mode="after")
     def _late_joiners_keep_batches(self) -> Self:
@@ -184,6 +189,12 @@ async def create(
     they must be the previewed. A plain `batch_size` is the contract's create, unchanged."""
     plan = new.plan()
     release = await previews.release_for(pool, new.manifest_id, new.channel)
+    if new.auto_revert and release.migrations_required and new.auto_revert_restore is None:
+        raise Invalid(
+            f"autoRevertRestore: release {release.version} runs migrations (migrations_required):"
+            " say how its data comes back should it be reverted automatically: 'agent',"
+            " 'manual' or 'not_needed' (docs/reverts.md)"
+        )
     batch_size = new.batch_size
     if plan is not None or new.preview_id is not None:
         found = await previews.targets(
@@ -211,7 +222,13 @@ async def create(
         batch_size=batch_size,
         actor=actor,
         window=await channel_windows.get(pool, new.channel),
-    ).model_copy(update={"include_late_joiners": new.include_late_joiners})
+    ).model_copy(
+        update={
+            "include_late_joiners": new.include_late_joiners,
+            "auto_revert": new.auto_revert,
+            "auto_revert_restore": new.auto_revert_restore,
+        }
+    )
     async with pool.acquire() as conn, conn.transaction():
         await freezes.refuse_if_frozen(conn, spec.channel)
         await insert(conn, spec, actor=actor, preview_id=new.preview_id)
@@ -305,10 +322,11 @@ async def act(
     actor: str,
     reason: str | None = None,
     force: bool = False,
+    by_revert: bool = False,
 ) -> RolloutDetail:
     """Run an admin action through the workflow; Conflict when it does not apply now. The
     workflow answers once the read model shows the action, so polls through every API process
-    see it from then on."""
+    see it from then on. `by_revert`: the abort a revert makes first (no autoRevert after it)."""
     row = await _stored(pool, rollout_id)
     if row.workflow_closed:
         raise Conflict(f"rollout is {row.status}; {action} does not apply to a finished rollout")
@@ -317,7 +335,7 @@ async def act(
             temporal,
             rollout_id,
             action,
-            rollout_client.action_input(action, actor, reason, force=force),
+            rollout_client.action_input(action, actor, reason, force=force, by_revert=by_revert),
             timeout=ACTION_TIMEOUT,
         )
     except rollout_client.ActionRefused as exc:

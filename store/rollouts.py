@@ -18,7 +18,7 @@ _COLUMNS = (
     " current_batch, total_batches, target_count, details, revision, workflow_closed, created_at,"
     ' updated_at, finished_at, left_out, plan, preview_id, maintenance_window AS "window",'
     " include_late_joiners, gates, gate_interval_seconds, revert_of, reverted_by, restore,"
-    " restore_note, freeze_override"
+    " restore_note, freeze_override, auto_revert, auto_revert_restore"
 )
 
 
@@ -83,9 +83,9 @@ async def insert(
         "INSERT INTO rollouts (id, workflow_id, manifest_id, version, channel, batch_size,"
         " auto_advance, bake_seconds, max_failures, max_unreachable, job_timeout_seconds,"
         " created_by, status, plan, preview_id, maintenance_window, include_late_joiners, gates,"
-        " gate_interval_seconds, revert_of, restore, restore_note, freeze_override) VALUES ($1, $2,"
-        " $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'running', $13, $14, $15, $16, $17, $18,"
-        " $19, $20, $21, $22)"
+        " gate_interval_seconds, revert_of, restore, restore_note, freeze_override, auto_revert,"
+        " auto_revert_restore) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+        " 'running', $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
         f" ON CONFLICT (channel) WHERE status NOT IN {FINISHED_ROLLOUTS} DO NOTHING"
         f" RETURNING {_COLUMNS}",
         spec.id,
@@ -110,6 +110,8 @@ async def insert(
         revert.restore if revert else None,
         revert.restore_note if revert else None,
         revert.freeze_override if revert else None,
+        spec.auto_revert,
+        spec.auto_revert_restore,
     )
     if row is None:
         busy = await conn.fetchval(

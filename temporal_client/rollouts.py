@@ -17,7 +17,7 @@ from temporalio.client import (
     WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -41,7 +41,7 @@ from workflows.rollout_models import (
     ThawInput,
     WaitStartedInput,
 )
-from workflows.search_attributes import RELEASE_VERSION, ROLLOUT_CHANNEL, ROLLOUT_STATUS
+from workflows.search_attributes import start_attributes, start_summary
 
 ACTIONS = {
     "advance": (RolloutWorkflow.advance, AdvanceInput),
@@ -97,19 +97,8 @@ async def start_rollout(
         id=rollout_workflow_id(spec.id),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(ROLLOUT_CHANNEL, spec.channel),
-                SearchAttributePair(RELEASE_VERSION, spec.version),
-                SearchAttributePair(ROLLOUT_STATUS, "running"),
-            ]
-        ),
-        static_summary=(
-            f"Revert of rollout {spec.revert_of} on channel {spec.channel} (mostly to"
-            f" {spec.version})"
-            if spec.revert_of
-            else f"Rollout of {spec.version} to channel {spec.channel}"
-        ),
+        search_attributes=start_attributes(spec),
+        static_summary=start_summary(spec),
     )
     return await _bounded(
         client.execute_update_with_start_workflow(
@@ -161,15 +150,22 @@ async def run_action(
 
 
 def action_input(
-    action: str, actor: str, reason: str | None = None, *, force: bool = False
+    action: str,
+    actor: str,
+    reason: str | None = None,
+    *,
+    force: bool = False,
+    by_revert: bool = False,
 ) -> ActionInput:
     _, model = ACTIONS[action]
     if model is AdvanceInput:
         return AdvanceInput(actor=actor, force=force)
     if model is FreezeInput:
         return FreezeInput(actor=actor, reason=reason or "no reason given")
-    if model in (PauseInput, AbortInput):
-        return model(actor=actor, reason=reason)
+    if model is AbortInput:
+        return AbortInput(actor=actor, reason=reason, by_revert=by_revert)
+    if model is PauseInput:
+        return PauseInput(actor=actor, reason=reason)
     return model(actor=actor)
 
 

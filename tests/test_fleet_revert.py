@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from temporalio.testing import WorkflowEnvironment
 
 from contract.downgrade import DowngradePermission
 from contract.manifest import ReleaseManifest
@@ -286,3 +287,52 @@ async def test_a_revert_job_is_handed_out_with_its_permission_only_to_an_agent_t
             "SELECT release_id FROM update_jobs WHERE id = $1", reverting["id"]
         )
         assert job_row["release_id"] == previous
+
+
+async def test_an_aborted_auto_revert_rollout_takes_its_hosts_back_by_itself(
+    plane: LiveServer,
+    admin: httpx.AsyncClient,
+    agent_host: AgentFactory,
+    dev_settings: ApiSettings,
+    dev_env: WorkflowEnvironment,
+    db: asyncpg.Connection,
+) -> None:
+    await seed_release(db, dev_settings, version="1.0.0", migrations_required=False)
+    target = await seed_release(db, dev_settings, version="1.4.0", migrations_required=True)
+    hosts = [await agent_host(plane.url, FLEET_TOKEN, instance_id=f"web-{n}") for n in (1, 2, 3)]
+    await registered(admin, 3)
+    without_terms = await admin.post(
+        "/api/rollouts",
+        json={"manifestId": target, "channel": "stable", "batchSize": 2, "autoRevert": True},
+    )
+    assert without_terms.status_code == 422, without_terms.text
+    assert "autoRevertRestore" in without_terms.json()["detail"]
+
+    rollout = await start_rollout(admin, target, autoRevert=True, autoRevertRestore="not_needed")
+    await rollout_where(admin, rollout["id"], finished("awaiting_advance"))
+    aborted = await admin.post(
+        f"/api/rollouts/{rollout['id']}/abort", json={"reason": "error rate up"}
+    )
+    assert aborted.status_code == 200, aborted.text
+
+    async def reverted_by() -> str | None:
+        return (await admin.get(f"/api/rollouts/{rollout['id']}")).json()["revertedBy"]
+
+    revert_id = await eventually(reverted_by)
+    done = await rollout_where(admin, revert_id, finished("completed"))
+    assert (done["revertOf"], done["createdBy"], done["restore"]) == (
+        rollout["id"],
+        "auto-revert",
+        "not_needed",
+    )
+    assert [h.current() for h in hosts] == ["1.0.0", "1.0.0", "1.0.0"]
+    assert hosts[2].steps() == []  # batch 2 was never released: nothing to take back
+    assert "rollout.reverted" in await audit_actions(db, f"rollout:{rollout['id']}")
+    # One story in Temporal too: the rollout's run started the revert as its child.
+    history = await dev_env.client.get_workflow_handle(f"rollout-{rollout['id']}").fetch_history()
+    started = [
+        e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+        for e in history.events
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+    ]
+    assert started == [f"rollout-{revert_id}"]

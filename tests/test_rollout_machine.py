@@ -28,6 +28,7 @@ from contract.wire import (
     RolloutStatus,
     Step,
 )
+from domain.gates import GateResult
 from domain.rollouts import RolloutSpec
 from domain.windows import DAYS, MaintenanceWindow
 from workflows import rollout_machine, rollout_text
@@ -983,3 +984,57 @@ def test_a_resume_inside_a_closed_window_waits_for_it() -> None:
     assert "outside its maintenance window (opens Tue 2026-12-08 22:00 UTC)" in resumed.answer
     run.machine.window_changed(datetime(2026, 12, 8, 22, 0, tzinfo=UTC))
     assert run.machine.status == "running"
+
+
+# --- autoRevert: what ends the rollout asks for a revert of the hosts it updated, or not ----
+
+
+GATE = {"name": "errors", "kind": "prometheus", "query": "rate(errors[1m])", "below": 0.01}
+
+
+def _settled_batch_one(**options: object) -> Run:
+    run = started("abcd", gates=[GATE], **options)
+    run.report("a", "succeeded")
+    run.report("b", "succeeded")
+    run.tick()
+    assert run.machine.status == "awaiting_advance" and run.machine.gates_due()
+    return run
+
+
+def _failing_gate() -> list[GateResult]:
+    return [GateResult(name="errors", ok=False, observed="0.042", detail="gate errors: 0.042")]
+
+
+def test_a_failing_gate_aborts_and_asks_for_the_revert_with_auto_revert() -> None:
+    run = _settled_batch_one(auto_revert=True)
+    fx = run.machine.gates_judged(1, _failing_gate(), run.now)
+    assert run.machine.status == "aborted" and run.machine.done
+    assert run.machine.state.auto_revert_reason == "health gate failed: gate errors: 0.042"
+    assert ("awaiting_advance", "aborted") in status_moves(fx)
+
+
+def test_a_failing_gate_only_pauses_without_auto_revert() -> None:
+    run = _settled_batch_one()
+    run.machine.gates_judged(1, _failing_gate(), run.now)
+    assert run.machine.status == "paused"
+    assert run.machine.state.auto_revert_reason is None
+
+
+@pytest.mark.parametrize(
+    ("auto_revert", "then_revert", "asked"),
+    [(True, True, "aborted by ops: bad build"), (True, False, None), (False, True, None)],
+    ids=["an operator's abort", "a revert's own abort", "no autoRevert"],
+)
+def test_an_abort_asks_for_the_revert_only_with_auto_revert_and_not_a_revert_s_own(
+    auto_revert: bool, then_revert: bool, asked: str | None
+) -> None:
+    run = started("ab", auto_revert=auto_revert)
+    run.machine.abort("ops", "bad build", run.now, then_revert=then_revert)
+    assert run.machine.state.auto_revert_reason == asked
+
+
+def test_a_cancelled_run_asks_for_no_revert() -> None:
+    run = started("ab", auto_revert=True)
+    run.machine.cancel_requested("temporal", "cancellation requested in Temporal", run.now)
+    assert run.machine.status == "aborted"
+    assert run.machine.state.auto_revert_reason is None

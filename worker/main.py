@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.gates import GateActivities
+from activities.reverts import RevertActivities
 from activities.rollouts import RolloutActivities
 from server.settings import Settings
 from store.pool import open_pool
@@ -36,6 +37,7 @@ log = logging.getLogger("rollout.worker")
 def build_worker(client: Client, settings: Settings, activities: RolloutActivities) -> Worker:
     """The worker of `settings.temporal_task_queue`, the single place that lists what it runs."""
     gates = GateActivities(settings)
+    reverts = RevertActivities(activities.pool, stale_after_seconds=activities.stale_after_seconds)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
@@ -47,6 +49,7 @@ def build_worker(client: Client, settings: Settings, activities: RolloutActiviti
             activities.record_progress,
             activities.reported_steps,
             gates.watch_gates,
+            reverts.prepare_auto_revert,
         ],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,

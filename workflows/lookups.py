@@ -10,6 +10,7 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
+    from activities.reverts import RevertActivities
     from activities.rollouts import RolloutActivities
     from domain.gates import GateResult, unreachable
     from domain.rollouts import RolloutSpec
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.read_model_writer import JOBS_PER_WRITE
     from workflows.rollout_models import (
+        AutoRevertInput,
         BatchTargetsInput,
         JobState,
         LateTargetsInput,
@@ -126,3 +128,17 @@ async def reported_steps(jobs: list[JobState]) -> dict[str, str]:
             break
         steps.update(result.steps)
     return steps
+
+
+async def prepare_auto_revert(spec: RolloutSpec, reason: str) -> RolloutSpec | None:
+    """The revert of the hosts the rollout updated, stored (once) for the workflow to start;
+    None when there is none (why is audited)."""
+    result = await workflow.execute_activity_method(
+        RevertActivities.prepare_auto_revert,
+        AutoRevertInput(rollout_id=spec.id, reason=reason),
+        start_to_close_timeout=SNAPSHOT_TIMEOUT,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        retry_policy=ACTIVITY_RETRY,
+        summary="store the revert of the hosts it updated (autoRevert)",
+    )
+    return result.spec

@@ -9,9 +9,10 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import is_cancelled_exception
+from temporalio.exceptions import WorkflowAlreadyStartedError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from domain.rollouts import rollout_workflow_id
     from workflows import lookups, rollout_text
     from workflows.admin_updates import admin_action
     from workflows.read_model_writer import CANCELLATION, ReadModelWriter
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         ThawInput,
         WaitStartedInput,
     )
+    from workflows.search_attributes import start_attributes, start_summary
     from workflows.web_ui import WebUi
 
 # Temporal refuses the 10,001st signal of a run; leave room for signals racing continue-as-new.
@@ -94,7 +96,7 @@ class RolloutWorkflow:
                 settled = self._state.current_batch
                 until = machine.gates_until(workflow.now())
                 results = await lookups.watch_gates(self._spec, until, workflow.now())
-                self._apply(machine.gates_judged(settled, results))
+                self._apply(machine.gates_judged(settled, results, workflow.now()))
                 continue
             if (batch := machine.due_batch(workflow.now())) is not None:
                 await self._start_batch(batch, WORKFLOW_ACTOR)
@@ -107,7 +109,27 @@ class RolloutWorkflow:
         self._writer.close()
         self._web_ui.publish(self._machine)
         await self._drain()
+        if self._state.auto_revert_reason is not None:
+            await self._auto_revert(self._state.auto_revert_reason)
         return RolloutResult(status=machine.status, counts=machine.counts())
+
+    async def _auto_revert(self, reason: str) -> None:
+        """autoRevert: the revert's rows are stored by an activity (once, whatever retries), then
+        it runs as a child workflow that outlives this one: the history shows one story."""
+        spec = await lookups.prepare_auto_revert(self._spec, reason)
+        if spec is None:
+            return  # nothing to revert, or a freeze holds the channel: audited by the activity
+        with contextlib.suppress(WorkflowAlreadyStartedError):  # started before a crash
+            await workflow.start_child_workflow(
+                RolloutWorkflow.run,
+                RolloutInput(spec=spec),
+                id=rollout_workflow_id(spec.id),
+                task_queue=workflow.info().task_queue,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                search_attributes=start_attributes(spec),
+                static_summary=start_summary(spec),
+            )
+        self._log_line(f"reverting the hosts it updated: rollout {spec.id}")
 
     async def _start(self) -> None:
         count = self._state.target_count = await lookups.snapshot_targets(self._spec)
@@ -269,7 +291,9 @@ class RolloutWorkflow:
 
     @admin_action("abort")
     async def abort(self, input: AbortInput) -> ActionResult:
-        fx = self._machine.abort(input.actor, input.reason, workflow.now())
+        fx = self._machine.abort(
+            input.actor, input.reason, workflow.now(), then_revert=not input.by_revert
+        )
         return self._answer(self._apply(fx))
 
     @workflow.update(name="wait_started")

@@ -549,10 +549,11 @@ class RolloutMachine:
         settled = self.state.settled_at or now
         return max(now, settled + timedelta(seconds=self.spec.bake_seconds))
 
-    def gates_judged(self, batch: int, results: list[GateResult]) -> Effects:
+    def gates_judged(self, batch: int, results: list[GateResult], now: datetime) -> Effects:
         """The gates of `batch` passed (the next may go), or one failed: paused, the gate, its
-        value and its threshold in the reason. Results that come after the rollout moved on
-        (advanced, paused, ended meanwhile) are only kept."""
+        value and its threshold in the reason; with autoRevert, aborted and reverted instead.
+        Results that come after the rollout moved on (advanced, paused, ended meanwhile) are
+        only kept."""
         fx = Effects()
         state = self.state
         state.gate_results = results
@@ -564,7 +565,12 @@ class RolloutMachine:
         )
         if moved_on:
             return fx
-        if failed:
+        if failed and self.spec.auto_revert:
+            reason = "health gate failed: " + "; ".join(r.detail for r in failed)
+            self._event(fx, WORKFLOW_ACTOR, "rollout.abort", {"reason": reason})
+            self._abort(fx, WORKFLOW_ACTOR, reason, now)
+            self.state.auto_revert_reason = reason
+        elif failed:
             self._pause(fx, WORKFLOW_ACTOR, "; ".join(r.detail for r in failed))
         else:
             state.gates_passed_batch = batch
@@ -694,11 +700,19 @@ class RolloutMachine:
                 self._may_end_at(job.deadline)
                 fx.jobs.add(job.id)
 
-    def abort(self, actor: str, reason: str | None, now: datetime) -> Effects:
+    def abort(
+        self, actor: str, reason: str | None, now: datetime, *, then_revert: bool = True
+    ) -> Effects:
+        """`then_revert`: with autoRevert, the hosts it updated are reverted once it has ended;
+        not when a revert aborts it, nor when its run is cancelled."""
         self._require("abort")
         fx = Effects()
         self._event(fx, actor, "rollout.abort", {"reason": reason})
         self._abort(fx, actor, reason, now)
+        if self.spec.auto_revert and then_revert:
+            self.state.auto_revert_reason = f"aborted by {actor}" + (
+                f": {reason}" if reason else ""
+            )
         fx.answer = "aborted"
         return fx
 
@@ -707,7 +721,7 @@ class RolloutMachine:
         cancels running jobs, as no report can reach a closed run."""
         fx = Effects()
         if not self.finished:
-            fx = self.abort(actor, reason, now)
+            fx = self.abort(actor, reason, now, then_revert=False)
             self.state.note = reason
         for job in self.latest_jobs():
             if job.status in OPEN_JOB_STATUSES:

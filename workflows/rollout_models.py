@@ -73,6 +73,8 @@ class RolloutState(BaseModel):
     gates_passed_batch: int = 0
     gate_results: list[GateResult] = Field(default_factory=list)
     late_joiners: int = 0  # targets added after the start (includeLateJoiners)
+    # Why the hosts it updated are to be reverted once it has ended (autoRevert); None: not.
+    auto_revert_reason: str | None = None
     revision: int = 0
     # Changes that arrived while the run was ending, written by the next run.
     unwritten_jobs: list[str] = Field(default_factory=list)
@@ -189,6 +191,8 @@ class RetryInput(ActionInput):
 
 class AbortInput(ActionInput):
     reason: str | None = None
+    # The abort a revert makes first: no automatic revert follows it (autoRevert).
+    by_revert: bool = False
 
 
 class FreezeInput(ActionInput):
@@ -238,6 +242,15 @@ class JobForInstanceResult(BaseModel):
 
 
 # --- activities --------------------------------------------------------------------------------
+
+
+class AutoRevertInput(BaseModel):
+    rollout_id: str
+    reason: str  # why it is reverted: its abort, or the gate that failed
+
+
+class AutoRevertResult(BaseModel):
+    spec: RolloutSpec | None  # the revert to start; None: none (audited why)
 
 
 class SnapshotTargetsInput(BaseModel):

@@ -11,7 +11,12 @@ ALTER TABLE rollouts
     ADD COLUMN restore_note text,
     -- Set when it was created during a fleet freeze: the operator's audited reason. Freezes do
     -- not hold it.
-    ADD COLUMN freeze_override text;
+    ADD COLUMN freeze_override text,
+    -- autoRevert: revert the hosts it updated when it is aborted or a health gate fails, their
+    -- data coming back as auto_revert_restore says.
+    ADD COLUMN auto_revert boolean NOT NULL DEFAULT false,
+    ADD COLUMN auto_revert_restore text
+        CHECK (auto_revert_restore IN ('agent', 'manual', 'not_needed'));
 
 -- Each host of a revert and the release it goes back to, fixed when the revert is created and
 -- kept: the snapshot of targets is made from it, and each job's release is read from it.
