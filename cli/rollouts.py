@@ -100,6 +100,17 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gate-interval-seconds", type=int, help="how often through a bake (30)")
     p.add_argument(
+        "--auto-revert",
+        action="store_true",
+        default=None,
+        help="revert the hosts it updated if it is aborted or a health gate fails",
+    )
+    p.add_argument(
+        "--auto-revert-restore",
+        choices=("agent", "manual", "not_needed"),
+        help="how data comes back in that revert (required for a release with migrations)",
+    )
+    p.add_argument(
         "--include-late-joiners",
         action="store_true",
         default=None,
@@ -162,6 +173,8 @@ def _planned(api: AdminApi, args: argparse.Namespace) -> dict:
         "jobTimeoutSeconds": args.job_timeout_seconds,
         "previewId": getattr(args, "preview_id", None),
         "includeLateJoiners": args.include_late_joiners,
+        "autoRevert": args.auto_revert,
+        "autoRevertRestore": args.auto_revert_restore,
         "window": parse_window(api.command, args.window, args.timezone) if args.window else None,
         "gates": _gates(api, args.gates_file) if args.gates_file else None,
         "gateIntervalSeconds": args.gate_interval_seconds,

@@ -42,7 +42,13 @@ from domain.rollouts import RolloutSpec, rollout_workflow_id
 from server.settings import ApiSettings
 from store import jobs
 from temporal_client import rollouts as rollout_client
-from tests.fixtures_temporal import eventually, fetch_chain, seed_instances, skip_time
+from tests.fixtures_temporal import (
+    eventually,
+    fetch_chain,
+    seed_instances,
+    seed_release,
+    skip_time,
+)
 from tests.test_rollout_workflow import (
     TIMEOUT,
     act,
@@ -83,6 +89,7 @@ SCENARIOS = {
     "answer_when_written",
     "report_while_written",
     "reports_in_one_signal",
+    "auto_revert",
 }
 # How a scenario's last run ends, when not by completing.
 LAST_RUN_ENDS = {"cancel_request": "canceled"}
@@ -277,6 +284,40 @@ async def test_abort_run_replays(
     await report(client, spec, a, "failed", "migrate")
     assert (await outcome(client, spec)).counts == {"failed": 1, "cancelled": 2}
     await keep(client, spec, "abort")
+
+
+async def test_auto_revert_run_replays(
+    time_skipping_env: WorkflowEnvironment,
+    ts_worker: Worker,
+    ts_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    """An abort with autoRevert: the revert's rows stored by an activity, the revert started as
+    a child workflow that outlives the run."""
+    client = time_skipping_env.client
+    await seed_release(db, ts_settings, version="1.3.0")  # what the hosts ran before
+    spec = await start(
+        client,
+        db,
+        ts_settings,
+        ["a", "b"],
+        batch_size=2,
+        auto_revert=True,
+        auto_revert_restore="not_needed",
+    )
+    a, _ = (await view(client, spec)).jobs
+    await report(client, spec, a, "succeeded")
+    await db.execute("UPDATE instances SET agent_version = '0.2.0'")  # takes a revert job
+    await act(client, spec, "abort", "error rate up")
+    assert (await outcome(client, spec)).status == "aborted"
+    (run,) = await keep(client, spec, "auto_revert")
+    children = [
+        e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+        for e in run.events
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+    ]
+    revert_id = await db.fetchval("SELECT reverted_by FROM rollouts WHERE id = $1", spec.id)
+    assert children == [rollout_workflow_id(revert_id)]
 
 
 @pytest.mark.skipif(
