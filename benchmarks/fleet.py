@@ -5,7 +5,8 @@ free ports: PostgreSQL, Temporal dev server, worker, API as separate processes).
 
 The fleet (spread over `--processes` simulator processes) registers by polling, a signed release
 is uploaded, a rollout with autoAdvance (or, with `--advance`, advanced batch by batch through
-the API) runs to `completed`, and then are printed: the
+the API) runs to `completed` (with `--revert`, then a fleet revert takes every host back to the
+release it ran before, 1.0.0, in batches of the same size), and then are printed: the
 simulator's figures (polls/s, p50/p99 poll and report latency, each process's loop lag, flagged
 when it lagged), the time of each phase of each batch (benchmarks/batch_phases.py) and the API
 process's peak RSS, and with `--advance` the time from each advance to the first handout of its
@@ -58,6 +59,11 @@ def parse_args() -> argparse.Namespace:
         help="advance each batch through the API (no autoAdvance) and time advance → handout",
     )
     p.add_argument(
+        "--revert",
+        action="store_true",
+        help="then revert the fleet to the release it ran before (docs/reverts.md) and time it",
+    )
+    p.add_argument(
         "--processes", type=int, help="simulator processes (default: one per 200 agents, ≤ cores)"
     )
     p.add_argument("--json", action="store_true")
@@ -77,9 +83,11 @@ async def wait_until_healthy(url: str, stack: asyncio.subprocess.Process) -> Non
     raise RuntimeError(f"the stack did not answer /health within {STACK_START_SECONDS:g} s")
 
 
-async def upload_release(admin: httpx.AsyncClient, signing_secret: str) -> str:
+async def upload_release(
+    admin: httpx.AsyncClient, signing_secret: str, version: str = "2.0.0"
+) -> str:
     manifest = UnsignedManifest(
-        version="2.0.0",
+        version=version,
         sha="0123456789abcdef0123456789abcdef01234567",
         channel="stable",
         migrations_required=True,
@@ -156,6 +164,7 @@ class BenchmarkResult(BaseModel):
     # and to the advance's answer (the update returns once the batch is written).
     advance_to_handout_ms: dict[int, float]
     advance_answered_ms: dict[int, float]
+    revert: dict[str, Any] | None = None  # with --revert: the revert as GET answered it at its end
 
 
 class FleetRun(BaseModel):
@@ -166,6 +175,7 @@ class FleetRun(BaseModel):
     # its answer took (ms).
     advanced_at: dict[int, float]
     advance_answered_ms: dict[int, float]
+    revert: dict[str, Any] | None = None
 
 
 async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult:
@@ -217,6 +227,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
             rollout_cpu_seconds=run.rollout_cpu_seconds,
             advance_to_handout_ms=advance_to_handout_ms(figures, run.advanced_at),
             advance_answered_ms=run.advance_answered_ms,
+            revert=run.revert,
         )
     finally:
         if stack.returncode is None:
@@ -248,7 +259,10 @@ async def run_fleet(
     fleet = asyncio.create_task(simulate(options, stop=stop))
     await registered(database, args.agents, 120)
     registered_rss = procstat.rss_mb(api_pid(stack_pid))
-    release_id = await upload_release(admin, secrets["CONTROL_PLANE_RELEASE_SIGNING_SECRET"])
+    signing_secret = secrets["CONTROL_PLANE_RELEASE_SIGNING_SECRET"]
+    if args.revert:  # what the fleet runs, uploaded: the release a revert goes back to
+        await upload_release(admin, signing_secret, options.version)
+    release_id = await upload_release(admin, signing_secret)
     body = {
         "manifestId": release_id,
         "channel": "stable",
@@ -277,6 +291,13 @@ async def run_fleet(
         advanced_at[number] = time.time()
         (await admin.post(f"{rollout_path}/advance")).raise_for_status()
         answered_ms[number] = (time.time() - advanced_at[number]) * 1000
+    reverted = None
+    if args.revert and rollout["status"] == "completed":
+        revert_body = {"batchSize": args.batch_size, "autoAdvance": True, "restore": "not_needed"}
+        started = await admin.post(f"{rollout_path}/revert", json=revert_body)
+        started.raise_for_status()
+        revert_path = f"/api/rollouts/{started.json()['id']}?jobs=none"
+        reverted = await wait_for(admin, revert_path, lambda r: r["status"] in finished, 1800)
     cpu_after = cpu_by_part(stack_pid)
     stop.set()
     return FleetRun(
@@ -287,6 +308,7 @@ async def run_fleet(
         },
         advanced_at=advanced_at,
         advance_answered_ms=answered_ms,
+        revert=reverted,
     )
 
 
@@ -352,6 +374,16 @@ def main() -> None:
     total = sum(cpu.values())
     print(f"CPU seconds from the rollout's creation to its end: {each}; total {total:.1f}")
     print(control_plane_figures(result))
+    if result.revert is not None:
+        revert = result.revert
+        took = datetime.fromisoformat(revert["finishedAt"]) - datetime.fromisoformat(
+            revert["createdAt"]
+        )
+        print(
+            f"revert {revert['id']}: {revert['status']}, {revert['counts']} back to"
+            f" {revert['version']} in {revert['totalBatches']} batches,"
+            f" {took.total_seconds():.1f} s from its creation to its end"
+        )
     if result.advance_to_handout_ms:
         each = ", ".join(f"{ms:.0f}" for ms in result.advance_to_handout_ms.values())
         print(f"advance → first handout, batch 2 on (ms): {each}")
