@@ -30,21 +30,28 @@ class RevertActivities:
         """The revert to start, stored; the one stored by an earlier attempt, if any; or none,
         with the reason audited on the rollout."""
         async with heartbeating(), self.pool.acquire() as conn, conn.transaction():
-            original = await rollouts.get(conn, input.rollout_id)
+            # Locked: an attempt still running when its retry starts finishes first, and the
+            # retry then finds what it stored.
+            original = await rollouts.get(conn, input.rollout_id, for_update=True)
             assert original is not None  # its own workflow asks
+            revert = None
             if original.reverted_by is not None:
-                done = await rollouts.get(conn, original.reverted_by)
-                assert done is not None
-                return AutoRevertResult(spec=RolloutSpec.model_validate(done.model_dump()))
-            why_not = await self._store(conn, original, input.reason)
-            if isinstance(why_not, RolloutSpec):
-                return AutoRevertResult(spec=why_not)
+                revert = await rollouts.get(conn, original.reverted_by)
+            if revert is not None and revert.created_by == AUTO_REVERT_ACTOR:
+                return AutoRevertResult(spec=RolloutSpec.model_validate(revert.model_dump()))
+            stored: RolloutSpec | str
+            if revert is not None:  # an operator reverted it while it was ending
+                stored = f"already reverted by rollout {revert.id}"
+            else:
+                stored = await self._store(conn, original, input.reason)
+            if isinstance(stored, RolloutSpec):
+                return AutoRevertResult(spec=stored)
             await audit.record(
                 conn,
                 actor=AUTO_REVERT_ACTOR,
                 action="rollout.auto_revert_skipped",
                 subject=f"rollout:{original.id}",
-                detail={"reason": input.reason, "skipped": why_not},
+                detail={"reason": input.reason, "skipped": stored},
             )
         return AutoRevertResult(spec=None)
 
@@ -59,7 +66,7 @@ class RevertActivities:
         hosts = await reverts.touched_hosts(conn, original.id)
         plan = plan_revert(
             hosts,
-            version=release.version,
+            channel=original.channel,
             now=datetime.now(UTC),
             stale_after_seconds=self.stale_after_seconds,
         )

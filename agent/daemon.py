@@ -24,7 +24,7 @@ from agent.steps import ShellExecutor, StepExecutor
 from agent.timing import jittered, retry_delay, sleep_unless_stopped
 from agent.transport import RequestFailed, Signer, signed_exchange, signed_post
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
-from contract.wire import PollResponse, ReportResponse
+from contract.wire import DOWNGRADE_CAPABILITY, PollResponse, ReportResponse
 from runtime.build import package_version
 
 POLL_PATH = "/api/updates/next"
@@ -147,6 +147,7 @@ class Agent:
                 "channel": self.config.channel,
                 "currentVersion": self.journal.state.current_version,
                 "agentVersion": package_version(),
+                "capabilities": [DOWNGRADE_CAPABILITY],
             }
             asked, started = hold, loop.time()
             try:

@@ -116,8 +116,8 @@ class JobRunner:
         *,
         channel: str,
         journal: Journal,
-        instance_id: str = "",
-        secret: str = "",
+        instance_id: str,
+        secret: str,
         release_keys: Mapping[str, str] | None = None,
         release_keys_threshold: int = 1,
         executor: StepExecutor,
@@ -209,6 +209,18 @@ class JobRunner:
                 )
         return None
 
+    def _context(self, job: JobAssignment, previous_version: str) -> StepContext:
+        """What the job's commands are told; a revert's restore gets the backup its host took
+        on the way up to the version it leaves."""
+        backups = self.journal.state.backups
+        return StepContext(
+            job.id,
+            job.manifest,
+            previous_version,
+            revert=job.downgrade is not None,
+            backup_ref=backups.get(previous_version) if job.downgrade else None,
+        )
+
     def _steps(self, job: JobAssignment) -> tuple[Step, ...]:
         """The update's steps; a revert that restores data restores it after the pull."""
         if job.downgrade is None or job.downgrade.restore != "agent":
@@ -245,14 +257,7 @@ class JobRunner:
             )
             return
         self._enter(job, "preflight")
-        current = self.journal.state.current_version
-        context = StepContext(
-            job.id,
-            job.manifest,
-            current,
-            revert=job.downgrade is not None,
-            backup_ref=self.journal.state.backups.get(current) if job.downgrade else None,
-        )
+        context = self._context(job, self.journal.state.current_version)
         done: list[tuple[str, str]] = []
         last: Step = "preflight"
         for step in self._steps(job):
@@ -333,7 +338,7 @@ class JobRunner:
             return
         job = active.job
         self._current, self._step, self._failed_step = job, active.step, active.failed_step
-        context = StepContext(job.id, job.manifest, active.previous_version)
+        context = self._context(job, active.previous_version)
         self.log.warning(
             "job %s: agent restarted during %s; finishing it",
             job.id,

@@ -23,7 +23,9 @@ RestoreMode = Literal["agent", "manual", "not_needed"]
 
 
 class DowngradePermission(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Fields a later control plane adds are kept, and signed over like the rest: an agent that
+    # does not know one still checks the signature over every field it was sent.
+    model_config = ConfigDict(extra="allow")
 
     purpose: Literal["downgrade"] = "downgrade"
     jobId: str

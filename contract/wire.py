@@ -5,7 +5,7 @@ so all read one contract."""
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -121,10 +121,25 @@ class AgentRequest(BaseModel):
         return value
 
 
+# What an agent may declare it does beyond the contract (an extension, docs/protocol.md):
+# `downgrade`: it checks a revert job's downgrade permission (contract.downgrade) before going
+# down, so it may be sent one. Unknown names are accepted and ignored, for agents newer than this.
+DOWNGRADE_CAPABILITY = "downgrade"
+CAPABILITY_PATTERN = r"^[a-z0-9-]{1,32}$"
+MAX_CAPABILITIES = 16
+
+
 class PollRequest(AgentRequest):
     channel: Channel
     currentVersion: str = Field(json_schema_extra=VERSION_SCHEMA)
     agentVersion: str | None = Field(default=None, pattern=AGENT_VERSION_PATTERN)
+    capabilities: list[Annotated[str, Field(pattern=CAPABILITY_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_CAPABILITIES
+    )
+
+    @property
+    def accepts_downgrade(self) -> bool:
+        return DOWNGRADE_CAPABILITY in self.capabilities
 
     @field_validator("currentVersion")
     @classmethod

@@ -7,17 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-import semver
 from pydantic import BaseModel
-
-# The first agent of this project that checks a downgrade permission (docs/protocol.md); older
-# agents, and agents that report no semver version, are not sent revert jobs.
-DOWNGRADE_MIN_AGENT_VERSION = "0.2.0"
 
 SkipReason = Literal[
     "still_running",
     "no_previous_release",
     "agent_too_old",
+    "other_channel",
     "on_hold",
     "pending",
     "decommissioned",
@@ -37,23 +33,15 @@ class TouchedHost(BaseModel):
     # Its latest job succeeded and it has not polled since: it runs the release, though its
     # row still says what it ran before (a poll records the new version).
     succeeded_unseen: bool
+    # What its job in that rollout installs: the rollout's release, or for a revert's job its
+    # own (a revert of a revert takes each host back from where its job took it).
+    job_version: str
     current_version: str
-    agent_version: str | None
+    channel: str
+    accepts_downgrade: bool  # its agent declares the `downgrade` capability
     state: str
     held: bool
     last_seen_at: datetime
-
-
-def understands_downgrade(agent_version: str | None) -> bool:
-    """Whether an agent reporting `agent_version` checks downgrade permissions."""
-    if agent_version is None:
-        return False
-    try:
-        return semver.Version.parse(agent_version) >= semver.Version.parse(
-            DOWNGRADE_MIN_AGENT_VERSION
-        )
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -76,15 +64,15 @@ class RevertPlan:
 
 
 def plan_revert(
-    hosts: list[TouchedHost], *, version: str, now: datetime, stale_after_seconds: int
+    hosts: list[TouchedHost], *, channel: str, now: datetime, stale_after_seconds: int
 ) -> RevertPlan:
-    """The hosts that run `version` (the reverted release's: as their last poll said, or their
-    job's success since) go back to their previous release, unless one of SkipReason holds; the
+    """The hosts that run what their job installed (as their last poll said, or their job's
+    success since) go back to their previous release, unless one of SkipReason holds; the
     checks come in the order an operator would fix them in."""
     plan = RevertPlan()
     stale_before = now - timedelta(seconds=stale_after_seconds)
     for host in hosts:
-        if host.current_version != version and not host.succeeded_unseen:
+        if host.current_version != host.job_version and not host.succeeded_unseen:
             if host.job_open:
                 plan.skip("still_running", host.instance_id)
             else:
@@ -96,9 +84,11 @@ def plan_revert(
             plan.skip("on_hold", host.instance_id)
         elif stale_after_seconds and host.last_seen_at < stale_before:
             plan.skip("not_seen", host.instance_id)
+        elif host.channel != channel:
+            plan.skip("other_channel", host.instance_id)
         elif host.previous_release_id is None:
             plan.skip("no_previous_release", host.instance_id)
-        elif not understands_downgrade(host.agent_version):
+        elif not host.accepts_downgrade:
             plan.skip("agent_too_old", host.instance_id)
         else:
             plan.targets.append((host.instance_id, host.previous_release_id))

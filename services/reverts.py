@@ -88,7 +88,7 @@ async def _prepare(
     hosts = await reverts.touched_hosts(pool, rollout_id)
     plan = plan_revert(
         hosts,
-        version=release.version,
+        channel=original.channel,
         now=datetime.now(UTC),
         stale_after_seconds=stale_after_seconds,
     )
@@ -168,7 +168,8 @@ async def revert(
     """Abort the rollout if it is unfinished, then start the revert of its hosts. Refused,
     changing nothing: an unknown rollout (404), a migrations release without `restore` or a
     plan the hosts cannot be cut by (422), no host to take back or a freeze without an
-    override (409)."""
+    override (409). Refused after the abort, which stands: the rollout's jobs ended so that no
+    host is left to take back, or another rollout took the channel meanwhile (409)."""
     prepared = await _prepare(pool, rollout_id, new, stale_after_seconds=stale_after_seconds)
     if not prepared.plan.targets:
         raise _nothing_to_revert(prepared)
@@ -178,7 +179,9 @@ async def revert(
             await freezes.refuse_if_frozen(conn, original.channel)
     revert_id = uuid.uuid4().hex
     if original.status not in ("completed", "aborted"):
-        why = f"reverted by rollout {revert_id}" + (f": {new.reason}" if new.reason else "")
+        # Without the revert's id: should the revert then be refused (nothing left to take
+        # back, the channel taken meanwhile), the abort stands and names no rollout that is not.
+        why = "reverting" + (f": {new.reason}" if new.reason else "")
         with contextlib.suppress(Conflict):  # it finished meanwhile: revert what it did
             await rollout_service.act(
                 pool, temporal, original.id, "abort", actor=actor, reason=why, by_revert=True

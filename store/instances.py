@@ -15,7 +15,7 @@ from contract.manifest import parse_version
 
 _COLUMNS = (
     "instance_id, channel, current_version, agent_version, first_seen_at, last_seen_at, state,"
-    " state_changed_at, held_at, hold_reason, held_by"
+    " state_changed_at, held_at, hold_reason, held_by, accepts_downgrade"
 )
 
 InstanceState = Literal["active", "pending", "decommissioned"]
@@ -37,6 +37,8 @@ class Instance(BaseModel):
     held_at: datetime | None = None
     hold_reason: str | None = None
     held_by: str | None = None
+    # Its agent declares the `downgrade` capability (docs/protocol.md): it may take revert jobs.
+    accepts_downgrade: bool = False
 
 
 def _instance(row: asyncpg.Record) -> Instance:

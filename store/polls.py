@@ -58,18 +58,19 @@ _HANDOUT = _handout_of("$1")
 _POLLS = f"""
 WITH polled AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-            $6::text[], $7::int[], $8::text[])
+            $6::text[], $7::int[], $8::text[], $9::bool[])
         WITH ORDINALITY AS p(instance_id, nonce, expires_at, channel, current_version,
-            agent_version, arrived, admit_as, n)
+            agent_version, arrived, admit_as, accepts_downgrade, n)
 ), claimed AS (
     INSERT INTO agent_nonces (instance_id, nonce, expires_at)
     SELECT instance_id, nonce, expires_at FROM polled ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING instance_id, nonce
 ), recorded AS (
-    INSERT INTO instances AS i (instance_id, channel, current_version, agent_version, state)
+    INSERT INTO instances AS i (instance_id, channel, current_version, agent_version, state,
+            accepts_downgrade)
     SELECT DISTINCT ON (p.instance_id) p.instance_id, p.channel, p.current_version,
-            p.agent_version, p.admit_as
+            p.agent_version, p.admit_as, p.accepts_downgrade
         FROM polled p JOIN claimed c USING (instance_id, nonce)
         WHERE p.admit_as = 'active'
             OR EXISTS (SELECT FROM instances k WHERE k.instance_id = p.instance_id)
@@ -78,10 +79,11 @@ WITH polled AS (
         ORDER BY p.instance_id, p.arrived DESC
     ON CONFLICT (instance_id) DO UPDATE SET channel = EXCLUDED.channel,
         current_version = EXCLUDED.current_version, agent_version = EXCLUDED.agent_version,
-        last_seen_at = now()
+        accepts_downgrade = EXCLUDED.accepts_downgrade, last_seen_at = now()
     WHERE i.state <> 'decommissioned' AND (
-        (i.channel, i.current_version, i.agent_version)
-            IS DISTINCT FROM (EXCLUDED.channel, EXCLUDED.current_version, EXCLUDED.agent_version)
+        (i.channel, i.current_version, i.agent_version, i.accepts_downgrade)
+            IS DISTINCT FROM (EXCLUDED.channel, EXCLUDED.current_version, EXCLUDED.agent_version,
+                EXCLUDED.accepts_downgrade)
         OR i.last_seen_at < now() - interval '{LAST_SEEN_RESOLUTION_SECONDS} seconds')
     RETURNING instance_id, state
 )
@@ -107,6 +109,8 @@ class Poll:
     agent_version: str | None
     # The state a new instance is recorded in: `pending` when an admin must approve it first.
     admit_as: str = "active"
+    # It declares the `downgrade` capability: a revert's jobs may be handed to it.
+    accepts_downgrade: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ async def record_many(
         [p.agent_version for p in polls],
         unique,
         [p.admit_as for p in polls],
+        [p.accepts_downgrade for p in polls],
     )
     outcomes = [PollOutcome(fresh=False)] * len(many)
     for k, row in zip(unique, rows, strict=True):

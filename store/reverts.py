@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 from pydantic import BaseModel
 
-from domain.reverts import DOWNGRADE_MIN_AGENT_VERSION, RevertPlan, SkipReason, TouchedHost
+from domain.reverts import RevertPlan, SkipReason, TouchedHost
 from domain.rollouts import RolloutSpec
 from store import audit, rollouts
 from store.instances import LEFT_OUT_SHOWN
@@ -24,14 +24,16 @@ _TOUCHED = f"""
 SELECT f.instance_id, f.previous_version, f.previous_release_id,
         l.status IN {OPEN_JOBS} AS job_open,
         l.status = 'succeeded' AND i.last_seen_at <= l.updated_at AS succeeded_unseen,
-        i.current_version, i.agent_version, i.state, i.held_at IS NOT NULL AS held,
-        i.last_seen_at
+        r.version AS job_version, i.current_version, i.channel, i.accepts_downgrade, i.state,
+        i.held_at IS NOT NULL AS held, i.last_seen_at
     FROM (SELECT DISTINCT ON (instance_id) instance_id, previous_version, previous_release_id
             FROM update_jobs WHERE rollout_id = $1 ORDER BY instance_id, attempt) f
-        JOIN (SELECT DISTINCT ON (instance_id) instance_id, status, updated_at
+        JOIN (SELECT DISTINCT ON (instance_id) instance_id, status, updated_at, release_id
             FROM update_jobs WHERE rollout_id = $1 ORDER BY instance_id, attempt DESC) l
             USING (instance_id)
         JOIN instances i USING (instance_id)
+        JOIN rollouts ro ON ro.id = $1
+        JOIN releases r ON r.id = coalesce(l.release_id, ro.manifest_id)
     ORDER BY f.instance_id
 """
 
@@ -93,8 +95,9 @@ _WORDS: dict[SkipReason, str] = {
     "still_running": "its job was still running: revert again once it has ended",
     "no_previous_release": "what it ran before was never uploaded as a release on the channel:"
     " not guessed",
-    "agent_too_old": f"its agent is older than {DOWNGRADE_MIN_AGENT_VERSION} and would refuse"
-    " to go down: upgrade the agent",
+    "agent_too_old": "its agent does not declare that it checks downgrade permissions (the"
+    " `downgrade` capability, agents from 0.2.0): upgrade the agent",
+    "other_channel": "moved to another channel since",
     "on_hold": "on hold (POST /api/instances/{id}/hold)",
     "pending": "awaiting an admin's approval",
     "decommissioned": "decommissioned",

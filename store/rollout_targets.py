@@ -46,9 +46,11 @@ async def snapshot(
         if rollout is not None and rollout.status in FINISHED_ROLLOUT_STATUSES:
             return 0  # an attempt still running when the rollout ended: it was dropped already
         if rollout is not None and rollout.revert_of is not None:
-            # A revert: the hosts fixed when it was made (store.reverts).
+            # A revert: the hosts fixed when it was made, who it leaves out recorded then
+            # (store.reverts).
             status = await conn.execute(reverts.SNAPSHOT, rollout_id)
-        elif rollout is not None and rollout.preview_id is not None:
+            return int(status.rsplit(" ", 1)[1])
+        if rollout is not None and rollout.preview_id is not None:
             # Created from a preview (which it matched): exactly the previewed hosts.
             status = await conn.execute(
                 "INSERT INTO rollout_targets (rollout_id, position, instance_id)"

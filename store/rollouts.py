@@ -209,8 +209,12 @@ async def set_left_out(
     )
 
 
-async def get(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str) -> Rollout | None:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM rollouts WHERE id = $1", rollout_id)
+async def get(
+    conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str, *, for_update: bool = False
+) -> Rollout | None:
+    """`for_update`: the row locked until the caller's transaction ends."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM rollouts WHERE id = $1{lock}", rollout_id)
     return _rollout(row) if row else None
 
 

@@ -2,7 +2,10 @@
 Temporal dev server and PostgreSQL. Hosts a rollout updated go back to what each ran before; the
 marker file each host's own switch command writes says what it runs."""
 
+import asyncio
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -181,18 +184,24 @@ async def test_a_migrations_release_reverts_only_with_a_restore_plan(
     assert host.current() == "1.0.0"
 
 
-def _reports_agent_version(directory: Path, version: str) -> dict[str, str]:
-    """Env that makes a real agent process report `version` as its own: package metadata found
-    on PYTHONPATH before the installed one, as an agent installed from an older build has."""
-    info = directory / f"rollout_control_plane-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: rollout-control-plane\nVersion: {version}\n"
-    )
-    return {"PYTHONPATH": str(directory)}
+async def _contract_agent(
+    url: str, instance_id: str, state_dir: Path
+) -> asyncio.subprocess.Process:
+    """An agent from before fleet reverts, written from PROTOCOL.md alone: it declares no
+    capability (tests/contract_agent.py)."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "CONTROL_PLANE_URL": url,
+        "AGENT_INSTANCE_ID": instance_id,
+        "AGENT_SECRET": FLEET_TOKEN,
+        "AGENT_CURRENT_VERSION": "1.0.0",
+        "AGENT_STATE_DIR": str(state_dir),
+    }
+    script = Path(__file__).parent / "contract_agent.py"
+    return await asyncio.create_subprocess_exec(sys.executable, str(script), env=env)
 
 
-async def test_an_old_agent_is_not_sent_a_revert_job(
+async def test_an_agent_that_does_not_check_permissions_is_not_sent_a_revert_job(
     plane: LiveServer,
     admin: httpx.AsyncClient,
     agent_host: AgentFactory,
@@ -203,45 +212,47 @@ async def test_an_old_agent_is_not_sent_a_revert_job(
     await seed_release(db, dev_settings, version="1.0.0", migrations_required=False)
     target = await seed_release(db, dev_settings, version="1.4.0", migrations_required=False)
     new = await agent_host(plane.url, FLEET_TOKEN, instance_id="new-agent")
-    old = await agent_host(
-        plane.url,
-        FLEET_TOKEN,
-        instance_id="old-agent",
-        extra_env=_reports_agent_version(tmp_path / "old", "0.1.0"),
-    )
-    await registered(admin, 2)
-    rollout = await start_rollout(admin, target, batchSize=2)
-    await rollout_where(admin, rollout["id"], finished("completed"))
-    fleet = {i["instanceId"]: i for i in (await admin.get("/api/instances")).json()}
-    assert fleet["old-agent"]["agentVersion"] == "0.1.0"
+    old = await _contract_agent(plane.url, "old-agent", tmp_path / "old")
+    try:
+        await registered(admin, 2)
+        fleet = {i["instanceId"]: i for i in (await admin.get("/api/instances")).json()}
+        assert fleet["old-agent"]["acceptsDowngrade"] is False
+        assert fleet["new-agent"]["acceptsDowngrade"] is True
+        rollout = await start_rollout(admin, target, batchSize=2)
+        await rollout_where(admin, rollout["id"], finished("completed"))
 
-    preview = (await admin.post(f"/api/rollouts/{rollout['id']}/revert/preview", json={})).json()
-    assert [(e["reason"], e["instances"]) for e in preview["leftOut"]] == [
-        ("agent_too_old", ["old-agent"])
-    ]
-    started = await revert(admin, rollout["id"])
-    assert started.status_code == 201, started.text
-    done = await rollout_where(admin, started.json()["id"], finished("completed"))
-    assert [e["reason"] for e in done["leftOut"]] == ["agent_too_old"]
-    assert [j["instanceId"] for b in done["batches"] for j in b["jobs"]] == ["new-agent"]
-    assert (new.current(), old.current()) == ("1.0.0", "1.4.0")
-    assert not any(line.endswith(" 1.0.0") for line in old.steps())
+        preview = await admin.post(f"/api/rollouts/{rollout['id']}/revert/preview", json={})
+        assert [(e["reason"], e["instances"]) for e in preview.json()["leftOut"]] == [
+            ("agent_too_old", ["old-agent"])
+        ]
+        started = await revert(admin, rollout["id"])
+        assert started.status_code == 201, started.text
+        done = await rollout_where(admin, started.json()["id"], finished("completed"))
+        assert [e["reason"] for e in done["leftOut"]] == ["agent_too_old"]
+        assert [j["instanceId"] for b in done["batches"] for j in b["jobs"]] == ["new-agent"]
+        assert new.current() == "1.0.0"
+        assert (tmp_path / "old" / "current").read_text() == "1.4.0"
+        assert old.returncode is None  # it polled on throughout, never handed a revert job
+    finally:
+        old.kill()
+        await old.wait()
 
 
-async def test_a_revert_job_is_handed_out_with_its_permission_only_to_an_agent_that_checks_it(
+async def test_a_revert_job_is_handed_out_with_its_permission_only_to_an_agent_that_checks_them(
     plane: LiveServer,
     admin: httpx.AsyncClient,
     dev_settings: ApiSettings,
     db: asyncpg.Connection,
 ) -> None:
-    """The gate at the poll, for an agent whose version fell after the revert was made (one
-    reinstalled from an older build): withheld, never handed out to be refused."""
+    """The gate at the poll, for an agent replaced after the revert was made by one that does
+    not declare the capability: withheld, never handed out to be refused (or not checked)."""
     previous = await seed_release(db, dev_settings, version="1.0.0", migrations_required=False)
     target = await seed_release(db, dev_settings, version="1.4.0", migrations_required=False)
     async with httpx.AsyncClient(base_url=plane.url, timeout=30) as agent:
 
-        async def poll(version: str, agent_version: str) -> dict[str, Any]:
-            body = poll_body("web-1", version=version, agentVersion=agent_version)
+        async def poll(version: str, capable: bool) -> dict[str, Any]:
+            declared = ["downgrade"] if capable else []
+            body = poll_body("web-1", version=version, capabilities=declared)
             answer = await post_signed(agent, "/api/updates/next", body, FLEET_TOKEN)
             assert answer.status_code == 200, answer.text
             return assert_signed_by(answer, FLEET_TOKEN, body["nonce"])
@@ -251,23 +262,23 @@ async def test_a_revert_job_is_handed_out_with_its_permission_only_to_an_agent_t
             answer = await post_signed(agent, "/api/updates/report", body, FLEET_TOKEN)
             assert answer.status_code == 200, answer.text
 
-        await poll("1.0.0", "0.2.0")
+        await poll("1.0.0", True)
         rollout = await start_rollout(admin, target, batchSize=1)
-        job = (await poll("1.0.0", "0.2.0"))["job"]
+        job = (await poll("1.0.0", True))["job"]
         assert "downgrade" not in job  # going up needs no permission
         await report(job["id"], "succeeded")
         await rollout_where(admin, rollout["id"], finished("completed"))
-        await poll("1.4.0", "0.2.0")
+        await poll("1.4.0", True)
 
         started = await revert(admin, rollout["id"])
         assert started.status_code == 201, started.text
 
         async def handed_out() -> dict[str, Any] | None:
-            return (await poll("1.4.0", "0.2.0"))["job"]
+            return (await poll("1.4.0", True))["job"]
 
-        assert (await poll("1.4.0", "0.1.0"))["job"] is None
+        assert (await poll("1.4.0", False))["job"] is None
         reverting = await eventually(handed_out)
-        assert (await poll("1.4.0", "0.1.0"))["job"] is None
+        assert (await poll("1.4.0", False))["job"] is None
         assert reverting["manifest"]["version"] == "1.0.0"
         permission = DowngradePermission.model_validate(reverting["downgrade"])
         assert (permission.jobId, permission.instanceId) == (reverting["id"], "web-1")

@@ -9,7 +9,8 @@ import pytest
 
 from contract.downgrade import DowngradePermission
 from contract.manifest import ReleaseManifest, UnsignedManifest
-from domain.reverts import TouchedHost, plan_revert, understands_downgrade
+from contract.wire import PollRequest
+from domain.reverts import TouchedHost, plan_revert
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -21,8 +22,10 @@ def host(name: str, **fields: Any) -> TouchedHost:
         "previous_release_id": "rel-1.0.0",
         "job_open": False,
         "succeeded_unseen": False,
+        "job_version": "1.4.0",
         "current_version": "1.4.0",
-        "agent_version": "0.2.0",
+        "channel": "stable",
+        "accepts_downgrade": True,
         "state": "active",
         "held": False,
         "last_seen_at": NOW,
@@ -39,24 +42,28 @@ def test_each_host_on_the_version_goes_back_to_its_own_release_unless_a_reason_h
         host("rolled-back", current_version="1.0.0"),
         host("running", current_version="1.0.0", job_open=True),
         host("unknown", previous_version="0.9.0", previous_release_id=None),
-        host("old", agent_version="0.1.0"),
-        host("third-party", agent_version=None),
+        host("old", accepts_downgrade=False),
+        host("moved", channel="beta"),
+        # A revert's host: its job took it to its own release, and it goes back from there.
+        host("e", job_version="1.1.0", current_version="1.1.0", previous_release_id="rel-1.4.0"),
         host("held", held=True),
         host("gone", state="decommissioned"),
         host("silent", last_seen_at=NOW - timedelta(days=8)),
     ]
-    plan = plan_revert(hosts, version="1.4.0", now=NOW, stale_after_seconds=7 * 86_400)
+    plan = plan_revert(hosts, channel="stable", now=NOW, stale_after_seconds=7 * 86_400)
     assert plan.targets == [
         ("a", "rel-1.0.0"),
         ("b", "rel-1.1.0"),
         ("c", "rel-1.1.0"),
         ("d", "rel-1.0.0"),
+        ("e", "rel-1.4.0"),
     ]
     assert plan.main_release() == "rel-1.0.0"  # two each: the first by id, so it is stable
     assert plan.skipped == {
         "still_running": ["running"],
         "no_previous_release": ["unknown"],
-        "agent_too_old": ["old", "third-party"],
+        "agent_too_old": ["old"],
+        "other_channel": ["moved"],
         "on_hold": ["held"],
         "decommissioned": ["gone"],
         "not_seen": ["silent"],
@@ -65,13 +72,23 @@ def test_each_host_on_the_version_goes_back_to_its_own_release_unless_a_reason_h
 
 
 @pytest.mark.parametrize(
-    ("agent_version", "understands"),
-    [("0.2.0", True), ("1.0.0", True), ("0.2.0-rc.1", False), ("0.1.9", False), ("dev", False)],
+    ("capabilities", "accepts"),
+    [(["downgrade"], True), (["x-later", "downgrade"], True), ([], False), (["x-later"], False)],
 )
-def test_only_agents_that_check_permissions_get_revert_jobs(
-    agent_version: str, understands: bool
+def test_only_agents_declaring_the_capability_take_revert_jobs(
+    capabilities: list[str], accepts: bool
 ) -> None:
-    assert understands_downgrade(agent_version) is understands
+    poll = PollRequest.model_validate(
+        {
+            "instanceId": "web-1",
+            "sentAt": "2026-12-07T12:00:00Z",
+            "nonce": "n" * 16,
+            "channel": "stable",
+            "currentVersion": "1.0.0",
+            "capabilities": capabilities,
+        }
+    )
+    assert poll.accepts_downgrade is accepts
 
 
 def _manifest(version: str, sha: str = "0123abcd") -> ReleaseManifest:

@@ -307,7 +307,7 @@ async def test_auto_revert_run_replays(
     )
     a, _ = (await view(client, spec)).jobs
     await report(client, spec, a, "succeeded")
-    await db.execute("UPDATE instances SET agent_version = '0.2.0'")  # takes a revert job
+    await db.execute("UPDATE instances SET accepts_downgrade = true")  # takes a revert job
     await act(client, spec, "abort", "error rate up")
     assert (await outcome(client, spec)).status == "aborted"
     (run,) = await keep(client, spec, "auto_revert")

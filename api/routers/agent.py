@@ -27,7 +27,6 @@ from api.metrics import POLLS, REPORTS
 from api.openapi import SignedErrorOut, agent_errors, signed_body
 from contract.downgrade import DowngradePermission
 from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse, wire_deadline
-from domain.reverts import understands_downgrade
 from services import instances, reports
 from services.errors import Conflict, Forbidden, NotFound, Replayed, ServiceError
 from store import polls, releases
@@ -78,6 +77,7 @@ async def next_job(request: Request) -> Response:
                     channel=poll.channel,
                     current_version=poll.currentVersion,
                     agent_version=poll.agentVersion,
+                    accepts_downgrade=poll.accepts_downgrade,
                     admit_as=instances.admitted_as(state.settings, poll.instanceId),
                 )
             )
@@ -106,10 +106,10 @@ async def next_job(request: Request) -> Response:
 
 
 def _can_run(handout: polls.Handout, poll: PollRequest) -> bool:
-    """A revert's job goes only to an agent that checks downgrade permissions: an older one
-    would refuse it at preflight. A revert leaves such hosts out when it is made; this holds for
-    one whose agent was downgraded since."""
-    return not handout.revert or understands_downgrade(poll.agentVersion)
+    """A revert's job goes only to an agent that declares it checks downgrade permissions: one
+    that does not would refuse it at preflight, or worse, not check. A revert leaves such hosts
+    out when it is made; this holds for one whose agent was replaced since."""
+    return not handout.revert or poll.accepts_downgrade
 
 
 async def _job_document(

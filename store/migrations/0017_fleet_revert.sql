@@ -27,5 +27,9 @@ CREATE TABLE revert_targets (
     PRIMARY KEY (rollout_id, instance_id)
 );
 
+-- Whether the instance's agent declares, on its polls, that it checks downgrade permissions
+-- (capability "downgrade"): only such hosts are sent a revert's jobs.
+ALTER TABLE instances ADD COLUMN accepts_downgrade boolean NOT NULL DEFAULT false;
+
 -- The release a job installs when it is not its rollout's (a revert's job); NULL: the rollout's.
 ALTER TABLE update_jobs ADD COLUMN release_id text REFERENCES releases (id);
