@@ -11,10 +11,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 from temporalio.testing import WorkflowEnvironment
 
 from contract.downgrade import DowngradePermission
 from contract.manifest import ReleaseManifest
+from devstack.ports import free_port
 from server.settings import ApiSettings
 from tests.agent_requests import assert_signed_by, body_for, poll_body, post_signed
 from tests.conftest import LiveServer
@@ -347,3 +351,38 @@ async def test_an_aborted_auto_revert_rollout_takes_its_hosts_back_by_itself(
         if e.HasField("start_child_workflow_execution_initiated_event_attributes")
     ]
     assert started == [f"rollout-{revert_id}"]
+
+
+async def test_a_failing_health_gate_aborts_an_auto_revert_rollout_and_reverts_it(
+    plane: LiveServer,
+    admin: httpx.AsyncClient,
+    agent_host: AgentFactory,
+    dev_settings: ApiSettings,
+    db: asyncpg.Connection,
+) -> None:
+    async def unhealthy(_: object) -> Response:
+        return Response(status_code=503)
+
+    probed = Starlette(routes=[Route("/healthz", unhealthy)])
+    async with LiveServer(probed, free_port()) as app:
+        await seed_release(db, dev_settings, version="1.0.0", migrations_required=False)
+        target = await seed_release(db, dev_settings, version="1.4.0", migrations_required=False)
+        first = await agent_host(plane.url, FLEET_TOKEN, instance_id="web-1")
+        second = await agent_host(plane.url, FLEET_TOKEN, instance_id="web-2")
+        await registered(admin, 2)
+        gate = {"name": "app", "kind": "http", "url": f"{app.url}/healthz"}
+        rollout = await start_rollout(
+            admin, target, batchSize=1, autoAdvance=True, autoRevert=True, gates=[gate]
+        )
+        aborted = await rollout_where(admin, rollout["id"], finished("aborted"))
+        assert "health gate failed: gate app: " in aborted["details"], aborted["details"]
+        assert "reverting the hosts it updated (autoRevert)" in aborted["details"]
+
+        async def reverted_by() -> str | None:
+            return (await admin.get(f"/api/rollouts/{rollout['id']}")).json()["revertedBy"]
+
+        revert_id = await eventually(reverted_by)
+        done = await rollout_where(admin, revert_id, finished("completed"))
+        assert (done["createdBy"], done["counts"]) == ("auto-revert", {"succeeded": 1})
+        assert first.current() == "1.0.0" and first.steps()[-1] == "switch 1.0.0"
+        assert second.steps() == []  # batch 2 never went out

@@ -569,7 +569,7 @@ class RolloutMachine:
             reason = "health gate failed: " + "; ".join(r.detail for r in failed)
             self._event(fx, WORKFLOW_ACTOR, "rollout.abort", {"reason": reason})
             self._abort(fx, WORKFLOW_ACTOR, reason, now)
-            self.state.auto_revert_reason = reason
+            self._revert_after(reason)
         elif failed:
             self._pause(fx, WORKFLOW_ACTOR, "; ".join(r.detail for r in failed))
         else:
@@ -710,11 +710,15 @@ class RolloutMachine:
         self._event(fx, actor, "rollout.abort", {"reason": reason})
         self._abort(fx, actor, reason, now)
         if self.spec.auto_revert and then_revert:
-            self.state.auto_revert_reason = f"aborted by {actor}" + (
-                f": {reason}" if reason else ""
-            )
+            self._revert_after(f"aborted by {actor}" + (f": {reason}" if reason else ""))
         fx.answer = "aborted"
         return fx
+
+    def _revert_after(self, reason: str) -> None:
+        """autoRevert: the workflow reverts the hosts it updated once it has ended; its details
+        say why."""
+        self.state.auto_revert_reason = reason
+        self.state.note = f"{reason}; reverting the hosts it updated (autoRevert)"
 
     def cancel_requested(self, actor: str, reason: str, now: datetime) -> Effects:
         """The run is asked to cancel (Web UI, `temporal workflow cancel`): an abort that also
