@@ -124,11 +124,15 @@ class _LazyEvent(asyncio.Event):
         return await super().wait()
 
 
-def _lazy_event(is_set: bool) -> _LazyEvent:
-    event = _LazyEvent()
-    if is_set:
-        event.set()
-    return event
+def _lazy(owner: object, name: str) -> None:
+    """Replace `owner.name`, an Event nobody waits on yet, by a lazy one in the same state; left
+    as it is should a later uvicorn not have it."""
+    event = getattr(owner, name, None)
+    if type(event) is asyncio.Event:
+        lazy = _LazyEvent()
+        if event.is_set():
+            lazy.set()
+        setattr(owner, name, lazy)
 
 
 class _Pipeline(list[Any]):
@@ -155,7 +159,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.flow._is_writable_event = _lazy_event(self.flow._is_writable_event.is_set())
+        _lazy(self.flow, "_is_writable_event")
         self.transport = cast(asyncio.Transport, _CoalescingTransport(transport, self.loop))
         self._head_done = False  # the current request's head was parsed whole
         self._unparsed = 0  # bytes read while a head was incomplete (one header may be huge)
@@ -204,7 +208,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._unparsed = 0
         super().on_headers_complete()
         # Made just now, not set or waited on yet: nothing of the request's body is parsed.
-        self.cycle.message_event = _lazy_event(self.cycle.message_event.is_set())
+        _lazy(self.cycle, "message_event")
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
