@@ -30,13 +30,12 @@ class TouchedHost(BaseModel):
     previous_version: str | None
     previous_release_id: str | None
     job_open: bool  # its latest job in that rollout is still pending or in progress
-    # Its latest job succeeded and it has not polled since: it runs the release, though its
-    # row still says what it ran before (a poll records the new version).
-    succeeded_unseen: bool
     # What its job in that rollout installs: the rollout's release, or for a revert's job its
     # own (a revert of a revert takes each host back from where its job took it).
     job_version: str
-    current_version: str
+    # What it runs now: its last poll's version, or what a job that succeeded since installed
+    # (a host polls its new version in only once its job has ended).
+    running_version: str
     channel: str
     accepts_downgrade: bool  # its agent declares the `downgrade` capability
     state: str
@@ -66,13 +65,12 @@ class RevertPlan:
 def plan_revert(
     hosts: list[TouchedHost], *, channel: str, now: datetime, stale_after_seconds: int
 ) -> RevertPlan:
-    """The hosts that run what their job installed (as their last poll said, or their job's
-    success since) go back to their previous release, unless one of SkipReason holds; the
-    checks come in the order an operator would fix them in."""
+    """The hosts that still run what their job installed go back to their previous release,
+    unless one of SkipReason holds; the checks come in the order an operator would fix them in."""
     plan = RevertPlan()
     stale_before = now - timedelta(seconds=stale_after_seconds)
     for host in hosts:
-        if host.current_version != host.job_version and not host.succeeded_unseen:
+        if host.running_version != host.job_version:
             if host.job_open:
                 plan.skip("still_running", host.instance_id)
             else:

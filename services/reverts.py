@@ -111,14 +111,14 @@ async def _prepare(
 
 
 def _nothing_to_revert(prepared: _Prepared) -> Conflict:
-    skipped = "; ".join(
-        f"{len(ids)} {reason.replace('_', ' ')}"
-        for reason, ids in sorted(prepared.plan.skipped.items())
-    )
+    plan = prepared.plan
+    why = [f"{len(ids)} {reason.replace('_', ' ')}" for reason, ids in sorted(plan.skipped.items())]
+    if plan.not_on_version:
+        why.append(f"{plan.not_on_version} no longer on what their job installed")
     return Conflict(
         f"nothing to revert: no host of rollout {prepared.original.id} runs"
         f" {prepared.release.version} and can go back now"
-        + (f" (left out: {skipped})" if skipped else "")
+        + (f" (left out: {'; '.join(why)})" if why else "")
     )
 
 

@@ -19,21 +19,35 @@ from store.rollouts import LeftOut, RevertTerms, Rollout
 from store.statuses import OPEN_JOBS
 
 # One row per host of the rollout: its first job says what it ran before, its latest whether it
-# still runs; the instance row what it runs now.
+# still runs and what it installed. What it runs now is what its last poll said, unless its
+# newest job since (this rollout's, or a later one's on the channel: a revert) succeeded after
+# that poll: a host polls its new version in only once its job has ended. The later rollouts'
+# jobs are read through their rollout ids (a channel has few), by the by-rollout index.
+_JOB_RELEASE = "JOIN releases r ON r.id = coalesce(j.release_id, ro.manifest_id)"
 _TOUCHED = f"""
+WITH latest AS (
+    SELECT DISTINCT ON (j.instance_id) j.instance_id, j.status, r.version
+        FROM update_jobs j JOIN rollouts ro ON ro.id = j.rollout_id {_JOB_RELEASE}
+        WHERE j.rollout_id = $1 ORDER BY j.instance_id, j.attempt DESC
+), newest AS (
+    SELECT DISTINCT ON (j.instance_id) j.instance_id, j.status, j.updated_at, r.version
+        FROM update_jobs j JOIN rollouts ro ON ro.id = j.rollout_id {_JOB_RELEASE}
+        WHERE j.rollout_id IN (SELECT later.id FROM rollouts later, rollouts this
+            WHERE this.id = $1 AND later.channel = this.channel
+                AND later.created_at >= this.created_at)
+            AND j.instance_id IN (SELECT instance_id FROM latest)
+        ORDER BY j.instance_id, j.created_at DESC
+)
 SELECT f.instance_id, f.previous_version, f.previous_release_id,
-        l.status IN {OPEN_JOBS} AS job_open,
-        l.status = 'succeeded' AND i.last_seen_at <= l.updated_at AS succeeded_unseen,
-        r.version AS job_version, i.current_version, i.channel, i.accepts_downgrade, i.state,
-        i.held_at IS NOT NULL AS held, i.last_seen_at
+        l.status IN {OPEN_JOBS} AS job_open, l.version AS job_version,
+        CASE WHEN n.status = 'succeeded' AND i.last_seen_at <= n.updated_at THEN n.version
+            ELSE i.current_version END AS running_version,
+        i.channel, i.accepts_downgrade, i.state, i.held_at IS NOT NULL AS held, i.last_seen_at
     FROM (SELECT DISTINCT ON (instance_id) instance_id, previous_version, previous_release_id
             FROM update_jobs WHERE rollout_id = $1 ORDER BY instance_id, attempt) f
-        JOIN (SELECT DISTINCT ON (instance_id) instance_id, status, updated_at, release_id
-            FROM update_jobs WHERE rollout_id = $1 ORDER BY instance_id, attempt DESC) l
-            USING (instance_id)
+        JOIN latest l USING (instance_id)
+        JOIN newest n USING (instance_id)
         JOIN instances i USING (instance_id)
-        JOIN rollouts ro ON ro.id = $1
-        JOIN releases r ON r.id = coalesce(l.release_id, ro.manifest_id)
     ORDER BY f.instance_id
 """
 
@@ -62,24 +76,11 @@ async def insert(
 
 
 class TargetRelease(BaseModel):
-    """How many of a revert's hosts go back to one release."""
+    """How many of a revert's hosts go back to one release (its preview)."""
 
     release_id: str
     version: str
     hosts: int
-
-
-async def by_release(
-    conn: asyncpg.Connection | asyncpg.Pool, rollout_id: str
-) -> list[TargetRelease]:
-    """The releases a revert takes its hosts back to, the most hosts first."""
-    rows = await conn.fetch(
-        "SELECT t.release_id, r.version, count(*) AS hosts FROM revert_targets t"
-        " JOIN releases r ON r.id = t.release_id WHERE t.rollout_id = $1"
-        " GROUP BY t.release_id, r.version ORDER BY hosts DESC, r.version",
-        rollout_id,
-    )
-    return [TargetRelease.model_validate(dict(r)) for r in rows]
 
 
 # The snapshot of a revert's targets (store.rollout_targets), in instance-id order. $1: the

@@ -126,6 +126,13 @@ async def test_a_paused_rollout_is_reverted_through_a_freeze_host_by_host(
     assert on_1_1.steps()[-1] == "switch 1.1.0"
     assert not any("1.0.0" in line for line in failing.steps())  # rolled back, not reverted
     assert on_1_0.state()["current_version"] == "1.0.0"
+    # Again: the hosts it took back, and the one that rolled back, are off 1.4.0 now.
+    again = await revert(admin, rollout["id"], **override)
+    assert again.status_code == 409, again.text
+    assert "nothing to revert" in again.json()["detail"]
+    assert (
+        "1 no previous release; 3 no longer on what their job installed" in (again.json()["detail"])
+    )
 
 
 async def test_a_migrations_release_reverts_only_with_a_restore_plan(

@@ -21,9 +21,8 @@ def host(name: str, **fields: Any) -> TouchedHost:
         "previous_version": "1.0.0",
         "previous_release_id": "rel-1.0.0",
         "job_open": False,
-        "succeeded_unseen": False,
         "job_version": "1.4.0",
-        "current_version": "1.4.0",
+        "running_version": "1.4.0",
         "channel": "stable",
         "accepts_downgrade": True,
         "state": "active",
@@ -38,14 +37,14 @@ def test_each_host_on_the_version_goes_back_to_its_own_release_unless_a_reason_h
         host("a"),
         host("b", previous_version="1.1.0", previous_release_id="rel-1.1.0"),
         host("c", previous_release_id="rel-1.1.0"),
-        host("d", current_version="1.0.0", succeeded_unseen=True),  # polled before its success
-        host("rolled-back", current_version="1.0.0"),
-        host("running", current_version="1.0.0", job_open=True),
+        host("f"),
+        host("rolled-back", running_version="1.0.0"),
+        host("running", running_version="1.0.0", job_open=True),
         host("unknown", previous_version="0.9.0", previous_release_id=None),
         host("old", accepts_downgrade=False),
         host("moved", channel="beta"),
         # A revert's host: its job took it to its own release, and it goes back from there.
-        host("e", job_version="1.1.0", current_version="1.1.0", previous_release_id="rel-1.4.0"),
+        host("e", job_version="1.1.0", running_version="1.1.0", previous_release_id="rel-1.4.0"),
         host("held", held=True),
         host("gone", state="decommissioned"),
         host("silent", last_seen_at=NOW - timedelta(days=8)),
@@ -55,7 +54,7 @@ def test_each_host_on_the_version_goes_back_to_its_own_release_unless_a_reason_h
         ("a", "rel-1.0.0"),
         ("b", "rel-1.1.0"),
         ("c", "rel-1.1.0"),
-        ("d", "rel-1.0.0"),
+        ("f", "rel-1.0.0"),
         ("e", "rel-1.4.0"),
     ]
     assert plan.main_release() == "rel-1.0.0"  # two each: the first by id, so it is stable
