@@ -106,12 +106,10 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
     secrets = _secrets(settings)  # never in an access line (api.middleware.access_log)
     app.add_middleware(RequestTimer, secrets=secrets)  # outermost: logs the gate's refusals too
-    # Polls and reports meet the same timer and gate, then their endpoint, and nothing else.
-    lane = FastLane(app, agent.FAST_ROUTES)
+    # Polls and reports are timed and bounded as the rest, then meet their endpoint: nothing else.
+    lane = FastLane(app, agent.FAST_ROUTES, secrets=secrets, on_success=outage.over)
     app.fast_paths = lane.paths
-    app.fast_lane = RequestTimer(
-        EdgeGate(lane, settings=settings, on_success=outage.over), secrets=secrets
-    )
+    app.fast_lane = lane
     install_error_handlers(app, outage)
     # Polls and reports are served by the fast lane; their routes still give the OpenAPI
     # document (and a 405 to any other method).

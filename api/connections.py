@@ -119,6 +119,8 @@ class _LazyEvent(asyncio.Event):
         self._value = False
 
     async def wait(self) -> Literal[True]:
+        if self.is_set():  # uvicorn reads a body already in by waiting on its set event
+            return True
         if isinstance(self._waiters, tuple):
             self._waiters = collections.deque()
         return await super().wait()

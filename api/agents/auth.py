@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -68,27 +68,47 @@ def _refuse(reason: str, detail: str, *, secret: str | None, nonce: str | None) 
 T = TypeVar("T", bound=AgentRequest)
 
 
-@dataclass(frozen=True)
-class Verified(Generic[T]):
-    """A request whose signature, body and `sentAt` passed; its nonce is not claimed yet."""
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """How an agent's request is answered: signed with its instance's secret, echoing its nonce."""
 
-    body: T
-    secret: str
-    # Past this moment the request is stale anyway, so its nonce need not be kept longer.
-    nonce_expires_at: datetime
+    secret: str = field(repr=False)
+    nonce: str
 
     def answer(
         self, payload: dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
     ) -> Response:
-        return signed_response({**payload, "nonce": self.body.nonce}, self.secret, status, headers)
+        return signed_response({**payload, "nonce": self.nonce}, self.secret, status, headers)
 
     def replayed(self) -> AgentError:
         return _refuse(
             "replayed_nonce",
             "nonce already used: every request needs a new nonce",
             secret=self.secret,
-            nonce=self.body.nonce,
+            nonce=self.nonce,
         )
+
+
+@dataclass(frozen=True)
+class Verified(Generic[T]):
+    """A request whose signature, body and `sentAt` passed; its nonce is not claimed yet."""
+
+    body: T
+    secret: str = field(repr=False)
+    # Past this moment the request is stale anyway, so its nonce need not be kept longer.
+    nonce_expires_at: datetime
+
+    @property
+    def reply(self) -> Reply:
+        return Reply(self.secret, self.body.nonce)
+
+    def answer(
+        self, payload: dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> Response:
+        return self.reply.answer(payload, status, headers)
+
+    def replayed(self) -> AgentError:
+        return self.reply.replayed()
 
 
 async def authenticated(request: Request, model: type[T]) -> Verified[T]:

@@ -16,9 +16,11 @@ meanwhile are lost, the rows they announced are not.
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import re
-from collections.abc import Iterator
+import weakref
 from dataclasses import dataclass
 
 import asyncpg
@@ -59,25 +61,82 @@ LISTENER_APPLICATION_NAME = "rollout-dispatch-listener"
 _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-@dataclass(eq=False, slots=True)
+class Deadlines:
+    """When each held poll's time runs out, on one timer for all of them: a timer each was 700
+    bytes of every held poll. A poll answered sooner is forgotten (a weak reference), not
+    searched for."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, weakref.ref[Hold]]] = []
+        self._order = itertools.count()  # ties never compare the references
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, hold: "Hold", when: float) -> None:
+        heapq.heappush(self._due, (when, next(self._order), weakref.ref(hold)))
+        if self._due[0][0] == when:  # the soonest now: the timer moves up to it
+            self._arm()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        if self._due:
+            self._timer = asyncio.get_running_loop().call_at(self._due[0][0], self._expire)
+
+    def _expire(self) -> None:
+        # uvloop's timers count whole milliseconds: this one may fire a little early.
+        now = asyncio.get_running_loop().time() + 0.001
+        while self._due and self._due[0][0] <= now:
+            hold = heapq.heappop(self._due)[2]()
+            if hold is not None:
+                hold.expire()
+        self._arm()
+
+
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class Hold:
     """One poll's permission to wait; `seconds` is 0 for a poll answered at once.
 
-    Ten thousand may be held at once, so a hold is small: one future per wait and one timer.
-    The agent hanging up is learnt from the connection itself (api.connections sets a future
-    in the request's scope); under another server, a task watches the ASGI `receive`."""
+    Ten thousand may be held at once, so a hold is small: one future per wait, and its place in
+    its process's `Deadlines`. The agent hanging up is learnt from the connection itself
+    (api.connections sets a future in the request's scope); under another server, a task
+    watches the ASGI `receive`."""
 
     request: Request
     seconds: int
+    instance_id: str
+    dispatcher: "Dispatcher"
     _wakeup: asyncio.Future[bool] | None = None  # while waiting
     _woken: bool = False  # woken while not waiting (between its look and its wait)
     _watching: asyncio.Future[None] | None = None  # done when the agent hangs up
     _hung_up: bool = False
-    _deadline: float = 0.0
+    _started: bool = False
+    _expired: bool = False
     _over: bool = False
+
+    def __enter__(self) -> "Hold":
+        """Registered before the poll's first look at the database, so a notice sent after that
+        look wakes it: none falls between the look and the wait."""
+        if self.seconds:
+            self.dispatcher.register(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.seconds:
+            self.close()
+            self.dispatcher.unregister(self)
 
     def wake(self) -> None:
         self._settle(True)
+
+    def expire(self) -> None:
+        """The time asked for has passed."""
+        self._expired = True
+        self._settle(False)
 
     def end(self) -> None:
         """The process stops: answer now, with what the poll has."""
@@ -116,22 +175,19 @@ class Hold:
         time asked for has passed, the agent hung up, or the process is stopping."""
         if self.seconds == 0 or self._over:
             return False
-        loop = asyncio.get_running_loop()
-        if not self._deadline:
-            self._deadline = loop.time() + self.seconds
+        if not self._started:
+            self._started = True
+            self.dispatcher.deadlines.add(self, asyncio.get_running_loop().time() + self.seconds)
             self._watch_hang_up()
-        remaining = self._deadline - loop.time()
-        if remaining <= 0 or self._hung_up:
+        if self._expired or self._hung_up:
             return False
         if self._woken:
             self._woken = False
             return True
-        self._wakeup = loop.create_future()
-        timer = loop.call_later(remaining, self._settle, False)
+        self._wakeup = asyncio.get_running_loop().create_future()
         try:
             return await self._wakeup and not self._over
         finally:
-            timer.cancel()
             self._wakeup = None
 
     async def _disconnect(self) -> None:
@@ -162,6 +218,7 @@ class Dispatcher:
         # An instance rarely has two polls held (a restarted agent's old one): a list, not a set.
         self._held: dict[str, list[Hold]] = {}
         self._count = 0
+        self.deadlines = Deadlines()
         self._stopping = False
         self._listener: asyncio.Task[None] | None = None
         # Set while the listening connection is up: notices reach this process.
@@ -173,33 +230,29 @@ class Dispatcher:
 
     # --- the poll's side ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def hold(self, request: Request, call: Verified[PollRequest]) -> Iterator[Hold]:
-        """Registered before the poll's first look at the database, so a notice sent after that
-        look wakes it: none falls between the look and the wait."""
-        hold = Hold(request, self._seconds_asked(request, call))
+    def hold(self, request: Request, call: Verified[PollRequest]) -> Hold:
+        """A poll's hold, to enter (`with`) before its first look at the database; its seconds
+        are 0 when this process holds no more polls or is stopping."""
+        hold = Hold(request, self._seconds_asked(request, call), call.body.instanceId, self)
         if self._stopping:
             hold.seconds = 0
         elif hold.seconds and self._count >= self.max_held:
             HOLDS_REFUSED.inc()
             hold.seconds = 0
-        if not hold.seconds:
-            yield hold
-            return
-        instance_id = call.body.instanceId
-        self._held.setdefault(instance_id, []).append(hold)
+        return hold
+
+    def register(self, hold: Hold) -> None:
+        self._held.setdefault(hold.instance_id, []).append(hold)
         self._count += 1
         HELD_POLLS.inc()
-        try:
-            yield hold
-        finally:
-            hold.close()
-            self._count -= 1
-            HELD_POLLS.dec()
-            waiting = self._held[instance_id]
-            waiting.remove(hold)
-            if not waiting:
-                del self._held[instance_id]
+
+    def unregister(self, hold: Hold) -> None:
+        self._count -= 1
+        HELD_POLLS.dec()
+        waiting = self._held[hold.instance_id]
+        waiting.remove(hold)
+        if not waiting:
+            del self._held[hold.instance_id]
 
     def _seconds_asked(self, request: Request, call: Verified[PollRequest]) -> int:
         value = request.headers.get(POLL_WAIT_HEADER)
@@ -231,6 +284,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         self.stopping()
+        self.deadlines.stop()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -40,24 +40,36 @@ async def _answer(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """The whole body, or raises BodyTooLarge as soon as it passes `limit`; and if it ended."""
+async def bounded_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or raises BodyTooLarge as soon as it passes `limit` (by its declared
+    `Content-Length` before a byte is read); None when the client left before sending it all."""
+    declared = _header(scope, b"content-length")
+    if (
+        declared is not None
+        and declared.isdigit()
+        and (len(declared) > _MAX_LENGTH_DIGITS or int(declared) > limit)
+    ):
+        raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"".join(chunks), False
+            return None
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks), True
+            return b"".join(chunks)
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
+async def answer_too_large(send: Send, limit: int) -> None:
+    await _answer(send, 413, f"body is larger than {limit} bytes")
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
     sent = False
 
     async def replay() -> Message:
@@ -91,23 +103,14 @@ class EdgeGate:
                 await _answer(send, 401, problem)
                 return
         limit = MAX_BODY_BYTES if agent else ADMIN_MAX_BODY_BYTES
-        too_large = f"body is larger than {limit} bytes"
-        declared = _header(scope, b"content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and (len(declared) > _MAX_LENGTH_DIGITS or int(declared) > limit)
-        ):
-            await _answer(send, 413, too_large)
-            return
         try:
-            body, complete = await _read_body(receive, limit)
+            body = await bounded_body(scope, receive, limit)
         except BodyTooLarge:
-            await _answer(send, 413, too_large)
+            await answer_too_large(send, limit)
             return
-        if not complete:
+        if body is None:
             return  # the client left before sending its request: nobody to answer
-        await self.app(scope, _replaying(body, receive), self._noting_success(path, send))
+        await self.app(scope, replaying(body, receive), self._noting_success(path, send))
 
     def _noting_success(self, path: str, send: Send) -> Send:
         if self.on_success is None or not path.startswith(ADMIN_PREFIX):

@@ -37,9 +37,16 @@ class RequestTimer:
             answered = True  # Starlette's outermost middleware answers 500
             raise
         finally:
-            route, method = request_labels(scope)
-            REQUEST_SECONDS.labels(route=route, method=method, status=str(status)).observe(
-                time.perf_counter() - started
-            )
-            if answered:
-                access_log.note(scope, status, self.secrets)
+            observe(scope, status, started, answered, self.secrets)
+
+
+def observe(
+    scope: Scope, status: int, started: float, answered: bool, secrets: Collection[str]
+) -> None:
+    """The request's latency by route, and its access line when it was answered."""
+    route, method = request_labels(scope)
+    REQUEST_SECONDS.labels(route=route, method=method, status=str(status)).observe(
+        time.perf_counter() - started
+    )
+    if answered:
+        access_log.note(scope, status, secrets)

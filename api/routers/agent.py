@@ -14,14 +14,16 @@ read the process's pool and clients from app state: no dependency solving on the
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from starlette.datastructures import State
 
-from api.agents.auth import Verified, authenticated
+from api.agents.auth import Reply, Verified, authenticated
 from api.agents.replies import AgentError
 from api.metrics import POLLS, REPORTS
 from api.openapi import SignedErrorOut, agent_errors, signed_body
@@ -65,62 +67,77 @@ _DUPLICATE_REPORTS = REPORTS.labels(outcome="duplicate")
 )
 async def next_job(request: Request) -> Response:
     call = await authenticated(request, PollRequest)
-    poll = call.body
     state = request.app.state
     with state.dispatch.hold(request, call) as hold:
-        async with asyncio.timeout(AGENT_STATEMENT_SECONDS):  # answered 503 when it runs out
-            outcome = await state.polls.record(
-                polls.Poll(
-                    instance_id=poll.instanceId,
-                    nonce=poll.nonce,
-                    nonce_expires_at=call.nonce_expires_at,
-                    channel=poll.channel,
-                    current_version=poll.currentVersion,
-                    agent_version=poll.agentVersion,
-                    accepts_downgrade=poll.accepts_downgrade,
-                    admit_as=instances.admitted_as(state.settings, poll.instanceId),
-                )
-            )
-        if not outcome.fresh:
-            raise call.replayed()
-        refusal = instances.poll_refusal(poll.instanceId, outcome.state)
-        if refusal is not None:  # pending, decommissioned, or past the pending bound
-            _NOT_ADMITTED.inc()
-            raise AgentError(403, refusal, secret=call.secret, nonce=poll.nonce)
-        found = outcome.found
+        found = await _recorded(state, call)
+        poller = _Poller(call.body.instanceId, call.body.accepts_downgrade, call.reply)
+        del call  # a held poll keeps what it answers with: its parsed request was a KiB an agent
         while found.handout is None and await hold.woken():  # a held poll (api.agents.held_polls)
             async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
-                found = await polls.find(state.pool, poll.instanceId)
+                found = await polls.find(state.pool, poller.instance_id)
         job = None
         withheld = found.withheld
-        if found.handout is not None and not _can_run(found.handout, poll):
+        if found.handout is not None and not _can_run(found.handout, poller):
             withheld = True  # a revert job, for an agent that would refuse it
         elif found.handout is not None:
             async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
-                job = await _job_document(state.pool, call, found.handout)
+                job = await _job_document(state.pool, poller, found.handout)
     if job is not None:
         _HANDED_OUT.inc()
     else:
         (_WITHHELD if withheld else _IDLE_POLLS).inc()
-    return call.answer({"job": job}, headers=state.dispatch.advertisement)
+    return poller.reply.answer({"job": job}, headers=state.dispatch.advertisement)
 
 
-def _can_run(handout: polls.Handout, poll: PollRequest) -> bool:
+@dataclass(frozen=True, slots=True)
+class _Poller:
+    instance_id: str
+    accepts_downgrade: bool
+    reply: Reply
+
+
+async def _recorded(state: State, call: Verified[PollRequest]) -> polls.Found:
+    """The poll recorded (its nonce claimed), and what it finds; refused when replayed or when
+    its instance may not poll."""
+    poll = call.body
+    async with asyncio.timeout(AGENT_STATEMENT_SECONDS):  # answered 503 when it runs out
+        outcome = await state.polls.record(
+            polls.Poll(
+                instance_id=poll.instanceId,
+                nonce=poll.nonce,
+                nonce_expires_at=call.nonce_expires_at,
+                channel=poll.channel,
+                current_version=poll.currentVersion,
+                agent_version=poll.agentVersion,
+                accepts_downgrade=poll.accepts_downgrade,
+                admit_as=instances.admitted_as(state.settings, poll.instanceId),
+            )
+        )
+    if not outcome.fresh:
+        raise call.replayed()
+    refusal = instances.poll_refusal(poll.instanceId, outcome.state)
+    if refusal is not None:  # pending, decommissioned, or past the pending bound
+        _NOT_ADMITTED.inc()
+        raise AgentError(403, refusal, secret=call.secret, nonce=poll.nonce)
+    return outcome.found
+
+
+def _can_run(handout: polls.Handout, poller: _Poller) -> bool:
     """A revert's job goes only to an agent that declares it checks downgrade permissions: one
     that does not would refuse it at preflight, or worse, not check. A revert leaves such hosts
     out when it is made; this holds for one whose agent was replaced since."""
-    return not handout.revert or poll.accepts_downgrade
+    return not handout.revert or poller.accepts_downgrade
 
 
 async def _job_document(
-    pool: asyncpg.Pool, call: Verified[PollRequest], handout: polls.Handout
+    pool: asyncpg.Pool, poller: _Poller, handout: polls.Handout
 ) -> dict[str, Any]:
     release = await releases.get(pool, handout.release_id)
     assert release is not None  # a rollout's or revert target's release, and releases stay
     log.info(
         "job handed out",
         extra={
-            "instance_id": call.body.instanceId,
+            "instance_id": poller.instance_id,
             "job_id": handout.job_id,
             "rollout_id": handout.rollout_id,
         },
@@ -135,9 +152,9 @@ async def _job_document(
     }
     if handout.revert and handout.previous_version is not None:
         job["downgrade"] = DowngradePermission.issue(
-            call.secret,
+            poller.reply.secret,
             job_id=handout.job_id,
-            instance_id=call.body.instanceId,
+            instance_id=poller.instance_id,
             from_version=handout.previous_version,
             manifest=manifest,
             restore=handout.restore,
