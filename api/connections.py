@@ -150,7 +150,15 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     # In slots: uvicorn's own attributes fill the instance dict's shared keys, and five more made
     # each connection's dict 1.3 KB larger.
-    __slots__ = ("_deadline", "_head_done", "_lost", "_parsed", "_refused", "_unparsed")
+    __slots__ = (
+        "_deadline",
+        "_head_done",
+        "_lost",
+        "_lost_extension",
+        "_parsed",
+        "_refused",
+        "_unparsed",
+    )
 
     request_timeout_seconds: ClassVar[float] = 10.0
     max_header_bytes: ClassVar[int] = 16 * 1024
@@ -169,6 +177,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._refused = False
         self._deadline: asyncio.TimerHandle | None = None
         self._lost: asyncio.Future[None] = self.loop.create_future()
+        self._lost_extension: dict[object, object] = {"future": self._lost}  # one for its requests
         self._start_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -190,7 +199,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {CONNECTION_LOST: {"future": self._lost}}
+        self.scope["extensions"] = {CONNECTION_LOST: self._lost_extension}
         self._head_done = False
         self._parsed = 0
 

@@ -153,6 +153,9 @@ class BenchmarkResult(BaseModel):
     figures: Figures
     phases: list[RolloutPhases]
     api_peak_rss_mb: float
+    # The API's high-water mark when the rollout ended, every agent still connected: before the
+    # simulator's figures read every job of the rollout in one admin answer (10,000 rows).
+    api_fleet_peak_rss_mb: float
     # The API's RSS with no agent yet, and with every agent registered (its poll held).
     api_idle_rss_mb: float
     api_registered_rss_mb: float
@@ -170,6 +173,7 @@ class BenchmarkResult(BaseModel):
 class FleetRun(BaseModel):
     figures: Figures
     api_registered_rss_mb: float
+    api_fleet_peak_rss_mb: float
     rollout_cpu_seconds: dict[str, float]
     # With --advance: batch number → when its advance was sent (epoch seconds), and how long
     # its answer took (ms).
@@ -224,6 +228,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
             api_peak_rss_mb=peak_rss,
             api_idle_rss_mb=idle_rss,
             api_registered_rss_mb=run.api_registered_rss_mb,
+            api_fleet_peak_rss_mb=run.api_fleet_peak_rss_mb,
             rollout_cpu_seconds=run.rollout_cpu_seconds,
             advance_to_handout_ms=advance_to_handout_ms(figures, run.advanced_at),
             advance_answered_ms=run.advance_answered_ms,
@@ -299,10 +304,12 @@ async def run_fleet(
         revert_path = f"/api/rollouts/{started.json()['id']}?jobs=none"
         reverted = await wait_for(admin, revert_path, lambda r: r["status"] in finished, 1800)
     cpu_after = cpu_by_part(stack_pid)
+    fleet_peak_rss = procstat.peak_rss_mb(api_pid(stack_pid))
     stop.set()
     return FleetRun(
         figures=await fleet,
         api_registered_rss_mb=registered_rss,
+        api_fleet_peak_rss_mb=fleet_peak_rss,
         rollout_cpu_seconds={
             part: round(cpu_after[part] - cpu_before.get(part, 0.0), 2) for part in cpu_after
         },
@@ -367,7 +374,8 @@ def main() -> None:
     print(
         f"API RSS: {result.api_idle_rss_mb:.1f} MB before the fleet,"
         f" {result.api_registered_rss_mb:.1f} MB with it registered ({held:.1f} KiB per agent"
-        f" connected, its poll held), peak {result.api_peak_rss_mb:.1f} MB"
+        f" connected, its poll held), peak {result.api_fleet_peak_rss_mb:.1f} MB to the rollout's"
+        f" end; {result.api_peak_rss_mb:.1f} MB once the figures had read every job in one answer"
     )
     cpu = result.rollout_cpu_seconds
     each = ", ".join(f"{part} {seconds:.1f}" for part, seconds in sorted(cpu.items()))

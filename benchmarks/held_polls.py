@@ -8,7 +8,8 @@ not needed), then from this process opens `--agents` keep-alive connections that
 and on each a signed poll asking to be held (`x-agent-poll-wait`), as an idle fleet does. The
 first poll of each instance registers it, as a new agent's does. Printed: the API's RSS idle,
 with the connections open, with every poll held (read from the API's `rollout_held_polls`
-gauge), and the KiB each step costs per agent; then the API's peak RSS. Not a test.
+gauge), and the KiB each step costs per agent; then once every agent has hung up, and the API's
+peak RSS. Not a test.
 """
 
 import argparse
@@ -82,9 +83,17 @@ class _Agent(asyncio.Protocol):
         self.answered[0] += 1  # a held poll is never answered: this counts the surprises
 
 
-async def _held(client: httpx.AsyncClient) -> int:
-    found = _HELD.search((await client.get("/metrics")).text)
-    return int(float(found.group(1))) if found else 0
+async def _until_held(client: httpx.AsyncClient, count: int) -> None:
+    """Until the API holds `count` polls, by its gauge: another process, no event to await."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        found = _HELD.search((await client.get("/metrics")).text)
+        held = int(float(found.group(1))) if found else 0
+        if held == count:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{held} polls held, not {count}")
+        await asyncio.sleep(0.5)
 
 
 async def _settled(pid: int) -> float:
@@ -138,14 +147,10 @@ async def benchmark(args: argparse.Namespace, folder: Path) -> list[str]:
                 f"{args.agents:,} connections open           {connected:7.1f} MB"
                 f"  ({per_connection:.1f} KiB each)"
             )
-            started = time.monotonic()
             key = token.encode()
             for number, agent in enumerate(agents):
                 agent.poll(key, f"held-{number:06d}")
-            while (held := await _held(client)) < args.agents:
-                if time.monotonic() - started > SETTLE_SECONDS:
-                    raise RuntimeError(f"only {held} of {args.agents} polls held")
-                await asyncio.sleep(0.5)
+            await _until_held(client, args.agents)
             holding = await _settled(process.pid)
             per_hold = (holding - connected) * 1024 / args.agents
             lines.append(
@@ -153,13 +158,17 @@ async def benchmark(args: argparse.Namespace, folder: Path) -> list[str]:
                 f"  ({per_hold:.1f} KiB each over its connection,"
                 f" {per_connection + per_hold:.1f} KiB an agent)"
             )
-            lines.append(
-                f"API peak RSS                         {procstat.peak_rss_mb(process.pid):7.1f} MB"
-                f"  ({answered[0]} polls answered early)"
-            )
+            early = answered[0]
             for agent in agents:
                 if agent.transport is not None:
                     agent.transport.close()
+            await _until_held(client, 0)
+            gone = await _settled(process.pid)
+            lines.append(f"every agent hung up                  {gone:7.1f} MB")
+            lines.append(
+                f"API peak RSS                         {procstat.peak_rss_mb(process.pid):7.1f} MB"
+                f"  ({early} polls answered early)"
+            )
     finally:
         if process is not None and process.returncode is None:
             process.send_signal(signal.SIGINT)

@@ -69,7 +69,7 @@ async def answer_too_large(send: Send, limit: int) -> None:
     await _answer(send, 413, f"body is larger than {limit} bytes")
 
 
-def replaying(body: bytes, receive: Receive) -> Receive:
+def _replaying(body: bytes, receive: Receive) -> Receive:
     sent = False
 
     async def replay() -> Message:
@@ -110,7 +110,7 @@ class EdgeGate:
             return
         if body is None:
             return  # the client left before sending its request: nobody to answer
-        await self.app(scope, replaying(body, receive), self._noting_success(path, send))
+        await self.app(scope, _replaying(body, receive), self._noting_success(path, send))
 
     def _noting_success(self, path: str, send: Send) -> Send:
         if self.on_success is None or not path.startswith(ADMIN_PREFIX):

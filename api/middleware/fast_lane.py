@@ -29,7 +29,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.middleware.edge import BodyTooLarge, answer_too_large, bounded_body, replaying
+from api.middleware.edge import BodyTooLarge, answer_too_large, bounded_body
 from api.middleware.request_timer import observe
 from contract.wire import MAX_BODY_BYTES
 
@@ -55,6 +55,18 @@ class ControlPlaneApi(FastAPI):
             await lane(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+class _BodyRead(Request):
+    """A request whose body the lane has read (bounded): `body()` is that, and `receive` the
+    server's own, which tells of the client hanging up."""
+
+    def __init__(self, scope: Scope, receive: Receive, body: bytes) -> None:
+        super().__init__(scope, receive)
+        self._read = body
+
+    async def body(self) -> bytes:
+        return self._read
 
 
 class FastLane:
@@ -93,7 +105,7 @@ class FastLane:
                 return
             if body is None:
                 return  # the client left before sending its request: nobody to answer
-            request = Request(scope, replaying(body, receive))
+            request = _BodyRead(scope, receive, body)
             endpoint: Endpoint = route.endpoint
             try:
                 response = await endpoint(request)
