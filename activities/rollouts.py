@@ -14,6 +14,7 @@ from activities.heartbeat import heartbeating
 from contract.text import storable, storable_or_none
 from contract.wire import FINISHED_ROLLOUT_STATUSES
 from store import audit, instances, jobs, polls, rollout_targets, rollouts
+from store.statuses import WITHHOLDING_ROLLOUT_STATUSES
 from workflows.rollout_models import (
     AuditEvent,
     BatchTargetsInput,
@@ -142,7 +143,10 @@ class RolloutActivities:
     ) -> RecordProgressResult:
         async with self.pool.acquire() as conn, conn.transaction():
             await jobs.upsert_many(conn, input.jobs)
-            applied = input.progress is None or await rollouts.record_progress(conn, input.progress)
+            replaced = None
+            if input.progress is not None:
+                replaced = await rollouts.record_progress(conn, input.progress)
+            applied = input.progress is None or replaced is not None
             if applied:
                 events = input.events + ([note] if note else [])
                 await audit.record_many(
@@ -150,10 +154,16 @@ class RolloutActivities:
                 )
             if applied and input.progress and input.progress.status in FINISHED_ROLLOUT_STATUSES:
                 await rollout_targets.drop(conn, input.progress.id)
-            # Only a write with pending jobs can give a held poll a job (a batch or a retry
-            # handed out, a resume handing the withheld ones out again): held polls of every API
-            # process look again once it commits. Progress from reports wakes none of them.
-            if any(job.status == "pending" for job in input.jobs):
+            # Only a write with pending jobs (a batch or a retry handed out), or one that moves
+            # the rollout off a status that withholds them (a resume, a retry's pause lifted
+            # in a later write than its job's), can give a held poll a job: held polls of every
+            # API process look again once it commits. Progress from reports wakes none of them.
+            hands_out_again = (
+                input.progress is not None
+                and replaced in WITHHOLDING_ROLLOUT_STATUSES
+                and input.progress.status not in WITHHOLDING_ROLLOUT_STATUSES
+            )
+            if hands_out_again or any(job.status == "pending" for job in input.jobs):
                 await polls.announce(conn, _rollout_id(input))
             return RecordProgressResult(applied=applied)
 

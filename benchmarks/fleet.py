@@ -16,6 +16,7 @@ batch. Not a test: numbers depend on the machine.
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -100,13 +101,18 @@ async def upload_release(
 
 
 async def wait_for(
-    admin: httpx.AsyncClient, path: str, done: Callable[[Any], bool], seconds: float
+    admin: httpx.AsyncClient,
+    path: str,
+    done: Callable[[Any], bool],
+    seconds: float,
+    seen: Callable[[Any], None] = lambda _: None,
 ) -> Any:
     """Polls an admin GET every second until `done(json)`, and returns that json; there is no
-    event to await."""
+    event to await. `seen` is shown every answer."""
     async with asyncio.timeout(seconds):
         while True:
             answer = (await admin.get(path)).json()
+            seen(answer)
             if done(answer):
                 return answer
             await asyncio.sleep(1)
@@ -163,6 +169,8 @@ class BenchmarkResult(BaseModel):
     # postgres, simulator): where the work goes. They drift with a VM's speed too, so compare
     # runs alternated back to back.
     rollout_cpu_seconds: dict[str, float]
+    # The same for each batch, from the status poll that first saw it to the next's.
+    batch_cpu_seconds: list[dict[str, float]]
     # With --advance: batch number → ms from sending its advance to the fleet's first handout,
     # and to the advance's answer (the update returns once the batch is written).
     advance_to_handout_ms: dict[int, float]
@@ -175,6 +183,7 @@ class FleetRun(BaseModel):
     api_registered_rss_mb: float
     api_fleet_peak_rss_mb: float
     rollout_cpu_seconds: dict[str, float]
+    batch_cpu_seconds: list[dict[str, float]]
     # With --advance: batch number → when its advance was sent (epoch seconds), and how long
     # its answer took (ms).
     advanced_at: dict[int, float]
@@ -230,6 +239,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
             api_registered_rss_mb=run.api_registered_rss_mb,
             api_fleet_peak_rss_mb=run.api_fleet_peak_rss_mb,
             rollout_cpu_seconds=run.rollout_cpu_seconds,
+            batch_cpu_seconds=run.batch_cpu_seconds,
             advance_to_handout_ms=advance_to_handout_ms(figures, run.advanced_at),
             advance_answered_ms=run.advance_answered_ms,
             revert=run.revert,
@@ -288,8 +298,14 @@ async def run_fleet(
         awaiting = r["status"] == "awaiting_advance" and r["currentBatch"] + 1 not in advanced_at
         return r["status"] in finished or (args.advance and awaiting)
 
+    at_batch: list[dict[str, float]] = []  # CPU seconds by part when each batch was first seen
+
+    def note_batch(r: dict[str, Any]) -> None:
+        if r["status"] in finished or r["currentBatch"] > len(at_batch):
+            at_batch.append(cpu_by_part(stack_pid))
+
     while True:
-        rollout = await wait_for(admin, status_path, to_advance_or_finished, 1800)
+        rollout = await wait_for(admin, status_path, to_advance_or_finished, 1800, note_batch)
         if rollout["status"] in finished:
             break
         number = rollout["currentBatch"] + 1
@@ -310,13 +326,16 @@ async def run_fleet(
         figures=await fleet,
         api_registered_rss_mb=registered_rss,
         api_fleet_peak_rss_mb=fleet_peak_rss,
-        rollout_cpu_seconds={
-            part: round(cpu_after[part] - cpu_before.get(part, 0.0), 2) for part in cpu_after
-        },
+        rollout_cpu_seconds=_used(cpu_before, cpu_after),
+        batch_cpu_seconds=[_used(a, b) for a, b in itertools.pairwise(at_batch)],
         advanced_at=advanced_at,
         advance_answered_ms=answered_ms,
         revert=reverted,
     )
+
+
+def _used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {part: round(after[part] - before.get(part, 0.0), 2) for part in after}
 
 
 def advance_to_handout_ms(figures: Figures, advanced_at: dict[int, float]) -> dict[int, float]:
@@ -382,6 +401,12 @@ def main() -> None:
     total = sum(cpu.values())
     print(f"CPU seconds from the rollout's creation to its end: {each}; total {total:.1f}")
     print(control_plane_figures(result))
+    if result.batch_cpu_seconds:
+        each = ", ".join(
+            f"{sum(s for p, s in used.items() if p != 'simulator'):.1f}/{used['simulator']:.1f}"
+            for used in result.batch_cpu_seconds
+        )
+        print(f"CPU seconds per batch, control plane/simulator: {each}")
     if result.revert is not None:
         revert = result.revert
         took = datetime.fromisoformat(revert["finishedAt"]) - datetime.fromisoformat(

@@ -1,7 +1,7 @@
 """rollouts: the read model of each rollout workflow, and the one-unfinished-per-channel rule."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import asyncpg
 from pydantic import BaseModel
@@ -148,25 +148,30 @@ async def delete_unstarted(conn: asyncpg.Connection | asyncpg.Pool, rollout_id: 
 
 async def record_progress(
     conn: asyncpg.Connection | asyncpg.Pool, progress: RolloutProgress
-) -> bool:
-    """Write a newer revision; False when this revision (or a later one) is already there."""
-    status = await conn.execute(
-        "UPDATE rollouts SET status = $2, paused_reason = $3, current_batch = $4,"
-        " total_batches = $5, target_count = $6, details = $7, finished_at = $8,"
-        " workflow_closed = $9, revision = $10, updated_at = now()"
-        " WHERE id = $1 AND revision < $10",
-        progress.id,
-        progress.status,
-        progress.paused_reason,
-        progress.current_batch,
-        progress.total_batches,
-        progress.target_count,
-        progress.details,
-        progress.finished_at,
-        progress.workflow_closed,
-        progress.revision,
+) -> str | None:
+    """Write a newer revision; the status it replaced, or None when this revision (or a later
+    one) is already there. (`was` reads the row as the statement found it: with FOR UPDATE it
+    would find the row this statement changed, and nothing.)"""
+    return cast(
+        str | None,
+        await conn.fetchval(
+            "WITH was AS (SELECT status FROM rollouts WHERE id = $1)"
+            " UPDATE rollouts SET status = $2, paused_reason = $3, current_batch = $4,"
+            " total_batches = $5, target_count = $6, details = $7, finished_at = $8,"
+            " workflow_closed = $9, revision = $10, updated_at = now()"
+            " WHERE id = $1 AND revision < $10 RETURNING (SELECT status FROM was)",
+            progress.id,
+            progress.status,
+            progress.paused_reason,
+            progress.current_batch,
+            progress.total_batches,
+            progress.target_count,
+            progress.details,
+            progress.finished_at,
+            progress.workflow_closed,
+            progress.revision,
+        ),
     )
-    return status == "UPDATE 1"
 
 
 async def with_open_workflow(conn: asyncpg.Connection | asyncpg.Pool) -> list[tuple[str, str]]:

@@ -62,4 +62,5 @@ def job_moves_forward(current: str, written: str) -> str:
 OPEN_JOBS = sql_list(OPEN_JOB_STATUSES, JOB_STATUSES)
 FINISHED_ROLLOUTS = sql_list(FINISHED_ROLLOUT_STATUSES, ROLLOUT_STATUSES)
 # A rollout in one of these hands out no job (PROTOCOL §5: neither paused nor finished).
-WITHHOLDING_ROLLOUTS = sql_list({"paused", "waiting", *FINISHED_ROLLOUT_STATUSES}, ROLLOUT_STATUSES)
+WITHHOLDING_ROLLOUT_STATUSES = frozenset({"paused", "waiting", *FINISHED_ROLLOUT_STATUSES})
+WITHHOLDING_ROLLOUTS = sql_list(WITHHOLDING_ROLLOUT_STATUSES, ROLLOUT_STATUSES)

@@ -49,8 +49,17 @@ async def test_a_stopped_agent_is_unreachable_under_its_own_limit_and_retry_runs
 
     await eventually(stored_unreachable)
 
-    # The host comes back: a retry runs its job again, as it does a timed-out one.
+    # The host comes back: a retry runs its job again, as it does a timed-out one. Retried once
+    # it polls again: an agent resumed on a loaded machine may first back off from a poll that
+    # timed out while it was stopped, and the retried job has the same 10 s to be started.
+    resumed_at = await db.fetchval("SELECT now()")
     stopped.send(signal.SIGCONT)
+
+    async def polling_again() -> bool:
+        seen = await db.fetchval("SELECT last_seen_at FROM instances WHERE instance_id = 'web-2'")
+        return bool(seen > resumed_at)
+
+    await eventually(polling_again, timeout=120)
     retried = await admin.post(f"/api/rollouts/{rollout['id']}/retry")
     assert retried.status_code == 200, retried.text
     done = await rollout_where(admin, rollout["id"], lambda r: r["status"] == "completed")

@@ -62,8 +62,6 @@ class RolloutWorkflow:
         self._signals = 0
         self._web_ui = WebUi()
 
-    # --- run ----------------------------------------------------------------------------------
-
     @workflow.run
     async def run(self, input: RolloutInput) -> RolloutResult:
         try:
@@ -94,8 +92,7 @@ class RolloutWorkflow:
                 self._writer.carry(self._state)
                 workflow.continue_as_new(RolloutInput(spec=self._spec, state=machine.carry()))
             if machine.gates_due():
-                settled = self._state.current_batch
-                until = machine.gates_until(workflow.now())
+                settled, until = self._state.current_batch, machine.gates_until(workflow.now())
                 results = await lookups.watch_gates(self._spec, until, workflow.now())
                 self._apply(machine.gates_judged(settled, results, workflow.now()))
                 continue
