@@ -200,6 +200,14 @@ async def test_a_stale_view_counts_the_jobs_its_details_name(
         async with worker_process(dev_settings) as worker:
             rollout = await create_rollout(admin, release_id)
             assert rollout["details"] == "batch 1/1 · 3 pending · running"
+
+            async def row_at_batch_1() -> bool:
+                # The create answers once batch 1's jobs are written; the rollout's row may be
+                # the next write: this test makes that row's view stale, so it waits for it.
+                row = await rollouts.get(db, rollout["id"])
+                return row is not None and row.current_batch == 1
+
+            await eventually(row_at_batch_1)
             worker.kill()
             await worker.wait()
         job = rollout["batches"][0]["jobs"][0]
