@@ -149,12 +149,18 @@ async def test_a_prometheus_gate_that_fails_mid_bake_pauses_the_rollout(
     paused = await status_becomes(dev_admin, rollout_id, "paused")
     assert paused["pausedReason"] == "gate errors: 0.9 is not below 0.5"
     assert paused["currentBatch"] == 2  # batch 3 did not go out
-    audit = await db.fetch(
-        "SELECT action, detail FROM audit_log WHERE subject = $1 AND action LIKE 'rollout.gates%'"
-        " ORDER BY id",
-        f"rollout:{rollout_id}",
-    )
-    assert [(a["action"], a["detail"]["batch"]) for a in audit] == [
+
+    async def gates_audited() -> list[tuple[str, int]]:
+        # Written with the read model, which may follow the live view's `paused` by a write.
+        audit = await db.fetch(
+            "SELECT action, detail FROM audit_log"
+            " WHERE subject = $1 AND action LIKE 'rollout.gates%' ORDER BY id",
+            f"rollout:{rollout_id}",
+        )
+        found = [(a["action"], a["detail"]["batch"]) for a in audit]
+        return found if len(found) == 2 else []
+
+    assert await eventually(gates_audited) == [
         ("rollout.gates_passed", 1),
         ("rollout.gates_failed", 2),
     ]
