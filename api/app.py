@@ -12,10 +12,10 @@ from api.agents.held_polls import Dispatcher
 from api.agents.nonce_janitor import sweep_forever
 from api.agents.poll_batcher import PollBatcher
 from api.errors import DatabaseOutage, install_error_handlers, pool_reconnects_noted_as
+from api.fast_lane import ControlPlaneApi, FastLane
 from api.metrics import Scraper
 from api.metrics_listener import MetricsListener
 from api.middleware.edge import EdgeGate
-from api.middleware.fast_lane import ControlPlaneApi, FastLane
 from api.middleware.request_timer import RequestTimer
 from api.routers import (
     agent,
@@ -106,13 +106,13 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
     app.add_middleware(EdgeGate, settings=settings, on_success=outage.over)
     secrets = _secrets(settings)  # never in an access line (api.middleware.access_log)
     app.add_middleware(RequestTimer, secrets=secrets)  # outermost: logs the gate's refusals too
-    # Polls and reports are timed and bounded as the rest, then meet their endpoint: nothing else.
+    # The connections (api.connections) hand polls and reports to the fast lane: timed and
+    # bounded as the rest, then answered by their endpoint, with nothing else between.
     lane = FastLane(app, agent.FAST_ROUTES, secrets=secrets, on_success=outage.over)
-    app.fast_paths = lane.paths
     app.fast_lane = lane
     install_error_handlers(app, outage)
     # Polls and reports are served by the fast lane; their routes still give the OpenAPI
-    # document (and a 405 to any other method).
+    # document, a 405 to any other method, and serve a request that reaches the app otherwise.
     app.include_router(agent.router)
     install_offline_docs(app)
     app.include_router(system.router)

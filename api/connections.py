@@ -21,6 +21,12 @@ It also writes each answer with one send: uvicorn writes a response's head and i
 two system calls where one does, and on polls and reports they were a quarter of the API's CPU
 (py-spy, `benchmarks/poll_throughput.py`).
 
+It serves the fleet's requests itself (`_LaneCycle`): a POST to an agent route, on a URL exactly
+the route's, is read whole and handed to the app's fast lane (api.fast_lane), and its answer
+written in one piece, with no ASGI cycle between. The rest of uvicorn's protocol stays as it is:
+pipelining, keep-alive, graceful shutdown, `limit_concurrency` (a request past it is uvicorn's
+503), and proxy headers (the client an access line names). Any other request is uvicorn's.
+
 uvicorn builds the protocol itself, in every worker process, from an import path (`PROTOCOL`):
 the limits are set once per process by `configure`, from the settings the app is built with.
 """
@@ -29,11 +35,22 @@ import asyncio
 import collections
 import json
 import resource
-from typing import Any, ClassVar, Literal, cast
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from api.middleware.edge import declares_too_much
 from server.settings import ApiSettings
+
+if TYPE_CHECKING:
+    from fastapi.routing import APIRoute
+
+    from api.fast_lane import FastLane
 
 PROTOCOL = "api.connections:BoundedHttpTools"
 # An ASGI extension in each request's scope: {"future": done when the connection is lost}, so a
@@ -145,6 +162,161 @@ class _Pipeline(list[Any]):
         self.insert(0, item)
 
 
+async def _nothing(*_: object) -> None:
+    return None
+
+
+class _Lane:
+    """What a process's connections serve the fleet's routes with: the app's fast lane, and the
+    proxy-headers rewrite uvicorn would have run first (None when proxy headers are off)."""
+
+    __slots__ = ("fast_lane", "proxy")
+
+    def __init__(self, fast_lane: "FastLane", proxy: ProxyHeadersMiddleware | None) -> None:
+        self.fast_lane = fast_lane
+        self.proxy = proxy
+
+
+# One per uvicorn config, found on its first connection (None: the app has no fast lane).
+_LANES: "weakref.WeakKeyDictionary[Config, _Lane | None]" = weakref.WeakKeyDictionary()
+
+
+def _lane_of(config: Config, app: object) -> _Lane | None:
+    if config in _LANES:
+        return _LANES[config]
+    lane = None
+    if not config.root_path:  # the routes' URLs are the paths the app declares
+        while app is not None:
+            fast_lane = getattr(app, "fast_lane", None)
+            if fast_lane is not None:
+                proxy = None
+                if config.proxy_headers:
+                    proxy = ProxyHeadersMiddleware(_nothing, config.forwarded_allow_ips)
+                lane = _Lane(fast_lane, proxy)
+                break
+            app = getattr(app, "app", None)  # through uvicorn's own wrappers
+    _LANES[config] = lane
+    return lane
+
+
+class _LaneCycle:
+    """One request for the fast lane, in place of uvicorn's request cycle: what the protocol
+    reads and sets of a cycle (`response_complete`, `disconnected`, `keep_alive`,
+    `message_event`, `on_response`, `run_asgi`) it has too, so pipelining, keep-alive and
+    graceful shutdown stay uvicorn's. The body is read whole, bounded, then handed to the lane;
+    its answer leaves in one write."""
+
+    __slots__ = (
+        "body",
+        "default_headers",
+        "disconnected",
+        "expect_100_continue",
+        "flow",
+        "keep_alive",
+        "lane",
+        "logger",
+        "message_event",
+        "more_body",
+        "on_response",
+        "response_complete",
+        "scope",
+        "too_large",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        lane: _Lane,
+        scope: dict[str, Any],
+        protocol: "BoundedHttpTools",
+        *,
+        keep_alive: bool,
+        too_large: bool,
+    ) -> None:
+        self.lane = lane
+        self.scope = scope
+        self.transport = protocol.transport
+        self.flow: FlowControl = protocol.flow
+        self.logger = protocol.logger
+        self.default_headers: list[tuple[bytes, bytes]] = protocol.server_state.default_headers
+        self.on_response: Callable[[], None] = protocol.on_response_complete
+        self.keep_alive = keep_alive
+        self.expect_100_continue = protocol.expect_100_continue
+        self.too_large = too_large
+        self.body = bytearray()
+        self.more_body = True
+        self.message_event: asyncio.Event = _LazyEvent()
+        self.disconnected = False
+        self.response_complete = False
+
+    def take(self, chunk: bytes) -> None:
+        """A piece of the body, as the parser reads it."""
+        if self.response_complete or self.too_large:
+            return  # answered (413) already: the rest is read and dropped
+        self.body += chunk
+        if len(self.body) > self.lane.fast_lane.limit:
+            self.too_large = True
+            self.body = bytearray()
+            self.message_event.set()
+
+    def complete(self) -> None:
+        if not self.response_complete:
+            self.more_body = False
+            self.message_event.set()
+
+    async def run_asgi(self, _app: object) -> None:
+        """Named as uvicorn's cycle's, which the protocol starts (or queues behind a pipelined
+        request) as a task of the server's: a graceful shutdown waits for it."""
+        try:
+            if self.more_body and not self.too_large:
+                if self.expect_100_continue and not self.transport.is_closing():
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.flow.resume_reading()
+                await self.message_event.wait()
+            if self.disconnected:
+                return  # the client left before its request was whole: nobody to answer
+            if self.lane.proxy is not None:
+                await self.lane.proxy(self.scope, _nothing, _nothing)  # type: ignore[arg-type]
+            body = None if self.too_large else bytes(self.body)
+            self.body = bytearray()
+            response = await self.lane.fast_lane.answer(self.scope, body)
+            self._write(response.status_code, response.raw_headers, response.body)
+        except BaseException as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_complete:
+                self.keep_alive = False
+                self._write(500, _SERVER_ERROR_HEADERS, b"Internal Server Error")
+        finally:
+            self.on_response = _nothing_done
+
+    def _write(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | memoryview
+    ) -> None:
+        if self.disconnected:
+            return  # as uvicorn's `send`: the answer has nowhere to go
+        content: list[bytes | memoryview] = [STATUS_LINE[status]]
+        for name, value in (*self.default_headers, *headers):
+            content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        self.transport.write(b"".join(content))
+        self.response_complete = True
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+
+
+def _nothing_done() -> None:
+    return None
+
+
+_SERVER_ERROR_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", b"21"),
+]
+
+
 class BoundedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline for each request and a cap on its head."""
 
@@ -153,6 +325,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     __slots__ = (
         "_deadline",
         "_head_done",
+        "_lane",
         "_lost",
         "_lost_extension",
         "_parsed",
@@ -166,6 +339,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pipeline = _Pipeline()  # type: ignore[assignment]
+        self._lane = _lane_of(self.config, self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -217,18 +391,70 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         self._head_done = True
         self._unparsed = 0
+        route = self._fast_route()
+        if route is not None:
+            self._start_lane_cycle(route)
+            return
         super().on_headers_complete()
         # Made just now, not set or waited on yet: nothing of the request's body is parsed.
         _lazy(self.cycle, "message_event")
 
     def on_body(self, body: bytes) -> None:
-        if not self._refused:
+        if self._refused:
+            return
+        if type(self.cycle) is _LaneCycle:
+            self.cycle.take(body)
+        else:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._stop_deadline()
-        if not self._refused:
+        if self._refused:
+            return
+        if type(self.cycle) is _LaneCycle:
+            self.cycle.complete()
+        else:
             super().on_message_complete()
+
+    def _fast_route(self) -> "APIRoute | None":
+        """The fast lane's route for this request, if it takes it: a POST on a route's URL
+        exactly, within the concurrency limit (past it, uvicorn answers 503)."""
+        lane = self._lane
+        if lane is None or self.parser.get_method() != b"POST" or self.parser.should_upgrade():
+            return None
+        route = lane.fast_lane.routes.get(self.url)
+        limit = self.limit_concurrency
+        if route is None or (
+            limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+        ):
+            return None
+        return route
+
+    def _start_lane_cycle(self, route: "APIRoute") -> None:
+        assert self._lane is not None
+        http_version = self.parser.get_http_version()
+        scope = self.scope
+        scope["method"] = "POST"
+        scope["http_version"] = http_version
+        scope["path"] = route.path
+        scope["raw_path"] = self.url
+        scope["query_string"] = b""
+        scope["app"] = self._lane.fast_lane.fastapi  # type: ignore[typeddict-unknown-key]
+        scope["route"] = route  # type: ignore[typeddict-unknown-key]
+        cycle = _LaneCycle(
+            self._lane,
+            cast(dict[str, Any], scope),
+            self,
+            keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
+            too_large=declares_too_much(self.headers, self._lane.fast_lane.limit),
+        )
+        existing = self.cycle
+        self.cycle = cycle  # type: ignore[assignment]
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, None)  # type: ignore[arg-type]
+        else:  # pipelined behind a request still being answered
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, None))  # type: ignore[arg-type]
 
     def _count_head(self, size: int) -> None:
         self._parsed += size

@@ -68,3 +68,22 @@ async def test_answered_polls_leave_no_access_line_but_are_counted(
         'GET /health/live HTTP/1.1" 200',
     ]
     assert _idle_polls_counted() - counted_before == 3
+
+
+async def test_a_refused_poll_through_a_local_proxy_names_the_agent_it_forwards(
+    settings: ApiSettings,
+) -> None:
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 by default (FORWARDED_ALLOW_IPS): the line
+    names the agent behind the proxy, for polls as for every other request."""
+    configured = settings.model_copy(update={"control_plane_agent_token": SecretStr(TOKEN)})
+    forwarded = {"x-forwarded-for": "203.0.113.7"}
+    async with (
+        LiveServer(create_app(configured), free_port()) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30, headers=forwarded) as client,
+    ):
+        with _access_lines() as access_lines:
+            refused = await post_signed(client, "/api/updates/next", poll_body("web-1"), "wrong")
+            assert refused.status_code == 401
+            assert (await client.get("/health/live")).status_code == 200
+
+    assert [line.split(" - ", 1)[0] for line in access_lines] == ["203.0.113.7:0"] * 2

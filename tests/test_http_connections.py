@@ -4,16 +4,21 @@ connections. Raw sockets, as an attacker's would be."""
 
 import asyncio
 import contextlib
+import hmac
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from api.app import create_app
 from devstack.ports import free_port
 from server.settings import ApiSettings
+from tests.agent_requests import assert_signed_by, hmac_hex, poll_body, post_signed
 from tests.conftest import LiveServer
 
 TIMEOUT_SECONDS = 1.0
@@ -160,3 +165,114 @@ async def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> N
     answers, _ = await _closed_after(reader)
     writer.close()
     assert answers.count(b"HTTP/1.1 200 OK\r\n") == 3
+
+
+# --- the fleet's requests, which the connections hand to the fast lane themselves ----------
+
+FLEET_TOKEN = secrets.token_hex(16)
+
+
+@pytest.fixture
+async def fleet_server(settings: ApiSettings) -> AsyncIterator[LiveServer]:
+    with_token = settings.model_copy(update={"control_plane_agent_token": SecretStr(FLEET_TOKEN)})
+    async with _serving(with_token, CEILING_SECONDS) as live:
+        yield live
+
+
+def _signed_poll(instance_id: str, *, http: str = "1.1", head: str = "") -> tuple[bytes, bytes]:
+    """A poll's head (ending in its blank line) and body, as a third-party agent would send."""
+    poll = poll_body(instance_id)
+    body = json.dumps(poll).encode()
+    return (
+        f"POST /api/updates/next HTTP/{http}\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nx-agent-signature: {hmac_hex(FLEET_TOKEN, body)}\r\n"
+        f"{head}\r\n"
+    ).encode(), body
+
+
+class _Answer(NamedTuple):
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+
+
+def _answers(stream: bytes) -> list[_Answer]:
+    """The HTTP/1.1 answers in `stream`, in order; each has a content-length (as the API's do)."""
+    answers = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        headers = dict(line.lower().split(b": ", 1) for line in lines)
+        length = int(headers.get(b"content-length", b"0"))
+        answers.append(_Answer(int(status_line.split(b" ")[1]), headers, rest[:length]))
+        stream = rest[length:]
+    return answers
+
+
+def _assert_signed_poll_answer(answer: _Answer, body: bytes) -> None:
+    assert answer.status == 200, answer
+    assert hmac.compare_digest(
+        answer.headers[b"x-cp-signature"].decode(), hmac_hex(FLEET_TOKEN, answer.body)
+    )
+    assert json.loads(answer.body) == {"job": None, "nonce": json.loads(body)["nonce"]}
+
+
+async def test_pipelined_polls_and_other_requests_are_answered_in_order(
+    fleet_server: LiveServer,
+) -> None:
+    first_head, first = _signed_poll("web-1")
+    last_head, last = _signed_poll("web-2", head="connection: close\r\n")
+    reader, writer = await _connect(fleet_server)
+    writer.write(
+        first_head + first + b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n" + last_head + last
+    )
+    stream, _ = await _closed_after(reader)
+    writer.close()
+    polled, health, closing = _answers(stream)
+    _assert_signed_poll_answer(polled, first)
+    assert (health.status, json.loads(health.body)) == (200, {"status": "ok"})
+    _assert_signed_poll_answer(closing, last)
+    assert closing.headers[b"connection"] == b"close"
+
+
+async def test_a_poll_expecting_100_continue_is_told_to_send_its_body(
+    fleet_server: LiveServer,
+) -> None:
+    head, body = _signed_poll("web-1", head="expect: 100-continue\r\nconnection: close\r\n")
+    reader, writer = await _connect(fleet_server)
+    writer.write(head)
+    async with asyncio.timeout(CEILING_SECONDS):
+        interim = await reader.readuntil(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    stream, _ = await _closed_after(reader)
+    writer.close()
+    (answer,) = _answers(stream)
+    _assert_signed_poll_answer(answer, body)
+
+
+async def test_an_http_1_0_poll_is_answered_and_its_connection_closed(
+    fleet_server: LiveServer,
+) -> None:
+    head, body = _signed_poll("web-1", http="1.0")
+    reader, writer = await _connect(fleet_server)
+    writer.write(head + body)
+    stream, _ = await _closed_after(reader)  # no keep-alive in HTTP/1.0: the server closes
+    writer.close()
+    (answer,) = _answers(stream)
+    _assert_signed_poll_answer(answer, body)
+    assert answer.headers[b"connection"] == b"close"
+
+
+async def test_a_poll_on_another_spelling_of_its_url_is_answered_alike(
+    fleet_server: LiveServer,
+) -> None:
+    """Only the route's exact URL takes the fast lane; with a query it reaches FastAPI's routing,
+    and the agent cannot tell."""
+    poll = poll_body("web-1")
+    async with httpx.AsyncClient(base_url=fleet_server.url, timeout=CEILING_SECONDS) as client:
+        answer = await post_signed(client, "/api/updates/next?from=proxy", poll, FLEET_TOKEN)
+    assert assert_signed_by(answer, FLEET_TOKEN, poll["nonce"]) == {
+        "job": None,
+        "nonce": poll["nonce"],
+    }

@@ -7,7 +7,7 @@ to the app from memory, already bounded.
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,15 +40,24 @@ async def _answer(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def declares_too_much(headers: Iterable[tuple[bytes, bytes]], limit: int) -> bool:
+    """Whether the request's `Content-Length` says its body passes `limit`."""
+    for name, declared in headers:
+        if name == b"content-length":
+            return declared.isdigit() and (
+                len(declared) > _MAX_LENGTH_DIGITS or int(declared) > limit
+            )
+    return False
+
+
+def too_large_detail(limit: int) -> str:
+    return f"body is larger than {limit} bytes"
+
+
 async def bounded_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
     """The whole body, or raises BodyTooLarge as soon as it passes `limit` (by its declared
     `Content-Length` before a byte is read); None when the client left before sending it all."""
-    declared = _header(scope, b"content-length")
-    if (
-        declared is not None
-        and declared.isdigit()
-        and (len(declared) > _MAX_LENGTH_DIGITS or int(declared) > limit)
-    ):
+    if declares_too_much(scope["headers"], limit):
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -66,7 +75,7 @@ async def bounded_body(scope: Scope, receive: Receive, limit: int) -> bytes | No
 
 
 async def answer_too_large(send: Send, limit: int) -> None:
-    await _answer(send, 413, f"body is larger than {limit} bytes")
+    await _answer(send, 413, too_large_detail(limit))
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:

@@ -207,5 +207,5 @@ async def report(request: Request) -> Response:
     return call.answer({"jobId": r.jobId, "status": accepted.status, "accepted": True})
 
 
-# Served by api.middleware.fast_lane, in front of FastAPI's routing: the fleet's requests.
+# Served by api.fast_lane, handed them by the API's connections: the fleet's requests.
 FAST_ROUTES = [r for r in router.routes if isinstance(r, APIRoute)]
