@@ -80,7 +80,12 @@ class FastLane:
             if body is None:
                 response: Response = JSONResponse({"detail": too_large_detail(self.limit)}, 413)
             else:
-                response = await self._endpoint_answer(scope, body)
+                request = _BodyRead(scope, body)
+                endpoint: Endpoint = scope["route"].endpoint
+                try:  # awaited here, not in a helper: a held poll keeps every frame above it
+                    response = await endpoint(request)
+                except Exception as exc:
+                    response = await self._error_answer(request, exc)
             status = response.status_code
             if 200 <= status < 300:
                 self.on_success()
@@ -88,17 +93,12 @@ class FastLane:
         finally:
             observe(scope, status, started, True, self.secrets)
 
-    async def _endpoint_answer(self, scope: Scope, body: bytes) -> Response:
-        request = _BodyRead(scope, body)
-        endpoint: Endpoint = scope["route"].endpoint
-        try:
-            return await endpoint(request)
-        except Exception as exc:
-            handler = self._handler_for(exc)
-            if handler is None:
-                raise
-            answer = handler(request, exc)
-            return await answer if inspect.isawaitable(answer) else answer
+    async def _error_answer(self, request: Request, exc: Exception) -> Response:
+        handler = self._handler_for(exc)
+        if handler is None:
+            raise exc
+        answer = handler(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
 
     def _handler_for(self, exc: Exception) -> ErrorHandler | None:
         """The handler of the nearest class in the exception's MRO, as Starlette looks it up."""
