@@ -1,5 +1,5 @@
-"""What the fleet does, seen from the wire: every agent request passes an observing transport
-that times it and reads its signed body and answer (the agent code is not touched).
+"""What the fleet does, seen from the wire: every agent request passes an observing wrapper
+of its HTTP that times it and reads its signed body and answer (the agent code is not touched).
 
 An agent is `running` from the moment a poll hands it a job it has not finished until it sends
 that job's final report; jobs count by outcome once their final report is acknowledged. Moments
@@ -11,12 +11,15 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from agent.daemon import POLL_PATH, REPORT_PATH
+from agent.http11 import Answer
+from agent.network import ControlPlaneHttp
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed"})
 
@@ -124,32 +127,33 @@ def _json(content: bytes) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-class ObservingTransport(httpx.AsyncBaseTransport):
-    """One per agent, like a real host's own connection: a pool shared by hundreds of agents
-    spends its time scanning connections. Times each request to its last answer byte."""
+class ObservingHttp:
+    """Wraps one agent's HTTP (agent/network.py), like a real host's own connections; times each
+    request to its last answer byte."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, observer: FleetObserver) -> None:
+    def __init__(self, inner: ControlPlaneHttp, observer: FleetObserver) -> None:
         self.inner = inner
         self.observer = observer
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        kind = _kind(request.url.path)
+    async def post(
+        self, path: str, content: bytes, headers: Mapping[str, str], timeout: float | None = None
+    ) -> Answer:
+        kind = _kind(path)
         if kind is None:
-            return await self.inner.handle_async_request(request)
-        body = _json(request.content)
+            return await self.inner.post(path, content, headers, timeout)
+        body = _json(content)
         self.observer.before_request(kind, body)
         started = time.perf_counter()
         try:
-            response = await self.inner.handle_async_request(request)
-            await response.aread()
+            answer = await self.inner.post(path, content, headers, timeout)
         except httpx.HTTPError as exc:
             self.observer.errors[f"{kind} {type(exc).__name__}"] += 1
             raise
         self.observer.latencies[kind].append(time.perf_counter() - started)
-        if not response.is_success:
-            self.observer.errors[f"{kind} HTTP {response.status_code}"] += 1
-        self.observer.after_answer(kind, body, response.status_code, _json(response.content))
-        return response
+        if not answer.is_success:
+            self.observer.errors[f"{kind} HTTP {answer.status}"] += 1
+        self.observer.after_answer(kind, body, answer.status, _json(answer.content))
+        return answer
 
     async def aclose(self) -> None:
         await self.inner.aclose()
