@@ -26,6 +26,8 @@ M = TypeVar("M", bound=BaseModel)
 # fixed and a rotated secret gets installed, and every retry carries a new nonce, so a report
 # refused with 401 is retried rather than lost.
 FINAL_STATUSES = frozenset({403, 404, 409, 413, 422})
+# Built once: `json.dumps` with separators builds an encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class RequestFailed(Exception):
@@ -61,7 +63,7 @@ class Signer:
         nonce = secrets.token_urlsafe(24)
         sent_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         document = {**fields, "instanceId": self.instance_id, "sentAt": sent_at, "nonce": nonce}
-        return json.dumps(document, separators=(",", ":")).encode(), nonce
+        return _COMPACT.encode(document).encode(), nonce
 
 
 def _trusted_document(response: Answer, secret: str, nonce: str) -> dict[str, Any] | None:

@@ -80,39 +80,37 @@ class FleetObserver:
         counts["in_progress"] = self.running()
         return +counts
 
-    def before_request(self, kind: str, body: dict[str, Any]) -> None:
-        if kind != "report":
-            return
-        instance_id = str(body.get("instanceId"))
+    def reporting(self, instance_id: str, report: dict[str, Any]) -> None:
+        """A report is on its way: a final one ends its agent's job."""
         state = self.state(instance_id)
-        job_id, status = body.get("jobId"), body.get("status")
+        job_id, status = report.get("jobId"), report.get("status")
         self.last_job_activity = time.time()
         if status in FINAL_STATUSES and isinstance(job_id, str):
             state.finished_jobs.add(job_id)
             if state.job_id == job_id:
                 self._set_job(instance_id, None)
 
-    def after_answer(
-        self, kind: str, body: dict[str, Any], status_code: int, answer: dict[str, Any]
-    ) -> None:
-        instance_id = str(body.get("instanceId"))
-        state = self.state(instance_id)
-        if kind == "poll":
-            state.polled = state.polled or status_code == 200
-            job = answer.get("job") if status_code == 200 else None
-            if isinstance(job, dict) and job.get("id") not in state.finished_jobs:
-                job_id = str(job.get("id"))
-                self._set_job(instance_id, job_id)
-                self.last_job_activity = time.time()
-                self.handouts.setdefault(job_id, self.last_job_activity)
-                rollout_id = str(job.get("rolloutId"))
-                if rollout_id not in self.rollouts_seen:
-                    self.rollouts_seen.append(rollout_id)
-        elif status_code == 200 and body.get("status") in FINAL_STATUSES:
-            job_id = str(body.get("jobId"))
+    def reported(self, instance_id: str, report: dict[str, Any], status_code: int) -> None:
+        """A report was answered: an acknowledged final one counts its job's outcome."""
+        if status_code == 200 and report.get("status") in FINAL_STATUSES:
+            job_id = str(report.get("jobId"))
             if job_id not in self.outcomes:
-                self.outcomes[job_id] = str(body["status"])
-                state.last_outcome = str(body["status"])
+                self.outcomes[job_id] = str(report["status"])
+                self.state(instance_id).last_outcome = str(report["status"])
+
+    def polled(self, instance_id: str, status_code: int, answer: dict[str, Any]) -> None:
+        """A poll was answered; a job it hands out that the agent has not finished runs now."""
+        state = self.state(instance_id)
+        state.polled = state.polled or status_code == 200
+        job = answer.get("job") if status_code == 200 else None
+        if isinstance(job, dict) and job.get("id") not in state.finished_jobs:
+            job_id = str(job.get("id"))
+            self._set_job(instance_id, job_id)
+            self.last_job_activity = time.time()
+            self.handouts.setdefault(job_id, self.last_job_activity)
+            rollout_id = str(job.get("rolloutId"))
+            if rollout_id not in self.rollouts_seen:
+                self.rollouts_seen.append(rollout_id)
 
 
 def _kind(path: str) -> str | None:
@@ -129,11 +127,13 @@ def _json(content: bytes) -> dict[str, Any]:
 
 class ObservingHttp:
     """Wraps one agent's HTTP (agent/network.py), like a real host's own connections; times each
-    request to its last answer byte."""
+    request to its last answer byte. It reads only what the observer needs: a report's body
+    and a poll's answer."""
 
-    def __init__(self, inner: ControlPlaneHttp, observer: FleetObserver) -> None:
+    def __init__(self, inner: ControlPlaneHttp, observer: FleetObserver, instance_id: str) -> None:
         self.inner = inner
         self.observer = observer
+        self.instance_id = instance_id
 
     async def post(
         self, path: str, content: bytes, headers: Mapping[str, str], timeout: float | None = None
@@ -141,8 +141,9 @@ class ObservingHttp:
         kind = _kind(path)
         if kind is None:
             return await self.inner.post(path, content, headers, timeout)
-        body = _json(content)
-        self.observer.before_request(kind, body)
+        report = _json(content) if kind == "report" else None
+        if report is not None:
+            self.observer.reporting(self.instance_id, report)
         started = time.perf_counter()
         try:
             answer = await self.inner.post(path, content, headers, timeout)
@@ -152,7 +153,11 @@ class ObservingHttp:
         self.observer.latencies[kind].append(time.perf_counter() - started)
         if not answer.is_success:
             self.observer.errors[f"{kind} HTTP {answer.status}"] += 1
-        self.observer.after_answer(kind, body, answer.status, _json(answer.content))
+        if report is not None:
+            self.observer.reported(self.instance_id, report, answer.status)
+        else:
+            document = _json(answer.content) if answer.status == 200 else {}
+            self.observer.polled(self.instance_id, answer.status, document)
         return answer
 
     async def aclose(self) -> None:

@@ -84,7 +84,9 @@ def _agent(
         keepalive_expiry=CONNECTION_LIFETIME,
         tls=tls,
     )
-    return Agent(config, executor=steps, journal=journal, http=ObservingHttp(http, observer))
+    return Agent(
+        config, executor=steps, journal=journal, http=ObservingHttp(http, observer, instance_id)
+    )
 
 
 async def _run_staggered(agent: Agent, delay: float, stop: asyncio.Event) -> None:
