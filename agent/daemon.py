@@ -8,16 +8,14 @@ its own `StepExecutor` and in-memory journals.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
-
-import httpx
 
 from agent.config import AgentConfig
 from agent.job import JobRunner
 from agent.journal import Journal, Report
 from agent.logs import instance_log
-from agent.network import agent_transport
+from agent.network import ControlPlaneHttp, control_plane_http
 from agent.reports import ReportSender
 from agent.state_dir import StateDirUnusable
 from agent.steps import ShellExecutor, StepExecutor
@@ -37,7 +35,7 @@ LONG_POLL_SECONDS = 25
 
 # Reuse a connection only while the server surely keeps it: uvicorn and many proxies close idle
 # ones after 5 s, and a poll sent on a connection closing under it fails with a read error.
-CONNECTION_LIFETIME = httpx.Limits(keepalive_expiry=4.0)
+CONNECTION_LIFETIME = 4.0  # seconds
 
 
 async def _unless_stopped(request: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
@@ -61,12 +59,12 @@ class Agent:
         *,
         executor: StepExecutor | None = None,
         journal: Journal | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        http: ControlPlaneHttp | None = None,
     ) -> None:
         self.config = config
         self.executor = executor or ShellExecutor(config)
         self.journal = journal or Journal.open(config.state_dir, config.first_run_version)
-        self.transport = transport
+        self.http = http
         self.signer = Signer(config.instance_id, config.secret)
         self.log = instance_log(__name__, config.instance_id)
 
@@ -74,58 +72,62 @@ class Agent:
         """Until `stop` is set: then the running step finishes, reports go out, and it returns.
         Raises StateDirUnusable once the state directory refuses a write, after reporting the
         job in flight failed (agent/job.py `abandon`)."""
-        async with httpx.AsyncClient(
-            base_url=self.config.control_plane_url,
+        http = self.http or control_plane_http(
+            self.config.control_plane_url,
             timeout=self.config.request_timeout_seconds,
-            transport=self.transport or agent_transport(CONNECTION_LIFETIME),
-            limits=CONNECTION_LIFETIME,
-        ) as http:
-
-            async def send_report(report: Report) -> ReportResponse:
-                fields = report.model_dump()
-                return await signed_post(http, self.signer, REPORT_PATH, fields, ReportResponse)
-
-            reports = ReportSender(
-                send_report,
-                self.journal,
-                self.log,
-                backoff=(self.config.backoff_initial_seconds, self.config.backoff_max_seconds),
-                stop=stop,
-                stop_grace_seconds=self.config.stop_report_grace_seconds,
-            )
-            runner = JobRunner(
-                channel=self.config.channel,
-                journal=self.journal,
-                instance_id=self.config.instance_id,
-                secret=self.config.secret,
-                release_keys=self.config.release_keys,
-                release_keys_threshold=self.config.release_keys_threshold,
-                executor=self.executor,
-                reports=reports,
-                stop=stop,
-                log=self.log,
-            )
-            reports.start()
-            try:
-                for report in self.journal.state.unacknowledged:
-                    reports.submit(report)
-                self.journal.check_writable()
-                await runner.recover()
-                await self._poll_until_stopped(http, runner, reports, stop)
-                await reports.drain()
-            except StateDirUnusable as exc:
-                # Nothing more runs; what can still be told goes out within the stop grace.
-                runner.abandon(exc)
-                stop.set()
-                await reports.drain()
-                raise
-            finally:
-                await reports.close()
+            keepalive_expiry=CONNECTION_LIFETIME,
+        )
+        try:
+            await self._run(http, stop)
+        finally:
+            await http.aclose()
         self.log.info("stopped")
+
+    async def _run(self, http: ControlPlaneHttp, stop: asyncio.Event) -> None:
+        async def send_report(report: Report) -> ReportResponse:
+            fields = report.model_dump()
+            return await signed_post(http, self.signer, REPORT_PATH, fields, ReportResponse)
+
+        reports = ReportSender(
+            send_report,
+            self.journal,
+            self.log,
+            backoff=(self.config.backoff_initial_seconds, self.config.backoff_max_seconds),
+            stop=stop,
+            stop_grace_seconds=self.config.stop_report_grace_seconds,
+        )
+        runner = JobRunner(
+            channel=self.config.channel,
+            journal=self.journal,
+            instance_id=self.config.instance_id,
+            secret=self.config.secret,
+            release_keys=self.config.release_keys,
+            release_keys_threshold=self.config.release_keys_threshold,
+            executor=self.executor,
+            reports=reports,
+            stop=stop,
+            log=self.log,
+        )
+        reports.start()
+        try:
+            for report in self.journal.state.unacknowledged:
+                reports.submit(report)
+            self.journal.check_writable()
+            await runner.recover()
+            await self._poll_until_stopped(http, runner, reports, stop)
+            await reports.drain()
+        except StateDirUnusable as exc:
+            # Nothing more runs; what can still be told goes out within the stop grace.
+            runner.abandon(exc)
+            stop.set()
+            await reports.drain()
+            raise
+        finally:
+            await reports.close()
 
     async def _poll_until_stopped(
         self,
-        http: httpx.AsyncClient,
+        http: ControlPlaneHttp,
         runner: JobRunner,
         reports: ReportSender,
         stop: asyncio.Event,
@@ -199,7 +201,7 @@ class Agent:
             await sleep_unless_stopped(stop, jittered(self.config.poll_interval_seconds))
 
 
-def _hold_offered(headers: httpx.Headers) -> int:
+def _hold_offered(headers: Mapping[str, str]) -> int:
     """How long to ask the next poll to be held: what the control plane offers, at most
     LONG_POLL_SECONDS; 0 when it offers nothing (an API older than long-poll)."""
     offered = headers.get(LONG_POLL_HEADER, "")

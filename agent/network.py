@@ -1,39 +1,45 @@
-"""httpcore's sockets on asyncio's own streams, for every agent request.
+"""The agent's HTTP: one kind of request (a POST of a small signed body to the control plane) on
+keep-alive HTTP/1.1 connections, spoken on asyncio's protocol callbacks.
 
-httpcore drives asyncio through anyio, which wraps each socket read and write in a cancel scope
-and an extra pass of the event loop: a fifth to a third of an agent's CPU per request on a
-keep-alive connection (`benchmarks/agent_http.py`, docs/performance.md). The agent runs on
-asyncio only, so it talks to it directly; timeouts and errors map to the same httpcore (so
-httpx) exceptions.
+Through httpx, each request built and tracked what the agent never uses (URL merging, cookies,
+auth and redirect flows, h11's state machine, anyio's locks and cancel scopes): about two thirds
+of a simulated agent's CPU per request (`benchmarks/agent_http.py`, docs/performance.md). A
+proxy named in the environment (`HTTPS_PROXY` and the like) is still left to httpx, which
+honours it. Either way failures are httpx's exceptions, so callers and logs name them alike.
 """
 
 import asyncio
 import select
-import socket
 import ssl
 import urllib.request
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
+from agent.http11 import Answer, Connection
+from runtime.build import package_version
 
-@contextmanager
-def _mapped(timeout_error: type[Exception], os_error: type[Exception]) -> Iterator[None]:
-    try:
-        yield
-    except TimeoutError as exc:
-        raise timeout_error(exc) from exc
-    except OSError as exc:  # ssl.SSLError included
-        raise os_error(exc) from exc
+USER_AGENT = f"rollout-agent/{package_version()}"
 
 
-def _readable(sock: socket.socket | None) -> bool:
+class ControlPlaneHttp(Protocol):
+    """What the agent's signed exchange (agent/transport.py) sends its bytes through."""
+
+    async def post(
+        self, path: str, content: bytes, headers: Mapping[str, str], timeout: float | None = None
+    ) -> Answer: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _readable(transport: asyncio.BaseTransport) -> bool:
     """Whether an idle kept-alive connection has something to read, which means the server
-    closed it: httpcore then opens a new one instead of sending on it. `poll`, not `select`: a
-    simulated fleet holds file descriptors past select's 1,024."""
+    closed it (its end may not have reached the callbacks yet): a new one is opened instead of
+    sending on it. `poll`, not `select`: a simulated fleet holds descriptors past select's 1,024."""
+    sock = transport.get_extra_info("socket")
     if sock is None or sock.fileno() < 0:
         return True
     poller = select.poll()
@@ -41,99 +47,146 @@ def _readable(sock: socket.socket | None) -> bool:
     return bool(poller.poll(0))
 
 
-class AsyncioStream(httpcore.AsyncNetworkStream):
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+@dataclass(frozen=True)
+class _Origin:
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    prefix: str  # the base URL's path, before each request's
+    head: bytes  # the request headers every request carries
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _mapped(httpcore.ReadTimeout, httpcore.ReadError):
-            async with asyncio.timeout(timeout):
-                return await self._reader.read(max_bytes)
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        with _mapped(httpcore.WriteTimeout, httpcore.WriteError):
-            async with asyncio.timeout(timeout):
-                self._writer.write(buffer)
-                await self._writer.drain()
+def _origin(base_url: str, tls: ssl.SSLContext | None) -> _Origin:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {base_url}")
+    secure = parts.scheme == "https"
+    authority = parts.netloc.rpartition("@")[2]
+    head = f"host: {authority}\r\nuser-agent: {USER_AGENT}\r\n".encode()
+    return _Origin(
+        host=parts.hostname,
+        port=parts.port or (443 if secure else 80),
+        tls=(tls or httpx.create_ssl_context()) if secure else None,
+        prefix=parts.path.rstrip("/"),
+        head=head,
+    )
 
-    async def aclose(self) -> None:
-        self._writer.close()
 
-    async def start_tls(
+class DirectHttp:
+    """Keep-alive connections to one control plane, one request in flight on each; an idle one
+    is reused only while the server surely keeps it (`keepalive_expiry`)."""
+
+    def __init__(
         self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
-            async with asyncio.timeout(timeout):
-                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
-        return self
+        base_url: str,
+        *,
+        timeout: float,
+        keepalive_expiry: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._origin = _origin(base_url, tls)
+        self._timeout = timeout
+        self._expiry = keepalive_expiry
+        self._idle: list[Connection] = []
+        self._open: set[Connection] = set()
 
-    def get_extra_info(self, info: str) -> Any:
-        extra = self._writer.get_extra_info
-        match info:
-            case "ssl_object" | "socket":
-                return extra(info)
-            case "client_addr":
-                return extra("sockname")
-            case "server_addr":
-                return extra("peername")
-            case "is_readable":
-                return _readable(extra("socket"))
+    async def post(
+        self, path: str, content: bytes, headers: Mapping[str, str], timeout: float | None = None
+    ) -> Answer:
+        seconds = self._timeout if timeout is None else timeout
+        fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        request = b"".join(
+            (
+                f"POST {self._origin.prefix}{path} HTTP/1.1\r\n".encode(),
+                self._origin.head,
+                f"content-length: {len(content)}\r\n{fields}\r\n".encode(),
+                content,
+            )
+        )
+        connection = self._reusable() or await self._connect(seconds)
+        try:
+            answer = await connection.exchange(request, seconds)
+        except BaseException:
+            self._discard(connection)
+            raise
+        if connection.reusable:
+            connection.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(connection)
+        else:
+            self._discard(connection)
+        return answer
+
+    def _reusable(self) -> Connection | None:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            connection = self._idle.pop()
+            transport = connection.transport
+            fresh = now - connection.idle_since < self._expiry
+            if fresh and transport is not None and not connection.lost and not _readable(transport):
+                return connection
+            self._discard(connection)
         return None
 
-
-class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        local = None if local_address is None else (local_address, 0)
-        with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
+    async def _connect(self, timeout: float) -> Connection:
+        origin = self._origin
+        loop = asyncio.get_running_loop()
+        try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(host, port, local_addr=local)
-        for option in socket_options or ():
-            writer.get_extra_info("socket").setsockopt(*option)
-        return AsyncioStream(reader, writer)
+                _, connection = await loop.create_connection(
+                    lambda: Connection(loop),
+                    origin.host,
+                    origin.port,
+                    ssl=origin.tls,
+                    server_hostname=origin.host if origin.tls else None,
+                )
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"no connection within {timeout:g} s") from exc
+        except OSError as exc:  # ssl.SSLError included
+            raise httpx.ConnectError(str(exc)) from exc
+        self._open.add(connection)
+        return connection
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path)
-        for option in socket_options or ():
-            writer.get_extra_info("socket").setsockopt(*option)
-        return AsyncioStream(reader, writer)
+    def _discard(self, connection: Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-def http_transport(
-    *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True
-) -> httpx.AsyncHTTPTransport:
-    """httpx's own transport, its connection pool on `AsyncioBackend`. httpx takes no network
-    backend, so it is set on httpcore's pool, which does (tests/test_agent_sockets.py fails if a
-    new httpx moves it)."""
-    transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
-    transport._pool._network_backend = AsyncioBackend()
-    return transport
+    async def aclose(self) -> None:
+        for connection in list(self._open):
+            self._discard(connection)
+        self._idle.clear()
 
 
-def agent_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport | None:
-    """The agent's transport: `http_transport`, unless the environment names a proxy
-    (`HTTPS_PROXY` and the like), which httpx honours only on a transport it builds itself (None:
-    the client builds it, on anyio)."""
-    return None if urllib.request.getproxies() else http_transport(limits=limits)
+class HttpxHttp:
+    """Through an httpx client: the agent's way through a proxy the environment names, which
+    httpx honours (`NO_PROXY` included)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def post(
+        self, path: str, content: bytes, headers: Mapping[str, str], timeout: float | None = None
+    ) -> Answer:
+        response = await self._client.post(
+            path,
+            content=content,
+            headers=headers,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+        )
+        return Answer(response.status_code, dict(response.headers), response.content)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def control_plane_http(
+    base_url: str, *, timeout: float, keepalive_expiry: float, tls: ssl.SSLContext | None = None
+) -> ControlPlaneHttp:
+    """`DirectHttp`, unless the environment names a proxy (`HttpxHttp`)."""
+    if urllib.request.getproxies():
+        limits = httpx.Limits(keepalive_expiry=keepalive_expiry)
+        headers = {"user-agent": USER_AGENT}
+        client = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, limits=limits, headers=headers
+        )
+        return HttpxHttp(client)
+    return DirectHttp(base_url, timeout=timeout, keepalive_expiry=keepalive_expiry, tls=tls)

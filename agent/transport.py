@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from agent.http11 import Answer
+from agent.network import ControlPlaneHttp
 from contract.signing import sign, verify
 from contract.wire import AGENT_SIGNATURE_HEADER, RESPONSE_SIGNATURE_HEADER
 
@@ -24,6 +26,8 @@ M = TypeVar("M", bound=BaseModel)
 # fixed and a rotated secret gets installed, and every retry carries a new nonce, so a report
 # refused with 401 is retried rather than lost.
 FINAL_STATUSES = frozenset({403, 404, 409, 413, 422})
+# Built once: `json.dumps` with separators builds an encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class RequestFailed(Exception):
@@ -59,10 +63,10 @@ class Signer:
         nonce = secrets.token_urlsafe(24)
         sent_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         document = {**fields, "instanceId": self.instance_id, "sentAt": sent_at, "nonce": nonce}
-        return json.dumps(document, separators=(",", ":")).encode(), nonce
+        return _COMPACT.encode(document).encode(), nonce
 
 
-def _trusted_document(response: httpx.Response, secret: str, nonce: str) -> dict[str, Any] | None:
+def _trusted_document(response: Answer, secret: str, nonce: str) -> dict[str, Any] | None:
     signature = response.headers.get(RESPONSE_SIGNATURE_HEADER, "")
     if not signature or not verify(secret, response.content, signature):
         return None
@@ -75,14 +79,14 @@ def _trusted_document(response: httpx.Response, secret: str, nonce: str) -> dict
     return document
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Answer) -> float | None:
     """`Retry-After` in seconds; the HTTP-date form is not used by the control plane."""
     value = response.headers.get("retry-after", "")
     return float(value) if value.isdigit() else None
 
 
 async def signed_post(
-    http: httpx.AsyncClient, signer: Signer, path: str, fields: dict[str, Any], model: type[M]
+    http: ControlPlaneHttp, signer: Signer, path: str, fields: dict[str, Any], model: type[M]
 ) -> M:
     """POST a signed request; return the verified answer parsed with `model`, or raise."""
     answer, _ = await signed_exchange(http, signer, path, fields, model)
@@ -90,7 +94,7 @@ async def signed_post(
 
 
 async def signed_exchange(
-    http: httpx.AsyncClient,
+    http: ControlPlaneHttp,
     signer: Signer,
     path: str,
     fields: dict[str, Any],
@@ -98,7 +102,7 @@ async def signed_exchange(
     *,
     headers: Mapping[str, str] | None = None,
     timeout: float | None = None,
-) -> tuple[M, httpx.Headers]:
+) -> tuple[M, Mapping[str, str]]:
     """`signed_post` with extra request headers (not signed: the signature covers the body, as
     PROTOCOL §5 says) and a timeout of its own; also returns the answer's headers, which are
     not signed either, so nothing read from them may decide what the agent runs."""
@@ -109,37 +113,32 @@ async def signed_exchange(
         AGENT_SIGNATURE_HEADER: sign(signer.secret, content),
     }
     try:
-        response = await http.post(
-            path,
-            content=content,
-            headers=sent_headers,
-            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-        )
+        response = await http.post(path, content, sent_headers, timeout)
     except httpx.HTTPError as exc:
         raise RequestFailed(f"{path}: {type(exc).__name__}: {exc}") from exc
     document = _trusted_document(response, signer.secret, nonce)
-    if response.status_code >= 500:
+    if response.status >= 500:
         # Only ever retried, so it needs no trust; a proxy in front answers these unsigned. Only
         # the control plane's own (signed) answer may say how long to wait.
         raise RequestFailed(
-            f"{path}: HTTP {response.status_code}",
-            status=response.status_code,
+            f"{path}: HTTP {response.status}",
+            status=response.status,
             retry_after=_retry_after(response) if document is not None else None,
         )
     if document is None:
         raise RequestFailed(
-            f"{path}: HTTP {response.status_code} answer ignored: bad or missing"
+            f"{path}: HTTP {response.status} answer ignored: bad or missing"
             f" {RESPONSE_SIGNATURE_HEADER} or nonce not echoed (check AGENT_SECRET, and that"
             " CONTROL_PLANE_URL is the real control plane)",
-            status=response.status_code,
+            status=response.status,
             untrusted=True,
         )
     if not response.is_success:
         detail = document.get("detail", "")
         raise RequestFailed(
-            f"{path}: HTTP {response.status_code}: {detail}",
-            status=response.status_code,
-            final=response.status_code in FINAL_STATUSES,
+            f"{path}: HTTP {response.status}: {detail}",
+            status=response.status,
+            final=response.status in FINAL_STATUSES,
             document=document,
         )
     try:

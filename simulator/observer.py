@@ -1,5 +1,5 @@
-"""What the fleet does, seen from the wire: every agent request passes an observing transport
-that times it and reads its signed body and answer (the agent code is not touched).
+"""What the fleet does, seen from the wire: every agent request passes an observing wrapper
+of its HTTP that times it and reads its signed body and answer (the agent code is not touched).
 
 An agent is `running` from the moment a poll hands it a job it has not finished until it sends
 that job's final report; jobs count by outcome once their final report is acknowledged. Moments
@@ -11,12 +11,15 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from agent.daemon import POLL_PATH, REPORT_PATH
+from agent.http11 import Answer
+from agent.network import ControlPlaneHttp
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed"})
 
@@ -77,39 +80,37 @@ class FleetObserver:
         counts["in_progress"] = self.running()
         return +counts
 
-    def before_request(self, kind: str, body: dict[str, Any]) -> None:
-        if kind != "report":
-            return
-        instance_id = str(body.get("instanceId"))
+    def reporting(self, instance_id: str, report: dict[str, Any]) -> None:
+        """A report is on its way: a final one ends its agent's job."""
         state = self.state(instance_id)
-        job_id, status = body.get("jobId"), body.get("status")
+        job_id, status = report.get("jobId"), report.get("status")
         self.last_job_activity = time.time()
         if status in FINAL_STATUSES and isinstance(job_id, str):
             state.finished_jobs.add(job_id)
             if state.job_id == job_id:
                 self._set_job(instance_id, None)
 
-    def after_answer(
-        self, kind: str, body: dict[str, Any], status_code: int, answer: dict[str, Any]
-    ) -> None:
-        instance_id = str(body.get("instanceId"))
-        state = self.state(instance_id)
-        if kind == "poll":
-            state.polled = state.polled or status_code == 200
-            job = answer.get("job") if status_code == 200 else None
-            if isinstance(job, dict) and job.get("id") not in state.finished_jobs:
-                job_id = str(job.get("id"))
-                self._set_job(instance_id, job_id)
-                self.last_job_activity = time.time()
-                self.handouts.setdefault(job_id, self.last_job_activity)
-                rollout_id = str(job.get("rolloutId"))
-                if rollout_id not in self.rollouts_seen:
-                    self.rollouts_seen.append(rollout_id)
-        elif status_code == 200 and body.get("status") in FINAL_STATUSES:
-            job_id = str(body.get("jobId"))
+    def reported(self, instance_id: str, report: dict[str, Any], status_code: int) -> None:
+        """A report was answered: an acknowledged final one counts its job's outcome."""
+        if status_code == 200 and report.get("status") in FINAL_STATUSES:
+            job_id = str(report.get("jobId"))
             if job_id not in self.outcomes:
-                self.outcomes[job_id] = str(body["status"])
-                state.last_outcome = str(body["status"])
+                self.outcomes[job_id] = str(report["status"])
+                self.state(instance_id).last_outcome = str(report["status"])
+
+    def polled(self, instance_id: str, status_code: int, answer: dict[str, Any]) -> None:
+        """A poll was answered; a job it hands out that the agent has not finished runs now."""
+        state = self.state(instance_id)
+        state.polled = state.polled or status_code == 200
+        job = answer.get("job") if status_code == 200 else None
+        if isinstance(job, dict) and job.get("id") not in state.finished_jobs:
+            job_id = str(job.get("id"))
+            self._set_job(instance_id, job_id)
+            self.last_job_activity = time.time()
+            self.handouts.setdefault(job_id, self.last_job_activity)
+            rollout_id = str(job.get("rolloutId"))
+            if rollout_id not in self.rollouts_seen:
+                self.rollouts_seen.append(rollout_id)
 
 
 def _kind(path: str) -> str | None:
@@ -124,32 +125,40 @@ def _json(content: bytes) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-class ObservingTransport(httpx.AsyncBaseTransport):
-    """One per agent, like a real host's own connection: a pool shared by hundreds of agents
-    spends its time scanning connections. Times each request to its last answer byte."""
+class ObservingHttp:
+    """Wraps one agent's HTTP (agent/network.py), like a real host's own connections; times each
+    request to its last answer byte. It reads only what the observer needs: a report's body
+    and a poll's answer."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, observer: FleetObserver) -> None:
+    def __init__(self, inner: ControlPlaneHttp, observer: FleetObserver, instance_id: str) -> None:
         self.inner = inner
         self.observer = observer
+        self.instance_id = instance_id
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        kind = _kind(request.url.path)
+    async def post(
+        self, path: str, content: bytes, headers: Mapping[str, str], timeout: float | None = None
+    ) -> Answer:
+        kind = _kind(path)
         if kind is None:
-            return await self.inner.handle_async_request(request)
-        body = _json(request.content)
-        self.observer.before_request(kind, body)
+            return await self.inner.post(path, content, headers, timeout)
+        report = _json(content) if kind == "report" else None
+        if report is not None:
+            self.observer.reporting(self.instance_id, report)
         started = time.perf_counter()
         try:
-            response = await self.inner.handle_async_request(request)
-            await response.aread()
+            answer = await self.inner.post(path, content, headers, timeout)
         except httpx.HTTPError as exc:
             self.observer.errors[f"{kind} {type(exc).__name__}"] += 1
             raise
         self.observer.latencies[kind].append(time.perf_counter() - started)
-        if not response.is_success:
-            self.observer.errors[f"{kind} HTTP {response.status_code}"] += 1
-        self.observer.after_answer(kind, body, response.status_code, _json(response.content))
-        return response
+        if not answer.is_success:
+            self.observer.errors[f"{kind} HTTP {answer.status}"] += 1
+        if report is not None:
+            self.observer.reported(self.instance_id, report, answer.status)
+        else:
+            document = _json(answer.content) if answer.status == 200 else {}
+            self.observer.polled(self.instance_id, answer.status, document)
+        return answer
 
     async def aclose(self) -> None:
         await self.inner.aclose()

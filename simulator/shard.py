@@ -17,10 +17,10 @@ from pydantic import BaseModel
 from agent.config import AgentConfig
 from agent.daemon import CONNECTION_LIFETIME, Agent
 from agent.journal import Journal
-from agent.network import http_transport
+from agent.network import DirectHttp
 from agent.timing import sleep_unless_stopped
 from simulator.figures import percentile
-from simulator.observer import FleetObserver, ObservingTransport
+from simulator.observer import FleetObserver, ObservingHttp
 from simulator.options import SIMULATED_STEPS, SimulationOptions
 from simulator.steps import SimulatedSteps
 
@@ -78,8 +78,15 @@ def _agent(
         random.Random(f"{options.seed}/{instance_id}") if seeded else random.Random(),
     )
     journal = Journal.open(None, options.version)
-    transport = ObservingTransport(http_transport(verify=tls, limits=CONNECTION_LIFETIME), observer)
-    return Agent(config, executor=steps, journal=journal, transport=transport)
+    http = DirectHttp(
+        config.control_plane_url,
+        timeout=config.request_timeout_seconds,
+        keepalive_expiry=CONNECTION_LIFETIME,
+        tls=tls,
+    )
+    return Agent(
+        config, executor=steps, journal=journal, http=ObservingHttp(http, observer, instance_id)
+    )
 
 
 async def _run_staggered(agent: Agent, delay: float, stop: asyncio.Event) -> None:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agent.network import HttpxHttp
 from agent.timing import retry_delay
 from agent.transport import RequestFailed, Signer, signed_post
 from contract.signing import sign
@@ -33,12 +34,11 @@ def busy_plane(*, signed: bool, retry_after: str) -> Starlette:
 
 async def poll(app: Starlette) -> RequestFailed:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://plane") as http:
-        fields = {"channel": "stable", "currentVersion": "1.0.0"}
-        with pytest.raises(RequestFailed) as failed:
-            await signed_post(
-                http, Signer("web-1", SECRET), "/api/updates/next", fields, PollResponse
-            )
+    http = HttpxHttp(httpx.AsyncClient(transport=transport, base_url="http://plane"))
+    fields = {"channel": "stable", "currentVersion": "1.0.0"}
+    with pytest.raises(RequestFailed) as failed:
+        await signed_post(http, Signer("web-1", SECRET), "/api/updates/next", fields, PollResponse)
+    await http.aclose()
     return failed.value
 
 

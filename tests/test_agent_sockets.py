@@ -1,5 +1,5 @@
-"""The agent's sockets on plain asyncio (agent/network.py): what httpx did on anyio, it still does,
-against a real HTTP/1.1 server on a real socket, over TLS too."""
+"""The agent's own HTTP/1.1 (agent/network.py, agent/http11.py) against a real server on a real
+socket, over TLS too: what httpx did for it, it still does."""
 
 import asyncio
 import ssl
@@ -9,39 +9,53 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 
-from agent.network import AsyncioBackend, agent_transport, http_transport
+from agent.network import DirectHttp, control_plane_http
 from devstack.ports import free_port
 from tests.tls_terminator import make_certificates
 
 # Serves HTTP on loopback sockets (tests/tiers.py).
 pytestmark = pytest.mark.servers
 
-LIMITS = httpx.Limits(keepalive_expiry=4.0)
+HELLO = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
+# How the server answers each path; `/silent` gets no answer.
+ANSWERS = {
+    b"/hello": HELLO,
+    b"/hello-then-close": HELLO,  # then closed without saying so, as an idle timeout does
+    b"/chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"3\r\nhel\r\n2;ext=1\r\nlo\r\n0\r\nx-trailer: 1\r\n\r\n",
+    b"/to-the-end": b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nhello",  # then closed
+}
+Serve = Callable[[ssl.SSLContext | None], Awaitable[str]]
 
 
 @dataclass
 class Server:
-    """Answers `GET /hello` with `hello`, keeps the connection open unless the path is
-    `/hello-then-close` (closed after answering without saying so, as an idle timeout does),
-    and never answers `/silent`."""
-
     connections: int = 0
     targets: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
-                path = head.split(b" ", 2)[1]
-                self.targets.append(path)
-                if path == b"/silent":
+                target = head.split(b" ", 2)[1]
+                self.targets.append(target)
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                )
+                self.bodies.append(await reader.readexactly(length))
+                path = b"/" + target.rpartition(b"/")[2]  # the base URL's path or a proxy's URL
+                if path not in ANSWERS:
                     await reader.read()
                     return
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                writer.write(ANSWERS[path])
                 await writer.drain()
-                if path == b"/hello-then-close":
+                if path in (b"/hello-then-close", b"/to-the-end"):
                     return
         except asyncio.IncompleteReadError:
             return
@@ -51,7 +65,7 @@ class Server:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[ssl.SSLContext | None], Awaitable[str]]]:
+async def serve() -> AsyncIterator[Serve]:
     """Starts a `Server`, plain or TLS; returns its base URL. `serve.server` is the last one."""
     servers: list[asyncio.Server] = []
 
@@ -77,75 +91,92 @@ def certificates(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, ssl.create_default_context(cafile=files.ca)
 
 
-async def test_requests_go_through_the_asyncio_backend_and_reuse_the_connection(
-    serve: Callable[[ssl.SSLContext | None], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    connects: list[tuple[str, int]] = []
-    original = AsyncioBackend.connect_tcp
+def direct(url: str, *, timeout: float = 5.0, tls: ssl.SSLContext | None = None) -> DirectHttp:
+    return DirectHttp(url, timeout=timeout, keepalive_expiry=4.0, tls=tls)
 
-    async def counted(self: AsyncioBackend, host: str, port: int, **kwargs: object) -> object:
-        connects.append((host, port))
-        return await original(self, host, port, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(AsyncioBackend, "connect_tcp", counted)
+async def test_requests_reuse_one_connection_and_carry_their_bodies(serve: Serve) -> None:
     url = await serve(None)
-    async with httpx.AsyncClient(base_url=url, transport=http_transport(limits=LIMITS)) as http:
-        answers = [await http.get("/hello") for _ in range(3)]
-    assert [(a.status_code, a.text) for a in answers] == [(200, "hello")] * 3
-    assert len(connects) == 1
-    assert serve.server.connections == 1  # type: ignore[attr-defined]
+    http = direct(f"{url}/base/")
+    answers = [await http.post("/hello", b'{"n":%d}' % n, {"x-n": str(n)}) for n in range(3)]
+    await http.aclose()
+    assert [(a.status, a.content) for a in answers] == [(200, b"hello")] * 3
+    assert answers[0].headers == {"content-length": "5"}
+    server = serve.server  # type: ignore[attr-defined]
+    assert server.connections == 1
+    assert server.targets == [b"/base/hello"] * 3
+    assert server.bodies == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+
+
+def test_the_same_on_uvloop_as_the_simulator_runs_it() -> None:
+    async def exchange() -> tuple[list[bytes], int]:
+        server = Server()
+        port = free_port()
+        listening = await asyncio.start_server(server.serve, "127.0.0.1", port)
+        http = direct(f"http://127.0.0.1:{port}")
+        answers = [await http.post("/hello", b"{}", {}) for _ in range(2)]
+        await http.aclose()
+        listening.close()
+        return [a.content for a in answers], server.connections
+
+    assert uvloop.run(exchange()) == ([b"hello", b"hello"], 1)
 
 
 async def test_a_kept_alive_connection_the_server_closed_is_replaced_not_failed(
-    serve: Callable[[ssl.SSLContext | None], Awaitable[str]],
+    serve: Serve,
 ) -> None:
     url = await serve(None)
-    async with httpx.AsyncClient(base_url=url, transport=http_transport(limits=LIMITS)) as http:
-        assert (await http.get("/hello-then-close")).text == "hello"
-        await serve.server.closed.wait()  # type: ignore[attr-defined]
-        assert (await http.get("/hello")).text == "hello"
+    http = direct(url)
+    assert (await http.post("/hello-then-close", b"{}", {})).content == b"hello"
+    await serve.server.closed.wait()  # type: ignore[attr-defined]
+    assert (await http.post("/hello", b"{}", {})).content == b"hello"
+    await http.aclose()
     assert serve.server.connections == 2  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("path", ["/chunked", "/to-the-end"])
+async def test_chunked_answers_and_answers_ended_by_closing_are_read_whole(
+    serve: Serve, path: str
+) -> None:
+    url = await serve(None)
+    http = direct(url)
+    answers = [await http.post(path, b"{}", {}) for _ in range(2)]
+    await http.aclose()
+    assert [a.content for a in answers] == [b"hello", b"hello"]
+    reused = path == "/chunked"
+    assert serve.server.connections == (1 if reused else 2)  # type: ignore[attr-defined]
+
+
 async def test_tls_is_verified_against_the_given_ca(
-    serve: Callable[[ssl.SSLContext | None], Awaitable[str]],
-    certificates: tuple[ssl.SSLContext, ssl.SSLContext],
+    serve: Serve, certificates: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     server_tls, trusting = certificates
     url = await serve(server_tls)
-    transport = http_transport(limits=LIMITS, verify=trusting)
-    async with httpx.AsyncClient(base_url=url, transport=transport) as http:
-        answer = await http.get("/hello")
-    assert (answer.status_code, answer.text) == (200, "hello")
-    assert answer.extensions["network_stream"].get_extra_info("ssl_object") is not None
+    http = direct(url, tls=trusting)
+    assert (await http.post("/hello", b"{}", {})).content == b"hello"
+    await http.aclose()
 
-    async with httpx.AsyncClient(base_url=url, transport=http_transport(limits=LIMITS)) as http:
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            await http.get("/hello")
+    http = direct(url)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        await http.post("/hello", b"{}", {})
 
 
-async def test_timeouts_and_refusals_are_httpx_errors(
-    serve: Callable[[ssl.SSLContext | None], Awaitable[str]],
-) -> None:
+async def test_timeouts_and_refusals_are_httpx_errors(serve: Serve) -> None:
     url = await serve(None)
-    transport = http_transport(limits=LIMITS)
-    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=0.3) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            await http.get("/silent")
-    nobody = f"http://127.0.0.1:{free_port()}"
-    async with httpx.AsyncClient(base_url=nobody, transport=http_transport(limits=LIMITS)) as http:
-        with pytest.raises(httpx.ConnectError):
-            await http.get("/hello")
+    with pytest.raises(httpx.ReadTimeout):
+        await direct(url, timeout=0.3).post("/silent", b"{}", {})
+    with pytest.raises(httpx.ReadTimeout):  # a request's own timeout, as a held poll has
+        await direct(url, timeout=60).post("/silent", b"{}", {}, timeout=0.3)
+    with pytest.raises(httpx.ConnectError):
+        await direct(f"http://127.0.0.1:{free_port()}").post("/hello", b"{}", {})
 
 
 async def test_the_agent_keeps_honouring_a_proxy_named_in_its_environment(
-    serve: Callable[[ssl.SSLContext | None], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proxy = await serve(None)
     monkeypatch.setenv("HTTP_PROXY", proxy)
-    transport = agent_transport(LIMITS)
-    async with httpx.AsyncClient(
-        base_url="http://control-plane.invalid", transport=transport
-    ) as http:
-        assert (await http.get("/hello")).text == "hello"
+    http = control_plane_http("http://control-plane.invalid", timeout=5, keepalive_expiry=4)
+    assert (await http.post("/hello", b"{}", {})).content == b"hello"
+    await http.aclose()
     assert serve.server.targets == [b"http://control-plane.invalid/hello"]  # type: ignore[attr-defined]
