@@ -66,21 +66,25 @@ async def accept(
     """Claims the report's nonce (Replayed), then raises NotFound, Forbidden, Conflict
     (contradicts a settled job, or an `in_progress` report past the bound) or, when the workflow
     must hear of it and cannot, RolloutUnavailable."""
-    fresh, job = await _bounded(
-        jobs.get_claiming_nonce(
+    if report.status == "in_progress":  # most are a started job's next step: stored at once
+        claim = jobs.claim_nonce_and_progress(pool, report, expires_at=nonce_expires_at)
+    else:
+        claim = jobs.get_claiming_nonce(
             pool,
             report.jobId,
             instance_id=report.instanceId,
             nonce=report.nonce,
             expires_at=nonce_expires_at,
         )
-    )
+    fresh, job, stored = await _bounded(claim)
     if not fresh:
         raise Replayed(f"nonce {report.nonce} already used")
     if job is None:
         raise NotFound(f"job {report.jobId} not found")
     if job.instance_id != report.instanceId:
         raise Forbidden(f"job {report.jobId} belongs to another instance")
+    if stored:
+        return Accepted(job=job, status=report.status, duplicate=False)
     if job.status in CONTROL_PLANE_ENDS and report.status != "in_progress":
         raise await _host_outcome(pool, job, report)  # the decision stands; the host's end too
     if _is_duplicate(job, report):

@@ -130,11 +130,12 @@ async def get_reported(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> 
 
 class NonceAndJob(NamedTuple):
     fresh: bool  # False: the nonce was already used by this instance
-    job: ReportedJob | None
+    job: ReportedJob | None  # as it was before the statement
+    stored: bool = False  # the statement also stored the report (`claim_nonce_and_progress`)
 
 
 _GET_CLAIMING_NONCE = f"""
-WITH claimed AS ({nonces.CLAIM})
+WITH claimed AS ({nonces.claim("$1", "$2", "$3")})
 SELECT EXISTS (SELECT FROM claimed) AS fresh, j.*
     FROM (VALUES (1)) AS one
         LEFT JOIN (SELECT {_REPORTED_COLUMNS} FROM update_jobs WHERE id = $4) j ON true
@@ -154,6 +155,41 @@ async def get_claiming_nonce(
     row = await conn.fetchrow(_GET_CLAIMING_NONCE, instance_id, nonce, expires_at, job_id)
     assert row is not None  # the statement always answers one row
     return NonceAndJob(fresh=row["fresh"], job=_reported_job(row))
+
+
+# Most of a job's reports are steps of a job already started: nothing for the workflow to hear
+# of, only a step to store. Such a report claims its nonce and is stored in one round trip, taken
+# only as `_APPLY_REPORT` would take it and as services.reports would not refuse or call a
+# duplicate: the instance's own started job, not settled, a new step, below the bound. Any other
+# report is stored by neither, and its caller decides from the job read with the nonce's claim.
+_CLAIM_NONCE_AND_PROGRESS = f"""
+WITH claimed AS ({nonces.claim("$5", "$6", "$7")}),
+moved AS (
+    UPDATE update_jobs SET step = COALESCE($3, step), message = COALESCE($4, message),
+        updated_at = now(), reports_stored = reports_stored + 1
+    WHERE id = $1 AND EXISTS (SELECT FROM claimed) AND instance_id = $5
+        AND status = 'in_progress' AND NOT final_reported AND step IS DISTINCT FROM $3
+        AND reports_stored < {MAX_PROGRESS_REPORTS_PER_JOB}
+    RETURNING 1
+), appended AS (
+    INSERT INTO job_reports (job_id, instance_id, status, step, message, nonce)
+    SELECT $1, $5, $2, $3, $4, $6 FROM moved
+)
+SELECT EXISTS (SELECT FROM claimed) AS fresh, EXISTS (SELECT FROM moved) AS stored, j.*
+    FROM (VALUES (1)) AS one
+        LEFT JOIN (SELECT {_REPORTED_COLUMNS} FROM update_jobs WHERE id = $1) j ON true
+"""
+
+
+async def claim_nonce_and_progress(
+    conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest, *, expires_at: datetime
+) -> NonceAndJob:
+    """`get_claiming_nonce` for an `in_progress` report, which also stores it when it is a new
+    step of its instance's started job."""
+    assert report.status == "in_progress"
+    row = await conn.fetchrow(_CLAIM_NONCE_AND_PROGRESS, *_report_args(report), expires_at)
+    assert row is not None  # the statement always answers one row
+    return NonceAndJob(fresh=row["fresh"], job=_reported_job(row), stored=row["stored"])
 
 
 # The report moves the job and is appended to job_reports in one statement (one round trip, one

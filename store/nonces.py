@@ -2,13 +2,15 @@
 
 import asyncpg
 
-# Claims a nonce for ($1 instance_id, $2 nonce, $3 expires_at): a row the first time the pair
-# is seen, none for a replay. Part of the statement that does the request's other work
-# (store.jobs.get_claiming_nonce, and in bulk store.polls), so a check costs no round trip.
-CLAIM = (
-    "INSERT INTO agent_nonces (instance_id, nonce, expires_at) VALUES ($1, $2, $3)"
-    " ON CONFLICT DO NOTHING RETURNING 1"
-)
+
+def claim(instance_id: str, nonce: str, expires_at: str) -> str:
+    """Claims a nonce for the statement's parameters named: a row the first time the pair is
+    seen, none for a replay. Part of the statement that does the request's other work
+    (store.jobs, and in bulk store.polls), so a check costs no round trip."""
+    return (
+        f"INSERT INTO agent_nonces (instance_id, nonce, expires_at)"
+        f" VALUES ({instance_id}, {nonce}, {expires_at}) ON CONFLICT DO NOTHING RETURNING 1"
+    )
 
 
 async def delete_expired(conn: asyncpg.Connection | asyncpg.Pool) -> int:

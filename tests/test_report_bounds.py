@@ -11,7 +11,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from contract.wire import MAX_PROGRESS_REPORTS_PER_JOB
 from server.settings import ApiSettings
-from tests.test_job_steps import admin, agent_reports, started_job
+from tests.agent_requests import body_for, post_signed
+from tests.test_job_steps import AGENT_TOKEN, admin, agent_reports, started_job
 
 __all__ = ["admin"]  # the fixture, used by name
 
@@ -127,3 +128,22 @@ async def test_a_job_the_control_plane_ended_keeps_its_status_and_records_the_ho
     rollout = (await admin.get(f"/api/rollouts/{rollout_id}")).json()
     assert rollout["status"] == "aborted" and rollout["counts"] == {"cancelled": 1}
     assert rollout["batches"][0]["jobs"][0]["hostOutcome"] == "rolled_back"
+
+
+async def test_a_started_jobs_step_from_another_instance_or_replayed_is_refused_unstored(
+    admin: httpx.AsyncClient, db: asyncpg.Connection, job_id: str
+) -> None:
+    """A started job's next step is claimed and stored in one statement (store.jobs); what that
+    statement does not take is refused as any report is, and stores nothing."""
+    assert (await agent_reports(admin, job_id, "in_progress", "preflight")).status_code == 200
+    step = body_for("web-1", jobId=job_id, status="in_progress", step="backup", message=None)
+    assert (await post_signed(admin, "/api/updates/report", step, AGENT_TOKEN)).status_code == 200
+    assert await stored(db, job_id) == ("in_progress", "backup", 2)
+
+    replayed = await post_signed(admin, "/api/updates/report", step, AGENT_TOKEN)
+    assert replayed.status_code == 401, replayed.text
+    assert "nonce already used" in replayed.json()["detail"]
+    foreign = body_for("web-2", jobId=job_id, status="in_progress", step="pull", message=None)
+    refused = await post_signed(admin, "/api/updates/report", foreign, AGENT_TOKEN)
+    assert refused.status_code == 403, refused.text
+    assert await stored(db, job_id) == ("in_progress", "backup", 2)
