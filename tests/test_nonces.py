@@ -11,11 +11,11 @@ async def _claim(
     db: asyncpg.Connection, instance_id: str, nonce: str, expires_at: datetime
 ) -> bool:
     """As a report claims its nonce: in the statement that reads its job (here, none)."""
-    fresh, job = await jobs.get_claiming_nonce(
+    claimed = await jobs.get_claiming_nonce(
         db, "no-such-job", instance_id=instance_id, nonce=nonce, expires_at=expires_at
     )
-    assert job is None
-    return fresh
+    assert (claimed.job, claimed.stored) == (None, False)
+    return claimed.fresh
 
 
 async def test_a_nonce_is_refused_until_it_expires_then_swept(db: asyncpg.Connection) -> None:
