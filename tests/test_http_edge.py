@@ -275,9 +275,9 @@ async def test_openapi_tells_the_errors_and_agent_bodies_as_answered(
 async def test_agent_paths_answer_other_methods_405_naming_post(
     edge: httpx.AsyncClient, path: str
 ) -> None:
-    """POST on the agent paths is served in front of FastAPI's routing
-    (api.middleware.fast_lane); any other method still reaches the router and is told which one
-    the path takes."""
+    """POST on the agent paths is served by the connections themselves (api.connections,
+    api.fast_lane); any other method still reaches the router and is told which one the path
+    takes."""
     for method in ("GET", "PUT", "DELETE"):
         answer = await edge.request(method, path)
         assert answer.status_code == 405, (method, answer.text)
