@@ -1,15 +1,18 @@
 """A poll's single statement (store.polls): the nonce claimed in the shared table, the instance
 recorded only for a fresh nonce, `last_seen_at` coalesced, and the open job found, handed out
 only while its rollout hands it out; and polls that arrive together recorded by one statement
-(api.agents.poll_batcher), each with its own outcome."""
+(api.agents.poll_batcher), each with its own outcome, polls that will be held waiting a
+little for others to share theirs."""
 
 import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from prometheus_client import REGISTRY
 
+from api.agents import poll_batcher
 from api.agents.poll_batcher import MAX_IN_FLIGHT, PollBatcher
 from contract.wire import JobStatus
 from domain.jobs import JobWrite
@@ -229,6 +232,47 @@ async def test_polls_arriving_together_share_statements_and_each_gets_its_answer
     assert await db.fetchval("SELECT count(*) FROM instances") == 101
     # 101 polls in at most MAX_IN_FLIGHT + 1 statements: the first, and what waited for it.
     assert _sample("rollout_poll_batch_size_count") - statements <= MAX_IN_FLIGHT + 1
+
+
+async def test_patient_polls_arriving_one_by_one_share_a_statement_an_impatient_one_sends(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polls that will be held wait for company, here longer than the test could wait, so only
+    the impatient poll that comes last sends them: all in its statement."""
+    monkeypatch.setattr(poll_batcher, "GATHER_SECONDS", 3600.0)
+    statements = _sample("rollout_poll_batch_size_count")
+    recorded = _sample("rollout_poll_batch_size_sum")
+    pool = await open_pool(database_url)
+    try:
+        batcher = PollBatcher(pool)
+        patient = []
+        for k in range(1, 6):  # each in a loop turn of its own, as a trickle of polls is
+            patient.append(asyncio.ensure_future(batcher.record(_polled(f"web-{k}"), patient=True)))
+            await asyncio.sleep(0)
+        assert not any(p.done() for p in patient)
+        async with asyncio.timeout(30):
+            impatient = await batcher.record(_polled("web-6"))
+            gathered = await asyncio.gather(*patient)
+    finally:
+        await pool.close()
+
+    assert impatient.fresh and all(o.fresh for o in gathered)
+    assert _sample("rollout_poll_batch_size_count") - statements == 1
+    assert _sample("rollout_poll_batch_size_sum") - recorded == 6
+
+
+async def test_a_patient_poll_alone_goes_out_once_it_waited_the_gathering_time(
+    database_url: str,
+) -> None:
+    pool = await open_pool(database_url)
+    try:
+        batcher = PollBatcher(pool)
+        async with asyncio.timeout(30):
+            outcome = await batcher.record(_polled("web-1"), patient=True)
+    finally:
+        await pool.close()
+
+    assert outcome.fresh and outcome.state == "active"
 
 
 def _sample(name: str) -> float:

@@ -69,7 +69,7 @@ async def next_job(request: Request) -> Response:
     call = await authenticated(request, PollRequest)
     state = request.app.state
     with state.dispatch.hold(request, call) as hold:
-        found = await _recorded(state, call)
+        found = await _recorded(state, call, patient=hold.seconds > 0)
         poller = _Poller(call.body.instanceId, call.body.accepts_downgrade, call.reply)
         del call  # a held poll keeps what it answers with: its parsed request was a KiB an agent
         while found.handout is None and await hold.woken():  # a held poll (api.agents.held_polls)
@@ -96,9 +96,10 @@ class _Poller:
     reply: Reply
 
 
-async def _recorded(state: State, call: Verified[PollRequest]) -> polls.Found:
+async def _recorded(state: State, call: Verified[PollRequest], *, patient: bool) -> polls.Found:
     """The poll recorded (its nonce claimed), and what it finds; refused when replayed or when
-    its instance may not poll."""
+    its instance may not poll. `patient`: it will be held if it finds nothing, so it may wait
+    for other polls to share its statement (api.agents.poll_batcher)."""
     poll = call.body
     async with asyncio.timeout(AGENT_STATEMENT_SECONDS):  # answered 503 when it runs out
         outcome = await state.polls.record(
@@ -111,7 +112,8 @@ async def _recorded(state: State, call: Verified[PollRequest]) -> polls.Found:
                 agent_version=poll.agentVersion,
                 accepts_downgrade=poll.accepts_downgrade,
                 admit_as=instances.admitted_as(state.settings, poll.instanceId),
-            )
+            ),
+            patient=patient,
         )
     if not outcome.fresh:
         raise call.replayed()
