@@ -19,7 +19,7 @@ from agent.network import ControlPlaneHttp, control_plane_http
 from agent.reports import ReportSender
 from agent.state_dir import StateDirUnusable
 from agent.steps import ShellExecutor, StepExecutor
-from agent.timing import jittered, retry_delay, sleep_unless_stopped
+from agent.timing import hold_asked, jittered, retry_delay, sleep_unless_stopped
 from agent.transport import RequestFailed, Signer, signed_exchange, signed_post
 from contract.long_poll import LONG_POLL_HEADER, POLL_WAIT_HEADER
 from contract.wire import DOWNGRADE_CAPABILITY, PollResponse, ReportResponse
@@ -151,7 +151,7 @@ class Agent:
                 "agentVersion": package_version(),
                 "capabilities": [DOWNGRADE_CAPABILITY],
             }
-            asked, started = hold, loop.time()
+            asked, started = hold_asked(hold), loop.time()
             try:
                 answered = await _unless_stopped(
                     signed_exchange(
