@@ -13,6 +13,18 @@ def claim(instance_id: str, nonce: str, expires_at: str) -> str:
     )
 
 
+def claim_many(source: str) -> str:
+    """`claim` for every row of the statement's relation `source` (instance_id, nonce,
+    expires_at, n), in the order of `n`: the callers sort their rows, so two statements in
+    flight take their locks in one order. Returns the pairs claimed; a pair given twice is
+    claimed once, so callers give each once."""
+    return (
+        "INSERT INTO agent_nonces (instance_id, nonce, expires_at)"
+        f" SELECT instance_id, nonce, expires_at FROM {source} ORDER BY n"
+        " ON CONFLICT DO NOTHING RETURNING instance_id, nonce"
+    )
+
+
 async def delete_expired(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     result = await conn.execute("DELETE FROM agent_nonces WHERE expires_at < now()")
     return int(result.split()[-1])
