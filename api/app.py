@@ -10,7 +10,8 @@ from fastapi.telemetry import TelemetryConfig
 from api import connections
 from api.agents.held_polls import Dispatcher
 from api.agents.nonce_janitor import sweep_forever
-from api.agents.poll_batcher import PollBatcher
+from api.agents.poll_batcher import poll_batcher
+from api.agents.report_batcher import progress_batcher
 from api.errors import DatabaseOutage, install_error_handlers, pool_reconnects_noted_as
 from api.fast_lane import ControlPlaneApi, FastLane
 from api.metrics import Scraper
@@ -56,7 +57,8 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
         outage.pool = app.state.pool  # asked whether an outage is over
         # Lazy: the API starts, and answers from PostgreSQL, while Temporal is still down.
         app.state.temporal = await connect_temporal(settings, lazy=True)
-        app.state.polls = PollBatcher(app.state.pool)
+        app.state.polls = poll_batcher(app.state.pool)
+        app.state.progress_reports = progress_batcher(app.state.pool)
         app.state.report_signals = ReportSignals(
             app.state.temporal, timeout=reports.TEMPORAL_TIMEOUT_SECONDS
         )

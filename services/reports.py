@@ -20,9 +20,9 @@ Both are decided from the job as the first round trip read it: the common case s
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 from pydantic import BaseModel
@@ -56,9 +56,15 @@ class Accepted(BaseModel):
     duplicate: bool  # the same report again: nothing changed
 
 
+# Claims an `in_progress` report's nonce and stores it when it is its started job's next step,
+# in a statement it may share with others (api.agents.report_batcher).
+ClaimProgress = Callable[[jobs.ProgressReport], Awaitable[jobs.NonceAndJob]]
+
+
 async def accept(
     pool: asyncpg.Pool,
     signals: ReportSignals,
+    claim_progress: ClaimProgress,
     report: ReportRequest,
     *,
     nonce_expires_at: datetime,
@@ -67,7 +73,7 @@ async def accept(
     (contradicts a settled job, or an `in_progress` report past the bound) or, when the workflow
     must hear of it and cannot, RolloutUnavailable."""
     if report.status == "in_progress":  # most are a started job's next step: stored at once
-        claim = jobs.claim_nonce_and_progress(pool, report, expires_at=nonce_expires_at)
+        claim = claim_progress(jobs.ProgressReport(report, nonce_expires_at))
     else:
         claim = jobs.get_claiming_nonce(
             pool,
@@ -139,7 +145,7 @@ def _sent(report: ReportRequest) -> str:
     return f"{report.status} report at {report.step}" if report.step else f"{report.status} report"
 
 
-async def _bounded(statement: Coroutine[Any, Any, T]) -> T:
+async def _bounded(statement: Awaitable[T]) -> T:
     """One statement, answered 503 (a TimeoutError) when PostgreSQL stalls (store.pool)."""
     async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
         return await statement

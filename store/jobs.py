@@ -131,7 +131,7 @@ async def get_reported(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> 
 class NonceAndJob(NamedTuple):
     fresh: bool  # False: the nonce was already used by this instance
     job: ReportedJob | None  # as it was before the statement
-    stored: bool = False  # the statement also stored the report (`claim_nonce_and_progress`)
+    stored: bool = False  # the statement also stored the report (`claim_nonces_and_progress`)
 
 
 _GET_CLAIMING_NONCE = f"""
@@ -162,34 +162,84 @@ async def get_claiming_nonce(
 # only as `_APPLY_REPORT` would take it and as services.reports would not refuse or call a
 # duplicate: the instance's own started job, not settled, a new step, below the bound. Any other
 # report is stored by neither, and its caller decides from the job read with the nonce's claim.
-_CLAIM_NONCE_AND_PROGRESS = f"""
-WITH claimed AS ({nonces.claim("$5", "$6", "$7")}),
-moved AS (
-    UPDATE update_jobs SET step = COALESCE($3, step), message = COALESCE($4, message),
-        updated_at = now(), reports_stored = reports_stored + 1
-    WHERE id = $1 AND EXISTS (SELECT FROM claimed) AND instance_id = $5
-        AND status = 'in_progress' AND NOT final_reported AND step IS DISTINCT FROM $3
-        AND reports_stored < {MAX_PROGRESS_REPORTS_PER_JOB}
-    RETURNING 1
+# Reports that arrive together share the statement (api.agents.report_batcher), each job and
+# each nonce at most once in it.
+_CLAIM_NONCES_AND_PROGRESS = f"""
+WITH sent AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+            $6::timestamptz[])
+        WITH ORDINALITY AS s(job_id, step, message, instance_id, nonce, expires_at, n)
+), claimed AS ({nonces.claim_many("sent")}
+), moved AS (
+    UPDATE update_jobs j SET step = COALESCE(s.step, j.step),
+        message = COALESCE(s.message, j.message), updated_at = now(),
+        reports_stored = j.reports_stored + 1
+    FROM sent s JOIN claimed c USING (instance_id, nonce)
+    WHERE j.id = s.job_id AND j.instance_id = s.instance_id
+        AND j.status = 'in_progress' AND NOT j.final_reported AND j.step IS DISTINCT FROM s.step
+        AND j.reports_stored < {MAX_PROGRESS_REPORTS_PER_JOB}
+    RETURNING j.id
 ), appended AS (
     INSERT INTO job_reports (job_id, instance_id, status, step, message, nonce)
-    SELECT $1, $5, $2, $3, $4, $6 FROM moved
+    SELECT s.job_id, s.instance_id, 'in_progress', s.step, s.message, s.nonce
+        FROM sent s JOIN moved m ON m.id = s.job_id
+    ORDER BY s.n
 )
-SELECT EXISTS (SELECT FROM claimed) AS fresh, EXISTS (SELECT FROM moved) AS stored, j.*
-    FROM (VALUES (1)) AS one
-        LEFT JOIN (SELECT {_REPORTED_COLUMNS} FROM update_jobs WHERE id = $1) j ON true
+SELECT c.nonce IS NOT NULL AS fresh, m.id IS NOT NULL AS stored, j.*
+    FROM sent s LEFT JOIN claimed c USING (instance_id, nonce)
+        LEFT JOIN moved m ON m.id = s.job_id
+        LEFT JOIN LATERAL (SELECT {_REPORTED_COLUMNS} FROM update_jobs WHERE id = s.job_id) j
+            ON true
+    ORDER BY s.n
 """
 
 
-async def claim_nonce_and_progress(
-    conn: asyncpg.Connection | asyncpg.Pool, report: ReportRequest, *, expires_at: datetime
-) -> NonceAndJob:
-    """`get_claiming_nonce` for an `in_progress` report, which also stores it when it is a new
-    step of its instance's started job."""
-    assert report.status == "in_progress"
-    row = await conn.fetchrow(_CLAIM_NONCE_AND_PROGRESS, *_report_args(report), expires_at)
-    assert row is not None  # the statement always answers one row
-    return NonceAndJob(fresh=row["fresh"], job=_reported_job(row), stored=row["stored"])
+class ProgressReport(NamedTuple):
+    report: ReportRequest  # `in_progress`
+    nonce_expires_at: datetime
+
+
+async def claim_nonces_and_progress(
+    conn: asyncpg.Connection | asyncpg.Pool, many: Sequence[ProgressReport]
+) -> list[NonceAndJob]:
+    """`get_claiming_nonce` for `in_progress` reports, which also stores each one that is a new
+    step of its instance's started job; one statement for many, the outcomes in the order
+    given. A job or a nonce given twice is taken by a statement after the one that took it
+    first, as if its reports had come one after the other."""
+    first: list[int] = []
+    later: list[int] = []
+    jobs_taken: set[str] = set()
+    nonces_taken: set[tuple[str, str]] = set()
+    for k, (report, _) in enumerate(many):
+        assert report.status == "in_progress"
+        pair = (report.instanceId, report.nonce)
+        if report.jobId in jobs_taken or pair in nonces_taken:
+            later.append(k)
+            continue
+        first.append(k)
+        jobs_taken.add(report.jobId)
+        nonces_taken.add(pair)
+    first.sort(key=lambda k: (many[k].report.instanceId, many[k].report.nonce))
+    taken = [many[k] for k in first]
+    rows = await conn.fetch(
+        _CLAIM_NONCES_AND_PROGRESS,
+        [r.jobId for r, _ in taken],
+        [r.step for r, _ in taken],
+        [r.message for r, _ in taken],
+        [r.instanceId for r, _ in taken],
+        [r.nonce for r, _ in taken],
+        [expires_at for _, expires_at in taken],
+    )
+    outcomes: list[NonceAndJob | None] = [None] * len(many)
+    for k, row in zip(first, rows, strict=True):
+        outcomes[k] = NonceAndJob(fresh=row["fresh"], job=_reported_job(row), stored=row["stored"])
+    if later:
+        again = await claim_nonces_and_progress(conn, [many[k] for k in later])
+        for k, outcome in zip(later, again, strict=True):
+            outcomes[k] = outcome
+    answered = [outcome for outcome in outcomes if outcome is not None]
+    assert len(answered) == len(many)  # each taken by this statement or a later one
+    return answered
 
 
 # The report moves the job and is appended to job_reports in one statement (one round trip, one

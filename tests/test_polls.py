@@ -9,11 +9,9 @@ import secrets
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 from prometheus_client import REGISTRY
 
-from api.agents import poll_batcher
-from api.agents.poll_batcher import MAX_IN_FLIGHT, PollBatcher
+from api.agents.poll_batcher import MAX_IN_FLIGHT, poll_batcher
 from contract.wire import JobStatus
 from domain.jobs import JobWrite
 from domain.rollouts import RolloutSpec
@@ -221,9 +219,9 @@ async def test_polls_arriving_together_share_statements_and_each_gets_its_answer
     statements = _sample("rollout_poll_batch_size_count")
     pool = await open_pool(database_url)
     try:
-        batcher = PollBatcher(pool)
+        batcher = poll_batcher(pool)
         many = [_polled(f"web-{k}") for k in range(1, 101)] + [replayed]
-        outcomes = await asyncio.gather(*(batcher.record(p) for p in many))
+        outcomes = await asyncio.gather(*(batcher.submit(p) for p in many))
     finally:
         await pool.close()
 
@@ -235,23 +233,23 @@ async def test_polls_arriving_together_share_statements_and_each_gets_its_answer
 
 
 async def test_patient_polls_arriving_one_by_one_share_a_statement_an_impatient_one_sends(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str,
 ) -> None:
     """Polls that will be held wait for company, here longer than the test could wait, so only
     the impatient poll that comes last sends them: all in its statement."""
-    monkeypatch.setattr(poll_batcher, "GATHER_SECONDS", 3600.0)
     statements = _sample("rollout_poll_batch_size_count")
     recorded = _sample("rollout_poll_batch_size_sum")
     pool = await open_pool(database_url)
     try:
-        batcher = PollBatcher(pool)
+        batcher = poll_batcher(pool)
+        batcher.gather_seconds = 3600.0
         patient = []
         for k in range(1, 6):  # each in a loop turn of its own, as a trickle of polls is
-            patient.append(asyncio.ensure_future(batcher.record(_polled(f"web-{k}"), patient=True)))
+            patient.append(asyncio.ensure_future(batcher.submit(_polled(f"web-{k}"), patient=True)))
             await asyncio.sleep(0)
         assert not any(p.done() for p in patient)
         async with asyncio.timeout(30):
-            impatient = await batcher.record(_polled("web-6"))
+            impatient = await batcher.submit(_polled("web-6"))
             gathered = await asyncio.gather(*patient)
     finally:
         await pool.close()
@@ -266,9 +264,9 @@ async def test_a_patient_poll_alone_goes_out_once_it_waited_the_gathering_time(
 ) -> None:
     pool = await open_pool(database_url)
     try:
-        batcher = PollBatcher(pool)
+        batcher = poll_batcher(pool)
         async with asyncio.timeout(30):
-            outcome = await batcher.record(_polled("web-1"), patient=True)
+            outcome = await batcher.submit(_polled("web-1"), patient=True)
     finally:
         await pool.close()
 

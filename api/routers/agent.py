@@ -102,7 +102,7 @@ async def _recorded(state: State, call: Verified[PollRequest], *, patient: bool)
     for other polls to share its statement (api.agents.poll_batcher)."""
     poll = call.body
     async with asyncio.timeout(AGENT_STATEMENT_SECONDS):  # answered 503 when it runs out
-        outcome = await state.polls.record(
+        outcome = await state.polls.submit(
             polls.Poll(
                 instance_id=poll.instanceId,
                 nonce=poll.nonce,
@@ -181,7 +181,11 @@ async def report(request: Request) -> Response:
     try:
         state = request.app.state
         accepted = await reports.accept(
-            state.pool, state.report_signals, r, nonce_expires_at=call.nonce_expires_at
+            state.pool,
+            state.report_signals,
+            state.progress_reports.submit,
+            r,
+            nonce_expires_at=call.nonce_expires_at,
         )
     except Replayed:
         raise call.replayed() from None

@@ -1,0 +1,107 @@
+"""`in_progress` reports that arrive together share one statement (store.jobs.
+claim_nonces_and_progress, api.agents.report_batcher), and each is taken or not exactly as it
+would be alone: a started job's new step stored, a replayed nonce refused, another instance's
+job, a repeated step or a settled job left as it is, and two reports of one job (a retry
+racing its first attempt) taken one after the other."""
+
+import asyncio
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from prometheus_client import REGISTRY
+
+from api.agents.report_batcher import progress_batcher
+from contract.wire import ReportRequest, Step
+from server.settings import ApiSettings
+from store import jobs
+from store.pool import open_pool
+from tests.test_polls import _job, _open_rollout_with_job
+
+
+def _report(
+    job_id: str, instance_id: str, step: Step, nonce: str | None = None
+) -> jobs.ProgressReport:
+    report = ReportRequest(
+        instanceId=instance_id,
+        sentAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        nonce=nonce or secrets.token_hex(16),
+        jobId=job_id,
+        status="in_progress",
+        step=step,
+        message=f"{step} on {instance_id}",
+    )
+    return jobs.ProgressReport(report, datetime.now(UTC) + timedelta(minutes=5))
+
+
+async def _steps(db: asyncpg.Connection, job_id: str) -> list[str]:
+    rows = await db.fetch("SELECT step FROM job_reports WHERE job_id = $1 ORDER BY id", job_id)
+    return [row["step"] for row in rows]
+
+
+async def test_reports_in_one_statement_are_each_taken_as_they_would_be_alone(
+    db: asyncpg.Connection, settings: ApiSettings
+) -> None:
+    await _open_rollout_with_job(db, settings, "web-0")
+    for k in range(1, 5):
+        await _job(db, f"j-{k}", f"web-{k}", "in_progress")
+    await _job(db, "j-done", "web-5", "succeeded")
+    await db.execute("UPDATE update_jobs SET step = 'backup' WHERE id = 'j-3'")
+    used = _report("j-4", "web-4", "backup")
+    [first] = await jobs.claim_nonces_and_progress(db, [used])
+    assert first.fresh and first.stored
+
+    many = [
+        _report("j-1", "web-1", "backup"),  # a new step: stored
+        _report("j-2", "web-9", "backup"),  # another instance's job: not stored
+        _report("j-3", "web-3", "backup"),  # the step it is at already: not stored
+        _report("j-4", "web-4", "pull", nonce=used.report.nonce),  # replayed
+        _report("j-done", "web-5", "smoke"),  # settled: not stored
+        _report("j-1", "web-1", "pull"),  # the same job again: after the first
+        _report("j-missing", "web-6", "backup"),  # no such job
+    ]
+    outcomes = await jobs.claim_nonces_and_progress(db, many)
+
+    assert [o.fresh for o in outcomes] == [True, True, True, False, True, True, True]
+    assert [o.stored for o in outcomes] == [True, False, False, False, False, True, False]
+    # Each is told of its own job as it was before: the caller decides the rest from it.
+    assert [o.job.id if o.job else None for o in outcomes] == [
+        "j-1",
+        "j-2",
+        "j-3",
+        "j-4",
+        "j-done",
+        "j-1",
+        None,
+    ]
+    assert outcomes[0].job is not None and outcomes[0].job.step is None
+    assert outcomes[5].job is not None and outcomes[5].job.step == "backup"
+    assert await _steps(db, "j-1") == ["backup", "pull"]
+    assert await db.fetchval("SELECT step FROM update_jobs WHERE id = 'j-1'") == "pull"
+    assert await _steps(db, "j-4") == ["backup"]
+    for job_id in ("j-2", "j-3", "j-done"):
+        assert await _steps(db, job_id) == []
+
+
+async def test_reports_arriving_together_are_stored_by_one_statement(
+    database_url: str, db: asyncpg.Connection, settings: ApiSettings
+) -> None:
+    await _open_rollout_with_job(db, settings, "web-0")
+    for k in range(1, 51):
+        await _job(db, f"j-{k}", f"web-{k}", "in_progress")
+    statements = _statements()
+    pool = await open_pool(database_url)
+    try:
+        batcher = progress_batcher(pool)
+        reports = [_report(f"j-{k}", f"web-{k}", "migrate") for k in range(1, 51)]
+        outcomes = await asyncio.gather(*(batcher.submit(r) for r in reports))
+    finally:
+        await pool.close()
+
+    assert all(o.fresh and o.stored for o in outcomes)
+    assert await db.fetchval("SELECT count(*) FROM job_reports WHERE step = 'migrate'") == 50
+    assert _statements() - statements <= 3  # the first, and what waited for the two in flight
+
+
+def _statements() -> float:
+    return REGISTRY.get_sample_value("rollout_progress_report_batch_size_count") or 0.0
