@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from prometheus_client import Histogram
-
 T = TypeVar("T")
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
@@ -54,13 +52,13 @@ class Batcher(Generic[Item, Outcome]):
         max_in_flight: int,
         max_batch: int,
         gather_seconds: float,
-        sizes: Histogram,
+        observe_size: Callable[[int], None],
     ) -> None:
         self._run = run
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
         self.gather_seconds = gather_seconds
-        self._sizes = sizes
+        self._observe_size = observe_size  # a metric of the items per call
         self._waiting: list[tuple[Item, asyncio.Future[Outcome]]] = []
         # When the waiting items go out at the latest (loop time); None while none wait.
         self._due: float | None = None
@@ -110,7 +108,7 @@ class Batcher(Generic[Item, Outcome]):
         self._schedule_flush()
 
     async def _call(self, batch: Sequence[tuple[Item, asyncio.Future[Outcome]]]) -> None:
-        self._sizes.observe(len(batch))
+        self._observe_size(len(batch))
         try:
             # every item of the batch gets its result, or the call's failure
             await answer_all([result for _, result in batch], self._run([i for i, _ in batch]))

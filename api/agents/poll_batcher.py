@@ -36,5 +36,5 @@ def poll_batcher(pool: asyncpg.Pool) -> PollBatcher:
         max_in_flight=MAX_IN_FLIGHT,
         max_batch=MAX_BATCH,
         gather_seconds=GATHER_SECONDS,
-        sizes=BATCH_SIZE,
+        observe_size=BATCH_SIZE.observe,
     )

@@ -33,5 +33,5 @@ def progress_batcher(pool: asyncpg.Pool) -> ProgressBatcher:
         max_in_flight=MAX_IN_FLIGHT,
         max_batch=MAX_BATCH,
         gather_seconds=0.0,
-        sizes=BATCH_SIZE,
+        observe_size=BATCH_SIZE.observe,
     )
