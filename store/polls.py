@@ -50,17 +50,6 @@ SELECT j.id AS job_id, j.rollout_id, coalesce(j.release_id, r.manifest_id) AS re
 _HANDOUT = _handout_of("$1")
 
 
-def _unchanged(row: str, poll: str) -> str:
-    """SQL: the instance `row` is as the poll `poll` says and was seen lately, so the poll leaves
-    it as it is. Tested before the upsert as well as in it: ON CONFLICT DO UPDATE locks the row
-    it conflicts with even when its WHERE then updates nothing, and that lock is a write (and
-    WAL) for every idle poll."""
-    return f"""(({row}.channel, {row}.current_version, {row}.agent_version, {row}.accepts_downgrade)
-        IS NOT DISTINCT FROM ({poll}.channel, {poll}.current_version, {poll}.agent_version,
-            {poll}.accepts_downgrade)
-        AND {row}.last_seen_at >= now() - interval '{LAST_SEEN_RESOLUTION_SECONDS} seconds')"""
-
-
 # Data-modifying CTEs run exactly once, whether or not the final SELECT reads them. An instance
 # is recorded only from a poll whose nonce is fresh: a replayed request changes nothing. The
 # polls come sorted by (instance, nonce), so two statements in flight lock rows in one order.
@@ -78,21 +67,22 @@ WITH polled AS (
 ), recorded AS (
     INSERT INTO instances AS i (instance_id, channel, current_version, agent_version, state,
             accepts_downgrade)
-    SELECT * FROM (
-        SELECT DISTINCT ON (p.instance_id) p.instance_id, p.channel, p.current_version,
-                p.agent_version, p.admit_as, p.accepts_downgrade
-            FROM polled p JOIN claimed c USING (instance_id, nonce)
-            WHERE p.admit_as = 'active'
-                OR EXISTS (SELECT FROM instances k WHERE k.instance_id = p.instance_id)
-                OR (SELECT count(*) FROM instances WHERE state = 'pending')
-                    < {MAX_PENDING_INSTANCES}
-            ORDER BY p.instance_id, p.arrived DESC
-    ) latest WHERE NOT EXISTS (SELECT FROM instances k WHERE k.instance_id = latest.instance_id
-        AND {_unchanged("k", "latest")})
+    SELECT DISTINCT ON (p.instance_id) p.instance_id, p.channel, p.current_version,
+            p.agent_version, p.admit_as, p.accepts_downgrade
+        FROM polled p JOIN claimed c USING (instance_id, nonce)
+        WHERE p.admit_as = 'active'
+            OR EXISTS (SELECT FROM instances k WHERE k.instance_id = p.instance_id)
+            OR (SELECT count(*) FROM instances WHERE state = 'pending')
+                < {MAX_PENDING_INSTANCES}
+        ORDER BY p.instance_id, p.arrived DESC
     ON CONFLICT (instance_id) DO UPDATE SET channel = EXCLUDED.channel,
         current_version = EXCLUDED.current_version, agent_version = EXCLUDED.agent_version,
         accepts_downgrade = EXCLUDED.accepts_downgrade, last_seen_at = now()
-    WHERE i.state <> 'decommissioned' AND NOT {_unchanged("i", "EXCLUDED")}
+    WHERE i.state <> 'decommissioned' AND (
+        (i.channel, i.current_version, i.agent_version, i.accepts_downgrade)
+            IS DISTINCT FROM (EXCLUDED.channel, EXCLUDED.current_version, EXCLUDED.agent_version,
+                EXCLUDED.accepts_downgrade)
+        OR i.last_seen_at < now() - interval '{LAST_SEEN_RESOLUTION_SECONDS} seconds')
     RETURNING instance_id, state
 )
 SELECT c.nonce IS NOT NULL AS fresh, COALESCE(r.state, k.state) AS state, h.*
