@@ -8,10 +8,9 @@ from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from api import connections
+from api.agents.batchers import poll_batcher, progress_batcher
 from api.agents.held_polls import Dispatcher
 from api.agents.nonce_janitor import sweep_forever
-from api.agents.poll_batcher import poll_batcher
-from api.agents.report_batcher import progress_batcher
 from api.errors import DatabaseOutage, install_error_handlers, pool_reconnects_noted_as
 from api.fast_lane import ControlPlaneApi, FastLane
 from api.metrics import Scraper

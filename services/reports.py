@@ -57,7 +57,7 @@ class Accepted(BaseModel):
 
 
 # Claims an `in_progress` report's nonce and stores it when it is its started job's next step,
-# in a statement it may share with others (api.agents.report_batcher).
+# in a statement it may share with others (api.agents.batchers).
 ClaimProgress = Callable[[jobs.ProgressReport], Awaitable[jobs.NonceAndJob]]
 
 

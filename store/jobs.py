@@ -71,6 +71,8 @@ async def upsert_many(conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[Jo
         " LEFT JOIN revert_targets t ON t.rollout_id = u.rollout_id"
         " AND t.instance_id = u.instance_id"
         " LEFT JOIN rollouts rv ON rv.id = ro.revert_of"
+        # Rows locked in the order of their ids, as a batch of reports locks them.
+        " ORDER BY u.id"
         " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
         " step = COALESCE(j.step, EXCLUDED.step),"
         " message = COALESCE(EXCLUDED.message, j.message),"
@@ -162,20 +164,24 @@ async def get_claiming_nonce(
 # only as `_APPLY_REPORT` would take it and as services.reports would not refuse or call a
 # duplicate: the instance's own started job, not settled, a new step, below the bound. Any other
 # report is stored by neither, and its caller decides from the job read with the nonce's claim.
-# Reports that arrive together share the statement (api.agents.report_batcher), each job and
-# each nonce at most once in it.
+# Reports that arrive together share the statement (api.agents.batchers), each job and
+# each nonce at most once in it. It locks its jobs' rows in the order of their ids first, as
+# `upsert_many` (the worker's writes of many jobs) does: in any other order, the two statements
+# could each hold a row the other waits for.
 _CLAIM_NONCES_AND_PROGRESS = f"""
 WITH sent AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
             $6::timestamptz[])
         WITH ORDINALITY AS s(job_id, step, message, instance_id, nonce, expires_at, n)
 ), claimed AS ({nonces.claim_many("sent")}
+), locked AS (
+    SELECT id FROM update_jobs WHERE id IN (SELECT job_id FROM sent) ORDER BY id FOR UPDATE
 ), moved AS (
     UPDATE update_jobs j SET step = COALESCE(s.step, j.step),
         message = COALESCE(s.message, j.message), updated_at = now(),
         reports_stored = j.reports_stored + 1
-    FROM sent s JOIN claimed c USING (instance_id, nonce)
-    WHERE j.id = s.job_id AND j.instance_id = s.instance_id
+    FROM locked l JOIN sent s ON s.job_id = l.id JOIN claimed c USING (instance_id, nonce)
+    WHERE j.id = l.id AND j.instance_id = s.instance_id
         AND j.status = 'in_progress' AND NOT j.final_reported AND j.step IS DISTINCT FROM s.step
         AND j.reports_stored < {MAX_PROGRESS_REPORTS_PER_JOB}
     RETURNING j.id
@@ -221,8 +227,7 @@ async def claim_nonces_and_progress(
         nonces_taken.add(pair)
     first.sort(key=lambda k: (many[k].report.instanceId, many[k].report.nonce))
     taken = [many[k] for k in first]
-    rows = await conn.fetch(
-        _CLAIM_NONCES_AND_PROGRESS,
+    args = (
         [r.jobId for r, _ in taken],
         [r.step for r, _ in taken],
         [r.message for r, _ in taken],
@@ -230,6 +235,13 @@ async def claim_nonces_and_progress(
         [r.nonce for r, _ in taken],
         [expires_at for _, expires_at in taken],
     )
+    try:
+        rows = await conn.fetch(_CLAIM_NONCES_AND_PROGRESS, *args)
+    except asyncpg.DeadlockDetectedError:
+        # With a statement that locks a rollout's jobs in another order (`cancel_open`, rare):
+        # PostgreSQL undid this one whole, nonces included, so it runs again as if for the first
+        # time, and the other has its rows by then.
+        rows = await conn.fetch(_CLAIM_NONCES_AND_PROGRESS, *args)
     outcomes: list[NonceAndJob | None] = [None] * len(many)
     for k, row in zip(first, rows, strict=True):
         outcomes[k] = NonceAndJob(fresh=row["fresh"], job=_reported_job(row), stored=row["stored"])

@@ -1,7 +1,7 @@
 """A poll's single statement (store.polls): the nonce claimed in the shared table, the instance
 recorded only for a fresh nonce, `last_seen_at` coalesced, and the open job found, handed out
 only while its rollout hands it out; and polls that arrive together recorded by one statement
-(api.agents.poll_batcher), each with its own outcome, polls that will be held waiting a
+(api.agents.batchers), each with its own outcome, polls that will be held waiting a
 little for others to share theirs."""
 
 import asyncio
@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from prometheus_client import REGISTRY
 
-from api.agents.poll_batcher import MAX_IN_FLIGHT, poll_batcher
+from api.agents.batchers import MAX_IN_FLIGHT, poll_batcher
 from contract.wire import JobStatus
 from domain.jobs import JobWrite
 from domain.rollouts import RolloutSpec

@@ -1,5 +1,5 @@
 """`in_progress` reports that arrive together share one statement (store.jobs.
-claim_nonces_and_progress, api.agents.report_batcher), and each is taken or not exactly as it
+claim_nonces_and_progress, api.agents.batchers), and each is taken or not exactly as it
 would be alone: a started job's new step stored, a replayed nonce refused, another instance's
 job, a repeated step or a settled job left as it is, and two reports of one job (a retry
 racing its first attempt) taken one after the other."""
@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from prometheus_client import REGISTRY
 
-from api.agents.report_batcher import progress_batcher
+from api.agents.batchers import progress_batcher
 from contract.wire import ReportRequest, Step
 from server.settings import ApiSettings
 from store import jobs
-from store.pool import open_pool
+from store.pool import connect, open_pool
 from tests.test_polls import _job, _open_rollout_with_job
 
 
@@ -105,3 +105,42 @@ async def test_reports_arriving_together_are_stored_by_one_statement(
 
 def _statements() -> float:
     return REGISTRY.get_sample_value("rollout_progress_report_batch_size_count") or 0.0
+
+
+async def test_a_batch_caught_in_a_deadlock_runs_again_and_stores_its_reports(
+    database_url: str, db: asyncpg.Connection, settings: ApiSettings
+) -> None:
+    """Another transaction holds j-2 and then asks for j-1, which the batch locked first: each
+    waits for the other. The batch is the one PostgreSQL undoes (it checks first: a shorter
+    deadlock_timeout), and it runs again once the other committed."""
+    await _open_rollout_with_job(db, settings, "web-0")
+    for k in (1, 2):
+        await _job(db, f"j-{k}", f"web-{k}", "in_progress")
+    other = await connect(database_url)
+    batch = await connect(database_url)
+    try:
+        await other.execute("SET deadlock_timeout = '60s'")
+        await batch.execute("SET deadlock_timeout = '100ms'")
+        async with other.transaction():
+            await other.execute("UPDATE update_jobs SET message = 'held' WHERE id = 'j-2'")
+            reports = [_report("j-1", "web-1", "backup"), _report("j-2", "web-2", "backup")]
+            storing = asyncio.ensure_future(jobs.claim_nonces_and_progress(batch, reports))
+            async with asyncio.timeout(30):
+                while not await _waits_for_a_lock(db, batch):
+                    await asyncio.sleep(0.01)  # polled: a lock wait has no event to await
+                # j-1 is the batch's now: this waits until the batch is undone
+                await other.execute("UPDATE update_jobs SET message = 'held' WHERE id = 'j-1'")
+        async with asyncio.timeout(30):
+            outcomes = await storing
+    finally:
+        await other.close()
+        await batch.close()
+
+    assert [(o.fresh, o.stored) for o in outcomes] == [(True, True), (True, True)]
+    assert await _steps(db, "j-1") == ["backup"] and await _steps(db, "j-2") == ["backup"]
+
+
+async def _waits_for_a_lock(db: asyncpg.Connection, conn: asyncpg.Connection) -> bool:
+    pid = conn.get_server_pid()
+    wait = await db.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
+    return bool(wait == "Lock")

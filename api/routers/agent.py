@@ -5,7 +5,7 @@ Reports are accepted by services.reports; its refusals and a Temporal outage are
 signed, by api.errors.
 
 A poll is answered from PostgreSQL alone, in one round trip (store.polls) shared with the polls
-that arrive with it (api.agents.poll_batcher), plus the release's manifest when a job is handed
+that arrive with it (api.agents.batchers), plus the release's manifest when a job is handed
 out: fleets poll far faster than Temporal answers queries, and the read model already says what
 the workflow hands out (store.polls explains why that holds). The routes take the bare request and
 read the process's pool and clients from app state: no dependency solving on the hottest path
@@ -99,7 +99,7 @@ class _Poller:
 async def _recorded(state: State, call: Verified[PollRequest], *, patient: bool) -> polls.Found:
     """The poll recorded (its nonce claimed), and what it finds; refused when replayed or when
     its instance may not poll. `patient`: it will be held if it finds nothing, so it may wait
-    for other polls to share its statement (api.agents.poll_batcher)."""
+    for other polls to share its statement (api.agents.batchers)."""
     poll = call.body
     async with asyncio.timeout(AGENT_STATEMENT_SECONDS):  # answered 503 when it runs out
         outcome = await state.polls.submit(
