@@ -142,6 +142,7 @@ class Agent:
         )
         loop = asyncio.get_running_loop()
         hold = 0  # seconds this agent asks the control plane to hold its poll; 0 until offered
+        asked = 0  # what the last poll asked for
         while not stop.is_set():
             if self.journal.unusable is not None:
                 raise self.journal.unusable
@@ -151,7 +152,7 @@ class Agent:
                 "agentVersion": package_version(),
                 "capabilities": [DOWNGRADE_CAPABILITY],
             }
-            asked, started = hold_asked(hold), loop.time()
+            asked, started = hold_asked(hold, first=not asked), loop.time()
             try:
                 answered = await _unless_stopped(
                     signed_exchange(

@@ -11,12 +11,16 @@ def jittered(interval: float) -> float:
     return interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
 
 
-def hold_asked(offered: int) -> int:
-    """How long to ask a poll to be held: up to a fifth less than offered, whole seconds. Agents
-    that start together (a fleet's hosts booted at once, every agent after a network outage)
-    would otherwise have their holds run out together, hold after hold: at 10,000 hosts each
-    25 s brought every poll back within a second, and their statements ran past 5 s (503s)."""
-    return random.randint(max(1, offered - offered // 5), offered) if offered else 0
+def hold_asked(offered: int, *, first: bool) -> int:
+    """How long to ask a poll to be held, whole seconds: the first hold after an offer anything
+    up to the offer, each later one up to a fifth less than offered. Agents that start together
+    (a fleet's hosts booted at once, every agent after an outage or an API restart) would
+    otherwise have their holds run out together, hold after hold: at 10,000 hosts each 25 s
+    brought every poll back within a second, and their statements ran past 5 s (503s). The
+    first hold spreads them over the whole offer at once; the later ones keep them apart."""
+    if not offered:
+        return 0
+    return random.randint(1 if first else max(1, offered - offered // 5), offered)
 
 
 def backoff_delay(failures: int, initial: float, maximum: float) -> float:

@@ -67,9 +67,9 @@ async def test_once_offered_a_held_poll_gets_the_job_as_it_is_released(
     await plane.wait_until(lambda: plane.final_report(job_id) is not None)
     await _stopped(run, stop)
 
-    # The held poll brought the job: no other poll was sent. Asked only after the offer, at most
-    # that long and at most a fifth less (agents that start together do not stay in step).
-    assert plane.poll_waits[0] is None and 16 <= int(plane.poll_waits[1] or 0) <= 20
+    # The held poll brought the job: no other poll was sent. Asked only after the offer, and at
+    # most that long (the first hold anything up to it: agents that start together spread).
+    assert plane.poll_waits[0] is None and 1 <= int(plane.poll_waits[1] or 0) <= 20
     assert len(plane.poll_waits) == 2
     assert plane.final_report(job_id)["status"] == "succeeded"  # type: ignore[index]
 
@@ -101,12 +101,17 @@ async def test_an_offer_past_its_own_bound_is_asked_for_at_the_agents_bound(
     await _stopped(run, stop)  # a stop ends the held poll at once
 
     assert plane.poll_waits[0] is None and len(plane.poll_waits) == 2
-    assert LONG_POLL_SECONDS * 0.8 <= int(plane.poll_waits[1] or 0) <= LONG_POLL_SECONDS
+    assert 1 <= int(plane.poll_waits[1] or 0) <= LONG_POLL_SECONDS
 
 
 def test_agents_that_start_together_ask_for_holds_of_spread_lengths() -> None:
-    """Their holds run out at different times, so their next polls do not arrive together."""
-    asked = [hold_asked(LONG_POLL_SECONDS) for _ in range(1000)]
-    assert min(asked) >= LONG_POLL_SECONDS * 0.8 and max(asked) <= LONG_POLL_SECONDS
-    assert len(set(asked)) >= 4  # 20 to 25: six lengths, each about a sixth of the fleet
-    assert (hold_asked(0), hold_asked(1)) == (0, 1)  # nothing offered; one second is one second
+    """Their holds run out at different times, so their next polls do not arrive together: the
+    first over the whole offer, the later ones within a fifth of it, so they stay apart."""
+    first = [hold_asked(LONG_POLL_SECONDS, first=True) for _ in range(1000)]
+    later = [hold_asked(LONG_POLL_SECONDS, first=False) for _ in range(1000)]
+    assert min(first) >= 1 and max(first) <= LONG_POLL_SECONDS
+    assert len(set(first)) >= LONG_POLL_SECONDS // 2  # 25 lengths, each about 40 of 1,000
+    assert min(later) >= LONG_POLL_SECONDS * 0.8 and max(later) <= LONG_POLL_SECONDS
+    assert len(set(later)) >= 4  # 20 to 25: six lengths, each about a sixth of the fleet
+    for first_hold in (True, False):  # nothing offered; one second is one second
+        assert (hold_asked(0, first=first_hold), hold_asked(1, first=first_hold)) == (0, 1)
