@@ -206,9 +206,10 @@ async def spend_signals_until_continued(client: Client, spec: RolloutSpec, job: 
     (reports are idempotent: they change nothing and wake nothing, but count against the run's
     signal budget and grow its history), then a resume signal. The resume showing in the view
     says the wave was taken in (a workflow task of thousands of signals would exceed the SDK's
-    2 s deadlock detection); it wakes the run, which continues as new once its signal budget
-    is spent or the server suggests it (at 4,096 events), whichever comes first. Being paused
-    during the wave keeps a bake from ending meanwhile.
+    2 s deadlock detection); it wakes the run, which continues as new mid-batch once its
+    signal budget is spent or its history reaches HISTORY_EVENT_BUDGET, whichever comes first
+    (the server's earlier suggestion waits for a batch boundary). Being paused during the wave
+    keeps a bake from ending meanwhile.
     """
     repeat = JobReportSignal(
         job_id=job.id, instance_id=job.instance_id, status=job.status, step=job.step
@@ -224,7 +225,7 @@ async def spend_signals_until_continued(client: Client, spec: RolloutSpec, job: 
             with contextlib.suppress(rollout_client.RolloutUnavailable):
                 await rollout_client.report_job(client, spec.id, repeat, timeout=60)
 
-    for _ in range(SIGNAL_BUDGET // WAVE):
+    for _ in range(SIGNAL_BUDGET // WAVE + 1):  # the last wave takes the run past its budget
         await handle.signal(RolloutWorkflow.pause_signal)
         await reaches(client, spec, "paused")
         await asyncio.gather(*(send() for _ in range(WAVE - 2)))
