@@ -49,7 +49,6 @@ SELECT j.id AS job_id, j.rollout_id, coalesce(j.release_id, r.manifest_id) AS re
 
 _HANDOUT = _handout_of("$1")
 
-
 # Data-modifying CTEs run exactly once, whether or not the final SELECT reads them. An instance
 # is recorded only from a poll whose nonce is fresh: a replayed request changes nothing. The
 # polls come sorted by (instance, nonce), so two statements in flight lock rows in one order.

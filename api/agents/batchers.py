@@ -12,12 +12,11 @@ processes, and the durability of what was answered 2xx, are what they were.
 """
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
 
 import asyncpg
 from prometheus_client import Histogram
 
-from runtime.batches import Batcher
+from runtime.batches import Batcher, Item, Outcome
 from store import jobs, polls
 
 # Statements of each kind in flight at once; what arrives meanwhile waits for the next one.
@@ -39,8 +38,6 @@ PROGRESS_BATCH_SIZE = Histogram(
     buckets=_SIZES,
 )
 
-Item = TypeVar("Item")
-Outcome = TypeVar("Outcome")
 PollBatcher = Batcher[polls.Poll, polls.PollOutcome]
 ProgressBatcher = Batcher[jobs.ProgressReport, jobs.NonceAndJob]
 
