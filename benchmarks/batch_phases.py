@@ -16,6 +16,8 @@ from datetime import datetime
 import asyncpg
 from pydantic import BaseModel
 
+from simulator.figures import BatchFigures
+
 TERMINAL_REPORTS = ["succeeded", "failed", "rolled_back", "rollback_failed"]
 # A status the rollout takes when the current batch is done with (or stops it).
 SETTLED_STATUSES = frozenset({"awaiting_advance", "completed", "paused", "aborted"})
@@ -31,12 +33,15 @@ _REPORTS = (
     " WHERE j.rollout_id = $1 GROUP BY j.batch"
 )
 # Each batch's slowest job, from its first report to its last: the agents' own work, which no
-# control plane can shorten (a batch takes at least as long as its slowest job); and its median
-# job, which tells a batch whose every job is slower from one with a slow tail.
+# control plane can shorten (a batch takes at least as long as its slowest job); its median
+# job, which tells a batch whose every job is slower from one with a slow tail; and its last
+# job to start (its first report), which tells a late handout from a slow job.
 _SLOWEST = (
     "SELECT batch, extract(epoch FROM max(span)) AS seconds,"
-    " extract(epoch FROM percentile_cont(0.5) WITHIN GROUP (ORDER BY span)) AS median FROM ("
-    " SELECT j.batch, max(r.received_at) - min(r.received_at) AS span"
+    " extract(epoch FROM percentile_cont(0.5) WITHIN GROUP (ORDER BY span)) AS median,"
+    " max(started_at) AS last_started_at FROM ("
+    " SELECT j.batch, max(r.received_at) - min(r.received_at) AS span,"
+    " min(r.received_at) AS started_at"
     " FROM job_reports r JOIN update_jobs j ON j.id = r.job_id"
     " WHERE j.rollout_id = $1 GROUP BY j.batch, j.id) AS jobs GROUP BY batch"
 )
@@ -52,12 +57,15 @@ class BatchPhases(BaseModel):
     jobs: int
     released_at: datetime
     first_handout_at: datetime | None
+    last_handout_at: datetime | None = None
     first_report_at: datetime | None
     last_terminal_report_at: datetime | None
     settled_at: datetime | None
     next_release_at: datetime | None
     slowest_job_seconds: float | None = None
     median_job_seconds: float | None = None
+    # The first report of the batch's last job to report at all.
+    last_job_started_at: datetime | None = None
 
 
 class RolloutPhases(BaseModel):
@@ -99,9 +107,9 @@ def _settled_by_batch(audit: list[asyncpg.Record]) -> dict[int, datetime]:
 
 
 async def rollout_phases(
-    conn: asyncpg.Connection, rollout_id: str, first_handouts: Mapping[int, datetime | None]
+    conn: asyncpg.Connection, rollout_id: str, simulated: Mapping[int, BatchFigures]
 ) -> RolloutPhases:
-    """`first_handouts`: batch number → the simulator's first handout of it."""
+    """`simulated`: batch number → the simulator's figures of it (its handouts)."""
     rollout = await conn.fetchrow(_ROLLOUT, rollout_id)
     if rollout is None:
         raise ValueError(f"no rollout {rollout_id} in the database")
@@ -116,6 +124,7 @@ async def rollout_phases(
         report = reports.get(number)
         next_release = releases.get(number + 1)
         settled_at = settled.get(number)
+        handouts = simulated.get(number)
         if settled_at is not None and next_release is not None:
             # Written with the next release (bakeSeconds 0), perhaps in its last chunk.
             settled_at = min(settled_at, next_release)
@@ -124,13 +133,15 @@ async def rollout_phases(
                 batch=number,
                 jobs=row["jobs"],
                 released_at=row["released_at"],
-                first_handout_at=first_handouts.get(number),
+                first_handout_at=handouts.first_handout_at if handouts else None,
+                last_handout_at=handouts.last_handout_at if handouts else None,
                 first_report_at=report["first_report_at"] if report else None,
                 last_terminal_report_at=report["last_terminal_report_at"] if report else None,
                 settled_at=settled_at,
                 next_release_at=next_release,
                 slowest_job_seconds=float(spans[number]["seconds"]) if number in spans else None,
                 median_job_seconds=float(spans[number]["median"]) if number in spans else None,
+                last_job_started_at=spans[number]["last_started_at"] if number in spans else None,
             )
         )
     return RolloutPhases(
@@ -156,7 +167,8 @@ def render(phases: RolloutPhases) -> str:
         f"rollout {phases.rollout_id}: seconds per phase of each batch"
         " (released = offset from the rollout's creation)",
         f"{'batch':>5} {'jobs':>5} {'released':>9} {'→handout':>9} {'→last report':>13}"
-        f" {'→settled':>9} {'→next release':>14} {'total':>7} {'job p50':>8} {'slowest':>8}",
+        f" {'→settled':>9} {'→next release':>14} {'total':>7} {'job p50':>8} {'slowest':>8}"
+        f" {'last handout':>13} {'last start':>11}",
     ]
     for b in phases.batches:
         end = b.next_release_at or b.settled_at
@@ -168,5 +180,7 @@ def render(phases: RolloutPhases) -> str:
             f" {_span(b.settled_at, b.next_release_at):>14}"
             f" {_span(b.released_at, end):>7}"
             f" {_seconds(b.median_job_seconds):>8} {_seconds(b.slowest_job_seconds):>8}"
+            f" {_span(b.released_at, b.last_handout_at):>13}"
+            f" {_span(b.released_at, b.last_job_started_at):>11}"
         )
     return "\n".join(lines)

@@ -226,7 +226,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> BenchmarkResult
         conn = await connect(database)
         try:
             phases = [
-                await rollout_phases(conn, r.id, {b.number: b.first_handout_at for b in r.batches})
+                await rollout_phases(conn, r.id, {b.number: b for b in r.batches})
                 for r in figures.rollouts
             ]
         finally:

@@ -29,9 +29,10 @@ class BatchFigures(BaseModel):
     settled: int
     # First job created → last job settled; None while a job of the batch is still open.
     wall_seconds: float | None
-    # When a poll of this simulator first got a job of the batch (the control plane does not
-    # store handouts); None when none of its agents got one.
+    # When a poll of this simulator first and last got a job of the batch (the control plane
+    # does not store handouts); None when none of its agents got one.
     first_handout_at: datetime | None = None
+    last_handout_at: datetime | None = None
 
 
 class RolloutFigures(BaseModel):
@@ -120,6 +121,7 @@ def batch_figures(
                 settled=len(settled),
                 wall_seconds=wall,
                 first_handout_at=datetime.fromtimestamp(min(handed), UTC) if handed else None,
+                last_handout_at=datetime.fromtimestamp(max(handed), UTC) if handed else None,
             )
         )
     return figures

@@ -14,7 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from contract.downgrade import RestoreMode
-from store import nonces
+from store import nonces, releases
 from store.instances import MAX_PENDING_INSTANCES
 from store.statuses import OPEN_JOBS, WITHHOLDING_ROLLOUTS
 
@@ -27,27 +27,34 @@ DISPATCH_CHANNEL = "rollout_dispatch"
 
 
 def _handout_of(instance_id: str) -> str:
-    """The instance's newest open job and whether it is handed out now, as a subquery over an
-    SQL expression.
+    """The instance's newest open job, whether it is handed out now, and its release, as a
+    subquery over an SQL expression.
 
     The read model decides, not a query to the workflow: the worker writes a batch's rows only
     once the workflow released it, and a pause or abort only once the workflow took it (their
     answers wait for that write), so the rows say what the workflow hands out without asking
     it, which it answers slowly while it takes in a batch's reports. A job past its deadline is
-    not handed out: the workflow times it out."""
+    not handed out: the workflow times it out. The release comes with the job, so that a batch
+    handed out to a thousand held polls at once is not a thousand lookups more."""
     return f"""
-SELECT j.id AS job_id, j.rollout_id, coalesce(j.release_id, r.manifest_id) AS release_id,
-        j.deadline, r.revert_of IS NOT NULL AS revert, j.previous_version, r.restore,
+SELECT j.id AS job_id, j.rollout_id, j.deadline, r.revert_of IS NOT NULL AS revert,
+        j.previous_version, r.restore, {releases.as_json("rel")} AS release,
         r.status NOT IN {WITHHOLDING_ROLLOUTS} AND NOT r.workflow_closed
             AND j.deadline > now() AS handed_out
     FROM (SELECT id, rollout_id, deadline, release_id, previous_version FROM update_jobs
             WHERE instance_id = {instance_id} AND status IN {OPEN_JOBS}
             ORDER BY created_at DESC, id LIMIT 1) j
         JOIN rollouts r ON r.id = j.rollout_id
+        JOIN releases rel ON rel.id = coalesce(j.release_id, r.manifest_id)
 """
 
 
-_HANDOUT = _handout_of("$1")
+# Held polls woken together look again in one statement (api.agents.batchers).
+_HANDOUTS = f"""
+SELECT h.* FROM unnest($1::text[]) WITH ORDINALITY AS p(instance_id, n)
+    LEFT JOIN LATERAL ({_handout_of("p.instance_id")}) h ON true
+    ORDER BY p.n
+"""
 
 # Data-modifying CTEs run exactly once, whether or not the final SELECT reads them. An instance
 # is recorded only from a poll whose nonce is fresh: a replayed request changes nothing. The
@@ -116,7 +123,7 @@ class Handout:
 
     job_id: str
     rollout_id: str
-    release_id: str
+    release: releases.Release
     deadline: datetime
     # A fleet revert's job goes down from `previous_version`, with a permission (contract.
     # downgrade) that says whether the host restores data (`restore`: domain.reverts).
@@ -152,7 +159,7 @@ def _found(row: asyncpg.Record | None) -> Found:
     handout = Handout(
         job_id=row["job_id"],
         rollout_id=row["rollout_id"],
-        release_id=row["release_id"],
+        release=releases.from_json(row["release"]),
         deadline=row["deadline"],
         revert=row["revert"],
         previous_version=row["previous_version"],
@@ -192,9 +199,12 @@ async def record_many(
     return outcomes
 
 
-async def find(conn: asyncpg.Connection | asyncpg.Pool, instance_id: str) -> Found:
-    """What `record_many` finds, for a held poll looking again after its nonce was claimed."""
-    return _found(await conn.fetchrow(_HANDOUT, instance_id))
+async def find_many(
+    conn: asyncpg.Connection | asyncpg.Pool, instance_ids: Sequence[str]
+) -> list[Found]:
+    """What `record_many` finds, for held polls looking again after their nonces were claimed;
+    in the order given."""
+    return [_found(row) for row in await conn.fetch(_HANDOUTS, list(instance_ids))]
 
 
 async def with_open_jobs(

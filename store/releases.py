@@ -9,10 +9,20 @@ from pydantic import BaseModel
 
 from contract.manifest import ReleaseManifest
 
-_COLUMNS = (
-    "id, version, channel, sha, migrations_required, breaking_changes, released_at,"
-    " signature, created_at, expires_at, key_signatures"
+_COLUMN_NAMES = (
+    "id",
+    "version",
+    "channel",
+    "sha",
+    "migrations_required",
+    "breaking_changes",
+    "released_at",
+    "signature",
+    "created_at",
+    "expires_at",
+    "key_signatures",
 )
+_COLUMNS = ", ".join(_COLUMN_NAMES)
 
 
 class Release(ReleaseManifest):
@@ -30,6 +40,18 @@ class InsertOutcome(BaseModel):
 
 def _release(row: asyncpg.Record) -> Release:
     return Release.model_validate(dict(row), strict=False)
+
+
+def as_json(alias: str) -> str:
+    """SQL: the release row `alias` as one jsonb value (read back by `from_json`), for a
+    statement of other tables that answers with a release too, as a poll handing out a job
+    does. Releases are never changed once stored, so what it read is what a lookup would."""
+    pairs = ", ".join(f"'{column}', {alias}.{column}" for column in _COLUMN_NAMES)
+    return f"jsonb_build_object({pairs})"
+
+
+def from_json(value: dict[str, object]) -> Release:
+    return Release.model_validate(value, strict=False)
 
 
 async def insert_or_get(

@@ -152,7 +152,7 @@ async def test_the_open_job_is_found_and_settled_ones_are_not(
     handed = await _poll(db, "web-1")
     assert handed.found.handout is not None
     assert handed.found.handout.job_id == "j-pending"
-    assert handed.found.handout.release_id == await db.fetchval(
+    assert handed.found.handout.release.id == await db.fetchval(
         "SELECT manifest_id FROM rollouts WHERE id = 'r1'"
     )
     assert _rollout_of(await _poll(db, "web-2")) == "r1"
@@ -173,11 +173,13 @@ async def test_an_open_job_is_withheld_while_paused_after_its_deadline_and_once_
     for status in ("paused", "completed", "aborted"):
         await db.execute("UPDATE rollouts SET status = $1 WHERE id = 'r1'", status)
         assert (await _poll(db, "web-1")).found == polls.Found(withheld=True), status
-        assert (await polls.find(db, "web-1")) == polls.Found(withheld=True), status
+        assert (await polls.find_many(db, ["web-1"])) == [polls.Found(withheld=True)], status
 
     await db.execute("UPDATE rollouts SET status = 'running' WHERE id = 'r1'")
-    found = await polls.find(db, "web-1")  # a held poll's look, as its first
+    # held polls' looks, as their first: in the order asked, one with nothing open
+    found, nothing = await polls.find_many(db, ["web-1", "web-9"])
     assert found.handout is not None and found.handout.job_id == "j-pending"
+    assert nothing == polls.Found()
     assert _rollout_of(await _poll(db, "web-1")) == "r1"
     await db.execute("UPDATE rollouts SET workflow_closed = true WHERE id = 'r1'")
     assert (await _poll(db, "web-1")).found == polls.Found(withheld=True)

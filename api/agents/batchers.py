@@ -1,5 +1,7 @@
 """What an API process gathers into one statement and one commit (runtime.batches.Batcher):
-agents' polls, and the `in_progress` reports of started jobs (six of a job's eight reports).
+agents' polls, the second looks of held polls woken together (a batch released to a thousand
+held polls wakes a thousand), and the `in_progress` reports of started jobs (six of a job's
+eight reports).
 
 A fleet's requests are each one small statement, and at thousands a second their round trips
 and commits, not the work in them, are what PostgreSQL and the API spend. A poll that will be
@@ -32,6 +34,11 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 POLL_BATCH_SIZE = Histogram(
     "rollout_poll_batch_size", "Polls recorded by one statement", buckets=_SIZES
 )
+RECHECK_BATCH_SIZE = Histogram(
+    "rollout_held_poll_recheck_batch_size",
+    "Woken held polls that looked again in one statement",
+    buckets=_SIZES,
+)
 PROGRESS_BATCH_SIZE = Histogram(
     "rollout_progress_report_batch_size",
     "in_progress reports claimed and stored by one statement",
@@ -39,11 +46,16 @@ PROGRESS_BATCH_SIZE = Histogram(
 )
 
 PollBatcher = Batcher[polls.Poll, polls.PollOutcome]
+RecheckBatcher = Batcher[str, polls.Found]
 ProgressBatcher = Batcher[jobs.ProgressReport, jobs.NonceAndJob]
 
 
 def poll_batcher(pool: asyncpg.Pool) -> PollBatcher:
     return _batcher(polls.record_many, pool, POLL_BATCH_SIZE, gather_seconds=GATHER_SECONDS)
+
+
+def recheck_batcher(pool: asyncpg.Pool) -> RecheckBatcher:
+    return _batcher(polls.find_many, pool, RECHECK_BATCH_SIZE, gather_seconds=0)
 
 
 def progress_batcher(pool: asyncpg.Pool) -> ProgressBatcher:

@@ -5,9 +5,9 @@ Reports are accepted by services.reports; its refusals and a Temporal outage are
 signed, by api.errors.
 
 A poll is answered from PostgreSQL alone, in one round trip (store.polls) shared with the polls
-that arrive with it (api.agents.batchers), plus the release's manifest when a job is handed
-out: fleets poll far faster than Temporal answers queries, and the read model already says what
-the workflow hands out (store.polls explains why that holds). The routes take the bare request and
+that arrive with it (api.agents.batchers), which brings the release's manifest too when a job
+is handed out: fleets poll far faster than Temporal answers queries, and the read model already
+says what the workflow hands out (store.polls explains why that holds). The routes take the bare request and
 read the process's pool and clients from app state: no dependency solving on the hottest path
 (see api.agents.auth).
 """
@@ -17,7 +17,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
@@ -31,7 +30,7 @@ from contract.downgrade import DowngradePermission
 from contract.wire import PollRequest, PollResponse, ReportRequest, ReportResponse, wire_deadline
 from services import instances, reports
 from services.errors import Conflict, Forbidden, NotFound, Replayed, ServiceError
-from store import polls, releases
+from store import polls
 from store.pool import AGENT_STATEMENT_SECONDS
 from temporal_client.rollouts import RolloutUnavailable
 
@@ -74,14 +73,13 @@ async def next_job(request: Request) -> Response:
         del call  # a held poll keeps what it answers with: its parsed request was a KiB an agent
         while found.handout is None and await hold.woken():  # a held poll (api.agents.held_polls)
             async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
-                found = await polls.find(state.pool, poller.instance_id)
+                found = await state.rechecks.submit(poller.instance_id)
         job = None
         withheld = found.withheld
         if found.handout is not None and not _can_run(found.handout, poller):
             withheld = True  # a revert job, for an agent that would refuse it
         elif found.handout is not None:
-            async with asyncio.timeout(AGENT_STATEMENT_SECONDS):
-                job = await _job_document(state.pool, poller, found.handout)
+            job = _job_document(poller, found.handout)
     if job is not None:
         _HANDED_OUT.inc()
     else:
@@ -131,11 +129,7 @@ def _can_run(handout: polls.Handout, poller: _Poller) -> bool:
     return not handout.revert or poller.accepts_downgrade
 
 
-async def _job_document(
-    pool: asyncpg.Pool, poller: _Poller, handout: polls.Handout
-) -> dict[str, Any]:
-    release = await releases.get(pool, handout.release_id)
-    assert release is not None  # a rollout's or revert target's release, and releases stay
+def _job_document(poller: _Poller, handout: polls.Handout) -> dict[str, Any]:
     log.info(
         "job handed out",
         extra={
@@ -144,7 +138,7 @@ async def _job_document(
             "rollout_id": handout.rollout_id,
         },
     )
-    manifest = release.manifest()
+    manifest = handout.release.manifest()
     deadline = wire_deadline(handout.deadline)
     job: dict[str, Any] = {
         "id": handout.job_id,
