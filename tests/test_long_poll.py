@@ -25,7 +25,7 @@ from devstack.ports import free_port
 from domain.jobs import JobWrite
 from domain.rollouts import RolloutSpec
 from server.settings import ApiSettings
-from store import jobs, polls, rollouts
+from store import jobs, polls, releases, rollouts
 from store.pool import open_pool
 from tests.agent_requests import assert_signed_by, body_for, hmac_hex, poll_body, post_signed
 from tests.conftest import LiveServer
@@ -315,3 +315,56 @@ async def test_held_polls_get_each_batch_as_it_is_released(
             assert resumed.status_code == 200, resumed.text
 
         assert (await handed_out_while_held("web-2", resume))["id"] == second["id"]
+
+
+async def test_held_polls_woken_by_one_release_look_again_together_with_their_manifests(
+    fleet_api: httpx.AsyncClient, db: asyncpg.Connection, settings: ApiSettings
+) -> None:
+    """A batch released to a fleet of held polls wakes them all at once: they look again in one
+    statement, not one each (a thousand held polls were two thousand queries through a pool of
+    ten, and the last of them waited seconds), and each job carries its release's manifest, read
+    by that same statement."""
+    hosts = [f"web-{k}" for k in range(1, 9)]
+    for host in hosts:
+        assert (await _poll(fleet_api, host))[1] is None  # registers it
+    release_id = await seed_release(db, settings, version="1.4.0")
+    spec = RolloutSpec(
+        id="r-batch",
+        manifest_id=release_id,
+        version="1.4.0",
+        channel="stable",
+        batch_size=len(hosts),
+        created_by="admin",
+    )
+    await rollouts.insert(db, spec)
+    held = _sample("rollout_held_polls")
+    waiting = [asyncio.create_task(_poll(fleet_api, host, wait="25")) for host in hosts]
+    await eventually(lambda: _held_polls(held + len(hosts)))
+    looks = _sample("rollout_held_poll_recheck_batch_size_count")
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    async with db.transaction():  # as the worker releases a batch: its rows, then the notice
+        await jobs.upsert_many(
+            db,
+            [
+                JobWrite(
+                    id=f"j-{host}",
+                    rollout_id=spec.id,
+                    instance_id=host,
+                    batch=1,
+                    attempt=1,
+                    status="pending",
+                    deadline=deadline,
+                )
+                for host in hosts
+            ],
+        )
+        await polls.announce(db, spec.id)
+
+    async with asyncio.timeout(20):  # below the 25 s of a hold: the release woke them
+        answered = await asyncio.gather(*waiting)
+    stored = await releases.get(db, release_id)
+    assert stored is not None
+    for host, (answer, job) in zip(hosts, answered, strict=True):
+        assert job is not None and job["id"] == f"j-{host}", answer.text
+        assert job["manifest"] == stored.manifest().as_document()
+    assert _sample("rollout_held_poll_recheck_batch_size_count") - looks == 1

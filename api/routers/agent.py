@@ -7,9 +7,9 @@ signed, by api.errors.
 A poll is answered from PostgreSQL alone, in one round trip (store.polls) shared with the polls
 that arrive with it (api.agents.batchers), which brings the release's manifest too when a job
 is handed out: fleets poll far faster than Temporal answers queries, and the read model already
-says what the workflow hands out (store.polls explains why that holds). The routes take the bare request and
-read the process's pool and clients from app state: no dependency solving on the hottest path
-(see api.agents.auth).
+says what the workflow hands out (store.polls explains why that holds). The routes take the
+bare request and read the process's pool and clients from app state: no dependency solving on
+the hottest path (see api.agents.auth).
 """
 
 import asyncio
