@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from api import connections
-from api.agents.batchers import poll_batcher, progress_batcher, recheck_batcher
+from api.agents.batchers import poll_batcher, recheck_batcher, report_batcher
 from api.agents.held_polls import Dispatcher
 from api.agents.nonce_janitor import sweep_forever
 from api.errors import DatabaseOutage, install_error_handlers, pool_reconnects_noted_as
@@ -58,7 +58,7 @@ def create_app(settings: ApiSettings) -> ControlPlaneApi:
         app.state.temporal = await connect_temporal(settings, lazy=True)
         app.state.polls = poll_batcher(app.state.pool)
         app.state.rechecks = recheck_batcher(app.state.pool)
-        app.state.progress_reports = progress_batcher(app.state.pool)
+        app.state.report_claims = report_batcher(app.state.pool)
         app.state.report_signals = ReportSignals(
             app.state.temporal, timeout=reports.TEMPORAL_TIMEOUT_SECONDS
         )

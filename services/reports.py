@@ -56,15 +56,15 @@ class Accepted(BaseModel):
     duplicate: bool  # the same report again: nothing changed
 
 
-# Claims an `in_progress` report's nonce and stores it when it is its started job's next step,
-# in a statement it may share with others (api.agents.batchers).
-ClaimProgress = Callable[[jobs.ProgressReport], Awaitable[jobs.NonceAndJob]]
+# Claims a report's nonce and reads its job, and stores it when it is its started job's next
+# step, in a statement it may share with others (store.jobs.claim_reports, api.agents.batchers).
+ClaimReport = Callable[[jobs.SentReport], Awaitable[jobs.NonceAndJob]]
 
 
 async def accept(
     pool: asyncpg.Pool,
     signals: ReportSignals,
-    claim_progress: ClaimProgress,
+    claim_report: ClaimReport,
     report: ReportRequest,
     *,
     nonce_expires_at: datetime,
@@ -72,17 +72,8 @@ async def accept(
     """Claims the report's nonce (Replayed), then raises NotFound, Forbidden, Conflict
     (contradicts a settled job, or an `in_progress` report past the bound) or, when the workflow
     must hear of it and cannot, RolloutUnavailable."""
-    if report.status == "in_progress":  # most are a started job's next step: stored at once
-        claim = claim_progress(jobs.ProgressReport(report, nonce_expires_at))
-    else:
-        claim = jobs.get_claiming_nonce(
-            pool,
-            report.jobId,
-            instance_id=report.instanceId,
-            nonce=report.nonce,
-            expires_at=nonce_expires_at,
-        )
-    fresh, job, stored = await _bounded(claim)
+    # Most are a started job's next step, stored by this first statement already.
+    fresh, job, stored = await _bounded(claim_report(jobs.SentReport(report, nonce_expires_at)))
     if not fresh:
         raise Replayed(f"nonce {report.nonce} already used")
     if job is None:

@@ -133,46 +133,24 @@ async def get_reported(conn: asyncpg.Connection | asyncpg.Pool, job_id: str) -> 
 class NonceAndJob(NamedTuple):
     fresh: bool  # False: the nonce was already used by this instance
     job: ReportedJob | None  # as it was before the statement
-    stored: bool = False  # the statement also stored the report (`claim_nonces_and_progress`)
+    stored: bool = False  # the statement also stored the report
 
 
-_GET_CLAIMING_NONCE = f"""
-WITH claimed AS ({nonces.claim("$1", "$2", "$3")})
-SELECT EXISTS (SELECT FROM claimed) AS fresh, j.*
-    FROM (VALUES (1)) AS one
-        LEFT JOIN (SELECT {_REPORTED_COLUMNS} FROM update_jobs WHERE id = $4) j ON true
-"""
-
-
-async def get_claiming_nonce(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    job_id: str,
-    *,
-    instance_id: str,
-    nonce: str,
-    expires_at: datetime,
-) -> NonceAndJob:
-    """The job, read by the statement that claims the request's nonce: a report's first round
-    trip does both (the report path is on every batch's critical path)."""
-    row = await conn.fetchrow(_GET_CLAIMING_NONCE, instance_id, nonce, expires_at, job_id)
-    assert row is not None  # the statement always answers one row
-    return NonceAndJob(fresh=row["fresh"], job=_reported_job(row))
-
-
-# Most of a job's reports are steps of a job already started: nothing for the workflow to hear
-# of, only a step to store. Such a report claims its nonce and is stored in one round trip, taken
-# only as `_APPLY_REPORT` would take it and as services.reports would not refuse or call a
-# duplicate: the instance's own started job, not settled, a new step, below the bound. Any other
-# report is stored by neither, and its caller decides from the job read with the nonce's claim.
-# Reports that arrive together share the statement (api.agents.batchers), each job and
-# each nonce at most once in it. It locks its jobs' rows in the order of their ids first, as
-# `upsert_many` (the worker's writes of many jobs) does: in any other order, the two statements
-# could each hold a row the other waits for.
-_CLAIM_NONCES_AND_PROGRESS = f"""
+# Every report's first round trip claims its nonce and reads its job (the report path is on
+# every batch's critical path), and most reports, steps of a job already started, need no more:
+# nothing for the workflow to hear of, only a step to store. Such a report is stored by the same
+# statement, taken only as `_APPLY_REPORT` would take it and as services.reports would not
+# refuse or call a duplicate: an `in_progress` report of the instance's own started job, not
+# settled, a new step, below the bound. Any other report is stored by neither, and its caller
+# decides from the job read with the nonce's claim. Reports that arrive together share the
+# statement (api.agents.batchers), each job and each nonce at most once in it. It locks its
+# jobs' rows in the order of their ids first, as `upsert_many` (the worker's writes of many
+# jobs) does: in any other order, the two statements could each hold a row the other waits for.
+_CLAIM_REPORTS = f"""
 WITH sent AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-            $6::timestamptz[])
-        WITH ORDINALITY AS s(job_id, step, message, instance_id, nonce, expires_at, n)
+            $6::timestamptz[], $7::text[])
+        WITH ORDINALITY AS s(job_id, step, message, instance_id, nonce, expires_at, status, n)
 ), claimed AS ({nonces.claim_many("sent")}
 ), locked AS (
     SELECT id FROM update_jobs WHERE id IN (SELECT job_id FROM sent) ORDER BY id FOR UPDATE
@@ -181,7 +159,7 @@ WITH sent AS (
         message = COALESCE(s.message, j.message), updated_at = now(),
         reports_stored = j.reports_stored + 1
     FROM locked l JOIN sent s ON s.job_id = l.id JOIN claimed c USING (instance_id, nonce)
-    WHERE j.id = l.id AND j.instance_id = s.instance_id
+    WHERE j.id = l.id AND j.instance_id = s.instance_id AND s.status = 'in_progress'
         AND j.status = 'in_progress' AND NOT j.final_reported AND j.step IS DISTINCT FROM s.step
         AND j.reports_stored < {MAX_PROGRESS_REPORTS_PER_JOB}
     RETURNING j.id
@@ -200,24 +178,23 @@ SELECT c.nonce IS NOT NULL AS fresh, m.id IS NOT NULL AS stored, j.*
 """
 
 
-class ProgressReport(NamedTuple):
-    report: ReportRequest  # `in_progress`
+class SentReport(NamedTuple):
+    report: ReportRequest
     nonce_expires_at: datetime
 
 
-async def claim_nonces_and_progress(
-    conn: asyncpg.Connection | asyncpg.Pool, many: Sequence[ProgressReport]
+async def claim_reports(
+    conn: asyncpg.Connection | asyncpg.Pool, many: Sequence[SentReport]
 ) -> list[NonceAndJob]:
-    """`get_claiming_nonce` for `in_progress` reports, which also stores each one that is a new
-    step of its instance's started job; one statement for many, the outcomes in the order
-    given. A job or a nonce given twice is taken by a statement after the one that took it
-    first, as if its reports had come one after the other."""
+    """Claims each report's nonce and reads its job as it was, and stores each `in_progress`
+    report that is a new step of its instance's started job; one statement for many, the
+    outcomes in the order given. A job or a nonce given twice is taken by a statement after the
+    one that took it first, as if its reports had come one after the other."""
     first: list[int] = []
     later: list[int] = []
     jobs_taken: set[str] = set()
     nonces_taken: set[tuple[str, str]] = set()
     for k, (report, _) in enumerate(many):
-        assert report.status == "in_progress"
         pair = (report.instanceId, report.nonce)
         if report.jobId in jobs_taken or pair in nonces_taken:
             later.append(k)
@@ -234,19 +211,20 @@ async def claim_nonces_and_progress(
         [r.instanceId for r, _ in taken],
         [r.nonce for r, _ in taken],
         [expires_at for _, expires_at in taken],
+        [r.status for r, _ in taken],
     )
     try:
-        rows = await conn.fetch(_CLAIM_NONCES_AND_PROGRESS, *args)
+        rows = await conn.fetch(_CLAIM_REPORTS, *args)
     except asyncpg.DeadlockDetectedError:
         # With a statement that locks a rollout's jobs in another order (`cancel_open`, rare):
         # PostgreSQL undid this one whole, nonces included, so it runs again as if for the first
         # time, and the other has its rows by then.
-        rows = await conn.fetch(_CLAIM_NONCES_AND_PROGRESS, *args)
+        rows = await conn.fetch(_CLAIM_REPORTS, *args)
     outcomes: list[NonceAndJob | None] = [None] * len(many)
     for k, row in zip(first, rows, strict=True):
         outcomes[k] = NonceAndJob(fresh=row["fresh"], job=_reported_job(row), stored=row["stored"])
     if later:
-        again = await claim_nonces_and_progress(conn, [many[k] for k in later])
+        again = await claim_reports(conn, [many[k] for k in later])
         for k, outcome in zip(later, again, strict=True):
             outcomes[k] = outcome
     answered = [outcome for outcome in outcomes if outcome is not None]

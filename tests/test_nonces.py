@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from contract.wire import ReportRequest
 from store import jobs, nonces
 
 
@@ -11,9 +12,15 @@ async def _claim(
     db: asyncpg.Connection, instance_id: str, nonce: str, expires_at: datetime
 ) -> bool:
     """As a report claims its nonce: in the statement that reads its job (here, none)."""
-    claimed = await jobs.get_claiming_nonce(
-        db, "no-such-job", instance_id=instance_id, nonce=nonce, expires_at=expires_at
+    report = ReportRequest(
+        instanceId=instance_id,
+        sentAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        nonce=nonce,
+        jobId="no-such-job",
+        status="succeeded",
+        step="health",
     )
+    [claimed] = await jobs.claim_reports(db, [jobs.SentReport(report, expires_at)])
     assert (claimed.job, claimed.stored) == (None, False)
     return claimed.fresh
 

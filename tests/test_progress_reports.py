@@ -1,8 +1,9 @@
-"""`in_progress` reports that arrive together share one statement (store.jobs.
-claim_nonces_and_progress, api.agents.batchers), and each is taken or not exactly as it
-would be alone: a started job's new step stored, a replayed nonce refused, another instance's
-job, a repeated step or a settled job left as it is, and two reports of one job (a retry
-racing its first attempt) taken one after the other."""
+"""Reports that arrive together share one statement (store.jobs.claim_reports,
+api.agents.batchers), and each is taken or not exactly as it would be alone: its nonce claimed
+or a replay refused, its job read as it was; a started job's new step stored, while another
+instance's job, a repeated step, a settled job or a final report (the workflow hears of it
+first) is left as it is; and two reports of one job (a retry racing its first attempt) are
+taken one after the other."""
 
 import asyncio
 import secrets
@@ -11,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from prometheus_client import REGISTRY
 
-from api.agents.batchers import progress_batcher
-from contract.wire import ReportRequest, Step
+from api.agents.batchers import report_batcher
+from contract.wire import ReportRequest, ReportStatus, Step
 from server.settings import ApiSettings
 from store import jobs
 from store.pool import connect, open_pool
@@ -20,18 +21,22 @@ from tests.test_polls import _job, _open_rollout_with_job
 
 
 def _report(
-    job_id: str, instance_id: str, step: Step, nonce: str | None = None
-) -> jobs.ProgressReport:
+    job_id: str,
+    instance_id: str,
+    step: Step,
+    nonce: str | None = None,
+    status: ReportStatus = "in_progress",
+) -> jobs.SentReport:
     report = ReportRequest(
         instanceId=instance_id,
         sentAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         nonce=nonce or secrets.token_hex(16),
         jobId=job_id,
-        status="in_progress",
+        status=status,
         step=step,
         message=f"{step} on {instance_id}",
     )
-    return jobs.ProgressReport(report, datetime.now(UTC) + timedelta(minutes=5))
+    return jobs.SentReport(report, datetime.now(UTC) + timedelta(minutes=5))
 
 
 async def _steps(db: asyncpg.Connection, job_id: str) -> list[str]:
@@ -46,9 +51,10 @@ async def test_reports_in_one_statement_are_each_taken_as_they_would_be_alone(
     for k in range(1, 5):
         await _job(db, f"j-{k}", f"web-{k}", "in_progress")
     await _job(db, "j-done", "web-5", "succeeded")
+    await _job(db, "j-7", "web-7", "in_progress")
     await db.execute("UPDATE update_jobs SET step = 'backup' WHERE id = 'j-3'")
     used = _report("j-4", "web-4", "backup")
-    [first] = await jobs.claim_nonces_and_progress(db, [used])
+    [first] = await jobs.claim_reports(db, [used])
     assert first.fresh and first.stored
 
     many = [
@@ -59,11 +65,12 @@ async def test_reports_in_one_statement_are_each_taken_as_they_would_be_alone(
         _report("j-done", "web-5", "smoke"),  # settled: not stored
         _report("j-1", "web-1", "pull"),  # the same job again: after the first
         _report("j-missing", "web-6", "backup"),  # no such job
+        _report("j-7", "web-7", "health", status="succeeded"),  # final: its nonce claimed only
     ]
-    outcomes = await jobs.claim_nonces_and_progress(db, many)
+    outcomes = await jobs.claim_reports(db, many)
 
-    assert [o.fresh for o in outcomes] == [True, True, True, False, True, True, True]
-    assert [o.stored for o in outcomes] == [True, False, False, False, False, True, False]
+    assert [o.fresh for o in outcomes] == [True, True, True, False, True, True, True, True]
+    assert [o.stored for o in outcomes] == [True, False, False, False, False, True, False, False]
     # Each is told of its own job as it was before: the caller decides the rest from it.
     assert [o.job.id if o.job else None for o in outcomes] == [
         "j-1",
@@ -73,14 +80,16 @@ async def test_reports_in_one_statement_are_each_taken_as_they_would_be_alone(
         "j-done",
         "j-1",
         None,
+        "j-7",
     ]
     assert outcomes[0].job is not None and outcomes[0].job.step is None
     assert outcomes[5].job is not None and outcomes[5].job.step == "backup"
     assert await _steps(db, "j-1") == ["backup", "pull"]
     assert await db.fetchval("SELECT step FROM update_jobs WHERE id = 'j-1'") == "pull"
     assert await _steps(db, "j-4") == ["backup"]
-    for job_id in ("j-2", "j-3", "j-done"):
+    for job_id in ("j-2", "j-3", "j-done", "j-7"):
         assert await _steps(db, job_id) == []
+    assert await db.fetchval("SELECT status FROM update_jobs WHERE id = 'j-7'") == "in_progress"
 
 
 async def test_reports_arriving_together_are_stored_by_one_statement(
@@ -92,7 +101,7 @@ async def test_reports_arriving_together_are_stored_by_one_statement(
     statements = _statements()
     pool = await open_pool(database_url)
     try:
-        batcher = progress_batcher(pool)
+        batcher = report_batcher(pool)
         reports = [_report(f"j-{k}", f"web-{k}", "migrate") for k in range(1, 51)]
         outcomes = await asyncio.gather(*(batcher.submit(r) for r in reports))
     finally:
@@ -104,7 +113,7 @@ async def test_reports_arriving_together_are_stored_by_one_statement(
 
 
 def _statements() -> float:
-    return REGISTRY.get_sample_value("rollout_progress_report_batch_size_count") or 0.0
+    return REGISTRY.get_sample_value("rollout_report_batch_size_count") or 0.0
 
 
 async def test_a_batch_caught_in_a_deadlock_runs_again_and_stores_its_reports(
@@ -124,7 +133,7 @@ async def test_a_batch_caught_in_a_deadlock_runs_again_and_stores_its_reports(
         async with other.transaction():
             await other.execute("UPDATE update_jobs SET message = 'held' WHERE id = 'j-2'")
             reports = [_report("j-1", "web-1", "backup"), _report("j-2", "web-2", "backup")]
-            storing = asyncio.ensure_future(jobs.claim_nonces_and_progress(batch, reports))
+            storing = asyncio.ensure_future(jobs.claim_reports(batch, reports))
             async with asyncio.timeout(30):
                 while not await _waits_for_a_lock(db, batch):
                     await asyncio.sleep(0.01)  # polled: a lock wait has no event to await

@@ -113,7 +113,7 @@ class Verified(Generic[T]):
 
 async def authenticated(request: Request, model: type[T]) -> Verified[T]:
     """Every check but the nonce's, which the route claims in the same statement as the rest
-    of its database work (store.polls, store.jobs.get_claiming_nonce).
+    of its database work (store.polls, store.jobs.claim_reports).
 
     Called by the agent routes themselves rather than as a FastAPI dependency: polls are the
     hottest path of the API, and dependency solving cost more than the checks.

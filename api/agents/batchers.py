@@ -1,7 +1,7 @@
 """What an API process gathers into one statement and one commit (runtime.batches.Batcher):
 agents' polls, the second looks of held polls woken together (a batch released to a thousand
-held polls wakes a thousand), and the `in_progress` reports of started jobs (six of a job's
-eight reports).
+held polls wakes a thousand), and agents' reports: each report's nonce claimed and its job read,
+and the steps of started jobs (six of a job's eight reports) stored by that statement too.
 
 A fleet's requests are each one small statement, and at thousands a second their round trips
 and commits, not the work in them, are what PostgreSQL and the API spend. A poll that will be
@@ -39,15 +39,15 @@ RECHECK_BATCH_SIZE = Histogram(
     "Woken held polls that looked again in one statement",
     buckets=_SIZES,
 )
-PROGRESS_BATCH_SIZE = Histogram(
-    "rollout_progress_report_batch_size",
-    "in_progress reports claimed and stored by one statement",
+REPORT_BATCH_SIZE = Histogram(
+    "rollout_report_batch_size",
+    "Agent reports claimed by one statement (which stores started jobs' steps)",
     buckets=_SIZES,
 )
 
 PollBatcher = Batcher[polls.Poll, polls.PollOutcome]
 RecheckBatcher = Batcher[str, polls.Found]
-ProgressBatcher = Batcher[jobs.ProgressReport, jobs.NonceAndJob]
+ReportBatcher = Batcher[jobs.SentReport, jobs.NonceAndJob]
 
 
 def poll_batcher(pool: asyncpg.Pool) -> PollBatcher:
@@ -58,8 +58,8 @@ def recheck_batcher(pool: asyncpg.Pool) -> RecheckBatcher:
     return _batcher(polls.find_many, pool, RECHECK_BATCH_SIZE, gather_seconds=0)
 
 
-def progress_batcher(pool: asyncpg.Pool) -> ProgressBatcher:
-    return _batcher(jobs.claim_nonces_and_progress, pool, PROGRESS_BATCH_SIZE, gather_seconds=0)
+def report_batcher(pool: asyncpg.Pool) -> ReportBatcher:
+    return _batcher(jobs.claim_reports, pool, REPORT_BATCH_SIZE, gather_seconds=0)
 
 
 def _batcher(

@@ -177,7 +177,7 @@ async def report(request: Request) -> Response:
         accepted = await reports.accept(
             state.pool,
             state.report_signals,
-            state.progress_reports.submit,
+            state.report_claims.submit,
             r,
             nonce_expires_at=call.nonce_expires_at,
         )
