@@ -65,23 +65,39 @@ async def seed_pending_jobs(
 
     For what the API does from its read model alone. Returns the rollout id.
     """
+    spec = await seed_running_rollout(db, settings, batch_size=len(instance_ids))
+    await write_pending_jobs(db, spec.id, instance_ids)
+    return spec.id
+
+
+async def seed_running_rollout(
+    db: asyncpg.Connection, settings: ApiSettings, *, batch_size: int
+) -> RolloutSpec:
+    """A running rollout row of a new release 1.4.0, with no job yet."""
     release_id = await seed_release(db, settings, version="1.4.0")
     spec = RolloutSpec(
         id="r1",
         manifest_id=release_id,
         version="1.4.0",
         channel="stable",
-        batch_size=len(instance_ids),
+        batch_size=batch_size,
         created_by="admin",
     )
     await rollouts.insert(db, spec)
+    return spec
+
+
+async def write_pending_jobs(
+    db: asyncpg.Connection, rollout_id: str, instance_ids: list[str]
+) -> None:
+    """A pending job `j-<instance>` of the rollout for each instance, as the worker writes them."""
     deadline = datetime.now(UTC) + timedelta(hours=1)
     await jobs.upsert_many(
         db,
         [
             JobWrite(
                 id=f"j-{name}",
-                rollout_id=spec.id,
+                rollout_id=rollout_id,
                 instance_id=name,
                 batch=1,
                 attempt=1,
@@ -91,4 +107,3 @@ async def seed_pending_jobs(
             for name in instance_ids
         ],
     )
-    return spec.id

@@ -29,7 +29,7 @@ from store import jobs, polls, releases, rollouts
 from store.pool import open_pool
 from tests.agent_requests import assert_signed_by, body_for, hmac_hex, poll_body, post_signed
 from tests.conftest import LiveServer
-from tests.fixtures_fleet import rollout_where
+from tests.fixtures_fleet import rollout_where, seed_running_rollout, write_pending_jobs
 from tests.fixtures_temporal import eventually, seed_release
 
 TOKEN = "long-poll-fleet-token-0123456789"
@@ -327,42 +327,18 @@ async def test_held_polls_woken_by_one_release_look_again_together_with_their_ma
     hosts = [f"web-{k}" for k in range(1, 9)]
     for host in hosts:
         assert (await _poll(fleet_api, host))[1] is None  # registers it
-    release_id = await seed_release(db, settings, version="1.4.0")
-    spec = RolloutSpec(
-        id="r-batch",
-        manifest_id=release_id,
-        version="1.4.0",
-        channel="stable",
-        batch_size=len(hosts),
-        created_by="admin",
-    )
-    await rollouts.insert(db, spec)
+    spec = await seed_running_rollout(db, settings, batch_size=len(hosts))
     held = _sample("rollout_held_polls")
     waiting = [asyncio.create_task(_poll(fleet_api, host, wait="25")) for host in hosts]
     await eventually(lambda: _held_polls(held + len(hosts)))
     looks = _sample("rollout_held_poll_recheck_batch_size_count")
-    deadline = datetime.now(UTC) + timedelta(hours=1)
     async with db.transaction():  # as the worker releases a batch: its rows, then the notice
-        await jobs.upsert_many(
-            db,
-            [
-                JobWrite(
-                    id=f"j-{host}",
-                    rollout_id=spec.id,
-                    instance_id=host,
-                    batch=1,
-                    attempt=1,
-                    status="pending",
-                    deadline=deadline,
-                )
-                for host in hosts
-            ],
-        )
+        await write_pending_jobs(db, spec.id, hosts)
         await polls.announce(db, spec.id)
 
     async with asyncio.timeout(20):  # below the 25 s of a hold: the release woke them
         answered = await asyncio.gather(*waiting)
-    stored = await releases.get(db, release_id)
+    stored = await releases.get(db, spec.manifest_id)
     assert stored is not None
     for host, (answer, job) in zip(hosts, answered, strict=True):
         assert job is not None and job["id"] == f"j-{host}", answer.text
