@@ -3,21 +3,13 @@
 import asyncpg
 
 
-def claim(instance_id: str, nonce: str, expires_at: str) -> str:
-    """Claims a nonce for the statement's parameters named: a row the first time the pair is
-    seen, none for a replay. Part of the statement that does the request's other work
-    (store.jobs, and in bulk store.polls), so a check costs no round trip."""
-    return (
-        f"INSERT INTO agent_nonces (instance_id, nonce, expires_at)"
-        f" VALUES ({instance_id}, {nonce}, {expires_at}) ON CONFLICT DO NOTHING RETURNING 1"
-    )
-
-
 def claim_many(source: str) -> str:
-    """`claim` for every row of the statement's relation `source` (instance_id, nonce,
-    expires_at, n), in the order of `n`: the callers sort their rows, so two statements in
-    flight take their locks in one order. Returns the pairs claimed; a pair given twice is
-    claimed once, so callers give each once."""
+    """Claims the nonce of every row of the statement's relation `source` (instance_id, nonce,
+    expires_at, n), in the order of `n`: a row the first time a pair is seen, none for a replay.
+    Part of the statement that does the requests' other work (store.polls, store.jobs), so a
+    check costs no round trip; the callers sort their rows, so two statements in flight take
+    their locks in one order. Returns the pairs claimed; a pair given twice is claimed once, so
+    callers give each once."""
     return (
         "INSERT INTO agent_nonces (instance_id, nonce, expires_at)"
         f" SELECT instance_id, nonce, expires_at FROM {source} ORDER BY n"

@@ -39,7 +39,7 @@ class InsertOutcome(BaseModel):
 
 
 def _release(row: asyncpg.Record) -> Release:
-    return Release.model_validate(dict(row), strict=False)
+    return from_json(dict(row))
 
 
 def as_json(alias: str) -> str:
